@@ -1,0 +1,492 @@
+//! `NodeConfig`: one typed struct for the node, loaded once in `main` from TOML plus `SLUICE__`
+//! environment overrides (`SLUICE__INGEST__DEDUP_WINDOW_MAX=4096`), validated as a whole (every
+//! problem is reported, not just the first), then handed down in pieces. Defaults live here and
+//! only here; `deploy/node.example.toml` documents every key.
+
+use figment::providers::{Env as EnvProvider, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use sluice_proto::{Identity, StreamName};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Who this node is and where it keeps data.
+    pub node: NodeSection,
+    /// The QUIC listener.
+    pub transport: TransportSection,
+    /// Partition logs on disk.
+    #[serde(default)]
+    pub storage: StorageSection,
+    /// Produce and fetch limits.
+    #[serde(default)]
+    pub ingest: IngestSection,
+    /// Restart budgets of supervised actors.
+    #[serde(default)]
+    pub supervision: SupervisionSection,
+    /// The streams this node serves.
+    #[serde(default)]
+    pub streams: Vec<StreamSection>,
+    /// Who may produce to and consume from which streams. Nothing is allowed unless a rule
+    /// allows it.
+    #[serde(default)]
+    pub acl: Vec<AclRule>,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's id; must match its certificate's `sluice://<cluster>/node/<id>`.
+    pub id: u64,
+    /// The cluster name; only certificates of this cluster are accepted.
+    pub cluster: String,
+    /// Where partition logs live.
+    pub data_dir: PathBuf,
+    /// How often the node logs its counters, in ms (0 turns it off).
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
+}
+
+/// `[transport]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSection {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// The cluster CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM). Never logged.
+    pub key: PathBuf,
+    /// Largest frame body accepted, in bytes.
+    #[serde(default = "default_frame_bytes_max")]
+    pub frame_bytes_max: u32,
+    /// Concurrent client connections.
+    #[serde(default = "default_connections_max")]
+    pub connections_max: u32,
+    /// Requests handled concurrently per connection; more wait in the stream.
+    #[serde(default = "default_in_flight_per_connection_max")]
+    pub in_flight_per_connection_max: u32,
+    /// Concurrent streams a client may open per connection.
+    #[serde(default = "default_streams_per_connection_max")]
+    pub streams_per_connection_max: u32,
+    /// Idle connections are closed after this long.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// TLS handshakes taking longer are abandoned.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Preallocated size of each segment file.
+    #[serde(default = "default_segment_bytes_max")]
+    pub segment_bytes_max: u64,
+    /// One sparse index point per this many bytes.
+    #[serde(default = "default_index_interval_bytes")]
+    pub index_interval_bytes: u64,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    /// Records per produce request.
+    #[serde(default = "default_batch_records_max")]
+    pub batch_records_max: u32,
+    /// Encoded bytes of one record's payload.
+    #[serde(default = "default_record_bytes_max")]
+    pub record_bytes_max: u32,
+    /// Recent records per (producer, sensor) whose offsets are remembered for retries.
+    #[serde(default = "default_dedup_window_max")]
+    pub dedup_window_max: u32,
+    /// (producer, sensor) pairs tracked per partition.
+    #[serde(default = "default_producers_max")]
+    pub producers_max: u32,
+    /// Accepted bytes waiting for the next flush, per partition, before `Overloaded`.
+    #[serde(default = "default_pending_bytes_max")]
+    pub pending_bytes_max: u64,
+    /// Requests waiting for a flush, per partition, before `Overloaded`.
+    #[serde(default = "default_waiting_requests_max")]
+    pub waiting_requests_max: u32,
+    /// Events per stored entry.
+    #[serde(default = "default_entry_events_max")]
+    pub entry_events_max: u32,
+    /// How long a produce may wait for its partition before failing with `Unavailable`.
+    #[serde(default = "default_produce_timeout_ms")]
+    pub produce_timeout_ms: u64,
+    /// Events per fetch response.
+    #[serde(default = "default_fetch_events_max")]
+    pub fetch_events_max: u32,
+    /// Bytes per fetch response (about).
+    #[serde(default = "default_fetch_bytes_max")]
+    pub fetch_bytes_max: u32,
+    /// Longest long-poll wait of a fetch.
+    #[serde(default = "default_fetch_wait_ms_max")]
+    pub fetch_wait_ms_max: u32,
+}
+
+/// `[supervision]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionSection {
+    /// Restarts of one actor allowed within `restart_window_ms` before the node gives up.
+    #[serde(default = "default_restarts_max")]
+    pub restarts_max: u32,
+    /// The window of `restarts_max`.
+    #[serde(default = "default_restart_window_ms")]
+    pub restart_window_ms: u64,
+}
+
+/// `[[streams]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// Stream name.
+    pub name: String,
+    /// Fixed partition count; a sensor id always maps to the same partition.
+    pub partitions: u32,
+}
+
+/// `[[acl]]`: identities matching `identity` may produce to the streams matching `produce` and
+/// consume the streams matching `consume`. Patterns use `*` for any run of characters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Identity URI pattern, e.g. `sluice://prod/edge/*`.
+    pub identity: String,
+    /// Stream patterns this identity may write.
+    #[serde(default)]
+    pub produce: Vec<String>,
+    /// Stream patterns this identity may read.
+    #[serde(default)]
+    pub consume: Vec<String>,
+}
+
+fn default_stats_interval_ms() -> u64 {
+    60_000
+}
+fn default_frame_bytes_max() -> u32 {
+    4 << 20
+}
+fn default_connections_max() -> u32 {
+    1024
+}
+fn default_in_flight_per_connection_max() -> u32 {
+    1024
+}
+fn default_streams_per_connection_max() -> u32 {
+    16
+}
+fn default_idle_timeout_ms() -> u64 {
+    30_000
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_segment_bytes_max() -> u64 {
+    64 << 20
+}
+fn default_index_interval_bytes() -> u64 {
+    64 << 10
+}
+fn default_batch_records_max() -> u32 {
+    10_000
+}
+fn default_record_bytes_max() -> u32 {
+    256 << 10
+}
+fn default_dedup_window_max() -> u32 {
+    1024
+}
+fn default_producers_max() -> u32 {
+    100_000
+}
+fn default_pending_bytes_max() -> u64 {
+    64 << 20
+}
+fn default_waiting_requests_max() -> u32 {
+    65_536
+}
+fn default_entry_events_max() -> u32 {
+    10_000
+}
+fn default_produce_timeout_ms() -> u64 {
+    10_000
+}
+fn default_fetch_events_max() -> u32 {
+    10_000
+}
+fn default_fetch_bytes_max() -> u32 {
+    1 << 20
+}
+fn default_fetch_wait_ms_max() -> u32 {
+    30_000
+}
+fn default_restarts_max() -> u32 {
+    5
+}
+fn default_restart_window_ms() -> u64 {
+    60_000
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            segment_bytes_max: default_segment_bytes_max(),
+            index_interval_bytes: default_index_interval_bytes(),
+        }
+    }
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        Self {
+            batch_records_max: default_batch_records_max(),
+            record_bytes_max: default_record_bytes_max(),
+            dedup_window_max: default_dedup_window_max(),
+            producers_max: default_producers_max(),
+            pending_bytes_max: default_pending_bytes_max(),
+            waiting_requests_max: default_waiting_requests_max(),
+            entry_events_max: default_entry_events_max(),
+            produce_timeout_ms: default_produce_timeout_ms(),
+            fetch_events_max: default_fetch_events_max(),
+            fetch_bytes_max: default_fetch_bytes_max(),
+            fetch_wait_ms_max: default_fetch_wait_ms_max(),
+        }
+    }
+}
+
+impl Default for SupervisionSection {
+    fn default() -> Self {
+        Self {
+            restarts_max: default_restarts_max(),
+            restart_window_ms: default_restart_window_ms(),
+        }
+    }
+}
+
+/// The configuration could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment override could not be read or parsed.
+    #[error("cannot load config: {0}")]
+    Load(String),
+    /// The values are inconsistent; every problem is listed.
+    #[error("invalid config:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Loads a config file with `SLUICE__` environment overrides, and validates it.
+pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Load(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    let config: NodeConfig = Figment::new()
+        .merge(Toml::file(path))
+        .merge(EnvProvider::prefixed("SLUICE__").split("__"))
+        .extract()
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Parses a config from TOML text (no environment), and validates it.
+pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
+    let config: NodeConfig = Figment::new()
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl NodeConfig {
+    /// Checks every value; returns all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut positive = |name: &str, value: u64| {
+            if value == 0 {
+                problems.push(format!("{name} must be greater than 0"));
+            }
+        };
+        let t = &self.transport;
+        let i = &self.ingest;
+        for (name, value) in [
+            ("transport.frame_bytes_max", u64::from(t.frame_bytes_max)),
+            ("transport.connections_max", u64::from(t.connections_max)),
+            (
+                "transport.in_flight_per_connection_max",
+                u64::from(t.in_flight_per_connection_max),
+            ),
+            (
+                "transport.streams_per_connection_max",
+                u64::from(t.streams_per_connection_max),
+            ),
+            ("transport.idle_timeout_ms", t.idle_timeout_ms),
+            ("transport.handshake_timeout_ms", t.handshake_timeout_ms),
+            (
+                "storage.index_interval_bytes",
+                self.storage.index_interval_bytes,
+            ),
+            ("ingest.batch_records_max", u64::from(i.batch_records_max)),
+            ("ingest.record_bytes_max", u64::from(i.record_bytes_max)),
+            ("ingest.dedup_window_max", u64::from(i.dedup_window_max)),
+            ("ingest.producers_max", u64::from(i.producers_max)),
+            ("ingest.pending_bytes_max", i.pending_bytes_max),
+            (
+                "ingest.waiting_requests_max",
+                u64::from(i.waiting_requests_max),
+            ),
+            ("ingest.entry_events_max", u64::from(i.entry_events_max)),
+            ("ingest.produce_timeout_ms", i.produce_timeout_ms),
+            ("ingest.fetch_events_max", u64::from(i.fetch_events_max)),
+            ("ingest.fetch_bytes_max", u64::from(i.fetch_bytes_max)),
+            (
+                "supervision.restart_window_ms",
+                self.supervision.restart_window_ms,
+            ),
+        ] {
+            positive(name, value);
+        }
+        if t.frame_bytes_max as usize > sluice_proto::codec::DECODE_BYTES_MAX {
+            problems.push(format!(
+                "transport.frame_bytes_max must be at most {}",
+                sluice_proto::codec::DECODE_BYTES_MAX
+            ));
+        }
+        if self.storage.segment_bytes_max < 1 << 20 {
+            problems.push("storage.segment_bytes_max must be at least 1048576".into());
+        }
+        if self.storage.segment_bytes_max < 2 * u64::from(t.frame_bytes_max) {
+            problems.push(
+                "storage.segment_bytes_max must be at least twice transport.frame_bytes_max".into(),
+            );
+        }
+        if let Err(e) = Identity::new(
+            &self.node.cluster,
+            sluice_proto::Role::Node,
+            &self.node.id.to_string(),
+        ) {
+            problems.push(format!("node.cluster: {e}"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (idx, stream) in self.streams.iter().enumerate() {
+            if let Err(e) = StreamName::new(stream.name.clone()) {
+                problems.push(format!("streams[{idx}].name: {e}"));
+            }
+            if !seen.insert(stream.name.clone()) {
+                problems.push(format!(
+                    "streams[{idx}]: stream {:?} is defined twice",
+                    stream.name
+                ));
+            }
+            if stream.partitions == 0 || stream.partitions > 4096 {
+                problems.push(format!(
+                    "streams[{idx}].partitions must be 1 to 4096, got {}",
+                    stream.partitions
+                ));
+            }
+        }
+        for (idx, rule) in self.acl.iter().enumerate() {
+            if !rule
+                .identity
+                .starts_with(sluice_proto::ids::IDENTITY_SCHEME)
+            {
+                problems.push(format!(
+                    "acl[{idx}].identity {:?} must start with sluice://",
+                    rule.identity
+                ));
+            }
+            if rule.produce.is_empty() && rule.consume.is_empty() {
+                problems.push(format!(
+                    "acl[{idx}] allows nothing: give produce or consume patterns"
+                ));
+            }
+        }
+        for (what, path) in [
+            ("transport.ca_cert", &t.ca_cert),
+            ("transport.cert", &t.cert),
+            ("transport.key", &t.key),
+        ] {
+            if path.as_os_str().is_empty() {
+                problems.push(format!("{what} is empty"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The config as TOML with secrets masked, for the start-up log line. Key paths are not
+    /// secret; key contents never enter the config.
+    pub fn masked(&self) -> String {
+        toml_string(self)
+    }
+}
+
+fn toml_string(config: &NodeConfig) -> String {
+    serde_json::to_string(config).unwrap_or_else(|e| format!("<unprintable config: {e}>"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_loads() {
+        // Checks that the committed, fully commented example config parses and validates.
+        let text = include_str!("../../deploy/node.example.toml");
+        let config = from_toml(text).unwrap();
+        assert_eq!(config.node.id, 1);
+        assert!(!config.streams.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        // Checks that validation reports all problems at once, not just the first.
+        let text = r#"
+            [node]
+            id = 1
+            cluster = "bad cluster"
+            data_dir = "/tmp/x"
+            [transport]
+            listen = "127.0.0.1:0"
+            ca_cert = "ca.pem"
+            cert = "n.pem"
+            key = "n.key"
+            frame_bytes_max = 0
+            [[streams]]
+            name = "a/b"
+            partitions = 0
+            [[acl]]
+            identity = "edge/*"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = from_toml(text) else {
+            panic!("accepted")
+        };
+        assert!(problems.len() >= 5, "{problems:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        // Checks that a misspelt key is an error rather than silently ignored.
+        let text = "[node]\nid = 1\ncluster = \"c\"\ndata_dir = \"d\"\nstats_interval = 5\n[transport]\nlisten = \"127.0.0.1:0\"\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        assert!(
+            matches!(from_toml(text), Err(ConfigError::Load(e)) if e.contains("stats_interval"))
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! The request service: what a node does with one request from an authenticated peer. The QUIC
+//! server (`proto::net::server`) calls it for every frame; the simulator calls it directly. It
+//! checks the ACL, validates records, stamps them with the peer's identity and the node's clock,
+//! routes them to their partitions and gathers the outcomes in request order.
+
+use crate::acl::{Acl, Operation};
+use crate::config::{IngestSection, NodeConfig};
+use crate::env::run_blocking;
+use crate::metrics::{add, Metrics};
+use crate::partition::actor::{PartitionMsg, Registry};
+use crate::partition::core::ProduceItem;
+use ractor::rpc::CallResult;
+use sluice_cluster::placement::partition_for;
+use sluice_proto::env::{BlockingMode, Clock};
+use sluice_proto::msg::{
+    ErrorCode, ErrorResponse, FetchFrom, FetchRequest, FetchResponse, Message, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RecordOutcome, RecordRejection,
+};
+use sluice_proto::{
+    codec, Event, Identity, Offset, PartitionId, Payload, Reading, Record, StreamName,
+};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, warn};
+
+/// Serves requests for one node.
+pub struct Service {
+    streams: BTreeMap<StreamName, u32>,
+    acl: Acl,
+    ingest: IngestSection,
+    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
+    blocking: BlockingMode,
+    metrics: Arc<Metrics>,
+}
+
+fn error(request_id: u64, code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::Error(ErrorResponse {
+        request_id,
+        code,
+        message: message.into(),
+    })
+}
+
+/// Why a record is refused before it reaches its partition.
+fn validate(record: &Record, record_bytes_max: u32) -> Result<(), String> {
+    let finite = |what: &str, v: f64| {
+        if v.is_finite() {
+            Ok(())
+        } else {
+            Err(format!("{what} reading is not a finite number"))
+        }
+    };
+    match &record.payload {
+        Payload::Reading(Reading::Temperature { celsius }) => finite("temperature", *celsius)?,
+        Payload::Reading(Reading::Humidity { percent }) => finite("humidity", *percent)?,
+        Payload::Reading(Reading::Metric { name, unit, value }) => {
+            finite("metric", *value)?;
+            if name.is_empty() || name.len() > 128 || unit.len() > 32 {
+                return Err("metric name must be 1 to 128 bytes and unit at most 32".into());
+            }
+        }
+        Payload::Json(text) => {
+            if text.len() > record_bytes_max as usize {
+                return Err(format!(
+                    "json payload of {} bytes exceeds {record_bytes_max}",
+                    text.len()
+                ));
+            }
+            serde_json::from_str::<serde::de::IgnoredAny>(text)
+                .map_err(|e| format!("payload is not valid json: {e}"))?;
+        }
+        Payload::Bytes(bytes) => {
+            if bytes.len() > record_bytes_max as usize {
+                return Err(format!(
+                    "payload of {} bytes exceeds {record_bytes_max}",
+                    bytes.len()
+                ));
+            }
+        }
+        Payload::Dropped { seq_last, .. } => {
+            if *seq_last < record.seq {
+                return Err(format!(
+                    "drop range {}..={} is inverted",
+                    record.seq, seq_last
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Service {
+    /// A service for `config`'s streams and ACL over the partitions in `registry`.
+    pub fn new(
+        config: &NodeConfig,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        blocking: BlockingMode,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let streams = config
+            .streams
+            .iter()
+            .filter_map(|s| {
+                StreamName::new(s.name.clone())
+                    .ok()
+                    .map(|n| (n, s.partitions))
+            })
+            .collect();
+        Self {
+            streams,
+            acl: Acl::new(config.acl.clone()),
+            ingest: config.ingest.clone(),
+            registry,
+            clock,
+            blocking,
+            metrics,
+        }
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Handles one request and returns its response.
+    pub async fn handle(&self, peer: Arc<Identity>, request: Message) -> Message {
+        match request {
+            Message::ProduceRequest(req) => self.produce(peer, req).await,
+            Message::FetchRequest(req) => self.fetch(&peer, req).await,
+            Message::MetadataRequest(req) => self.metadata(&peer, req),
+            other => {
+                add(&self.metrics.ingest_bad_requests_total, 1);
+                error(
+                    other.request_id(),
+                    ErrorCode::BadRequest,
+                    format!("{:?} is not a request", other.kind()),
+                )
+            }
+        }
+    }
+
+    fn authorize(
+        &self,
+        peer: &Identity,
+        op: Operation,
+        stream: &StreamName,
+        request_id: u64,
+    ) -> Result<u32, Message> {
+        let Some(n_partitions) = self.streams.get(stream).copied() else {
+            return Err(error(
+                request_id,
+                ErrorCode::UnknownStream,
+                format!("no stream named {stream}"),
+            ));
+        };
+        if !self.acl.allows(peer, op, stream) {
+            add(&self.metrics.acl_denied_requests_total, 1);
+            warn!(peer = %peer, ?op, %stream, "acl denied");
+            let verb = if op == Operation::Produce {
+                "produce to"
+            } else {
+                "consume from"
+            };
+            return Err(error(
+                request_id,
+                ErrorCode::Forbidden,
+                format!("{peer} may not {verb} stream {stream}"),
+            ));
+        }
+        Ok(n_partitions)
+    }
+
+    async fn produce(&self, peer: Arc<Identity>, req: ProduceRequest) -> Message {
+        add(&self.metrics.ingest_produce_requests_total, 1);
+        let n_partitions =
+            match self.authorize(&peer, Operation::Produce, &req.stream, req.request_id) {
+                Ok(n) => n,
+                Err(response) => return response,
+            };
+        if req.records.len() > self.ingest.batch_records_max as usize {
+            add(&self.metrics.ingest_bad_requests_total, 1);
+            return error(
+                req.request_id,
+                ErrorCode::TooLarge,
+                format!(
+                    "{} records exceed batch_records_max {}",
+                    req.records.len(),
+                    self.ingest.batch_records_max
+                ),
+            );
+        }
+        let received = self.clock.wall();
+        let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; req.records.len()];
+        let mut by_partition: BTreeMap<PartitionId, (Vec<usize>, Vec<ProduceItem>)> =
+            BTreeMap::new();
+        for (idx, record) in req.records.into_iter().enumerate() {
+            if let Err(reason) = validate(&record, self.ingest.record_bytes_max) {
+                outcomes[idx] = Some(RecordOutcome::Rejected(RecordRejection::Invalid { reason }));
+                continue;
+            }
+            let partition = partition_for(&record.sensor, n_partitions);
+            let (sensor, boot_epoch, seq, seq_last) = (
+                record.sensor.clone(),
+                record.boot_epoch,
+                record.seq,
+                record.seq_last(),
+            );
+            let event = Event::stamp((*peer).clone(), received, record);
+            let encoded = match codec::encode(&event) {
+                Ok(bytes) if bytes.len() <= self.ingest.record_bytes_max as usize => bytes,
+                Ok(bytes) => {
+                    let reason = format!(
+                        "record of {} bytes exceeds record_bytes_max {}",
+                        bytes.len(),
+                        self.ingest.record_bytes_max
+                    );
+                    outcomes[idx] =
+                        Some(RecordOutcome::Rejected(RecordRejection::Invalid { reason }));
+                    continue;
+                }
+                Err(e) => {
+                    outcomes[idx] = Some(RecordOutcome::Rejected(RecordRejection::Invalid {
+                        reason: e.to_string(),
+                    }));
+                    continue;
+                }
+            };
+            let slot = by_partition.entry(partition).or_default();
+            slot.0.push(idx);
+            slot.1.push(ProduceItem {
+                sensor,
+                boot_epoch,
+                seq,
+                seq_last,
+                encoded,
+            });
+        }
+        let calls = by_partition.into_iter().map(|(partition, (idxs, items))| {
+            let stream = &req.stream;
+            let peer = peer.clone();
+            async move {
+                (
+                    idxs,
+                    self.produce_partition(stream, partition, peer, items).await,
+                )
+            }
+        });
+        for (idxs, results) in join_all(calls).await {
+            for (idx, outcome) in idxs.into_iter().zip(results) {
+                outcomes[idx] = Some(outcome);
+            }
+        }
+        let outcomes: Vec<RecordOutcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| unavailable(0, "no outcome")))
+            .collect();
+        self.count(&outcomes);
+        Message::ProduceResponse(ProduceResponse {
+            request_id: req.request_id,
+            outcomes,
+        })
+    }
+
+    fn count(&self, outcomes: &[RecordOutcome]) {
+        let (mut appended, mut duplicate, mut rejected) = (0, 0, 0);
+        for outcome in outcomes {
+            match outcome {
+                RecordOutcome::Appended {
+                    duplicate: true, ..
+                } => duplicate += 1,
+                RecordOutcome::Appended { .. } => appended += 1,
+                RecordOutcome::Rejected(_) => rejected += 1,
+            }
+        }
+        add(&self.metrics.ingest_appended_records_total, appended);
+        add(&self.metrics.ingest_duplicate_records_total, duplicate);
+        add(&self.metrics.ingest_rejected_records_total, rejected);
+    }
+
+    async fn produce_partition(
+        &self,
+        stream: &StreamName,
+        partition: PartitionId,
+        producer: Arc<Identity>,
+        items: Vec<ProduceItem>,
+    ) -> Vec<RecordOutcome> {
+        let n = items.len();
+        let Some(handle) = self.registry.get(stream, partition) else {
+            return vec![unavailable(partition.0, "partition is not running"); n];
+        };
+        let timeout = Duration::from_millis(self.ingest.produce_timeout_ms);
+        let result = handle
+            .actor
+            .call(
+                |reply| PartitionMsg::Produce {
+                    producer,
+                    items,
+                    reply,
+                },
+                Some(timeout),
+            )
+            .await;
+        match result {
+            Ok(CallResult::Success(outcomes)) => outcomes,
+            Ok(CallResult::Timeout) => vec![unavailable(partition.0, "timed out"); n],
+            Ok(CallResult::SenderError) => vec![unavailable(partition.0, "partition stopped"); n],
+            Err(e) => vec![unavailable(partition.0, &e.to_string()); n],
+        }
+    }
+
+    async fn fetch(&self, peer: &Identity, req: FetchRequest) -> Message {
+        add(&self.metrics.fetch_requests_total, 1);
+        let n_partitions =
+            match self.authorize(peer, Operation::Consume, &req.stream, req.request_id) {
+                Ok(n) => n,
+                Err(response) => return response,
+            };
+        if req.partition.0 >= n_partitions {
+            return error(
+                req.request_id,
+                ErrorCode::UnknownPartition,
+                format!(
+                    "stream {} has {n_partitions} partitions, not {}",
+                    req.stream,
+                    req.partition.0 + 1
+                ),
+            );
+        }
+        let Some(mut handle) = self.registry.get(&req.stream, req.partition) else {
+            return error(
+                req.request_id,
+                ErrorCode::Unavailable,
+                format!("partition {}/{} is not running", req.stream, req.partition),
+            );
+        };
+        let start = handle.reader.start();
+        let mut high_watermark = *handle.durable.borrow_and_update();
+        let from = match req.from {
+            FetchFrom::Earliest => start,
+            FetchFrom::Latest => high_watermark,
+            FetchFrom::Offset(offset) => offset,
+        };
+        if from < start || from > high_watermark {
+            return error(
+                req.request_id,
+                ErrorCode::BadRequest,
+                format!("offset {from} is outside the log [{start}, {high_watermark}]"),
+            );
+        }
+        let wait_ms = req.wait_ms.min(self.ingest.fetch_wait_ms_max);
+        if from == high_watermark && wait_ms > 0 {
+            let deadline = tokio::time::sleep(Duration::from_millis(u64::from(wait_ms)));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    biased;
+                    changed = handle.durable.changed() => {
+                        if changed.is_err() { break; }
+                        high_watermark = *handle.durable.borrow_and_update();
+                        if high_watermark > from { break; }
+                    }
+                    () = &mut deadline => break,
+                }
+            }
+        }
+        let events_max = req.events_max.clamp(1, self.ingest.fetch_events_max);
+        let bytes_max = req.bytes_max.clamp(1, self.ingest.fetch_bytes_max);
+        let reader = handle.reader.clone();
+        let read = run_blocking(self.blocking, move || {
+            reader.read(from, high_watermark, events_max, bytes_max)
+        })
+        .await;
+        match read {
+            Ok(events) => {
+                add(&self.metrics.fetch_events_total, events.len() as u64);
+                let next_offset = events.last().map_or(from, |e| Offset(e.offset.0 + 1));
+                debug!(stream = %req.stream, partition_id = req.partition.0, n_records = events.len(), "fetch");
+                Message::FetchResponse(FetchResponse {
+                    request_id: req.request_id,
+                    partition: req.partition,
+                    events,
+                    next_offset,
+                    high_watermark,
+                    log_start: start,
+                })
+            }
+            Err(e) => {
+                warn!(stream = %req.stream, partition_id = req.partition.0, error = %e, "read failed");
+                error(
+                    req.request_id,
+                    ErrorCode::Unavailable,
+                    format!("read failed: {e}"),
+                )
+            }
+        }
+    }
+
+    fn metadata(&self, peer: &Identity, req: MetadataRequest) -> Message {
+        let allowed = self
+            .authorize(peer, Operation::Consume, &req.stream, req.request_id)
+            .or_else(|_| self.authorize(peer, Operation::Produce, &req.stream, req.request_id));
+        match allowed {
+            Ok(n_partitions) => Message::MetadataResponse(MetadataResponse {
+                request_id: req.request_id,
+                stream: req.stream,
+                n_partitions,
+            }),
+            Err(response) => response,
+        }
+    }
+}
+
+fn unavailable(partition: u32, reason: &str) -> RecordOutcome {
+    RecordOutcome::Rejected(RecordRejection::Unavailable {
+        partition,
+        reason: reason.to_owned(),
+    })
+}
+
+/// Runs futures concurrently on the current task, returning their outputs in order. (Small and
+/// deterministic: polls in index order, so the simulator sees one schedule per seed.)
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (idx, future) in pending.iter_mut().enumerate() {
+            if outputs[idx].is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(output) => outputs[idx] = Some(output),
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Adapts [`Service`] to the QUIC server.
+pub struct QuicHandler(pub Arc<Service>);
+
+impl sluice_proto::net::server::Handler for QuicHandler {
+    fn handle(
+        &self,
+        peer: Arc<Identity>,
+        request: Message,
+    ) -> Pin<Box<dyn Future<Output = Message> + Send + 'static>> {
+        let service = self.0.clone();
+        Box::pin(async move { service.handle(peer, request).await })
+    }
+}

@@ -1,0 +1,30 @@
+//! Sluice's shared vocabulary: ids, events, request and response messages, the frame format and
+//! the codec (the only place bincode is called), and the environment traits (`env`) that node and
+//! edge code are written against so the simulator can run the same code.
+//!
+//! Without the `net` feature this crate does no IO and has no async runtime. With it, `net` adds
+//! the QUIC + mutual TLS connection layer that nodes, edges and the CLI share.
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod env;
+pub mod event;
+pub mod frame;
+pub mod ids;
+pub mod msg;
+#[cfg(feature = "net")]
+pub mod net;
+
+pub use codec::{DecodeError, EncodeError};
+pub use event::{DropReason, Event, Payload, Reading, Record, StoredEvent};
+pub use frame::{FrameError, FrameHeader, Kind};
+pub use ids::{
+    BootEpoch, Identity, IdentityError, NodeId, Offset, PartitionId, Role, SensorId, StreamName,
+    UnixMillis,
+};
+
+/// The protocol version this build speaks; carried in every frame header and in ALPN.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN identifier for [`PROTOCOL_VERSION`]; a peer offering anything else is refused.
+pub const ALPN: &[u8] = b"sluice/1";

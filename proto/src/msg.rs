@@ -1,0 +1,289 @@
+//! Request and response messages. Each is the body of one frame of its own [`Kind`]; every request
+//! carries a `request_id` that its response repeats, so many requests share one stream.
+//!
+//! These layouts are released: never reorder, remove or retype a field, and only append enum
+//! variants. `proto/tests/golden/` freezes their bytes.
+
+use crate::event::{Record, StoredEvent};
+use crate::frame::Kind;
+use crate::ids::{Offset, PartitionId, StreamName};
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+/// Append records to a stream.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct ProduceRequest {
+    /// Correlation id, echoed in the response.
+    pub request_id: u64,
+    /// Target stream.
+    pub stream: StreamName,
+    /// Records, in the producer's order.
+    pub records: Vec<Record>,
+}
+
+/// How durable an acknowledged record is.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Encode, Decode, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// fsynced on the leader only (a single-replica partition).
+    LeaderFsync,
+    /// fsynced on a majority of the partition's replicas.
+    QuorumFsync,
+}
+
+/// Why one record was not appended. Records are judged one by one; the rest of a batch is not
+/// affected, except that later records of the same sensor fail with the same gap.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordRejection {
+    /// The record's seq skips ahead of what the partition expects next.
+    #[error("sequence gap for sensor {sensor}: expected seq {expected}, got {got}")]
+    SequenceGap {
+        /// Sensor id.
+        sensor: String,
+        /// The next seq the partition expects.
+        expected: u64,
+        /// What arrived.
+        got: u64,
+    },
+    /// A new epoch must start at seq 0.
+    #[error("epoch {epoch} of sensor {sensor} must start at seq 0, got {got}")]
+    EpochStart {
+        /// Sensor id.
+        sensor: String,
+        /// The new epoch.
+        epoch: u64,
+        /// The first seq sent.
+        got: u64,
+    },
+    /// The record belongs to an epoch older than the producer's current one.
+    #[error("epoch {epoch} of sensor {sensor} is older than the current epoch {current}")]
+    StaleEpoch {
+        /// Sensor id.
+        sensor: String,
+        /// The record's epoch.
+        epoch: u64,
+        /// The producer's current epoch.
+        current: u64,
+    },
+    /// The record repeats a seq that is older than the deduplication window, so its original
+    /// offset is no longer known. It was stored once; it is not stored again.
+    #[error("duplicate of sensor {sensor} seq {seq} is older than the deduplication window")]
+    DuplicateTooOld {
+        /// Sensor id.
+        sensor: String,
+        /// The seq.
+        seq: u64,
+    },
+    /// The record is malformed (for example a non-finite reading or an inverted drop range).
+    #[error("invalid record: {reason}")]
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The partition tracks as many producers as its configuration allows.
+    #[error("partition tracks too many producers ({max})")]
+    TooManyProducers {
+        /// The configured bound.
+        max: u32,
+    },
+    /// The partition could not make the record durable, so it is not acknowledged. The bytes
+    /// may survive (recovery keeps what it can make durable): retry, and deduplication returns
+    /// the original offset if they did.
+    #[error("storage failed: {reason}")]
+    Storage {
+        /// What failed.
+        reason: String,
+    },
+    /// The partition is busy; retry later.
+    #[error("partition {partition} is overloaded, retry")]
+    Overloaded {
+        /// The partition.
+        partition: u32,
+    },
+    /// The partition did not answer in time or is restarting. The record may or may not have
+    /// been stored: retry it, and deduplication returns its offset if it was.
+    #[error("partition {partition} unavailable ({reason}); outcome unknown, retry")]
+    Unavailable {
+        /// The partition.
+        partition: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The outcome of one record.
+#[derive(Clone, Debug, PartialEq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordOutcome {
+    /// Stored (now or by an earlier attempt) at `offset`.
+    Appended {
+        /// The partition.
+        partition: PartitionId,
+        /// The record's offset.
+        offset: Offset,
+        /// The durability reached before this ack was sent.
+        durability: Durability,
+        /// True when an earlier attempt had already stored it.
+        duplicate: bool,
+    },
+    /// Not stored.
+    Rejected(RecordRejection),
+}
+
+/// The answer to a [`ProduceRequest`]: one outcome per record, in order.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct ProduceResponse {
+    /// The request's id.
+    pub request_id: u64,
+    /// One outcome per record.
+    pub outcomes: Vec<RecordOutcome>,
+}
+
+/// Where a fetch starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub enum FetchFrom {
+    /// The first offset still stored.
+    Earliest,
+    /// The end of the log: only events appended from now on.
+    Latest,
+    /// A given offset.
+    Offset(Offset),
+}
+
+/// Read a partition from an offset.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct FetchRequest {
+    /// Correlation id.
+    pub request_id: u64,
+    /// Stream.
+    pub stream: StreamName,
+    /// Partition of the stream.
+    pub partition: PartitionId,
+    /// Where to start.
+    pub from: FetchFrom,
+    /// At most this many events (the node caps it further).
+    pub events_max: u32,
+    /// At most about this many bytes of events (the node caps it further).
+    pub bytes_max: u32,
+    /// When nothing is there yet, wait up to this long for new events (long poll).
+    pub wait_ms: u32,
+}
+
+/// Events read from a partition.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct FetchResponse {
+    /// The request's id.
+    pub request_id: u64,
+    /// The partition read.
+    pub partition: PartitionId,
+    /// Events in offset order.
+    pub events: Vec<StoredEvent>,
+    /// Where the next fetch should start.
+    pub next_offset: Offset,
+    /// One past the last durable offset.
+    pub high_watermark: Offset,
+    /// The first offset still stored.
+    pub log_start: Offset,
+}
+
+/// Ask how a stream is laid out.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct MetadataRequest {
+    /// Correlation id.
+    pub request_id: u64,
+    /// Stream.
+    pub stream: StreamName,
+}
+
+/// A stream's layout.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct MetadataResponse {
+    /// The request's id.
+    pub request_id: u64,
+    /// Stream.
+    pub stream: StreamName,
+    /// Its partition count.
+    pub n_partitions: u32,
+}
+
+/// Error codes of whole-request failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request could not be decoded or is malformed.
+    BadRequest,
+    /// The caller's identity may not do this.
+    Forbidden,
+    /// No such stream.
+    UnknownStream,
+    /// No such partition.
+    UnknownPartition,
+    /// Too large (frame, batch or record).
+    TooLarge,
+    /// The node cannot serve now (starting, stopping, storage failed); retry elsewhere or later.
+    Unavailable,
+    /// Too many requests in flight on this connection.
+    Overloaded,
+    /// A bug on the node.
+    Internal,
+}
+
+/// A whole request failed.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct ErrorResponse {
+    /// The request's id (0 when the request could not be decoded far enough to know it).
+    pub request_id: u64,
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// Any message that travels in a frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    /// See [`ProduceRequest`].
+    ProduceRequest(ProduceRequest),
+    /// See [`ProduceResponse`].
+    ProduceResponse(ProduceResponse),
+    /// See [`FetchRequest`].
+    FetchRequest(FetchRequest),
+    /// See [`FetchResponse`].
+    FetchResponse(FetchResponse),
+    /// See [`MetadataRequest`].
+    MetadataRequest(MetadataRequest),
+    /// See [`MetadataResponse`].
+    MetadataResponse(MetadataResponse),
+    /// See [`ErrorResponse`].
+    Error(ErrorResponse),
+}
+
+impl Message {
+    /// The frame kind of this message.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::ProduceRequest(_) => Kind::ProduceRequest,
+            Message::ProduceResponse(_) => Kind::ProduceResponse,
+            Message::FetchRequest(_) => Kind::FetchRequest,
+            Message::FetchResponse(_) => Kind::FetchResponse,
+            Message::MetadataRequest(_) => Kind::MetadataRequest,
+            Message::MetadataResponse(_) => Kind::MetadataResponse,
+            Message::Error(_) => Kind::Error,
+        }
+    }
+
+    /// The correlation id.
+    pub fn request_id(&self) -> u64 {
+        match self {
+            Message::ProduceRequest(m) => m.request_id,
+            Message::ProduceResponse(m) => m.request_id,
+            Message::FetchRequest(m) => m.request_id,
+            Message::FetchResponse(m) => m.request_id,
+            Message::MetadataRequest(m) => m.request_id,
+            Message::MetadataResponse(m) => m.request_id,
+            Message::Error(m) => m.request_id,
+        }
+    }
+}

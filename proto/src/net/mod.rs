@@ -1,0 +1,233 @@
+//! The QUIC + mutual TLS connection layer shared by nodes, edge agents and the CLI.
+//!
+//! - [`tls`] loads PEM material and builds quinn configurations: TLS 1.3 only, the ring provider,
+//!   ALPN [`crate::ALPN`], no 0-RTT, client certificates required and checked against the
+//!   cluster CA, and servers required to present a `node` identity of the same cluster.
+//! - [`io`] reads and writes frames on QUIC streams, checking the body length before allocating.
+//! - [`server`] accepts connections, authenticates the peer's identity and role, and runs a
+//!   [`server::Handler`] for every request, pipelined per stream.
+//! - [`client`] connects to the first reachable node and pipelines requests over one stream.
+//!
+//! Identities come from certificates only (URI SAN `sluice://<cluster>/<role>/<name>`); nothing
+//! here trusts an identity claimed in a payload. This layer does not retry requests or reconnect
+//! after a connection is lost: callers decide, because only they know what is idempotent.
+
+pub mod client;
+pub mod io;
+pub mod server;
+pub mod tls;
+
+pub use client::{Client, ClientSettings};
+pub use io::{read_frame, write_frame};
+pub use server::{serve, Handler, ServerLimits};
+pub use tls::{client_config, peer_identity, server_config, TlsMaterial};
+
+use crate::frame::FrameError;
+use crate::msg::ErrorCode;
+use std::sync::Arc;
+
+/// Application close code: the connection ended normally (the client is done).
+pub const CLOSE_DONE: u32 = 0;
+/// Application close code: the server is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 1;
+/// Application close code: the peer's role may not use this endpoint.
+pub const CLOSE_ROLE_NOT_ALLOWED: u32 = 2;
+/// Application close code: the peer's certificate is for another cluster.
+pub const CLOSE_WRONG_CLUSTER: u32 = 3;
+/// Application close code: the peer's certificate carries no usable identity.
+pub const CLOSE_BAD_IDENTITY: u32 = 4;
+/// Stream error code (reset or stop) after a frame error.
+pub const STREAM_FRAME_ERROR: u32 = 1;
+
+/// What went wrong on a connection, phrased so that a user can act on it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NetError {
+    /// A certificate or key file (or in-memory PEM) could not be used.
+    #[error("certificate material {file}: {reason}")]
+    Certificate {
+        /// The file (or a description of the in-memory source).
+        file: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A TLS configuration could not be built from otherwise readable material.
+    #[error("tls configuration: {reason}")]
+    Tls {
+        /// What rustls or quinn refused.
+        reason: String,
+    },
+    /// The peer's certificate carries no acceptable identity.
+    #[error("peer identity: {reason}")]
+    Identity {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No connection could be made, or the handshake failed (the TLS alert is in `reason`).
+    #[error("connect to {addr}: {reason}")]
+    Connect {
+        /// The address (or addresses) tried.
+        addr: String,
+        /// Why it failed, including the TLS alert when there was one.
+        reason: String,
+    },
+    /// The peer closed the connection with an application close code and a reason.
+    #[error("connection refused by peer (code {code}): {reason}")]
+    Refused {
+        /// The application close code, one of the `CLOSE_*` constants.
+        code: u64,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// A frame could not be read or written.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// A message could not be encoded.
+    #[error("encode: {reason}")]
+    Encode {
+        /// What failed.
+        reason: String,
+    },
+    /// The peer answered with an error response.
+    #[error("remote error {code:?}: {message}")]
+    Remote {
+        /// The error code.
+        code: ErrorCode,
+        /// The peer's message.
+        message: String,
+    },
+    /// The peer sent something the protocol does not allow here.
+    #[error("protocol violation: {reason}")]
+    Protocol {
+        /// What arrived.
+        reason: String,
+    },
+    /// A deadline passed.
+    #[error("timed out: {what}")]
+    Timeout {
+        /// What did not complete in time.
+        what: String,
+    },
+    /// The connection or stream is closed.
+    #[error("closed: {reason}")]
+    Closed {
+        /// Who closed it and how.
+        reason: String,
+    },
+    /// An operating system IO error.
+    #[error("io error while {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+}
+
+/// The error code of a frame error sent back to the peer.
+pub(crate) fn frame_error_code(error: &FrameError) -> ErrorCode {
+    match error {
+        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+        _ => ErrorCode::BadRequest,
+    }
+}
+
+/// A TLS alert's name as the RFCs spell it, for error messages.
+fn alert_name(alert: u8) -> String {
+    let name = match alert {
+        10 => "unexpected message",
+        40 => "handshake failure",
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired or not yet valid",
+        46 => "certificate unknown",
+        47 => "illegal parameter",
+        48 => "unknown ca",
+        49 => "access denied",
+        50 => "decode error",
+        51 => "decrypt error",
+        70 => "protocol version",
+        80 => "internal error",
+        109 => "missing extension",
+        116 => "certificate required",
+        120 => "no application protocol",
+        _ => return format!("alert {alert}"),
+    };
+    name.to_owned()
+}
+
+/// Describes a transport error code, naming the TLS alert for handshake failures.
+fn describe_code(code: quinn::TransportErrorCode) -> String {
+    let raw = u64::from(code);
+    if (0x100..0x200).contains(&raw) {
+        // The low byte of a QUIC crypto error is the TLS alert.
+        format!("tls alert {}", alert_name((raw & 0xff) as u8))
+    } else if code == quinn::TransportErrorCode::CONNECTION_REFUSED {
+        "server refused the connection (connection limit reached or shutting down)".to_owned()
+    } else {
+        code.to_string()
+    }
+}
+
+/// Describes a transport close: the code, rustls's reason, and a hint for the common cause.
+fn describe_close(code: quinn::TransportErrorCode, reason: &str) -> String {
+    // A chain that ends at an unknown issuer, or at a same-named CA whose signature does not
+    // verify (two clusters both initialised as "prod"), both mean "another CA".
+    let hint = if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
+        "; the certificate was not issued by this cluster's ca"
+    } else {
+        ""
+    };
+    match reason.is_empty() {
+        true => describe_code(code),
+        false => format!("{} ({reason}{hint})", describe_code(code)),
+    }
+}
+
+/// Describes a connection error in words a user can act on.
+pub(crate) fn describe_connection_error(error: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match error {
+        E::TransportError(e) => describe_close(e.code, &e.reason),
+        E::ConnectionClosed(close) => {
+            format!(
+                "closed by peer: {}",
+                describe_close(close.error_code, &String::from_utf8_lossy(&close.reason))
+            )
+        }
+        E::ApplicationClosed(close) => {
+            format!(
+                "closed by peer with code {}: {}",
+                close.error_code,
+                String::from_utf8_lossy(&close.reason)
+            )
+        }
+        E::VersionMismatch => "peer speaks no supported QUIC version".to_owned(),
+        E::Reset => "connection reset by peer".to_owned(),
+        E::TimedOut => "connection timed out (peer unreachable or idle)".to_owned(),
+        E::LocallyClosed => "connection closed locally".to_owned(),
+        E::CidsExhausted => "connection ids exhausted".to_owned(),
+    }
+}
+
+/// Maps a connection error to a [`NetError`]; `addr` names the peer for handshake failures.
+pub(crate) fn connection_error(addr: &str, error: &quinn::ConnectionError) -> NetError {
+    use quinn::ConnectionError as E;
+    match error {
+        E::ApplicationClosed(close) => NetError::Refused {
+            code: close.error_code.into_inner(),
+            reason: String::from_utf8_lossy(&close.reason).into_owned(),
+        },
+        E::LocallyClosed => NetError::Closed {
+            reason: describe_connection_error(error),
+        },
+        E::TimedOut => NetError::Timeout {
+            what: format!("connection to {addr} (peer unreachable or idle)"),
+        },
+        _ => NetError::Connect {
+            addr: addr.to_owned(),
+            reason: describe_connection_error(error),
+        },
+    }
+}

@@ -1,0 +1,561 @@
+//! Real QUIC + mutual TLS on loopback: `net::server::serve` with a tiny handler, `net::Client`
+//! and raw quinn connections, with certificates generated here by rcgen (valid, expired, not yet
+//! valid, from a foreign CA, of the wrong role). Every wait has a deadline, so a hang fails fast.
+#![cfg(feature = "net")]
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use sluice_proto::frame::{FrameHeader, Kind, HEADER_LEN, MAGIC};
+use sluice_proto::msg::{
+    ErrorCode, ErrorResponse, FetchFrom, FetchRequest, Message, MetadataRequest, MetadataResponse,
+    ProduceResponse,
+};
+use sluice_proto::net::{
+    self, Client, ClientSettings, Handler, NetError, ServerLimits, TlsMaterial,
+};
+use sluice_proto::{Identity, PartitionId, Role, StreamName};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+const CLUSTER: &str = "test";
+
+/// Fails the test instead of hanging when `future` does not complete within 20 s.
+async fn within<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), future)
+        .await
+        .expect("deadline passed")
+}
+
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+/// A CA named `name`; two CAs of one name differ only by key, like two clusters both
+/// initialised with the same cluster name.
+fn ca_named(name: &str) -> Ca {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca { params, key, pem }
+}
+
+fn ca() -> Ca {
+    ca_named("test ca")
+}
+
+/// Validity windows of test certificates.
+#[derive(Clone, Copy)]
+enum Validity {
+    Now,
+    Expired,
+    NotYetValid,
+}
+
+/// A leaf with identity `sluice://<cluster>/<role>/<name>`, loopback SANs and both EKUs, as
+/// TLS material trusting `trusted`.
+fn leaf(
+    issuer: &Ca,
+    trusted: &Ca,
+    cluster: &str,
+    role: Role,
+    name: &str,
+    validity: Validity,
+) -> TlsMaterial {
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let uri = Identity::new(cluster, role, name).unwrap().uri();
+    params
+        .subject_alt_names
+        .push(SanType::URI(uri.try_into().unwrap()));
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let (from, until) = match validity {
+        Validity::Now => ((2020, 1, 1), (2200, 1, 1)),
+        Validity::Expired => ((2001, 1, 1), (2002, 1, 1)),
+        Validity::NotYetValid => ((2300, 1, 1), (2301, 1, 1)),
+    };
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let key = KeyPair::generate().unwrap();
+    let cert = params
+        .signed_by(&key, &Issuer::from_params(&issuer.params, &issuer.key))
+        .unwrap();
+    TlsMaterial::from_pem(
+        trusted.pem.as_bytes(),
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+    )
+    .unwrap()
+}
+
+fn valid(ca: &Ca, role: Role, name: &str) -> TlsMaterial {
+    leaf(ca, ca, CLUSTER, role, name, Validity::Now)
+}
+
+/// Answers metadata with one partition (echoing the stream), produce with no outcomes, fetch
+/// with UnknownStream, and panics on the stream named `panic`. Records every peer it saw.
+#[derive(Default)]
+struct TestHandler {
+    peers: Mutex<Vec<Identity>>,
+}
+
+impl Handler for TestHandler {
+    fn handle(
+        &self,
+        peer: Arc<Identity>,
+        request: Message,
+    ) -> Pin<Box<dyn Future<Output = Message> + Send + 'static>> {
+        self.peers.lock().unwrap().push((*peer).clone());
+        Box::pin(async move {
+            match request {
+                Message::MetadataRequest(m) => {
+                    assert_ne!(m.stream.as_str(), "panic", "handler asked to panic");
+                    // Yield a request-dependent number of times so responses complete out of order.
+                    for _ in 0..(m.request_id % 7) {
+                        tokio::task::yield_now().await;
+                    }
+                    Message::MetadataResponse(MetadataResponse {
+                        request_id: m.request_id,
+                        stream: m.stream,
+                        n_partitions: 1,
+                    })
+                }
+                Message::ProduceRequest(p) => Message::ProduceResponse(ProduceResponse {
+                    request_id: p.request_id,
+                    outcomes: vec![],
+                }),
+                other => Message::Error(ErrorResponse {
+                    request_id: other.request_id(),
+                    code: ErrorCode::UnknownStream,
+                    message: "no such stream".to_owned(),
+                }),
+            }
+        })
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    handler: Arc<TestHandler>,
+    _shutdown: watch::Sender<bool>,
+}
+
+fn start(material: &TlsMaterial, allowed_roles: Vec<Role>) -> Server {
+    let limits = ServerLimits {
+        handshake_timeout_ms: 5_000,
+        ..ServerLimits::default()
+    };
+    let config = net::server_config(material, CLUSTER, &limits).unwrap();
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let handler = Arc::new(TestHandler::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let served = net::serve(
+        endpoint,
+        CLUSTER.to_owned(),
+        allowed_roles,
+        handler.clone(),
+        limits,
+        shutdown_rx,
+    );
+    tokio::spawn(served);
+    Server {
+        addr,
+        handler,
+        _shutdown: shutdown,
+    }
+}
+
+fn start_node(ca: &Ca) -> Server {
+    start(&valid(ca, Role::Node, "n1"), vec![Role::Edge, Role::Admin])
+}
+
+fn settings(material: TlsMaterial, server: SocketAddr) -> ClientSettings {
+    let mut settings = ClientSettings::new(material, CLUSTER, vec![server.to_string()]);
+    settings.connect_timeout_ms = 5_000;
+    settings.request_timeout_ms = 5_000;
+    settings
+}
+
+fn stream(name: &str) -> StreamName {
+    StreamName::new(name).unwrap()
+}
+
+/// Connects and makes one call; returns the first error, from connecting or from the call.
+async fn connect_and_call(settings: &ClientSettings) -> Result<MetadataResponse, NetError> {
+    let client = within(Client::connect(settings)).await?;
+    within(client.metadata(stream("s"))).await
+}
+
+#[tokio::test]
+async fn valid_edge_client_is_served_as_its_certificate_identity() {
+    // Checks that an edge with a valid certificate gets responses, that the handler sees the
+    // identity from the certificate, that error responses become NetError::Remote, and that a
+    // handler that panics answers Internal instead of leaving the call waiting.
+    let ca = ca();
+    let server = start_node(&ca);
+    let client = within(Client::connect(&settings(
+        valid(&ca, Role::Edge, "pi-01"),
+        server.addr,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(
+        client.server(),
+        &Identity::new(CLUSTER, Role::Node, "n1").unwrap()
+    );
+    let response = within(client.metadata(stream("temps"))).await.unwrap();
+    assert_eq!(
+        (response.stream.as_str(), response.n_partitions),
+        ("temps", 1)
+    );
+    assert_eq!(
+        server.handler.peers.lock().unwrap()[0],
+        Identity::new(CLUSTER, Role::Edge, "pi-01").unwrap()
+    );
+    let fetch = FetchRequest {
+        request_id: 0,
+        stream: stream("temps"),
+        partition: PartitionId(0),
+        from: FetchFrom::Earliest,
+        events_max: 1,
+        bytes_max: 1024,
+        wait_ms: 0,
+    };
+    let error = within(client.fetch(fetch)).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            NetError::Remote {
+                code: ErrorCode::UnknownStream,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let error = within(client.metadata(stream("panic"))).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            NetError::Remote {
+                code: ErrorCode::Internal,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let response = within(client.produce(stream("temps"), vec![]))
+        .await
+        .unwrap();
+    assert!(response.outcomes.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_one_client_correlate() {
+    // Checks that 256 calls in flight at once on one shared client all complete, each with the
+    // response to its own request (the handler echoes the stream name and finishes out of order).
+    let ca = ca();
+    let server = start_node(&ca);
+    let client = within(Client::connect(&settings(
+        valid(&ca, Role::Admin, "ops"),
+        server.addr,
+    )))
+    .await
+    .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..256 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let response = client.metadata(stream(&format!("s{i}"))).await.unwrap();
+            assert_eq!(response.stream.as_str(), format!("s{i}"));
+            response.request_id
+        });
+    }
+    let mut request_ids = within(tasks.join_all()).await;
+    request_ids.sort_unstable();
+    request_ids.dedup();
+    assert_eq!(request_ids.len(), 256);
+}
+
+#[tokio::test]
+async fn client_from_foreign_ca_is_refused_and_server_keeps_serving() {
+    // Checks that a client certificate from another CA, whether that CA has another name or the
+    // same name, fails with an error saying so, and that the server then still serves a good
+    // client.
+    let ca = ca();
+    let server = start_node(&ca);
+    for foreign in [ca_named("other ca"), ca_named("test ca")] {
+        let bad = leaf(
+            &foreign,
+            &ca,
+            CLUSTER,
+            Role::Edge,
+            "intruder",
+            Validity::Now,
+        );
+        let error = connect_and_call(&settings(bad, server.addr))
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("not issued by this cluster's ca"),
+            "{error}"
+        );
+    }
+    connect_and_call(&settings(valid(&ca, Role::Edge, "pi-01"), server.addr))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_client_certificates_are_refused() {
+    // Checks that client certificates outside their validity window are refused with the
+    // certificate-expired alert in the error, and that the server keeps serving.
+    let ca = ca();
+    let server = start_node(&ca);
+    for validity in [Validity::Expired, Validity::NotYetValid] {
+        let material = leaf(&ca, &ca, CLUSTER, Role::Edge, "old", validity);
+        let error = connect_and_call(&settings(material, server.addr))
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("certificate expired or not yet valid"),
+            "{error}"
+        );
+    }
+    connect_and_call(&settings(valid(&ca, Role::Edge, "pi-01"), server.addr))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    // Checks that a raw QUIC client offering no certificate is closed with the TLS
+    // certificate_required alert (crypto error 0x100 + 116) and gets no response.
+    let ca = ca();
+    let server = start_node(&ca);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(valid(&ca, Role::Edge, "x").ca[0].clone())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![sluice_proto::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connecting = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(quic)),
+            server.addr,
+            "localhost",
+        )
+        .unwrap();
+    let closed = match within(connecting).await {
+        Err(error) => error,
+        Ok(connection) => within(connection.closed()).await,
+    };
+    match closed {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            assert_eq!(u64::from(close.error_code), 0x100 + 116)
+        }
+        other => panic!("unexpected close {other}"),
+    }
+    connect_and_call(&settings(valid(&ca, Role::Edge, "pi-01"), server.addr))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn role_not_allowed_is_refused_with_reason() {
+    // Checks that a node certificate used as a client where only edge and admin may connect is
+    // closed with the role code, and that the reason text reaches the client's error.
+    let ca = ca();
+    let server = start_node(&ca);
+    let error = connect_and_call(&settings(valid(&ca, Role::Node, "n2"), server.addr))
+        .await
+        .unwrap_err();
+    match &error {
+        NetError::Refused { code, reason } => {
+            assert_eq!(*code, u64::from(net::CLOSE_ROLE_NOT_ALLOWED));
+            assert_eq!(reason, "role node not allowed here");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(error.to_string().contains("role node not allowed here"));
+}
+
+#[tokio::test]
+async fn client_refuses_server_that_is_not_a_node_of_its_ca() {
+    // Checks that the client refuses a server presenting an edge certificate of the right CA,
+    // and a node certificate from a foreign CA, naming the reason in the error.
+    let ca = ca();
+    let foreign = ca_named("other ca");
+    let edge_server = start(&valid(&ca, Role::Edge, "fake-node"), vec![Role::Edge]);
+    let client = settings(valid(&ca, Role::Edge, "pi-01"), edge_server.addr);
+    let error = within(Client::connect(&client)).await.unwrap_err();
+    assert!(error.to_string().contains("not a node"), "{error}");
+    let foreign_server = start(
+        &leaf(&foreign, &foreign, CLUSTER, Role::Node, "n9", Validity::Now),
+        vec![Role::Edge],
+    );
+    let client = settings(valid(&ca, Role::Edge, "pi-01"), foreign_server.addr);
+    let error = within(Client::connect(&client)).await.unwrap_err();
+    assert!(error.to_string().contains("unknown ca"), "{error}");
+    let same_name = self::ca();
+    let same_name_server = start(
+        &leaf(
+            &same_name,
+            &same_name,
+            CLUSTER,
+            Role::Node,
+            "n8",
+            Validity::Now,
+        ),
+        vec![Role::Edge],
+    );
+    let client = settings(valid(&ca, Role::Edge, "pi-01"), same_name_server.addr);
+    let error = within(Client::connect(&client)).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("not issued by this cluster's ca"),
+        "{error}"
+    );
+    assert!(edge_server.handler.peers.lock().unwrap().is_empty());
+}
+
+/// Opens a raw stream, writes `bytes`, finishes, and returns the first frame read back.
+async fn raw_exchange(
+    connection: &quinn::Connection,
+    bytes: &[u8],
+) -> Result<Option<Message>, NetError> {
+    let (mut send, mut recv) = within(connection.open_bi()).await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    send.finish().unwrap();
+    within(net::read_frame(&mut recv, 1 << 20)).await
+}
+
+fn bad_request_code(reply: Result<Option<Message>, NetError>) -> ErrorCode {
+    match reply {
+        Ok(Some(Message::Error(ErrorResponse {
+            request_id: 0,
+            code,
+            ..
+        }))) => code,
+        other => panic!("expected an error response with request id 0, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_frames_end_only_their_stream() {
+    // Checks that garbage, an oversized header and a truncated frame on raw streams each get an
+    // ErrorResponse (BadRequest, TooLarge, BadRequest), that a non-request message gets
+    // BadRequest with its id while its stream keeps working, and that the same connection and
+    // the server keep serving.
+    let ca = ca();
+    let server = start_node(&ca);
+    let config = net::client_config(&valid(&ca, Role::Edge, "pi-01"), CLUSTER).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = within(
+        endpoint
+            .connect_with(config, server.addr, "127.0.0.1")
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(
+        bad_request_code(raw_exchange(&connection, b"GARBAGEGARBAGEGARBAGE").await),
+        ErrorCode::BadRequest
+    );
+    let huge = FrameHeader {
+        kind: Kind::MetadataRequest,
+        body_len: u32::MAX,
+    }
+    .to_bytes();
+    assert_eq!(
+        bad_request_code(raw_exchange(&connection, &huge).await),
+        ErrorCode::TooLarge
+    );
+    let mut truncated = FrameHeader {
+        kind: Kind::MetadataRequest,
+        body_len: 100,
+    }
+    .to_bytes()
+    .to_vec();
+    truncated.extend_from_slice(&[0u8; 10]);
+    assert_eq!(
+        bad_request_code(raw_exchange(&connection, &truncated).await),
+        ErrorCode::BadRequest
+    );
+    let mut bad_version = MAGIC.to_vec();
+    bad_version.extend_from_slice(&[0u8; HEADER_LEN - 4]);
+    assert_eq!(
+        bad_request_code(raw_exchange(&connection, &bad_version).await),
+        ErrorCode::BadRequest
+    );
+
+    let (mut send, mut recv) = within(connection.open_bi()).await.unwrap();
+    let not_a_request = Message::ProduceResponse(ProduceResponse {
+        request_id: 7,
+        outcomes: vec![],
+    });
+    within(net::write_frame(&mut send, &not_a_request))
+        .await
+        .unwrap();
+    match within(net::read_frame(&mut recv, 1 << 20)).await.unwrap() {
+        Some(Message::Error(ErrorResponse {
+            request_id: 7,
+            code: ErrorCode::BadRequest,
+            ..
+        })) => {}
+        other => panic!("unexpected reply {other:?}"),
+    }
+    let request = Message::MetadataRequest(MetadataRequest {
+        request_id: 8,
+        stream: stream("ok"),
+    });
+    within(net::write_frame(&mut send, &request)).await.unwrap();
+    match within(net::read_frame(&mut recv, 1 << 20)).await.unwrap() {
+        Some(Message::MetadataResponse(MetadataResponse {
+            request_id: 8,
+            n_partitions: 1,
+            ..
+        })) => {}
+        other => panic!("unexpected reply {other:?}"),
+    }
+    send.finish().unwrap();
+    assert_eq!(
+        within(net::read_frame(&mut recv, 1 << 20)).await.unwrap(),
+        None
+    );
+    connect_and_call(&settings(valid(&ca, Role::Edge, "pi-02"), server.addr))
+        .await
+        .unwrap();
+}

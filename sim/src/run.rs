@@ -1,0 +1,493 @@
+//! One seeded run: a current-thread tokio runtime with paused time and a seeded RNG, one node on
+//! the simulated disk, producers behind faulty links, a tailing consumer, and a controller that
+//! crashes, restarts and fails `fdatasync` calls at seeded points (safety phase), then heals
+//! everything and waits for every record to be acknowledged (liveness phase). The log is read
+//! back and checked after every restart and at the end.
+
+use crate::env::{clock, process_env, SimClock, SimDisk};
+use crate::invariants::{self, convergence, no_panics, LogSnapshot, Violation};
+use crate::link::Link;
+use crate::logging;
+use crate::scenario::{
+    Scenario, OWNER_PRODUCER_BASE, OWNER_RUN, SALT_CONSUMER, SALT_CRASH, SALT_FAULTS, SALT_LINK,
+    SALT_TAILER,
+};
+use crate::settings::{Plant, Settings};
+use crate::workload::consumer::{probe, read_all, run_tailer};
+use crate::workload::producer::{run_producer, Producer};
+use crate::world::{NodeSlot, World};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use sluice_node::config::NodeConfig;
+use sluice_node::Node;
+use sluice_proto::codec;
+use sluice_proto::env::rng_for;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long the controller waits for an armed mid-IO crash before crashing anyway.
+const ARMED_CRASH_WAIT: Duration = Duration::from_secs(5);
+/// Slack, beyond both phases, before a run that does not finish is declared stuck.
+const RUN_SLACK: Duration = Duration::from_secs(300);
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// The seed.
+    pub seed: u64,
+    /// SHA-256 over every observable step.
+    pub trace_hash: [u8; 32],
+    /// Steps hashed.
+    pub n_steps: u64,
+    /// Simulated time the run took.
+    pub sim_time: Duration,
+    /// Records the producers generated.
+    pub n_records: usize,
+    /// Events in the final log.
+    pub n_events: usize,
+    /// Power losses between tasks.
+    pub n_crashes: u32,
+    /// Power losses inside a disk operation.
+    pub n_crashes_mid_io: u32,
+    /// Clean restarts.
+    pub n_clean_restarts: u32,
+    /// `fdatasync` failures injected.
+    pub n_sync_errors: u32,
+    /// Full read-backs checked.
+    pub n_checks: u32,
+    /// Crashes that fired inside the node's recovery (then it recovers again).
+    pub n_recovery_crashes: u32,
+    /// Armed crashes that fired inside a disk operation (the rest fell back to a plain crash).
+    pub n_fired_mid_io: u64,
+    /// Last writes torn by crashes.
+    pub n_torn_writes: u64,
+    /// Acks of records already stored (retries and duplicated requests).
+    pub n_duplicate_acks: u64,
+    /// Records answered "duplicate older than the dedup window".
+    pub n_too_old: u64,
+    /// Disk operations by a node process after `Node::stop` returned.
+    pub n_ops_after_stop: u64,
+}
+
+/// The result of a run: its summary, and the first broken invariant if any.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// What the run did (as far as it got).
+    pub summary: RunSummary,
+    /// The first broken invariant.
+    pub failure: Option<Violation>,
+}
+
+/// Runs one seed on a fresh runtime.
+pub fn run_seed(seed: u64, settings: &Settings) -> RunOutcome {
+    logging::install_panic_recorder();
+    logging::clear_panics();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
+        .unhandled_panic(tokio::runtime::UnhandledPanic::ShutdownRuntime)
+        .build()
+        .unwrap_or_else(|e| panic!("seed {seed}: cannot build the simulation runtime: {e}"));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(simulate(seed, settings.clone()))
+    }));
+    drop(runtime);
+    clock::clear_thread_run();
+    let mut outcome = match result {
+        Ok(outcome) => outcome,
+        Err(_) => RunOutcome {
+            summary: RunSummary {
+                seed,
+                ..RunSummary::default()
+            },
+            failure: None,
+        },
+    };
+    if outcome.failure.is_none() {
+        outcome.failure = no_panics::check().err();
+    }
+    logging::clear_panics();
+    outcome
+}
+
+/// How the controller ends a node process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Power loss between two tasks.
+    Crash,
+    /// Power loss inside a disk operation (maybe between a write and its fsync).
+    CrashMidIo,
+    /// The process stops cleanly and starts again.
+    CleanRestart,
+    /// One `fdatasync` fails with `EIO`, Linux style; the process keeps running.
+    SyncError,
+}
+
+struct Controller {
+    world: Arc<World>,
+    config: NodeConfig,
+    settings: Settings,
+    node: Option<Node>,
+    fault_rng: ChaCha8Rng,
+    consumer_rng: ChaCha8Rng,
+    summary: RunSummary,
+}
+
+async fn simulate(seed: u64, settings: Settings) -> RunOutcome {
+    let scenario = Scenario::from_seed(seed, &settings);
+    let config = scenario.node_config();
+    let clock = Arc::new(SimClock::new());
+    let disk = SimDisk::new();
+    if settings.plant == Some(Plant::AckBeforeFsync) {
+        let (first_stream, _) = &scenario.streams[0];
+        disk.plant_noop_sync(
+            &Scenario::data_dir()
+                .join("streams")
+                .join(first_stream.as_str())
+                .join("0"),
+        );
+    }
+    let world = Arc::new(World::new(seed, clock, disk, scenario.streams.clone()));
+    let mut controller = Controller {
+        world: world.clone(),
+        config,
+        settings: settings.clone(),
+        node: None,
+        fault_rng: rng_for(seed, OWNER_RUN, SALT_FAULTS),
+        consumer_rng: rng_for(seed, OWNER_RUN, SALT_CONSUMER),
+        summary: RunSummary {
+            seed,
+            ..RunSummary::default()
+        },
+    };
+    let bound = Duration::from_millis(settings.safety_ms + settings.liveness_ms) + RUN_SLACK;
+    let failure = match tokio::time::timeout(bound, controller.run(&scenario)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(violation)) => Some(violation),
+        Err(_) => Some(Violation::new(
+            "convergence",
+            format!(
+                "the run did not finish within {} simulated seconds",
+                bound.as_secs()
+            ),
+        )),
+    };
+    let mut summary = controller.summary;
+    let (hash, n_steps) = world.trace.finish();
+    summary.trace_hash = hash;
+    summary.n_steps = n_steps;
+    summary.sim_time = world.now();
+    {
+        let history = world.history();
+        summary.n_records = history.n_records();
+        summary.n_duplicate_acks = history.n_duplicate_acks();
+        summary.n_too_old = history.n_too_old();
+    }
+    let disk_stats = world.disk.stats();
+    summary.n_torn_writes = disk_stats.n_torn_writes;
+    summary.n_fired_mid_io = disk_stats.n_crashes_mid_io;
+    summary.n_ops_after_stop = disk_stats.n_ops_after_exit;
+    RunOutcome {
+        summary,
+        failure: failure.or_else(|| world.first_violation()),
+    }
+}
+
+impl Controller {
+    async fn run(&mut self, scenario: &Scenario) -> Result<(), Violation> {
+        let world = self.world.clone();
+        let seed = world.seed;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        self.start_node().await?;
+        for plan in &scenario.producers {
+            let producer = Producer::new(plan.clone(), seed);
+            let owner = OWNER_PRODUCER_BASE + u64::from(plan.idx);
+            let link = Link::new(
+                world.clone(),
+                producer.identity().clone(),
+                scenario.link,
+                rng_for(seed, owner, SALT_LINK),
+            );
+            tokio::spawn(run_producer(
+                world.clone(),
+                producer,
+                link,
+                shutdown_rx.clone(),
+            ));
+        }
+        tokio::spawn(run_tailer(
+            world.clone(),
+            rng_for(seed, OWNER_RUN, SALT_TAILER),
+            shutdown_rx,
+        ));
+        self.safety_phase().await?;
+        self.liveness_phase().await?;
+        let _ = shutdown_tx.send(true);
+        self.stop_node().await;
+        Ok(())
+    }
+
+    /// Faults at seeded times; the first is always a crash.
+    async fn safety_phase(&mut self) -> Result<(), Violation> {
+        let safety_ms = self.settings.safety_ms.max(10);
+        let n_faults = self
+            .fault_rng
+            .random_range(1..=self.settings.faults_max.max(1));
+        let mut times: Vec<u64> = (0..n_faults)
+            .map(|_| {
+                self.fault_rng
+                    .random_range(safety_ms / 10..=safety_ms * 9 / 10)
+            })
+            .collect();
+        times.sort_unstable();
+        for (idx, at_ms) in times.into_iter().enumerate() {
+            self.wait_until(Duration::from_millis(at_ms)).await?;
+            let fault = match (idx, self.fault_rng.random_range(0..10u8)) {
+                (0, roll) if roll < 5 => Fault::Crash,
+                (0, _) => Fault::CrashMidIo,
+                (_, 0..=2) => Fault::Crash,
+                (_, 3..=5) => Fault::CrashMidIo,
+                (_, 6..=7) => Fault::CleanRestart,
+                _ => Fault::SyncError,
+            };
+            let fault = match fault {
+                Fault::SyncError if !self.settings.sync_errors => Fault::CleanRestart,
+                other => other,
+            };
+            if fault == Fault::SyncError {
+                self.sync_error().await?;
+                continue;
+            }
+            self.fault(fault).await?;
+            let downtime = Duration::from_millis(self.fault_rng.random_range(0..=1_000u64));
+            tokio::time::sleep(downtime).await;
+            self.restart().await?;
+            self.check("restart").await?;
+        }
+        self.wait_until(Duration::from_millis(safety_ms)).await
+    }
+
+    /// No faults, no new records: every record must get an answer within the bound.
+    async fn liveness_phase(&mut self) -> Result<(), Violation> {
+        self.world.start_liveness();
+        self.world.record("liveness", []);
+        let deadline = self.world.now() + Duration::from_millis(self.settings.liveness_ms);
+        while self.world.history().n_unresolved() > 0 && self.world.now() < deadline {
+            let step = (self.world.now() + Duration::from_millis(100)).min(deadline);
+            self.wait_until(step).await?;
+        }
+        let snapshot = self.check("final").await?;
+        convergence::check(&self.world.history(), &snapshot)?;
+        self.summary.n_events = snapshot.n_events();
+        for ((stream, partition), log) in &snapshot.partitions {
+            let mut bytes = Vec::new();
+            for stored in &log.events {
+                bytes.extend_from_slice(&stored.offset.0.to_le_bytes());
+                codec::encode_into(&stored.event, &mut bytes).map_err(|e| {
+                    Violation::new("integrity", format!("stored event does not encode: {e}"))
+                })?;
+            }
+            self.world
+                .record(&format!("log {stream}/{partition}"), bytes);
+        }
+        Ok(())
+    }
+
+    /// Sleeps until `at` (simulated time since the start), failing early on a violation found
+    /// by another task or when the node stops on its own.
+    async fn wait_until(&mut self, at: Duration) -> Result<(), Violation> {
+        loop {
+            if let Some(violation) = self.world.first_violation() {
+                return Err(violation);
+            }
+            no_panics::check()?;
+            let now = self.world.now();
+            if now >= at {
+                return Ok(());
+            }
+            let step = (at - now).min(Duration::from_millis(500));
+            let node = self.node.as_mut();
+            tokio::select! {
+                biased;
+                () = node_failed(node) => {
+                    self.node = None;
+                    self.world.set_node(None);
+                    return Err(Violation::new("convergence", "the node stopped on its own: a partition spent its restart budget"));
+                }
+                () = tokio::time::sleep(step) => {}
+            }
+        }
+    }
+
+    /// Starts the node again; sometimes a crash is armed to fire inside its recovery (only
+    /// recoveries that write — a torn tail to zero, a half-created segment to rebuild — reach
+    /// it), and then it recovers once more.
+    async fn restart(&mut self) -> Result<(), Violation> {
+        for attempt in 0..3u32 {
+            let armed = attempt < 2 && self.fault_rng.random_bool(0.3);
+            if armed {
+                let n_ops = self.fault_rng.random_range(1..=8u32);
+                let rng = rng_for(
+                    self.world.seed,
+                    0x8ec0 + u64::from(self.summary.n_recovery_crashes),
+                    SALT_CRASH,
+                );
+                self.world.disk.arm_crash(n_ops, rng);
+            }
+            let generation = self.world.disk.generation();
+            let started = self.start_node().await;
+            if self.world.disk.generation() == generation {
+                self.world.disk.disarm();
+                return started;
+            }
+            self.world
+                .record("crash-in-recovery", format!("{}", started.is_ok()));
+            self.summary.n_recovery_crashes += 1;
+            self.stop_node().await;
+        }
+        self.start_node().await
+    }
+
+    async fn start_node(&mut self) -> Result<(), Violation> {
+        let world = &self.world;
+        let env = process_env(&world.clock, &world.disk, world.seed);
+        let disk_generation = world.disk.generation();
+        match Node::start(&self.config, env).await {
+            Ok(node) => {
+                world.set_node(Some(NodeSlot {
+                    service: node.service().clone(),
+                    disk_generation,
+                }));
+                world.record("start", format!("generation {disk_generation}"));
+                self.node = Some(node);
+                Ok(())
+            }
+            Err(e) => Err(Violation::new(
+                "acked_durability",
+                format!("the node failed to start on the recovered disk: {e}"),
+            )),
+        }
+    }
+
+    async fn stop_node(&mut self) {
+        self.world.set_node(None);
+        if let Some(node) = self.node.take() {
+            node.stop().await;
+        }
+    }
+
+    async fn fault(&mut self, fault: Fault) -> Result<(), Violation> {
+        let world = self.world.clone();
+        let crash_rng = rng_for(
+            world.seed,
+            u64::from(self.summary.n_crashes + self.summary.n_crashes_mid_io),
+            SALT_CRASH,
+        );
+        match fault {
+            Fault::Crash => {
+                let report = world.disk.crash(&mut crash_rng.clone());
+                world.record("crash", format!("{report:?}"));
+                self.summary.n_crashes += 1;
+            }
+            Fault::CrashMidIo => {
+                let n_ops = self.fault_rng.random_range(1..=40u32);
+                world.disk.arm_crash(n_ops, crash_rng.clone());
+                let fired = tokio::select! {
+                    biased;
+                    report = world.disk.wait_crash() => Some(report),
+                    () = tokio::time::sleep(ARMED_CRASH_WAIT) => None,
+                };
+                let report = match fired {
+                    Some(report) => report,
+                    None => {
+                        world.disk.disarm();
+                        world.disk.crash(&mut crash_rng.clone())
+                    }
+                };
+                world.record(
+                    "crash-mid-io",
+                    format!("{n_ops} {} {report:?}", fired.is_some()),
+                );
+                self.summary.n_crashes_mid_io += 1;
+            }
+            Fault::SyncError => return self.sync_error().await,
+            Fault::CleanRestart => {
+                self.stop_node().await;
+                world.disk.close_all();
+                world.record("clean-stop", []);
+                self.summary.n_clean_restarts += 1;
+            }
+        }
+        // The crashed process is dead: tear down what is left of it (its disk handles fail).
+        self.stop_node().await;
+        Ok(())
+    }
+
+    /// Fails one of the next few `fdatasync` calls; the node must fence the partition, restart
+    /// it from what the disk really holds, and acknowledge nothing that is not durable.
+    async fn sync_error(&mut self) -> Result<(), Violation> {
+        let before = self.world.disk.stats().n_sync_failures;
+        let n_ok = self.fault_rng.random_range(0..=5u32);
+        self.world.disk.arm_sync_failure(n_ok);
+        let deadline = self.world.now() + Duration::from_secs(3);
+        while self.world.disk.stats().n_sync_failures == before && self.world.now() < deadline {
+            self.wait_until(self.world.now() + Duration::from_millis(50))
+                .await?;
+        }
+        let fired = !self.world.disk.disarm_sync_failure();
+        self.world.record("sync-error", format!("{n_ok} {fired}"));
+        self.summary.n_sync_errors += u32::from(fired);
+        // Give the supervisor time to restart the fenced partition before reading it back.
+        self.wait_until(self.world.now() + Duration::from_millis(500))
+            .await?;
+        self.check("sync-error").await.map(|_| ())
+    }
+
+    /// Reads every partition back and runs every log invariant.
+    async fn check(&mut self, when: &str) -> Result<LogSnapshot, Violation> {
+        let Some(slot) = self.world.node() else {
+            return Err(Violation::new(
+                "convergence",
+                format!("no node to read back from ({when})"),
+            ));
+        };
+        let ack_clock = self.world.history().ack_clock();
+        let snapshot = read_all(&slot.service, &self.world.streams, &mut self.consumer_rng).await?;
+        {
+            let history = self.world.history();
+            let mut reads = self.world.reads();
+            invariants::check_log(&history, ack_clock, &snapshot, &mut reads)?;
+        }
+        for ((stream, partition), log) in &snapshot.partitions {
+            // The probes' reads are checked against the snapshot just remembered.
+            probe(
+                &self.world,
+                &slot.service,
+                stream,
+                *partition,
+                log.high_watermark,
+                8,
+                &mut self.consumer_rng,
+            )
+            .await?;
+        }
+        let marks: Vec<String> = snapshot
+            .partitions
+            .iter()
+            .map(|((s, p), log)| format!("{s}/{p}:{}", log.high_watermark))
+            .collect();
+        self.world.record(&format!("check {when}"), marks.join(" "));
+        self.summary.n_checks += 1;
+        Ok(snapshot)
+    }
+}
+
+async fn node_failed(node: Option<&mut Node>) {
+    match node {
+        Some(node) => node.failed().await,
+        None => std::future::pending().await,
+    }
+}

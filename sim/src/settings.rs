@@ -1,0 +1,42 @@
+//! What a run does: its length, its size and its planted bug. Everything else about a run (the
+//! node's streams and bounds, the producers, the link's faults, the crash schedule) is drawn from
+//! the seed, so one seed plus these settings is one run.
+
+/// A bug planted on purpose, to prove the checkers can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Plant {
+    /// `fdatasync` of the first partition's segment files does nothing after their first sync,
+    /// so the node acknowledges writes that a crash then loses.
+    AckBeforeFsync,
+}
+
+/// The knobs of a run that do not come from the seed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Simulated length of the safety phase (workload and faults), in ms.
+    pub safety_ms: u64,
+    /// Bound, in simulated ms, within which every record must be acknowledged once faults stop.
+    pub liveness_ms: u64,
+    /// Most producers a run has (it draws 2 to this many).
+    pub producers_max: u32,
+    /// Most crashes and restarts in the safety phase (a run has at least one crash).
+    pub faults_max: u32,
+    /// Inject `fdatasync` failures (Linux semantics). Turning them off replaces each one with a
+    /// clean restart and leaves every other draw of the seed unchanged.
+    pub sync_errors: bool,
+    /// A planted bug, if any.
+    pub plant: Option<Plant>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            safety_ms: 20_000,
+            liveness_ms: 30_000,
+            producers_max: 5,
+            faults_max: 6,
+            sync_errors: true,
+            plant: None,
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The simulated clients: producers (edges with sensors) and consumers.
+
+pub mod consumer;
+pub mod producer;
