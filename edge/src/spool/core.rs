@@ -1,0 +1,1571 @@
+//! The spool core: decides what to keep, drop and declare, and lays out the log. Sans IO: it
+//! takes inputs with the time as `now`, and queues [`Output`]s (create, write, sync, remove a
+//! segment) that its shell executes in order. No clock, no disk, no awaits.
+//!
+//! The core assumes each output succeeds once its shell has executed it; a shell whose output
+//! fails must throw the core away and recover from disk (see [`crate::spool::Spool`]). That is
+//! what lets the core mark records durable, or segments dead, the moment it emits a sync.
+//!
+//! Per stream `(sensor, boot_epoch)` the core keeps the queue of undelivered items in seq order:
+//! readings and drop declarations (`Payload::Dropped`, one item for a whole seq range). The queue
+//! always tiles `[acked_end, issued_end)` exactly: every seq issued is acknowledged, queued, or
+//! inside a queued declaration. Items leave the queue only through [`SpoolCore::handle_ack`].
+//!
+//! An item is *pinned* once handed to the uplink (or, after a crash, if it lies below the
+//! stream's durable send mark, which always covers what was handed out): a pinned item is never
+//! evicted or expired, because declaring it dropped could overlap a delivery the broker holds.
+
+use super::config::{FullPolicy, SpoolConfig};
+use super::format::{self, Entry, StreamMark, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use sluice_proto::{BootEpoch, DropReason, Payload, Record, SensorId, UnixMillis};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+/// One stream of seqs: a sensor within one boot epoch.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamKey {
+    /// The sensor.
+    pub sensor: SensorId,
+    /// The boot epoch its seqs belong to.
+    pub epoch: BootEpoch,
+}
+
+/// Where a frame lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// Segment id.
+    pub segment: u64,
+    /// Byte position of the frame header in the segment.
+    pub pos: u64,
+    /// Frame length (header and body).
+    pub len: u32,
+}
+
+/// What the shell must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Create segment `id` (truncate, write its header, preallocate, sync it and the directory).
+    CreateSegment {
+        /// Segment id.
+        id: u64,
+    },
+    /// Write `bytes` at `pos` of segment `segment`.
+    Write {
+        /// Segment id.
+        segment: u64,
+        /// Byte position.
+        pos: u64,
+        /// The frames.
+        bytes: Vec<u8>,
+    },
+    /// Copy the frame at `from` to `pos` of segment `segment`.
+    Copy {
+        /// Where the frame is.
+        from: Loc,
+        /// Target segment id.
+        segment: u64,
+        /// Target byte position.
+        pos: u64,
+    },
+    /// `fdatasync` segment `segment`.
+    Sync {
+        /// Segment id.
+        segment: u64,
+    },
+    /// Remove segment `id` and sync the directory.
+    RemoveSegment {
+        /// Segment id.
+        id: u64,
+    },
+}
+
+/// A reading was accepted and given its `(boot_epoch, seq)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The boot epoch.
+    pub epoch: BootEpoch,
+    /// The seq within `(sensor, epoch)`.
+    pub seq: u64,
+}
+
+/// A reading was refused; no seq was issued for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// The budget is exhausted and the policy is `Block` (or every evictable segment is pinned
+    /// by records handed to the uplink): retry after acknowledgements or expiry free space.
+    Full,
+    /// The encoded reading is larger than `record_bytes_max`.
+    TooLarge {
+        /// Its encoded size.
+        bytes: u64,
+        /// The limit.
+        max: u32,
+    },
+    /// A new sensor would exceed `sensors_max`.
+    TooManySensors {
+        /// The limit.
+        max: u32,
+    },
+    /// Sources may not submit `Payload::Dropped`; only the spool declares drops.
+    DropIsReserved,
+}
+
+/// A durable item handed to the uplink by [`SpoolCore::next_batch`]; the shell reads its record
+/// at `loc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Its stream.
+    pub key: StreamKey,
+    /// First seq.
+    pub seq: u64,
+    /// Last seq (differs from `seq` only for a declaration).
+    pub seq_last: u64,
+    /// Where its frame is.
+    pub loc: Loc,
+}
+
+/// A range of seqs declared lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// The stream.
+    pub key: StreamKey,
+    /// First seq.
+    pub seq: u64,
+    /// Last seq, inclusive.
+    pub seq_last: u64,
+    /// Why.
+    pub reason: DropReason,
+}
+
+/// Counters since the spool was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Readings accepted.
+    pub n_appended: u64,
+    /// Readings refused with [`Rejected::Full`].
+    pub n_rejected_full: u64,
+    /// Seqs declared `SpoolFull`.
+    pub n_dropped_full: u64,
+    /// Seqs declared `Expired`.
+    pub n_dropped_expired: u64,
+    /// Seqs declared `PowerLoss` at open.
+    pub n_dropped_power_loss: u64,
+    /// `fdatasync`s of the log.
+    pub n_syncs: u64,
+    /// Segments removed.
+    pub n_segments_removed: u64,
+    /// Times a control frame (declaration, ack, mark, checkpoint) or a relocated frame rolled a
+    /// segment beyond the budget inside one input; the core compacts back within the budget
+    /// before that input returns whenever the policy allows it.
+    pub n_budget_overruns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendState {
+    /// Never handed out: may be evicted or expired.
+    Unsent,
+    /// Handed to the uplink and not acknowledged.
+    Sent,
+    /// Possibly delivered (sent before a rewind or a crash): must be sent again, never dropped.
+    Resend,
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    seq: u64,
+    seq_last: u64,
+    /// `Some` for a drop declaration.
+    reason: Option<DropReason>,
+    loc: Loc,
+    spooled_at: UnixMillis,
+    /// Delivery order across streams (oldest first); per stream, seq order rules.
+    order: u64,
+    /// Durable once below the core's `durable_log_idx`.
+    log_idx: u64,
+    send: SendState,
+}
+
+impl Item {
+    fn is_pinned(&self) -> bool {
+        self.send != SendState::Unsent
+    }
+    fn n_seqs(&self) -> u64 {
+        self.seq_last - self.seq + 1
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    items: VecDeque<Item>,
+    /// Every seq below was delivered.
+    acked_end: u64,
+    /// The next seq to issue.
+    issued_end: u64,
+    /// Seqs below may be issued: durable before any of them is.
+    reserved_end: u64,
+    /// Items below may have been handed to the uplink: durable before any of them is.
+    sent_end: u64,
+}
+
+/// What is still live in a segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SegmentUse {
+    n_items: u64,
+    bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Keep,
+    Evict(DropReason),
+    /// Copy an unsent declaration forward so its segment can be freed.
+    Rewrite,
+}
+
+enum Piece {
+    Keep(Item),
+    Declare {
+        seq: u64,
+        seq_last: u64,
+        reason: DropReason,
+        order: u64,
+        removed: Vec<Item>,
+    },
+}
+
+/// The spool's decisions. See the module documentation.
+#[derive(Debug)]
+pub struct SpoolCore {
+    config: SpoolConfig,
+    epoch: BootEpoch,
+    streams: BTreeMap<StreamKey, Stream>,
+    n_current_sensors: u32,
+    /// Live items per segment.
+    segments: BTreeMap<u64, SegmentUse>,
+    active: u64,
+    active_end: u64,
+    active_n_frames: u64,
+    buffer: Vec<u8>,
+    buffer_pos: u64,
+    next_log_idx: u64,
+    durable_log_idx: u64,
+    now: UnixMillis,
+    dirty_since: Option<UnixMillis>,
+    pending_acks: BTreeMap<StreamKey, u64>,
+    live_bytes: u64,
+    next_order: u64,
+    outputs: VecDeque<Output>,
+    stats: SpoolStats,
+}
+
+fn age_ms(now: UnixMillis, then: UnixMillis) -> u64 {
+    u64::try_from(now.0.saturating_sub(then.0)).unwrap_or(0)
+}
+
+fn plus_ms(t: UnixMillis, ms: u64) -> UnixMillis {
+    UnixMillis(t.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+}
+
+impl SpoolCore {
+    fn empty(config: SpoolConfig, epoch: BootEpoch, now: UnixMillis) -> SpoolCore {
+        SpoolCore {
+            config,
+            epoch,
+            streams: BTreeMap::new(),
+            n_current_sensors: 0,
+            segments: BTreeMap::new(),
+            active: 0,
+            active_end: SEGMENT_HEADER_LEN,
+            active_n_frames: 0,
+            buffer: Vec::new(),
+            buffer_pos: SEGMENT_HEADER_LEN,
+            next_log_idx: 1,
+            durable_log_idx: 1,
+            now,
+            dirty_since: None,
+            pending_acks: BTreeMap::new(),
+            live_bytes: 0,
+            next_order: 0,
+            outputs: VecDeque::new(),
+            stats: SpoolStats::default(),
+        }
+    }
+
+    // ----- getters -----
+
+    /// The boot epoch seqs are issued in.
+    pub fn epoch(&self) -> BootEpoch {
+        self.epoch
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SpoolStats {
+        self.stats
+    }
+
+    /// Queued items (readings and declarations) not yet acknowledged.
+    pub fn n_records(&self) -> u64 {
+        self.streams.values().map(|s| s.items.len() as u64).sum()
+    }
+
+    /// Bytes of the frames of queued items.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Segment files in use.
+    pub fn n_segments(&self) -> u64 {
+        self.segments.len() as u64
+    }
+
+    /// Streams tracked.
+    pub fn n_streams(&self) -> u64 {
+        self.streams.len() as u64
+    }
+
+    /// Spool time of the oldest queued item.
+    pub fn oldest_spooled_at(&self) -> Option<UnixMillis> {
+        self.streams
+            .values()
+            .flat_map(|s| s.items.iter().map(|i| i.spooled_at))
+            .min()
+    }
+
+    /// `(acked_end, issued_end)` of a stream: every seq below `acked_end` was delivered, and the
+    /// next seq issued will be `issued_end`.
+    pub fn stream_ends(&self, key: &StreamKey) -> Option<(u64, u64)> {
+        self.streams.get(key).map(|s| (s.acked_end, s.issued_end))
+    }
+
+    /// The queued declarations, in stream and seq order.
+    pub fn declared(&self) -> Vec<Declared> {
+        let mut out = Vec::new();
+        for (key, stream) in &self.streams {
+            for item in &stream.items {
+                if let Some(reason) = item.reason {
+                    out.push(Declared {
+                        key: key.clone(),
+                        seq: item.seq,
+                        seq_last: item.seq_last,
+                        reason,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The next output to execute.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`SpoolCore::handle_timeout`] is next due: a sync, or an expiry.
+    pub fn poll_timeout(&self) -> Option<UnixMillis> {
+        let sync = self
+            .dirty_since
+            .map(|t| plus_ms(t, self.config.sync_interval_ms));
+        match (sync, self.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_expiry(&self) -> Option<UnixMillis> {
+        self.streams
+            .values()
+            .filter_map(|s| {
+                s.items
+                    .iter()
+                    .filter(|i| !i.is_pinned())
+                    .find(|i| i.reason.is_none())
+            })
+            .map(|i| plus_ms(i.spooled_at, self.config.record_age_ms_max))
+            .min()
+    }
+
+    // ----- inputs -----
+
+    /// A source offers a reading. On success it has its `(boot_epoch, seq)` and will be durable
+    /// within `sync_interval_ms`; its seq was reserved durably before being issued.
+    pub fn handle_append(
+        &mut self,
+        now: UnixMillis,
+        sensor: SensorId,
+        device_time: UnixMillis,
+        payload: Payload,
+    ) -> Result<Appended, Rejected> {
+        self.now = now;
+        self.expire_if_due();
+        let result = self.append(sensor, device_time, payload);
+        if self.sync_due() {
+            self.sync();
+        }
+        self.compact_if_over();
+        self.check_invariants();
+        result
+    }
+
+    fn append(
+        &mut self,
+        sensor: SensorId,
+        device_time: UnixMillis,
+        payload: Payload,
+    ) -> Result<Appended, Rejected> {
+        if matches!(payload, Payload::Dropped { .. }) {
+            return Err(Rejected::DropIsReserved);
+        }
+        let key = StreamKey {
+            sensor,
+            epoch: self.epoch,
+        };
+        let known = self.streams.contains_key(&key);
+        if !known && self.n_current_sensors >= self.config.sensors_max {
+            return Err(Rejected::TooManySensors {
+                max: self.config.sensors_max,
+            });
+        }
+        let seq = self.streams.get(&key).map_or(0, |s| s.issued_end);
+        let record = Record {
+            sensor: key.sensor.clone(),
+            boot_epoch: self.epoch,
+            seq,
+            device_time,
+            payload,
+        };
+        let body = Entry::Record {
+            spooled_at: self.now,
+            record,
+        }
+        .encode();
+        if body.len() > self.config.record_bytes_max as usize {
+            return Err(Rejected::TooLarge {
+                bytes: body.len() as u64,
+                max: self.config.record_bytes_max,
+            });
+        }
+        if !known {
+            self.streams.insert(key.clone(), Stream::default());
+            self.n_current_sensors += 1;
+        }
+        if seq >= self.streams.get(&key).map_or(0, |s| s.reserved_end) {
+            self.reserve(&key);
+        }
+        if !self.make_room((body.len() + FRAME_HEADER_LEN) as u64) {
+            self.stats.n_rejected_full += 1;
+            return Err(Rejected::Full);
+        }
+        let (loc, log_idx) = self.write_body(&body, false);
+        let item = Item {
+            seq,
+            seq_last: seq,
+            reason: None,
+            loc,
+            spooled_at: self.now,
+            order: self.take_order(),
+            log_idx,
+            send: SendState::Unsent,
+        };
+        self.add_live(&item);
+        let stream = self.stream_mut(&key);
+        stream.items.push_back(item);
+        stream.issued_end = seq + 1;
+        self.stats.n_appended += 1;
+        Ok(Appended {
+            epoch: self.epoch,
+            seq,
+        })
+    }
+
+    /// The uplink reports every record of `key` up to `seq_through` delivered. Only items handed
+    /// out by [`SpoolCore::next_batch`] are acknowledged; returns how many.
+    pub fn handle_ack(&mut self, now: UnixMillis, key: &StreamKey, seq_through: u64) -> u64 {
+        self.now = now;
+        let mut acked = Vec::new();
+        if let Some(stream) = self.streams.get_mut(key) {
+            while let Some(front) = stream.items.front() {
+                if !front.is_pinned() || front.seq_last > seq_through {
+                    break;
+                }
+                if let Some(item) = stream.items.pop_front() {
+                    stream.acked_end = item.seq_last + 1;
+                    acked.push(item);
+                }
+            }
+            if !acked.is_empty() {
+                self.pending_acks.insert(key.clone(), stream.acked_end);
+            }
+        }
+        for item in &acked {
+            self.remove_live(item);
+        }
+        if !acked.is_empty() {
+            self.dirty_since.get_or_insert(now);
+        }
+        if self.sync_due() {
+            self.sync();
+        }
+        self.compact_if_over();
+        self.check_invariants();
+        acked.len() as u64
+    }
+
+    /// Hands out durable items to deliver, oldest first across streams and in seq order within
+    /// each; a sensor's newer epoch waits until its older epochs are fully acknowledged. Stops at
+    /// `records_max` and at `bytes_max` (but returns at least one item). When an item lies beyond
+    /// its stream's durable send mark, the mark is advanced `send_ahead_bytes_max` and synced
+    /// first: the shell must execute the outputs before handing anything out.
+    pub fn next_batch(&mut self, records_max: u32, bytes_max: u64) -> Vec<Outgoing> {
+        let keys = self.sendable_streams();
+        let mut heap = BinaryHeap::new();
+        let mut cursors = vec![0usize; keys.len()];
+        for (idx, key) in keys.iter().enumerate() {
+            let stream = &self.streams[key];
+            let first = stream
+                .items
+                .iter()
+                .take_while(|i| i.send == SendState::Sent)
+                .count();
+            cursors[idx] = first;
+            if let Some(item) = stream.items.get(first) {
+                heap.push(Reverse((item.order, idx)));
+            }
+        }
+        let mut out = Vec::new();
+        let mut marked = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(Reverse((_, idx))) = heap.pop() {
+            if out.len() >= records_max as usize {
+                break;
+            }
+            let durable_log_idx = self.durable_log_idx;
+            let ahead = self.config.send_ahead_bytes_max;
+            let Some(stream) = self.streams.get_mut(&keys[idx]) else {
+                continue;
+            };
+            let Some(item) = stream.items.get(cursors[idx]) else {
+                continue;
+            };
+            let len = u64::from(item.loc.len);
+            if item.log_idx >= durable_log_idx {
+                continue;
+            }
+            if !out.is_empty() && bytes + len > bytes_max {
+                break;
+            }
+            if item.seq >= stream.sent_end {
+                stream.sent_end = send_mark(&stream.items, cursors[idx], ahead);
+                marked.push(idx);
+            }
+            let Some(item) = stream.items.get_mut(cursors[idx]) else {
+                continue;
+            };
+            item.send = SendState::Sent;
+            bytes += len;
+            out.push(Outgoing {
+                key: keys[idx].clone(),
+                seq: item.seq,
+                seq_last: item.seq_last,
+                loc: item.loc,
+            });
+            cursors[idx] += 1;
+            if let Some(next) = stream.items.get(cursors[idx]) {
+                heap.push(Reverse((next.order, idx)));
+            }
+        }
+        if !marked.is_empty() {
+            marked.sort_unstable();
+            marked.dedup();
+            for idx in marked {
+                let key = &keys[idx];
+                let seq_end = self.streams.get(key).map_or(0, |s| s.sent_end);
+                self.write_entry(&Entry::Sent {
+                    sensor: key.sensor.clone(),
+                    epoch: key.epoch,
+                    seq_end,
+                });
+            }
+            self.sync();
+        }
+        self.check_invariants();
+        out
+    }
+
+    /// The uplink lost its connection: everything handed out and not acknowledged must be sent
+    /// again (and stays pinned: it may have been delivered).
+    pub fn handle_rewind(&mut self) {
+        for stream in self.streams.values_mut() {
+            for item in stream.items.iter_mut() {
+                if item.send == SendState::Sent {
+                    item.send = SendState::Resend;
+                }
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Time passed: expire old readings, sync when due.
+    pub fn handle_timeout(&mut self, now: UnixMillis) {
+        self.now = now;
+        self.expire_if_due();
+        if self.sync_due() {
+            self.sync();
+        }
+        self.compact_if_over();
+        self.check_invariants();
+    }
+
+    /// Makes everything appended so far durable now (shutdown, or a caller that cannot wait).
+    pub fn handle_sync(&mut self, now: UnixMillis) {
+        self.now = now;
+        if self.dirty_since.is_some() || !self.buffer.is_empty() {
+            self.sync();
+        }
+        self.compact_if_over();
+        self.check_invariants();
+    }
+
+    /// Clean shutdown: gives back the unused reservations (so the next open declares nothing
+    /// lost) and syncs. The core stays usable; a later append reserves again.
+    pub fn handle_close(&mut self, now: UnixMillis) {
+        self.now = now;
+        let epoch = self.epoch;
+        for (_, stream) in self.streams.iter_mut().filter(|(k, _)| k.epoch == epoch) {
+            stream.reserved_end = stream.issued_end;
+        }
+        let checkpoint = self.checkpoint();
+        self.pending_acks.clear();
+        self.write_entry(&checkpoint);
+        self.sync_without_top_up();
+        self.check_invariants();
+    }
+
+    // ----- helpers -----
+
+    fn take_order(&mut self) -> u64 {
+        self.next_order += 1;
+        self.next_order - 1
+    }
+
+    fn stream_mut(&mut self, key: &StreamKey) -> &mut Stream {
+        self.streams.entry(key.clone()).or_default()
+    }
+
+    /// Counts an item in its segment.
+    fn add_live(&mut self, item: &Item) {
+        let used = self.segments.entry(item.loc.segment).or_default();
+        used.n_items += 1;
+        used.bytes += u64::from(item.loc.len);
+        self.live_bytes += u64::from(item.loc.len);
+    }
+
+    fn remove_live(&mut self, item: &Item) {
+        if let Some(used) = self.segments.get_mut(&item.loc.segment) {
+            used.n_items = used.n_items.saturating_sub(1);
+            used.bytes = used.bytes.saturating_sub(u64::from(item.loc.len));
+        }
+        self.live_bytes -= u64::from(item.loc.len);
+    }
+
+    fn has_dead_segment(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|(id, used)| *id != self.active && used.n_items == 0)
+    }
+
+    fn sync_due(&self) -> bool {
+        self.dirty_since.is_some_and(|t| {
+            // A clock that went backwards must not postpone the sync.
+            self.now < t || age_ms(self.now, t) >= self.config.sync_interval_ms
+        })
+    }
+
+    fn fits(&self, len: u64) -> bool {
+        self.active_end + len <= self.config.segment_bytes_max || self.active_n_frames <= 1
+    }
+
+    /// Appends an encoded entry to the log buffer; returns where and its log index.
+    fn write_body(&mut self, body: &[u8], control: bool) -> (Loc, u64) {
+        let len = (body.len() + FRAME_HEADER_LEN) as u64;
+        if !self.fits(len) {
+            assert!(control, "a data frame was written without make_room");
+            if self.n_segments() >= self.config.n_segments_max() {
+                self.stats.n_budget_overruns += 1;
+            }
+            self.roll();
+        }
+        let pos = self.active_end;
+        let written = format::encode_frame(body, &mut self.buffer);
+        self.active_end += u64::from(written);
+        self.active_n_frames += 1;
+        let log_idx = self.next_log_idx;
+        self.next_log_idx += 1;
+        self.dirty_since.get_or_insert(self.now);
+        if self.buffer.len() as u64 >= self.config.write_buffer_bytes_max {
+            self.flush_buffer();
+        }
+        let loc = Loc {
+            segment: self.active,
+            pos,
+            len: written,
+        };
+        (loc, log_idx)
+    }
+
+    fn write_entry(&mut self, entry: &Entry) -> (Loc, u64) {
+        self.write_body(&entry.encode(), true)
+    }
+
+    fn flush_buffer(&mut self) {
+        if !self.buffer.is_empty() {
+            self.outputs.push_back(Output::Write {
+                segment: self.active,
+                pos: self.buffer_pos,
+                bytes: std::mem::take(&mut self.buffer),
+            });
+        }
+        self.buffer_pos = self.active_end;
+    }
+
+    fn checkpoint(&self) -> Entry {
+        Entry::Checkpoint {
+            epoch: self.epoch,
+            streams: self
+                .streams
+                .iter()
+                .map(|(key, s)| StreamMark {
+                    sensor: key.sensor.clone(),
+                    epoch: key.epoch,
+                    acked_end: s.acked_end,
+                    reserved_end: s.reserved_end,
+                    sent_end: s.sent_end,
+                })
+                .collect(),
+        }
+    }
+
+    /// Closes the active segment (durably) and starts the next with a checkpoint.
+    fn roll(&mut self) {
+        self.flush_buffer();
+        self.outputs.push_back(Output::Sync {
+            segment: self.active,
+        });
+        self.stats.n_syncs += 1;
+        self.durable_log_idx = self.next_log_idx;
+        let id = self.active + 1;
+        self.open_segment(id);
+    }
+
+    fn open_segment(&mut self, id: u64) {
+        self.outputs.push_back(Output::CreateSegment { id });
+        self.segments.insert(id, SegmentUse::default());
+        self.active = id;
+        self.active_end = SEGMENT_HEADER_LEN;
+        self.buffer_pos = SEGMENT_HEADER_LEN;
+        self.active_n_frames = 0;
+        // The checkpoint carries every stream's ack progress, so pending acks are in it.
+        let checkpoint = self.checkpoint();
+        self.pending_acks.clear();
+        self.write_entry(&checkpoint);
+    }
+
+    /// Writes pending acks and reservation top-ups, syncs, then forgets closed streams and
+    /// removes segments nothing live is left in.
+    fn sync(&mut self) {
+        let block = self.config.seq_reserve_block;
+        let low: Vec<StreamKey> = self
+            .streams
+            .iter()
+            .filter(|(k, s)| {
+                k.epoch == self.epoch && s.reserved_end - s.issued_end < block.div_ceil(2)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in low {
+            self.write_reservation(&key);
+        }
+        self.sync_without_top_up();
+    }
+
+    fn sync_without_top_up(&mut self) {
+        for (key, seq_end) in std::mem::take(&mut self.pending_acks) {
+            self.write_entry(&Entry::Ack {
+                sensor: key.sensor,
+                epoch: key.epoch,
+                seq_end,
+            });
+        }
+        self.flush_buffer();
+        self.outputs.push_back(Output::Sync {
+            segment: self.active,
+        });
+        self.stats.n_syncs += 1;
+        self.durable_log_idx = self.next_log_idx;
+        self.dirty_since = None;
+        let epoch = self.epoch;
+        self.streams
+            .retain(|k, s| k.epoch == epoch || !s.items.is_empty());
+        let dead: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(id, used)| **id != self.active && used.n_items == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.segments.remove(&id);
+            self.outputs.push_back(Output::RemoveSegment { id });
+            self.stats.n_segments_removed += 1;
+        }
+    }
+
+    fn write_reservation(&mut self, key: &StreamKey) {
+        let block = self.config.seq_reserve_block;
+        let stream = self.stream_mut(key);
+        stream.reserved_end = stream.issued_end + block;
+        let seq_end = stream.reserved_end;
+        self.write_entry(&Entry::Reserve {
+            sensor: key.sensor.clone(),
+            epoch: key.epoch,
+            seq_end,
+        });
+    }
+
+    /// Reserves the next block of seqs of `key` durably, before any of them is issued.
+    fn reserve(&mut self, key: &StreamKey) {
+        self.write_reservation(key);
+        self.sync();
+    }
+
+    /// Makes room for a data frame of `len` bytes in the active segment: rolls within the data
+    /// budget (all segments but one, which is kept for declarations, acks and relocation), else
+    /// frees a segment as the policy allows. False when the reading must be refused.
+    fn make_room(&mut self, len: u64) -> bool {
+        let data_segments_max = self.config.n_segments_max() - 1;
+        loop {
+            // Control frames may have spilled into the reserved segment: data never does.
+            if self.fits(len) && self.n_segments() <= data_segments_max {
+                return true;
+            }
+            if self.n_segments() < data_segments_max {
+                self.roll();
+                return true;
+            }
+            if self.has_dead_segment() {
+                self.sync();
+                continue;
+            }
+            let before = self.n_segments();
+            if !self.free_segment() {
+                return false;
+            }
+            if self.n_segments() >= before && !(self.fits(len) && before <= data_segments_max) {
+                return false;
+            }
+        }
+    }
+
+    /// Keeps the last segment of the budget free for control frames: when it is in use (or
+    /// control frames overran the budget), frees segments while that makes progress.
+    fn compact_if_over(&mut self) {
+        while self.n_segments() >= self.config.n_segments_max() {
+            if self.has_dead_segment() {
+                self.sync();
+                continue;
+            }
+            let before = self.n_segments();
+            if !self.free_segment() || self.n_segments() >= before {
+                return;
+            }
+        }
+    }
+
+    /// Frees one closed segment, then syncs so it is removed. With `DropOldest`, the oldest: its
+    /// unsent readings are declared `SpoolFull`, its unsent declarations rewritten, and its
+    /// pinned items copied forward. With `Block`, the one with the fewest live bytes, if it has
+    /// dead bytes worth reclaiming: everything live in it is copied forward, nothing is dropped.
+    /// False when no segment qualifies.
+    fn free_segment(&mut self) -> bool {
+        let drop = self.config.policy == FullPolicy::DropOldest;
+        let closed = self.segments.iter().filter(|(id, _)| **id != self.active);
+        // Under Block only compaction frees space: the segment with the most dead bytes.
+        let room = self.config.segment_bytes_max - SEGMENT_HEADER_LEN;
+        let victim = if drop {
+            closed.map(|(id, _)| *id).next()
+        } else {
+            closed
+                .filter(|(_, used)| used.bytes < room / 2 || used.bytes + 512 < room)
+                .min_by_key(|(id, used)| (used.bytes, **id))
+                .map(|(id, _)| *id)
+        };
+        let Some(victim) = victim else {
+            return false;
+        };
+        let keys: Vec<StreamKey> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.items.iter().any(|i| i.loc.segment == victim))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.retile(&key, |item| {
+                match (item.loc.segment == victim, item.reason) {
+                    (true, None) if drop => Action::Evict(DropReason::SpoolFull),
+                    (true, Some(_)) => Action::Rewrite,
+                    _ => Action::Keep,
+                }
+            });
+            self.relocate(&key, victim);
+        }
+        self.sync();
+        true
+    }
+
+    /// Copies every item of `key` still in segment `victim` to the end of the log.
+    fn relocate(&mut self, key: &StreamKey, victim: u64) {
+        let n = self.streams.get(key).map_or(0, |s| s.items.len());
+        for idx in 0..n {
+            let Some(item) = self
+                .streams
+                .get(key)
+                .and_then(|s| s.items.get(idx))
+                .cloned()
+            else {
+                continue;
+            };
+            if item.loc.segment != victim {
+                continue;
+            }
+            let loc = self.copy_frame(item.loc);
+            self.remove_live(&item);
+            let moved = Item { loc, ..item };
+            self.add_live(&moved);
+            if let Some(slot) = self.streams.get_mut(key).and_then(|s| s.items.get_mut(idx)) {
+                *slot = moved;
+            }
+        }
+    }
+
+    /// Appends a verbatim copy of the frame at `from` (frames do not depend on where they are).
+    fn copy_frame(&mut self, from: Loc) -> Loc {
+        let len = u64::from(from.len);
+        if !self.fits(len) {
+            if self.n_segments() >= self.config.n_segments_max() {
+                self.stats.n_budget_overruns += 1;
+            }
+            self.roll();
+        }
+        self.flush_buffer();
+        let pos = self.active_end;
+        self.outputs.push_back(Output::Copy {
+            from,
+            segment: self.active,
+            pos,
+        });
+        self.active_end += len;
+        self.active_n_frames += 1;
+        self.buffer_pos = self.active_end;
+        self.dirty_since.get_or_insert(self.now);
+        Loc {
+            segment: self.active,
+            pos,
+            len: from.len,
+        }
+    }
+
+    fn expire_if_due(&mut self) {
+        if self.next_expiry().is_none_or(|t| self.now < t) {
+            return;
+        }
+        let age_max = self.config.record_age_ms_max;
+        let now = self.now;
+        let expired = |item: &Item| age_ms(now, item.spooled_at) >= age_max;
+        let mut due = Vec::new();
+        for (key, stream) in &self.streams {
+            // Expire the leading run of unsent readings that are too old (declarations in it
+            // stay), so that what is declared is contiguous with what came before.
+            let mut stop = None;
+            let mut any = false;
+            for item in stream.items.iter().filter(|i| !i.is_pinned()) {
+                if item.reason.is_some() {
+                    continue;
+                }
+                if !expired(item) {
+                    stop = Some(item.seq);
+                    break;
+                }
+                any = true;
+            }
+            if any {
+                due.push((key.clone(), stop.unwrap_or(u64::MAX)));
+            }
+        }
+        for (key, stop) in due {
+            self.retile(&key, |item| {
+                if item.reason.is_none() && item.seq < stop && expired(item) {
+                    Action::Evict(DropReason::Expired)
+                } else {
+                    Action::Keep
+                }
+            });
+        }
+    }
+
+    /// Replaces the evicted items of one stream by declarations: each run of consecutive seqs
+    /// with one reason becomes one `Dropped` record, merged with adjacent unsent declarations of
+    /// the same reason. Pinned items are never touched.
+    fn retile(&mut self, key: &StreamKey, decide: impl Fn(&Item) -> Action) {
+        let Some(stream) = self.streams.get_mut(key) else {
+            return;
+        };
+        let pieces = plan_retile(std::mem::take(&mut stream.items), decide);
+        let mut items = VecDeque::with_capacity(pieces.len());
+        for piece in pieces {
+            match piece {
+                Piece::Keep(item) => items.push_back(item),
+                Piece::Declare {
+                    seq,
+                    seq_last,
+                    reason,
+                    order,
+                    removed,
+                } => {
+                    for item in &removed {
+                        self.remove_live(item);
+                        if item.reason.is_none() {
+                            match reason {
+                                DropReason::SpoolFull => self.stats.n_dropped_full += 1,
+                                DropReason::Expired => self.stats.n_dropped_expired += 1,
+                                DropReason::PowerLoss => self.stats.n_dropped_power_loss += 1,
+                            }
+                        }
+                    }
+                    items.push_back(self.declare(key, seq, seq_last, reason, order));
+                }
+            }
+        }
+        self.stream_mut(key).items = items;
+    }
+
+    /// Writes a declaration record and returns its (live) item.
+    fn declare(
+        &mut self,
+        key: &StreamKey,
+        seq: u64,
+        seq_last: u64,
+        reason: DropReason,
+        order: u64,
+    ) -> Item {
+        let record = Record {
+            sensor: key.sensor.clone(),
+            boot_epoch: key.epoch,
+            seq,
+            device_time: self.now,
+            payload: Payload::Dropped { seq_last, reason },
+        };
+        let (loc, log_idx) = self.write_entry(&Entry::Record {
+            spooled_at: self.now,
+            record,
+        });
+        let item = Item {
+            seq,
+            seq_last,
+            reason: Some(reason),
+            loc,
+            spooled_at: self.now,
+            order,
+            log_idx,
+            send: SendState::Unsent,
+        };
+        self.add_live(&item);
+        item
+    }
+
+    /// The streams the uplink may draw from: per sensor, only its oldest epoch with items (the
+    /// broker refuses an older epoch once it has seen a newer one).
+    fn sendable_streams(&self) -> Vec<StreamKey> {
+        let mut out: Vec<StreamKey> = Vec::new();
+        for (key, stream) in &self.streams {
+            if stream.items.is_empty() {
+                continue;
+            }
+            if out.last().is_some_and(|k| k.sensor == key.sensor) {
+                continue;
+            }
+            out.push(key.clone());
+        }
+        out
+    }
+
+    /// Asserts the core's invariants: cheap ones always, per-item ones under
+    /// `debug_assertions`. For every stream, acknowledged ∪ queued ∪ declared tiles every seq
+    /// issued: the queue covers exactly `[acked_end, issued_end)`, in order, without overlap.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.segments.contains_key(&self.active),
+            "active segment untracked"
+        );
+        assert!(self.durable_log_idx <= self.next_log_idx);
+        if cfg!(debug_assertions) {
+            self.check_items();
+        }
+    }
+
+    fn check_items(&self) {
+        let mut live: BTreeMap<u64, SegmentUse> = BTreeMap::new();
+        let mut bytes = 0u64;
+        let mut n_current = 0u32;
+        for (key, stream) in &self.streams {
+            n_current += u32::from(key.epoch == self.epoch);
+            assert!(key.epoch <= self.epoch, "stream {key:?} from the future");
+            let mut expect = stream.acked_end;
+            let mut seen_unsent = false;
+            let mut seen_resend = false;
+            for item in &stream.items {
+                assert_eq!(item.seq, expect, "stream {key:?}: seqs not tiled");
+                assert!(item.seq_last >= item.seq);
+                assert!(item.reason.is_some() || item.seq == item.seq_last);
+                match item.send {
+                    SendState::Sent => assert!(!seen_unsent && !seen_resend, "{key:?}: sent gap"),
+                    SendState::Resend => {
+                        assert!(!seen_unsent, "{key:?}: resend after unsent");
+                        seen_resend = true;
+                    }
+                    SendState::Unsent => seen_unsent = true,
+                }
+                assert!(!item.is_pinned() || item.log_idx < self.durable_log_idx);
+                expect = item.seq_last + 1;
+                assert!(
+                    !item.is_pinned() || item.seq < stream.sent_end,
+                    "{key:?}: unmarked send"
+                );
+                let used = live.entry(item.loc.segment).or_default();
+                used.n_items += 1;
+                used.bytes += u64::from(item.loc.len);
+                bytes += u64::from(item.loc.len);
+            }
+            assert_eq!(
+                expect, stream.issued_end,
+                "stream {key:?}: queue ends early"
+            );
+            assert!(
+                stream.issued_end <= stream.reserved_end,
+                "{key:?}: unreserved seqs"
+            );
+        }
+        assert_eq!(n_current, self.n_current_sensors);
+        assert_eq!(bytes, self.live_bytes);
+        for (id, used) in &self.segments {
+            assert_eq!(
+                live.remove(id).unwrap_or_default(),
+                *used,
+                "segment {id} live count"
+            );
+        }
+        assert!(live.is_empty(), "items in removed segments: {live:?}");
+    }
+}
+
+/// Groups a stream's items into kept items and declarations. Pure.
+fn plan_retile(items: VecDeque<Item>, decide: impl Fn(&Item) -> Action) -> Vec<Piece> {
+    struct Run {
+        reason: DropReason,
+        changed: bool,
+        items: Vec<Item>,
+    }
+    fn close(run: Option<Run>, out: &mut Vec<Piece>) {
+        let Some(run) = run else { return };
+        if !run.changed {
+            out.extend(run.items.into_iter().map(Piece::Keep));
+            return;
+        }
+        let (Some(first), Some(last)) = (run.items.first(), run.items.last()) else {
+            return;
+        };
+        out.push(Piece::Declare {
+            seq: first.seq,
+            seq_last: last.seq_last,
+            reason: run.reason,
+            order: run
+                .items
+                .iter()
+                .map(|i| i.order)
+                .min()
+                .unwrap_or(first.order),
+            removed: run.items,
+        });
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut run: Option<Run> = None;
+    for item in items {
+        let action = if item.is_pinned() {
+            Action::Keep
+        } else {
+            decide(&item)
+        };
+        let joins = match (action, item.reason) {
+            (Action::Evict(reason), None) => Some((reason, true)),
+            (Action::Rewrite, Some(reason)) => Some((reason, true)),
+            (Action::Keep, Some(reason)) if !item.is_pinned() => Some((reason, false)),
+            _ => None,
+        };
+        match joins {
+            Some((reason, changed)) => {
+                let extends = run.as_ref().is_some_and(|r| {
+                    r.reason == reason && r.items.last().is_some_and(|l| l.seq_last + 1 == item.seq)
+                });
+                if !extends {
+                    close(run.take(), &mut out);
+                }
+                let current = run.get_or_insert(Run {
+                    reason,
+                    changed: false,
+                    items: Vec::new(),
+                });
+                current.changed |= changed;
+                current.items.push(item);
+            }
+            None => {
+                close(run.take(), &mut out);
+                out.push(Piece::Keep(item));
+            }
+        }
+    }
+    close(run, &mut out);
+    out
+}
+
+/// Rebuilds a core from the frames of a spool directory, in log order. Recovery is replay: a
+/// declaration replaces the items it covers, an ack or checkpoint drops what it acknowledges.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    config: SpoolConfig,
+    streams: BTreeMap<StreamKey, Stream>,
+    epoch_max: BootEpoch,
+    next_order: u64,
+    /// `(data end, frames)` of each segment.
+    segments: BTreeMap<u64, (u64, u64)>,
+}
+
+/// What recovery decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// Ranges of the previous epochs declared lost to the power cut.
+    pub(crate) power_loss: Vec<Declared>,
+}
+
+impl Replay {
+    pub(crate) fn new(config: SpoolConfig) -> Replay {
+        Replay {
+            config,
+            streams: BTreeMap::new(),
+            epoch_max: BootEpoch(0),
+            next_order: 0,
+            segments: BTreeMap::new(),
+        }
+    }
+
+    /// Registers a segment once its frames were replayed.
+    pub(crate) fn segment(&mut self, id: u64, data_end: u64, n_frames: u64) {
+        self.segments.insert(id, (data_end, n_frames));
+    }
+
+    /// Replays one frame; `Err` names what is inconsistent.
+    pub(crate) fn entry(&mut self, loc: Loc, entry: Entry) -> Result<(), String> {
+        if loc.pos == SEGMENT_HEADER_LEN && !matches!(entry, Entry::Checkpoint { .. }) {
+            return Err(format!(
+                "segment {} does not start with a checkpoint",
+                loc.segment
+            ));
+        }
+        check_ranges(&entry)?;
+        match entry {
+            Entry::Record { spooled_at, record } => self.record(loc, spooled_at, record),
+            Entry::Ack {
+                sensor,
+                epoch,
+                seq_end,
+            } => acknowledge(
+                self.streams.entry(StreamKey { sensor, epoch }).or_default(),
+                seq_end,
+            ),
+            Entry::Reserve {
+                sensor,
+                epoch,
+                seq_end,
+            } => {
+                let stream = self.streams.entry(StreamKey { sensor, epoch }).or_default();
+                stream.reserved_end = stream.reserved_end.max(seq_end);
+                Ok(())
+            }
+            Entry::Sent {
+                sensor,
+                epoch,
+                seq_end,
+            } => {
+                let stream = self.streams.entry(StreamKey { sensor, epoch }).or_default();
+                stream.sent_end = stream.sent_end.max(seq_end);
+                Ok(())
+            }
+            Entry::Checkpoint { epoch, streams } => self.checkpoint(epoch, streams),
+            Entry::Open { epoch } => {
+                self.epoch_max = self.epoch_max.max(epoch);
+                Ok(())
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, epoch: BootEpoch, marks: Vec<StreamMark>) -> Result<(), String> {
+        self.epoch_max = self.epoch_max.max(epoch);
+        let mut listed = BTreeMap::new();
+        for mark in marks {
+            let key = StreamKey {
+                sensor: mark.sensor,
+                epoch: mark.epoch,
+            };
+            let stream = self.streams.entry(key.clone()).or_default();
+            // A checkpoint states the reservation (a clean close gives unused seqs back).
+            stream.reserved_end = mark.reserved_end;
+            stream.sent_end = stream.sent_end.max(mark.sent_end);
+            acknowledge(stream, mark.acked_end)?;
+            listed.insert(key, ());
+        }
+        // A stream left out of a checkpoint was closed: fully delivered in an older epoch.
+        for key in self.streams.keys() {
+            if !listed.contains_key(key) && key.epoch >= epoch {
+                return Err(format!("checkpoint of epoch {epoch} omits stream {key:?}"));
+            }
+        }
+        self.streams.retain(|k, _| listed.contains_key(k));
+        Ok(())
+    }
+
+    fn record(&mut self, loc: Loc, spooled_at: UnixMillis, record: Record) -> Result<(), String> {
+        let key = StreamKey {
+            sensor: record.sensor.clone(),
+            epoch: record.boot_epoch,
+        };
+        self.epoch_max = self.epoch_max.max(key.epoch);
+        let (seq, seq_last) = (record.seq, record.seq_last());
+        let reason = match record.payload {
+            Payload::Dropped { reason, .. } => Some(reason),
+            _ => None,
+        };
+        if seq_last < seq {
+            return Err(format!("{key:?}: inverted range {seq}..={seq_last}"));
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        let stream = self.streams.entry(key.clone()).or_default();
+        if seq_last < stream.acked_end {
+            return Ok(()); // delivered already
+        }
+        if seq < stream.acked_end {
+            return Err(format!(
+                "{key:?}: {seq}..={seq_last} straddles acked end {}",
+                stream.acked_end
+            ));
+        }
+        // Items are sorted and disjoint, so the ones overlapping [seq, seq_last] are a range.
+        let at = stream.items.partition_point(|i| i.seq_last < seq);
+        let end = stream.items.partition_point(|i| i.seq <= seq_last);
+        let mut removed_order = None;
+        if at < end {
+            if reason.is_none() {
+                // A relocated copy replaces the original; anything else is a second reading.
+                if end - at == 1
+                    && stream
+                        .items
+                        .get(at)
+                        .is_some_and(|i| i.seq == seq && i.reason.is_none())
+                {
+                    if let Some(existing) = stream.items.get_mut(at) {
+                        existing.loc = loc;
+                    }
+                    return Ok(());
+                }
+                return Err(format!("{key:?}: reading {seq} written twice"));
+            }
+            let splits = stream.items.get(at).is_some_and(|i| i.seq < seq)
+                || stream
+                    .items
+                    .get(end - 1)
+                    .is_some_and(|i| i.seq_last > seq_last);
+            if splits {
+                return Err(format!(
+                    "{key:?}: declaration {seq}..={seq_last} splits an item"
+                ));
+            }
+            removed_order = stream.items.drain(at..end).map(|i| i.order).min();
+        }
+        let item = Item {
+            seq,
+            seq_last,
+            reason,
+            loc,
+            spooled_at,
+            order: removed_order.unwrap_or(order),
+            log_idx: 0,
+            send: SendState::Unsent,
+        };
+        stream.items.insert(at, item);
+        Ok(())
+    }
+
+    /// Checks that every stream tiles, declares what the power cut may have taken, opens the new
+    /// epoch (durably, with a checkpoint) and returns the core and what it declared.
+    pub(crate) fn finish(self, now: UnixMillis) -> Result<(SpoolCore, Recovered), String> {
+        let epoch = BootEpoch(self.epoch_max.0 + 1);
+        let mut core = SpoolCore::empty(self.config, epoch, now);
+        core.next_order = self.next_order;
+        let mut recovered = Recovered::default();
+        let mut streams = self.streams;
+        for (key, stream) in streams.iter_mut() {
+            let mut expect = stream.acked_end;
+            for item in &stream.items {
+                if item.seq != expect {
+                    return Err(format!("{key:?}: seqs {expect}..{} missing", item.seq));
+                }
+                expect = item.seq_last + 1;
+            }
+            if stream.reserved_end < expect {
+                return Err(format!(
+                    "{key:?}: seqs up to {} present but only {} reserved",
+                    expect - 1,
+                    stream.reserved_end
+                ));
+            }
+            if stream.reserved_end > expect {
+                recovered.power_loss.push(Declared {
+                    key: key.clone(),
+                    seq: expect,
+                    seq_last: stream.reserved_end - 1,
+                    reason: DropReason::PowerLoss,
+                });
+            }
+            stream.issued_end = stream.reserved_end;
+            // What may have been handed out before the crash: never evict or expire it.
+            for item in stream.items.iter_mut() {
+                if item.seq < stream.sent_end {
+                    item.send = SendState::Resend;
+                }
+            }
+        }
+        for stream in streams.values() {
+            for item in &stream.items {
+                core.add_live(item);
+            }
+        }
+        core.streams = streams;
+        for id in self.segments.keys() {
+            core.segments.entry(*id).or_default();
+        }
+        match self.segments.last_key_value() {
+            Some((id, (end, n_frames))) => {
+                core.active = *id;
+                core.active_end = *end;
+                core.buffer_pos = *end;
+                core.active_n_frames = *n_frames;
+                if *n_frames == 0 {
+                    // Its checkpoint was torn away: every segment starts with one.
+                    let checkpoint = core.checkpoint();
+                    core.write_entry(&checkpoint);
+                }
+                core.write_entry(&Entry::Open { epoch });
+            }
+            None => {
+                core.open_segment(0);
+                core.write_entry(&Entry::Open { epoch });
+            }
+        }
+        for declared in &recovered.power_loss {
+            let order = core.take_order();
+            let item = core.declare(
+                &declared.key,
+                declared.seq,
+                declared.seq_last,
+                DropReason::PowerLoss,
+                order,
+            );
+            core.stats.n_dropped_power_loss += item.n_seqs();
+            core.stream_mut(&declared.key).items.push_back(item);
+        }
+        core.sync();
+        core.compact_if_over();
+        core.check_invariants();
+        Ok((core, recovered))
+    }
+}
+
+/// Seqs and epochs beyond this are refused on replay: arithmetic on them can never overflow.
+const REPLAY_VALUE_MAX: u64 = 1 << 62;
+
+/// Refuses absurd seqs and epochs in a frame that checks (a bug or a crafted file).
+fn check_ranges(entry: &Entry) -> Result<(), String> {
+    let mut values = Vec::new();
+    match entry {
+        Entry::Record { record, .. } => {
+            values.extend([record.boot_epoch.0, record.seq, record.seq_last()])
+        }
+        Entry::Ack { epoch, seq_end, .. }
+        | Entry::Reserve { epoch, seq_end, .. }
+        | Entry::Sent { epoch, seq_end, .. } => values.extend([epoch.0, *seq_end]),
+        Entry::Checkpoint { epoch, streams } => {
+            values.push(epoch.0);
+            for m in streams {
+                values.extend([m.epoch.0, m.acked_end, m.reserved_end, m.sent_end]);
+            }
+        }
+        Entry::Open { epoch } => values.push(epoch.0),
+    }
+    match values.into_iter().find(|v| *v > REPLAY_VALUE_MAX) {
+        Some(v) => Err(format!("value {v} out of range")),
+        None => Ok(()),
+    }
+}
+
+/// The new send mark when the item at `from` is about to be sent: past every item that starts
+/// within `ahead` bytes of it (at least past that item).
+fn send_mark(items: &VecDeque<Item>, from: usize, ahead: u64) -> u64 {
+    let mut bytes = 0u64;
+    let mut end = 0;
+    for item in items.iter().skip(from) {
+        if bytes > 0 && bytes + u64::from(item.loc.len) > ahead {
+            break;
+        }
+        bytes += u64::from(item.loc.len);
+        end = item.seq_last + 1;
+    }
+    end
+}
+
+fn acknowledge(stream: &mut Stream, seq_end: u64) -> Result<(), String> {
+    stream.acked_end = stream.acked_end.max(seq_end);
+    while let Some(front) = stream.items.front() {
+        if front.seq_last < stream.acked_end {
+            stream.items.pop_front();
+        } else if front.seq < stream.acked_end {
+            return Err(format!(
+                "ack end {} splits item {}..={}",
+                stream.acked_end, front.seq, front.seq_last
+            ));
+        } else {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl SpoolCore {
+    /// A fresh core, as recovery of an empty directory builds it (for tests and simulations
+    /// that drive the core without a disk). `Err` lists the configuration's problems.
+    pub fn new_empty(config: SpoolConfig, now: UnixMillis) -> Result<SpoolCore, Vec<String>> {
+        config.validate()?;
+        Replay::new(config)
+            .finish(now)
+            .map(|(core, _)| core)
+            .map_err(|reason| vec![reason])
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,600 @@
+//! The spool: every accepted reading gets its `(boot_epoch, seq)` and waits here, durable,
+//! checksummed and bounded in bytes and age, until the uplink reports it delivered.
+//!
+//! [`SpoolCore`] decides (what to keep, evict, expire and declare; where each frame goes; when to
+//! sync); [`Spool`] is its thin shell over [`Disk`]: it executes the core's outputs, recovers the
+//! directory at open, and reads records back for the uplink. The file format is in `format.rs`.
+//!
+//! Guarantees (promise 3, "no silent gaps at the edge"):
+//! - For every `(sensor, boot_epoch)`, acknowledged ∪ queued ∪ declared-dropped is every seq
+//!   issued: a reading leaves the queue only when acknowledged; eviction (`SpoolFull`), expiry
+//!   (`Expired`) and power cuts (`PowerLoss`) replace readings by `Payload::Dropped` records,
+//!   which are spooled, delivered and acknowledged like readings.
+//! - Writes are buffered and synced every `sync_interval_ms`; only synced records are handed to
+//!   the uplink. Before a seq is issued, a reservation covering it is durable, so after a power
+//!   cut recovery declares `[last durable seq + 1, reserved end)` lost (an upper bound: it may
+//!   include reserved seqs that were never issued, at most `seq_reserve_block`).
+//! - Before a record is handed to the uplink, a durable per-stream send mark covers it; after a
+//!   crash, records below the mark may have been delivered, so they are resent and never
+//!   evicted or expired (a declaration overlapping a delivery would be refused by the broker).
+//! - Space is reclaimed a whole segment at a time. A live frame can be copied verbatim to the
+//!   tail, so any closed segment can be freed: `DropOldest` declares the oldest segment's unsent
+//!   readings and relocates the rest; `Block` only compacts (relocates everything live).
+//! - Every open starts a new boot epoch, durably, before the first seq of it is issued.
+//! - Recovery zeroes a torn tail of the last segment and reports it; a frame that does not check
+//!   in a closed segment, or a log that does not replay consistently, is a typed error.
+//!
+//! Not here: the uplink (sending, matching broker acks to [`Spool::ack`]), sources, and the real
+//! filesystem `Disk` (it lives in `node::env::FsDisk`, which `edge` may not depend on).
+
+mod config;
+mod core;
+mod format;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use self::config::{FullPolicy, SpoolConfig, SEGMENT_BYTES_MIN};
+pub use self::core::{
+    Appended, Declared, Loc, Outgoing, Output, Rejected, SpoolCore, SpoolStats, StreamKey,
+};
+
+use self::core::Replay;
+use self::format::{Entry, FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use sluice_proto::env::{Disk, DiskError, DiskFile};
+use sluice_proto::{codec, BootEpoch, Payload, Record, SensorId, UnixMillis};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A spool operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolError {
+    /// The disk refused; the spool is fenced and must be reopened.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// Bytes that were once durable are damaged; the spool refuses to guess.
+    #[error("corrupt spool segment {path} at byte {pos}: {reason}")]
+    Corrupt {
+        /// The segment file.
+        path: String,
+        /// Byte position in it.
+        pos: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The frames check but do not replay into a consistent state.
+    #[error("inconsistent spool {dir}: {reason}")]
+    Inconsistent {
+        /// The spool directory.
+        dir: String,
+        /// What does not add up.
+        reason: String,
+    },
+    /// The configuration is invalid.
+    #[error("invalid spool config: {}", problems.join("; "))]
+    Config {
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// An earlier disk operation failed: the in-memory state can no longer be trusted.
+    #[error("spool fenced after a failed disk operation; reopen it to recover")]
+    Fenced,
+}
+
+/// What recovery found (and, for [`Spool::open`], did).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpoolReport {
+    /// The boot epoch of this open (for [`Spool::check`]: the one an open would start).
+    pub epoch: BootEpoch,
+    /// Segment files in use after recovery.
+    pub n_segments: u64,
+    /// Frames that checked.
+    pub n_frames: u64,
+    /// Records (readings and declarations) waiting for delivery.
+    pub n_records: u64,
+    /// Streams `(sensor, epoch)` tracked.
+    pub n_streams: u64,
+    /// Bytes of the waiting records' frames.
+    pub live_bytes: u64,
+    /// Bytes of the segment files found.
+    pub disk_bytes: u64,
+    /// Age of the oldest waiting record, by the spool's clock.
+    pub oldest_age_ms: Option<u64>,
+    /// Bytes of torn tails discarded (zeroed), never synced.
+    pub truncated_bytes: u64,
+    /// Segment files whose creation was cut short, discarded.
+    pub n_segments_discarded: u64,
+    /// Seq ranges declared lost to the power cut.
+    pub power_loss: Vec<Declared>,
+}
+
+impl fmt::Display for SpoolReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "boot epoch        {}", self.epoch)?;
+        writeln!(
+            f,
+            "segments          {} ({} bytes on disk)",
+            self.n_segments, self.disk_bytes
+        )?;
+        writeln!(f, "frames            {}", self.n_frames)?;
+        writeln!(
+            f,
+            "waiting records   {} in {} streams ({} bytes)",
+            self.n_records, self.n_streams, self.live_bytes
+        )?;
+        match self.oldest_age_ms {
+            Some(ms) => writeln!(f, "oldest record     {ms} ms old")?,
+            None => writeln!(f, "oldest record     -")?,
+        }
+        writeln!(
+            f,
+            "torn tail         {} bytes discarded",
+            self.truncated_bytes
+        )?;
+        writeln!(f, "aborted segments  {}", self.n_segments_discarded)?;
+        writeln!(f, "power-loss ranges {}", self.power_loss.len())?;
+        for d in &self.power_loss {
+            writeln!(
+                f,
+                "  sensor {} epoch {}: seqs {}..={}",
+                d.key.sensor, d.key.epoch, d.seq, d.seq_last
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The durable spool: a [`SpoolCore`] and the segment files it describes.
+pub struct Spool {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    core: SpoolCore,
+    files: BTreeMap<u64, Arc<dyn DiskFile>>,
+    fenced: bool,
+}
+
+impl fmt::Debug for Spool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.dir)
+            .field("epoch", &self.core.epoch())
+            .field("fenced", &self.fenced)
+            .finish()
+    }
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`: recovers every segment, zeroes a torn tail,
+    /// declares power-loss ranges, and starts a new boot epoch durably before returning.
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: SpoolConfig,
+        now: UnixMillis,
+    ) -> Result<(Spool, SpoolReport), SpoolError> {
+        let (core, files, mut report) = recover(&*disk, dir, config, now, true)?;
+        let mut spool = Spool {
+            disk,
+            dir: dir.to_path_buf(),
+            segment_bytes_max: config.segment_bytes_max,
+            core,
+            files,
+            fenced: false,
+        };
+        spool.execute()?;
+        report.n_segments = spool.core.n_segments();
+        Ok((spool, report))
+    }
+
+    /// What [`Spool::open`] would find and do, without writing anything (`spool check`).
+    pub fn check(
+        disk: &dyn Disk,
+        dir: &Path,
+        config: SpoolConfig,
+        now: UnixMillis,
+    ) -> Result<SpoolReport, SpoolError> {
+        recover(disk, dir, config, now, false).map(|(_, _, report)| report)
+    }
+
+    /// The core, for its getters and invariants.
+    pub fn core(&self) -> &SpoolCore {
+        &self.core
+    }
+
+    /// The boot epoch of this open.
+    pub fn epoch(&self) -> BootEpoch {
+        self.core.epoch()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SpoolStats {
+        self.core.stats()
+    }
+
+    /// Accepts a reading: `Ok(Ok(_))` gives its seq; `Ok(Err(_))` refuses it (no seq issued);
+    /// `Err` means the disk failed and the spool is fenced.
+    pub fn append(
+        &mut self,
+        now: UnixMillis,
+        sensor: SensorId,
+        device_time: UnixMillis,
+        payload: Payload,
+    ) -> Result<Result<Appended, Rejected>, SpoolError> {
+        self.live()?;
+        let result = self.core.handle_append(now, sensor, device_time, payload);
+        self.execute()?;
+        Ok(result)
+    }
+
+    /// Durable records to deliver next, in an order the broker accepts (see
+    /// [`SpoolCore::next_batch`]). Each must be acknowledged with [`Spool::ack`] or resent
+    /// after [`Spool::rewind`].
+    pub fn next_batch(
+        &mut self,
+        records_max: u32,
+        bytes_max: u64,
+    ) -> Result<Vec<Record>, SpoolError> {
+        self.live()?;
+        let outgoing = self.core.next_batch(records_max, bytes_max);
+        // Send marks are durable before any record leaves.
+        self.execute()?;
+        let mut out = Vec::with_capacity(outgoing.len());
+        for item in outgoing {
+            match self.read_record(&item) {
+                Ok(record) => out.push(record),
+                Err(error) => {
+                    self.fenced = true;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The broker holds every record of `key` up to `seq_through`; returns how many records
+    /// that released.
+    pub fn ack(
+        &mut self,
+        now: UnixMillis,
+        key: &StreamKey,
+        seq_through: u64,
+    ) -> Result<u64, SpoolError> {
+        self.live()?;
+        let n = self.core.handle_ack(now, key, seq_through);
+        self.execute()?;
+        Ok(n)
+    }
+
+    /// The uplink lost its connection: unacknowledged records will be handed out again.
+    pub fn rewind(&mut self) {
+        self.core.handle_rewind();
+    }
+
+    /// When [`Spool::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<UnixMillis> {
+        self.core.poll_timeout()
+    }
+
+    /// Syncs and expires when due.
+    pub fn handle_timeout(&mut self, now: UnixMillis) -> Result<(), SpoolError> {
+        self.live()?;
+        self.core.handle_timeout(now);
+        self.execute()
+    }
+
+    /// Makes everything appended so far durable now.
+    pub fn sync(&mut self, now: UnixMillis) -> Result<(), SpoolError> {
+        self.live()?;
+        self.core.handle_sync(now);
+        self.execute()
+    }
+
+    /// Clean shutdown: syncs and gives back unused seq reservations, so the next open declares
+    /// nothing lost.
+    pub fn close(mut self, now: UnixMillis) -> Result<(), SpoolError> {
+        self.live()?;
+        self.core.handle_close(now);
+        self.execute()
+    }
+
+    fn live(&self) -> Result<(), SpoolError> {
+        if self.fenced {
+            Err(SpoolError::Fenced)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn execute(&mut self) -> Result<(), SpoolError> {
+        while let Some(output) = self.core.poll_output() {
+            if let Err(error) = self.execute_one(output) {
+                self.fenced = true;
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    fn execute_one(&mut self, output: Output) -> Result<(), SpoolError> {
+        match output {
+            Output::CreateSegment { id } => {
+                let path = self.dir.join(format::segment_name(id));
+                let file = self.disk.open(&path, true)?;
+                file.truncate(0)?;
+                file.write_at(0, &format::segment_header(id))?;
+                file.allocate(self.segment_bytes_max)?;
+                file.sync_data()?;
+                self.disk.sync_dir(&self.dir)?;
+                self.files.insert(id, file);
+            }
+            Output::Write {
+                segment,
+                pos,
+                bytes,
+            } => self.file(segment)?.write_at(pos, &bytes)?,
+            Output::Copy { from, segment, pos } => {
+                let mut frame = vec![0u8; from.len as usize];
+                if self.file(from.segment)?.read_at(from.pos, &mut frame)? < frame.len() {
+                    let path = self.dir.join(format::segment_name(from.segment));
+                    return Err(corrupt(&path, from.pos, "frame to relocate is cut short"));
+                }
+                self.file(segment)?.write_at(pos, &frame)?;
+            }
+            Output::Sync { segment } => self.file(segment)?.sync_data()?,
+            Output::RemoveSegment { id } => {
+                self.files.remove(&id);
+                self.disk.remove(&self.dir.join(format::segment_name(id)))?;
+                self.disk.sync_dir(&self.dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&self, id: u64) -> Result<Arc<dyn DiskFile>, SpoolError> {
+        self.files
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| SpoolError::Inconsistent {
+                dir: self.dir.display().to_string(),
+                reason: format!("segment {id} is not open"),
+            })
+    }
+
+    fn read_record(&self, item: &Outgoing) -> Result<Record, SpoolError> {
+        let path = self.dir.join(format::segment_name(item.loc.segment));
+        let corrupt = |reason: String| SpoolError::Corrupt {
+            path: path.display().to_string(),
+            pos: item.loc.pos,
+            reason,
+        };
+        let file = self.file(item.loc.segment)?;
+        let mut frame = vec![0u8; item.loc.len as usize];
+        if file.read_at(item.loc.pos, &mut frame)? < frame.len() || frame.len() < FRAME_HEADER_LEN {
+            return Err(corrupt("frame cut short".into()));
+        }
+        let (header, body) = frame.split_at(FRAME_HEADER_LEN);
+        let header: [u8; FRAME_HEADER_LEN] = header.try_into().unwrap_or([0; FRAME_HEADER_LEN]);
+        if !FrameHeader::parse(&header).is_some_and(|h| h.checks(body)) {
+            return Err(corrupt("frame does not check".into()));
+        }
+        match Entry::decode(body) {
+            Ok(Entry::Record { record, .. })
+                if record.sensor == item.key.sensor
+                    && record.boot_epoch == item.key.epoch
+                    && record.seq == item.seq
+                    && record.seq_last() == item.seq_last =>
+            {
+                Ok(record)
+            }
+            Ok(other) => Err(corrupt(format!("expected {item:?}, found {other:?}"))),
+            Err(error) => Err(corrupt(error.to_string())),
+        }
+    }
+}
+
+type Recovery = (SpoolCore, BTreeMap<u64, Arc<dyn DiskFile>>, SpoolReport);
+
+/// Scans and replays the directory. With `repair`, discards aborted segments and zeroes torn
+/// tails on disk; without, only reports them.
+fn recover(
+    disk: &dyn Disk,
+    dir: &Path,
+    config: SpoolConfig,
+    now: UnixMillis,
+    repair: bool,
+) -> Result<Recovery, SpoolError> {
+    config
+        .validate()
+        .map_err(|problems| SpoolError::Config { problems })?;
+    if repair {
+        disk.create_dir_all(dir)?;
+    }
+    let names = match disk.list(dir) {
+        Ok(names) => names,
+        Err(DiskError::Io {
+            kind: std::io::ErrorKind::NotFound,
+            ..
+        }) if !repair => Vec::new(),
+        Err(error) => return Err(error.into()),
+    };
+    let ids: Vec<u64> = names
+        .iter()
+        .filter_map(|n| format::parse_segment_name(n))
+        .collect();
+    let mut replay = Replay::new(config);
+    let mut report = SpoolReport::default();
+    let mut files = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let is_last = i + 1 == ids.len();
+        let path = dir.join(format::segment_name(*id));
+        let file = disk.open(&path, false)?;
+        let file_len = file.size()?;
+        report.disk_bytes += file_len;
+        let Some(data_end) = scan_segment(&*file, &path, *id, is_last, &mut replay, &mut report)?
+        else {
+            // A segment whose creation was cut short: its header never became durable.
+            report.truncated_bytes += file_len;
+            report.n_segments_discarded += 1;
+            if repair {
+                disk.remove(&path)?;
+                disk.sync_dir(dir)?;
+            }
+            continue;
+        };
+        if let Some(garbage_at) = first_nonzero(&*file, data_end, file_len)? {
+            if !is_last {
+                return Err(corrupt(
+                    &path,
+                    data_end,
+                    "frame does not check in a closed segment",
+                ));
+            }
+            // The tail of a write that never became durable: zero it so its stale bytes can
+            // never line up with later frames and be read back.
+            report.truncated_bytes += file_len - garbage_at;
+            if repair {
+                zero_range(&*file, data_end, file_len)?;
+            }
+        }
+        if repair && is_last {
+            // What recovery adopts may exist only in the page cache: make it durable first.
+            file.sync_data()?;
+        }
+        files.insert(*id, file);
+    }
+    let (core, recovered) = replay
+        .finish(now)
+        .map_err(|reason| SpoolError::Inconsistent {
+            dir: dir.display().to_string(),
+            reason,
+        })?;
+    report.epoch = core.epoch();
+    report.n_segments = core.n_segments();
+    report.n_records = core.n_records();
+    report.n_streams = core.n_streams();
+    report.live_bytes = core.live_bytes();
+    report.oldest_age_ms = core
+        .oldest_spooled_at()
+        .map(|t| u64::try_from(now.0.saturating_sub(t.0)).unwrap_or(0));
+    report.power_loss = recovered.power_loss;
+    Ok((core, files, report))
+}
+
+fn corrupt(path: &Path, pos: u64, reason: impl Into<String>) -> SpoolError {
+    SpoolError::Corrupt {
+        path: path.display().to_string(),
+        pos,
+        reason: reason.into(),
+    }
+}
+
+/// Replays the frames of one segment; returns the end of its data, or `None` when the last
+/// segment has no valid header (its creation was cut short).
+fn scan_segment(
+    file: &dyn DiskFile,
+    path: &Path,
+    id: u64,
+    is_last: bool,
+    replay: &mut Replay,
+    report: &mut SpoolReport,
+) -> Result<Option<u64>, SpoolError> {
+    let file_len = file.size()?;
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    let got = file.read_at(0, &mut header)?;
+    let parsed = if got < header.len() {
+        Err("segment shorter than its header".to_string())
+    } else {
+        format::parse_segment_header(&header)
+    };
+    match parsed {
+        Ok(found) if found == id => {}
+        Ok(found) => return Err(corrupt(path, 0, format!("header names segment {found}"))),
+        // The header is synced before any frame is written, so a last segment shorter than its
+        // header (possibly a torn prefix of it) or still all zeros is a creation cut short.
+        Err(_) if is_last && (got < header.len() || header.iter().all(|b| *b == 0)) => {
+            return Ok(None)
+        }
+        Err(reason) => return Err(corrupt(path, 0, reason)),
+    }
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut n_frames = 0u64;
+    while let Some(body) = read_frame(file, pos, file_len)? {
+        let len = (FRAME_HEADER_LEN + body.len()) as u64;
+        let entry = Entry::decode(&body)
+            .map_err(|e| corrupt(path, pos, format!("frame checks but does not decode: {e}")))?;
+        let loc = Loc {
+            segment: id,
+            pos,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        };
+        replay
+            .entry(loc, entry)
+            .map_err(|reason| corrupt(path, pos, reason))?;
+        pos += len;
+        n_frames += 1;
+    }
+    report.n_frames += n_frames;
+    replay.segment(id, pos, n_frames);
+    Ok(Some(pos))
+}
+
+/// The body of the frame at `pos`, or `None` at the end of the data or at a frame that does
+/// not check (torn).
+fn read_frame(file: &dyn DiskFile, pos: u64, file_len: u64) -> Result<Option<Vec<u8>>, DiskError> {
+    let mut header_bytes = [0u8; FRAME_HEADER_LEN];
+    if pos + FRAME_HEADER_LEN as u64 > file_len
+        || file.read_at(pos, &mut header_bytes)? < FRAME_HEADER_LEN
+    {
+        return Ok(None);
+    }
+    let Some(header) = FrameHeader::parse(&header_bytes) else {
+        return Ok(None);
+    };
+    let body_end = pos + FRAME_HEADER_LEN as u64 + u64::from(header.body_len);
+    if header.body_len as usize > codec::DECODE_BYTES_MAX || body_end > file_len {
+        return Ok(None);
+    }
+    let mut body = vec![0u8; header.body_len as usize];
+    if file.read_at(pos + FRAME_HEADER_LEN as u64, &mut body)? < body.len() || !header.checks(&body)
+    {
+        return Ok(None);
+    }
+    Ok(Some(body))
+}
+
+/// Position of the first nonzero byte in `[from, to)`, if any.
+fn first_nonzero(file: &dyn DiskFile, from: u64, to: u64) -> Result<Option<u64>, DiskError> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut pos = from;
+    while pos < to {
+        let n = usize::try_from(to - pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let got = file.read_at(pos, &mut buf[..n])?;
+        if got == 0 {
+            break;
+        }
+        if let Some(i) = buf[..got].iter().position(|b| *b != 0) {
+            return Ok(Some(pos + i as u64));
+        }
+        pos += got as u64;
+    }
+    Ok(None)
+}
+
+fn zero_range(file: &dyn DiskFile, from: u64, to: u64) -> Result<(), DiskError> {
+    let zeros = vec![0u8; 1 << 16];
+    let mut pos = from;
+    while pos < to {
+        let n = usize::try_from(to - pos)
+            .unwrap_or(usize::MAX)
+            .min(zeros.len());
+        file.write_at(pos, &zeros[..n])?;
+        pos += n as u64;
+    }
+    Ok(())
+}
