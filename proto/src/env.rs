@@ -3,8 +3,10 @@
 //! clock, files with `fdatasync`, a thread pool); the simulator builds one from a simulated clock,
 //! a disk that loses unsynced writes, and a seed. Code written against `Env` runs in both.
 //!
-//! The peer-to-peer `Transport` trait joins this module with the cluster (node-to-node) work; a
-//! single node has no peers to reach.
+//! [`Transport`] is the message-level connection to the cluster: request in, response out, over
+//! QUIC + mTLS in production (`net::QuicTransport`) and over a simulated link with loss, delay,
+//! duplication and outages in the simulator. The edge uplink is written against it, and so will
+//! node-to-node traffic be.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -13,6 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ids::UnixMillis;
+use crate::msg::{ErrorCode, Message};
+use std::future::Future;
+use std::pin::Pin;
 
 /// Time. `now` is monotonic and is the simulator's paused clock under simulation; `wall` is only
 /// for timestamps written into data, never for measuring intervals.
@@ -134,4 +139,64 @@ pub fn rng_for(seed: u64, owner: u64, component_salt: u64) -> ChaCha8Rng {
     key[16..24].copy_from_slice(&component_salt.to_le_bytes());
     key[24..].copy_from_slice(b"sluice\0\0");
     ChaCha8Rng::from_seed(key)
+}
+
+/// A boxed future, so the transport traits stay object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What kind of transport failure happened; callers decide retries and log levels from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportErrorKind {
+    /// No node could be reached (resolution, connect, handshake timeout).
+    Unreachable,
+    /// The handshake or the peer refused us: certificate from another CA, wrong role, wrong
+    /// cluster, connection limit. Retrying will not help until someone fixes the setup.
+    Refused,
+    /// The connection ended (peer closed, reset, idle timeout) after it was established.
+    Closed,
+    /// A request got no response within its deadline; its outcome is unknown.
+    Timeout,
+    /// The peer answered with an error response.
+    Remote(ErrorCode),
+    /// The peer sent something the protocol does not allow, or a frame did not decode.
+    Protocol,
+    /// Local material (certificates, keys) or configuration could not be used.
+    Local,
+}
+
+/// A transport failure, with a message naming what failed and the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    /// What kind of failure.
+    pub kind: TransportErrorKind,
+    /// A description a user can act on.
+    pub message: String,
+}
+
+impl TransportError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: TransportErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A way to reach the cluster. `connect` picks a node (the real one tries its addresses in
+/// order, starting after the one that failed last) and returns a connection to it.
+pub trait Transport: Send + Sync + 'static {
+    /// Opens a connection to some node of the cluster.
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>>;
+}
+
+/// One connection to one node, carrying pipelined requests. A failed connection stays failed:
+/// every later call returns an error and the caller connects again.
+pub trait Connection: Send + Sync + 'static {
+    /// Sends one request and waits for its response (within the transport's request deadline).
+    /// An error response from the node is `Err` with [`TransportErrorKind::Remote`].
+    fn call(&self, request: Message) -> BoxFuture<'_, Result<Message, TransportError>>;
+    /// Who is on the other end, for logs (the node's identity or address).
+    fn peer(&self) -> String;
 }

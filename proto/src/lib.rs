@@ -2,8 +2,9 @@
 //! the codec (the only place bincode is called), and the environment traits (`env`) that node and
 //! edge code are written against so the simulator can run the same code.
 //!
-//! Without the `net` feature this crate does no IO and has no async runtime. With it, `net` adds
-//! the QUIC + mutual TLS connection layer that nodes, edges and the CLI share.
+//! Without features this crate does no IO and has no async runtime. `net` adds the QUIC + mutual
+//! TLS connection layer that nodes, edges and the CLI share; `os` adds the real environment (OS
+//! clock, files, blocking pool) that nodes and edge agents run on outside the simulator.
 #![warn(missing_docs)]
 
 pub mod codec;
@@ -14,6 +15,8 @@ pub mod ids;
 pub mod msg;
 #[cfg(feature = "net")]
 pub mod net;
+#[cfg(feature = "os")]
+pub mod os;
 
 pub use codec::{DecodeError, EncodeError};
 pub use event::{DropReason, Event, Payload, Reading, Record, StoredEvent};

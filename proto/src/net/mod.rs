@@ -7,6 +7,8 @@
 //! - [`server`] accepts connections, authenticates the peer's identity and role, and runs a
 //!   [`server::Handler`] for every request, pipelined per stream.
 //! - [`client`] connects to the first reachable node and pipelines requests over one stream.
+//! - [`transport`] is the real [`crate::env::Transport`]: a client per connection, rotating
+//!   through the node addresses on reconnect.
 //!
 //! Identities come from certificates only (URI SAN `sluice://<cluster>/<role>/<name>`); nothing
 //! here trusts an identity claimed in a payload. This layer does not retry requests or reconnect
@@ -16,11 +18,13 @@ pub mod client;
 pub mod io;
 pub mod server;
 pub mod tls;
+pub mod transport;
 
 pub use client::{Client, ClientSettings};
 pub use io::{read_frame, write_frame};
 pub use server::{serve, Handler, ServerLimits};
 pub use tls::{client_config, peer_identity, server_config, TlsMaterial};
+pub use transport::QuicTransport;
 
 use crate::frame::FrameError;
 use crate::msg::ErrorCode;

@@ -1,0 +1,394 @@
+//! `EdgeConfig`: one typed struct for the agent, loaded once in `main` from `edge.toml` plus
+//! `SLUICE_EDGE__` environment overrides (`SLUICE_EDGE__UPLINK__LINGER_MS=20`), validated as a
+//! whole (every problem is reported, not just the first), then handed down in pieces. Defaults
+//! live here and in each source's module; `deploy/edge.example.toml` documents every key.
+
+use crate::source::{dht, jsonl, mqtt, sim, Source, SourceError};
+use crate::spool::SpoolConfig;
+use crate::validate::ValidationConfig;
+use figment::providers::{Env as EnvProvider, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use sluice_proto::StreamName;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Where the agent keeps its spool, and its own limits.
+    pub edge: EdgeSection,
+    /// How readings reach the cluster.
+    pub uplink: UplinkConfig,
+    /// The durable queue between sources and the uplink.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// The status and metrics endpoint.
+    #[serde(default)]
+    pub status: StatusSection,
+    /// How failed sources are restarted.
+    #[serde(default)]
+    pub supervision: SupervisionSection,
+    /// Where readings come from.
+    #[serde(default)]
+    pub sources: Vec<SourceSpec>,
+}
+
+/// `[edge]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSection {
+    /// Where the spools live (one directory per destination stream under `spool/`).
+    pub data_dir: PathBuf,
+    /// How often the agent logs its counters, ms (0 turns it off).
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
+    /// Readings waiting between the sources and the spool; sources wait when it is full.
+    #[serde(default = "default_sink_queue_max")]
+    pub sink_queue_max: u32,
+}
+
+/// `[uplink]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// The cluster name; the nodes' certificates must belong to it.
+    pub cluster: String,
+    /// Node addresses (`host:port`), tried in rotation.
+    pub nodes: Vec<String>,
+    /// The cluster CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// This agent's certificate (PEM), `sluice://<cluster>/edge/<name>`.
+    pub cert: PathBuf,
+    /// This agent's private key (PEM). Never logged.
+    pub key: PathBuf,
+    /// The name node certificates must match; default: the host part of each address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Records per produce request.
+    #[serde(default = "default_batch_records_max")]
+    pub batch_records_max: u32,
+    /// Bytes of records per produce request (at least one record is always sent).
+    #[serde(default = "default_batch_bytes_max")]
+    pub batch_bytes_max: u64,
+    /// How long a partly filled batch waits for more records before it is sent, ms.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Produce requests in flight at once.
+    #[serde(default = "default_batches_in_flight_max")]
+    pub batches_in_flight_max: u32,
+    /// Deadline of one connection attempt per node, ms.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Deadline of one produce request, ms.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// A silent connection is closed after this long, ms.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// First wait after a failure, ms; doubled per consecutive failure, with jitter.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Longest wait after failures, ms.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Largest frame sent or accepted, bytes.
+    #[serde(default = "default_frame_bytes_max")]
+    pub frame_bytes_max: u32,
+}
+
+/// `[status]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSection {
+    /// Where `/status` (JSON) and `/metrics` (Prometheus) are served; unset turns it off.
+    /// Keep it on loopback unless a firewall protects it.
+    #[serde(default = "default_status_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for StatusSection {
+    fn default() -> Self {
+        Self {
+            listen: default_status_listen(),
+        }
+    }
+}
+
+/// `[supervision]`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionSection {
+    /// First wait before restarting a failed source, ms; doubled per failure in the window.
+    pub restart_backoff_initial_ms: u64,
+    /// Longest wait before restarting a failed source, ms.
+    pub restart_backoff_max_ms: u64,
+    /// Failures within this window count towards the backoff, ms.
+    pub restart_window_ms: u64,
+}
+
+impl Default for SupervisionSection {
+    fn default() -> Self {
+        Self {
+            restart_backoff_initial_ms: 500,
+            restart_backoff_max_ms: 60_000,
+            restart_window_ms: 600_000,
+        }
+    }
+}
+
+/// One `[[sources]]` entry; `type` selects the kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceSpec {
+    /// A DHT22 or DHT11 on a GPIO pin.
+    Dht(dht::DhtConfig),
+    /// Subscriptions on an MQTT broker.
+    Mqtt(mqtt::MqttConfig),
+    /// A file (or stdin) of JSON lines.
+    Jsonl(jsonl::JsonlConfig),
+    /// Seeded simulated sensors.
+    Sim(sim::SimConfig),
+}
+
+impl SourceSpec {
+    /// The source's configured name.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceSpec::Dht(c) => &c.name,
+            SourceSpec::Mqtt(c) => &c.name,
+            SourceSpec::Jsonl(c) => &c.name,
+            SourceSpec::Sim(c) => &c.name,
+        }
+    }
+
+    /// The streams its readings go to.
+    pub fn streams(&self) -> Vec<StreamName> {
+        match self {
+            SourceSpec::Dht(c) => c.streams(),
+            SourceSpec::Mqtt(c) => c.streams(),
+            SourceSpec::Jsonl(c) => c.streams(),
+            SourceSpec::Sim(c) => c.streams(),
+        }
+    }
+
+    /// Its validation table with the kind's defaults filled in.
+    pub fn validation(&self) -> ValidationConfig {
+        match self {
+            SourceSpec::Dht(c) => c.validation.with_defaults(&c.default_validation()),
+            SourceSpec::Mqtt(c) => c.validation.clone(),
+            SourceSpec::Jsonl(c) => c.validation.clone(),
+            SourceSpec::Sim(c) => c.validation.clone(),
+        }
+    }
+
+    /// Builds the source (opens what must exist before it runs). A failure here is a setup
+    /// error: the agent refuses to start and says why.
+    pub fn build(&self) -> Result<Box<dyn Source>, SourceError> {
+        match self {
+            SourceSpec::Dht(c) => c.build(),
+            SourceSpec::Mqtt(c) => c.build(),
+            SourceSpec::Jsonl(c) => c.build(),
+            SourceSpec::Sim(c) => c.build(),
+        }
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        let at = format!("sources.{}", self.name());
+        match self {
+            SourceSpec::Dht(c) => c.validate(&at, problems),
+            SourceSpec::Mqtt(c) => c.validate(&at, problems),
+            SourceSpec::Jsonl(c) => c.validate(&at, problems),
+            SourceSpec::Sim(c) => c.validate(&at, problems),
+        }
+        self.validation()
+            .validate(&format!("{at}.validation"), problems);
+    }
+}
+
+fn default_stats_interval_ms() -> u64 {
+    60_000
+}
+fn default_sink_queue_max() -> u32 {
+    1024
+}
+fn default_batch_records_max() -> u32 {
+    500
+}
+fn default_batch_bytes_max() -> u64 {
+    256 << 10
+}
+fn default_linger_ms() -> u64 {
+    20
+}
+fn default_batches_in_flight_max() -> u32 {
+    4
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_request_timeout_ms() -> u64 {
+    15_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    30_000
+}
+fn default_backoff_initial_ms() -> u64 {
+    200
+}
+fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+fn default_frame_bytes_max() -> u32 {
+    4 << 20
+}
+fn default_status_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 7401)))
+}
+
+/// The configuration could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a key has the wrong type or is unknown.
+    #[error("{0}")]
+    Load(String),
+    /// The values are invalid; every problem is listed.
+    #[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
+    Invalid {
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+}
+
+/// The environment prefix of overrides: `SLUICE_EDGE__SPOOL__SYNC_INTERVAL_MS=200`.
+pub const ENV_PREFIX: &str = "SLUICE_EDGE__";
+
+/// Loads `path`, applies environment overrides, and validates.
+pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Load(format!(
+            "config file {} does not exist (start from deploy/edge.example.toml)",
+            path.display()
+        )));
+    }
+    let config: EdgeConfig = Figment::new()
+        .merge(Toml::file(path))
+        .merge(EnvProvider::prefixed(ENV_PREFIX).split("__"))
+        .extract()
+        .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Parses and validates a configuration from TOML text (no environment overrides).
+pub fn from_toml(text: &str) -> Result<EdgeConfig, ConfigError> {
+    let config: EdgeConfig = Figment::new()
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl EdgeConfig {
+    /// Every destination stream of every source, sorted.
+    pub fn streams(&self) -> Vec<StreamName> {
+        let set: BTreeSet<StreamName> = self.sources.iter().flat_map(|s| s.streams()).collect();
+        set.into_iter().collect()
+    }
+
+    /// Checks the whole configuration; returns every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let u = &self.uplink;
+        if u.nodes.is_empty() {
+            problems.push("uplink.nodes must list at least one node address".to_owned());
+        }
+        if u.cluster.is_empty() {
+            problems.push("uplink.cluster must not be empty".to_owned());
+        }
+        for (name, value) in [
+            ("batch_records_max", u64::from(u.batch_records_max)),
+            ("batch_bytes_max", u.batch_bytes_max),
+            ("batches_in_flight_max", u64::from(u.batches_in_flight_max)),
+            ("connect_timeout_ms", u.connect_timeout_ms),
+            ("request_timeout_ms", u.request_timeout_ms),
+            ("idle_timeout_ms", u.idle_timeout_ms),
+            ("backoff_initial_ms", u.backoff_initial_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("uplink.{name} must be positive"));
+            }
+        }
+        if u.backoff_max_ms < u.backoff_initial_ms {
+            problems.push("uplink.backoff_max_ms must be at least backoff_initial_ms".to_owned());
+        }
+        if u.batch_bytes_max + 64 * 1024 > u64::from(u.frame_bytes_max) {
+            problems.push(format!(
+                "uplink.batch_bytes_max ({}) must leave 64 KiB of frame_bytes_max ({})",
+                u.batch_bytes_max, u.frame_bytes_max
+            ));
+        }
+        if self.edge.sink_queue_max == 0 {
+            problems.push("edge.sink_queue_max must be positive".to_owned());
+        }
+        let s = &self.supervision;
+        if s.restart_backoff_initial_ms == 0
+            || s.restart_backoff_max_ms < s.restart_backoff_initial_ms
+        {
+            problems.push(
+                "supervision: restart_backoff_initial_ms must be positive and at most restart_backoff_max_ms"
+                    .to_owned(),
+            );
+        }
+        self.validate_spool(&mut problems);
+        self.validate_sources(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+
+    fn validate_spool(&self, problems: &mut Vec<String>) {
+        if let Err(found) = self.spool.validate() {
+            problems.extend(found);
+        }
+        let n_streams = self.streams().len().max(1) as u64;
+        let share = self.spool_share();
+        if n_streams > 1 && share.validate().is_err() {
+            problems.push(format!(
+                "spool.spool_bytes_max ({}) split over {n_streams} streams leaves {} bytes each, \
+                 less than 3 segments of {}",
+                self.spool.spool_bytes_max, share.spool_bytes_max, self.spool.segment_bytes_max
+            ));
+        }
+    }
+
+    fn validate_sources(&self, problems: &mut Vec<String>) {
+        if self.sources.is_empty() {
+            problems.push("no [[sources]] configured: the agent would have nothing to send".into());
+        }
+        let mut names = BTreeSet::new();
+        for source in &self.sources {
+            if source.name().is_empty() {
+                problems.push("a source has an empty name".to_owned());
+            } else if !names.insert(source.name()) {
+                problems.push(format!("two sources are named {:?}", source.name()));
+            }
+            source.validate(problems);
+        }
+    }
+
+    /// The spool configuration of one stream's spool: the budget split evenly over the
+    /// destination streams.
+    pub fn spool_share(&self) -> SpoolConfig {
+        let n_streams = self.streams().len().max(1) as u64;
+        SpoolConfig {
+            spool_bytes_max: self.spool.spool_bytes_max / n_streams,
+            ..self.spool
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Sources: where readings come from. Each configured source is one [`Source`] value run by its
+//! own supervised actor (`supervisor.rs`); a source that fails is restarted after a backoff and
+//! never stops the others.
+//!
+//! A source turns its input (a GPIO pin, an MQTT subscription, a file of JSON lines, a seeded
+//! generator) into [`SourceReading`]s and offers each to the agent through its [`SourceSink`].
+//! The agent validates the reading, gives it its `(boot_epoch, seq)` in the spool and answers
+//! with an [`Offered`]. While the spool cannot take more (policy `block`), `offer` waits: that is
+//! the backpressure a source feels, and it must not buffer around it without a bound.
+//!
+//! Inputs a source cannot turn into a reading (a malformed MQTT payload or JSON line, a DHT
+//! checksum error) are reported with [`SourceSink::reject`]: counted by reason, logged (at most
+//! once per second per source and reason), and never fatal.
+//!
+//! What sources do not do: validation of values (the agent does it, see `validate.rs`), seq
+//! numbering, spooling or sending.
+
+pub mod dht;
+pub mod jsonl;
+pub mod mqtt;
+pub mod sim;
+pub(crate) mod supervisor;
+pub mod testing;
+
+use crate::metrics::Metrics;
+use sluice_proto::env::{BoxFuture, Clock, Env};
+use sluice_proto::{Payload, SensorId, StreamName, UnixMillis};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+/// A reading a source offers to the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceReading {
+    /// The stream it goes to.
+    pub stream: StreamName,
+    /// The sensor it is from (the partitioning key; its seqs are numbered per stream).
+    pub sensor: SensorId,
+    /// The device's clock when it was read (the agent's wall clock for sources without one).
+    pub device_time: UnixMillis,
+    /// The content.
+    pub payload: Payload,
+}
+
+/// Why a reading was not accepted. The label is the `reason` of the rejection counter.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// The value is outside the configured (or the sensor model's) plausible range.
+    #[error("{what} {value} outside the plausible range {min}..={max}")]
+    OutOfRange {
+        /// Which quantity.
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// Lower bound.
+        min: String,
+        /// Upper bound.
+        max: String,
+    },
+    /// A value that is not a finite number.
+    #[error("{what} is not a finite number")]
+    NotFinite {
+        /// Which quantity.
+        what: &'static str,
+    },
+    /// The sensor sends faster than its configured rate.
+    #[error("sensor {sensor} exceeds {per_second_max} readings per second")]
+    RateLimited {
+        /// The sensor.
+        sensor: String,
+        /// The configured rate.
+        per_second_max: f64,
+    },
+    /// The same reading (sensor, device time and payload) arrived again within the window.
+    #[error("duplicate reading of sensor {sensor}")]
+    Duplicate {
+        /// The sensor.
+        sensor: String,
+    },
+    /// The spool refused it: too large, too many sensors, or full with policy `block` for
+    /// longer than the offer may wait.
+    #[error("spool refused the reading: {reason}")]
+    Spool {
+        /// The counter label: `spool_full`, `too_large` or `too_many_sensors`.
+        label: &'static str,
+        /// What the spool said.
+        reason: String,
+    },
+}
+
+impl Refusal {
+    /// The `reason` label of the rejection counter.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::OutOfRange { .. } => "out_of_range",
+            Refusal::NotFinite { .. } => "not_finite",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::Duplicate { .. } => "duplicate",
+            Refusal::Spool { label, .. } => label,
+        }
+    }
+}
+
+/// What became of an offered reading.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Offered {
+    /// In the spool with this seq of `(sensor, boot_epoch)`; durable within the spool's sync
+    /// interval, or at once after [`SourceSink::flush`].
+    Accepted {
+        /// The boot epoch.
+        epoch: u64,
+        /// The seq.
+        seq: u64,
+    },
+    /// Not accepted (counted and logged by the agent).
+    Refused(Refusal),
+}
+
+/// The agent stopped (or is stopping): no more readings are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the agent is stopping")]
+pub struct SinkClosed;
+
+/// A source failed. The supervisor logs it, counts it and restarts the source after a backoff.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The source cannot be set up at all (bad configuration, no such device, not a Raspberry
+    /// Pi). Returned by a source's `build`; the agent refuses to start.
+    #[error("source {source_name}: {reason}")]
+    Setup {
+        /// The source's configured name.
+        source_name: String,
+        /// What is wrong, naming the pin, file or broker involved.
+        reason: String,
+    },
+    /// The source failed while running (device gone, file unreadable, broker unreachable too
+    /// long); it is restarted.
+    #[error("source {source_name}: {reason}")]
+    Failed {
+        /// The source's configured name.
+        source_name: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// One request from a source to the agent.
+#[derive(Debug)]
+pub(crate) enum SinkRequest {
+    /// Validate and spool a reading.
+    Offer {
+        /// Index of the source in the configuration.
+        source_idx: usize,
+        /// The reading.
+        reading: SourceReading,
+        /// The answer.
+        reply: oneshot::Sender<Offered>,
+    },
+    /// Make everything spooled so far durable, then answer.
+    Flush {
+        /// The answer.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A source's way into the agent. Cheap to clone.
+#[derive(Clone)]
+pub struct SourceSink {
+    name: Arc<str>,
+    source_idx: usize,
+    tx: mpsc::Sender<SinkRequest>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    last_logged: Arc<Mutex<BTreeMap<&'static str, Instant>>>,
+}
+
+impl fmt::Debug for SourceSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceSink")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rejections of one source and reason are logged at most this often.
+const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl SourceSink {
+    pub(crate) fn new(
+        name: &str,
+        source_idx: usize,
+        tx: mpsc::Sender<SinkRequest>,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            source_idx,
+            tx,
+            metrics,
+            clock,
+            last_logged: Arc::default(),
+        }
+    }
+
+    /// The source's configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Offers a reading. Waits while the agent applies backpressure (bounded queue, full
+    /// spool with policy `block`); returns what became of it.
+    pub async fn offer(&self, reading: SourceReading) -> Result<Offered, SinkClosed> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(SinkRequest::Offer {
+                source_idx: self.source_idx,
+                reading,
+                reply,
+            })
+            .await
+            .map_err(|_| SinkClosed)?;
+        answer.await.map_err(|_| SinkClosed)
+    }
+
+    /// Waits until everything this agent spooled so far is durable (an `fdatasync` of the
+    /// spool). Use it before recording that input was consumed (a file position, say).
+    pub async fn flush(&self) -> Result<(), SinkClosed> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(SinkRequest::Flush { reply })
+            .await
+            .map_err(|_| SinkClosed)?;
+        answer.await.map_err(|_| SinkClosed)
+    }
+
+    /// Reports an input that could not become a reading: counted under
+    /// `edge_readings_rejected_total{source, reason}` and logged (rate-limited). Never fatal.
+    /// `reason` is a short snake_case label (`malformed_payload`, `dht_checksum`, …); `detail`
+    /// says what arrived and why it was refused.
+    pub fn reject(&self, reason: &'static str, detail: impl fmt::Display) {
+        self.metrics.rejected(&self.name, reason);
+        let now = self.clock.now();
+        let mut last = self
+            .last_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = last
+            .get(reason)
+            .is_none_or(|t| now.duration_since(*t) >= REJECT_LOG_INTERVAL);
+        if due {
+            last.insert(reason, now);
+            warn!(source = %self.name, reason, %detail, "input rejected");
+        }
+    }
+
+    /// Counts a reading read from the device or input (before validation).
+    pub fn count_read(&self) {
+        self.metrics.read(&self.name);
+    }
+}
+
+/// What a running source is given.
+#[derive(Clone)]
+pub struct SourceContext {
+    /// Where readings go.
+    pub sink: SourceSink,
+    /// Time (wall clock for `device_time`, monotonic for intervals) and the seed for any
+    /// randomness (`env.rng(owner, salt)`).
+    pub env: Env,
+    /// This source's index in the configuration, for seeding per-source RNGs.
+    pub source_idx: usize,
+}
+
+/// A source of readings. `run` is called by the source's actor; when it returns an error the
+/// supervisor waits a backoff and calls `run` again on the same value (so a source may keep
+/// state, such as a file position, across restarts). `Ok(())` means the input ended for good
+/// (stdin closed) or the sink closed: the source is not restarted.
+pub trait Source: Send + 'static {
+    /// Runs until the input ends, the sink closes, or something fails.
+    fn run<'a>(&'a mut self, context: &'a SourceContext) -> BoxFuture<'a, Result<(), SourceError>>;
+}

@@ -1,0 +1,1 @@
+//! The source supervisor (being built).

@@ -1,0 +1,170 @@
+//! The real environment (feature `os`): the OS clock, files with `pwrite`/`fallocate`/
+//! `fdatasync`, and tokio's blocking pool. Nodes and edge agents both run on it; the simulator
+//! replaces every piece. This is the only module of the workspace's production code allowed to
+//! read the OS clocks.
+
+use crate::env::{BlockingMode, Clock, Disk, DiskError, DiskFile, Env};
+use crate::ids::UnixMillis;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The OS clock.
+#[derive(Debug, Default)]
+pub struct RealClock;
+
+impl Clock for RealClock {
+    #[allow(clippy::disallowed_methods)] // the real environment is where the clock is read
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    #[allow(clippy::disallowed_methods)] // the real environment is where the clock is read
+    fn wall(&self) -> UnixMillis {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        UnixMillis(i64::try_from(since).unwrap_or(i64::MAX))
+    }
+}
+
+/// The local filesystem.
+#[derive(Debug, Default)]
+pub struct FsDisk;
+
+struct FsFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl DiskFile for FsFile {
+    fn size(&self) -> Result<u64, DiskError> {
+        Ok(self
+            .file
+            .metadata()
+            .map_err(|e| DiskError::io("stat", &self.path, e))?
+            .len())
+    }
+
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], pos + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DiskError::io("read", &self.path, e)),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.file
+            .write_all_at(data, pos)
+            .map_err(|e| DiskError::io("write", &self.path, e))
+    }
+
+    fn allocate(&self, len: u64) -> Result<(), DiskError> {
+        let current = self.size()?;
+        if len <= current {
+            return Ok(());
+        }
+        match rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::empty(),
+            current,
+            len - current,
+        ) {
+            Ok(()) => Ok(()),
+            // Filesystems without fallocate (tmpfs on old kernels, some overlays): fall back to a
+            // sparse extension; writes then allocate blocks, which fdatasync still covers.
+            Err(rustix::io::Errno::OPNOTSUPP) => self.truncate(len),
+            Err(e) => Err(DiskError::io("fallocate", &self.path, e.into())),
+        }
+    }
+
+    fn truncate(&self, len: u64) -> Result<(), DiskError> {
+        self.file
+            .set_len(len)
+            .map_err(|e| DiskError::io("truncate", &self.path, e))
+    }
+
+    fn sync_data(&self) -> Result<(), DiskError> {
+        self.file
+            .sync_data()
+            .map_err(|e| DiskError::io("fdatasync", &self.path, e))
+    }
+}
+
+impl Disk for FsDisk {
+    fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
+        std::fs::create_dir_all(dir).map_err(|e| DiskError::io("mkdir", dir, e))
+    }
+
+    fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| DiskError::io("readdir", dir, e))? {
+            let entry = entry.map_err(|e| DiskError::io("readdir", dir, e))?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path, create: bool) -> Result<Arc<dyn DiskFile>, DiskError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| DiskError::io("open", path, e))?;
+        Ok(Arc::new(FsFile {
+            file,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), DiskError> {
+        std::fs::remove_file(path).map_err(|e| DiskError::io("remove", path, e))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| DiskError::io("fsync dir", dir, e))
+    }
+}
+
+/// The production environment.
+pub fn real_env(seed: u64) -> Env {
+    Env {
+        clock: Arc::new(RealClock),
+        disk: Arc::new(FsDisk),
+        blocking: BlockingMode::ThreadPool,
+        seed,
+    }
+}
+
+/// Runs blocking work the way the environment says: on tokio's blocking pool, or inline under
+/// the simulator so its timing is part of the seeded schedule.
+pub async fn run_blocking<F, R>(mode: BlockingMode, work: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match mode {
+        BlockingMode::Inline => work(),
+        BlockingMode::ThreadPool => match tokio::task::spawn_blocking(work).await {
+            Ok(r) => r,
+            // The closure panicked: a programmer error. Carry the panic to this task.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+    }
+}
