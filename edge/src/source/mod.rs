@@ -27,6 +27,7 @@ use sluice_proto::env::{BoxFuture, Clock, Env};
 use sluice_proto::{Payload, SensorId, StreamName, UnixMillis};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -273,6 +274,9 @@ pub struct SourceContext {
     pub env: Env,
     /// This source's index in the configuration, for seeding per-source RNGs.
     pub source_idx: usize,
+    /// A directory of this source's own (`<data_dir>/sources/<name>/`, created by the agent)
+    /// for small state such as a file position.
+    pub state_dir: PathBuf,
 }
 
 /// A source of readings. `run` is called by the source's actor; when it returns an error the

@@ -6,6 +6,7 @@ use crate::metrics::Metrics;
 use sluice_proto::env::{Clock, Env};
 use sluice_proto::SensorId;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -61,8 +62,14 @@ impl TestInbox {
     }
 }
 
-/// A context for source `name` whose sink feeds a [`TestInbox`] (queue of `queue_max`).
-pub fn test_context(name: &str, env: Env, queue_max: usize) -> (SourceContext, TestInbox) {
+/// A context for source `name` whose sink feeds a [`TestInbox`] (queue of `queue_max`), with
+/// `state_dir` as its state directory (it must exist).
+pub fn test_context(
+    name: &str,
+    env: Env,
+    queue_max: usize,
+    state_dir: &Path,
+) -> (SourceContext, TestInbox) {
     let (tx, rx) = mpsc::channel(queue_max.max(1));
     let metrics = Metrics::new("sluice://test/edge/test", &[name.to_owned()]);
     let clock: Arc<dyn Clock> = env.clock.clone();
@@ -71,6 +78,7 @@ pub fn test_context(name: &str, env: Env, queue_max: usize) -> (SourceContext, T
         sink,
         env,
         source_idx: 0,
+        state_dir: state_dir.to_path_buf(),
     };
     let inbox = TestInbox {
         rx,
