@@ -1,0 +1,974 @@
+//! The agent: wires sources → validation → spool → uplink, and runs them.
+//!
+//! [`Agent::start`] opens one spool per destination stream under `<data_dir>/spool/<stream>/`
+//! (the `[spool]` budget split evenly), builds every source (a setup error refuses to start),
+//! spawns the agent loop and the source supervisor, and serves `/status` and `/metrics` when
+//! configured. The loop is one task that owns the spools and the [`UplinkCore`]: it takes offers
+//! from the sources' bounded queue, validates and spools them, runs the spools' timers (syncs,
+//! expiry), pulls durable records into produce requests, and applies the answers. Spool calls
+//! run through `run_blocking` (the blocking pool in production, inline in the simulator).
+//!
+//! Backpressure: when a spool is full (policy `block`, or every evictable segment pinned), the
+//! offer is parked and the loop stops taking new offers until acknowledgements or expiry free
+//! space; sources feel it as an `offer` that does not return, and nothing grows without bound.
+//!
+//! A spool error (a failed `fdatasync`, corruption) ends the loop with an error: the process
+//! exits and its next start recovers from what the disk holds. A clean [`Agent::stop`] stops the
+//! sources, gives requests in flight a short grace, and closes the spools (syncing and giving
+//! back seq reservations, so the next start declares nothing lost).
+
+use crate::config::{EdgeConfig, SourceSpec};
+use crate::metrics::{Metrics, SpoolStatus};
+use crate::source::supervisor::{ChildSpec, SourceSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::source::{
+    Offered, Refusal, SinkRequest, SourceContext, SourceError, SourceReading, SourceSink,
+};
+use crate::spool::{Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
+use crate::uplink::{Output, Severity, UplinkCore, UplinkLimits};
+use crate::validate::Validator;
+use ractor::{Actor, ActorRef};
+use sluice_proto::env::{Connection, Env, Transport, TransportError, TransportErrorKind};
+use sluice_proto::msg::{Message, ProduceRequest, ProduceResponse};
+use sluice_proto::os::run_blocking;
+use sluice_proto::{Record, StreamName, UnixMillis};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn, Instrument};
+
+/// The agent failed to start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A source cannot be set up.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A spool failed; the process should exit and recover on its next start.
+    #[error("spool of stream {stream}: {error}")]
+    Spool {
+        /// The stream.
+        stream: String,
+        /// What failed.
+        error: SpoolError,
+    },
+    /// A directory or the status listener could not be set up.
+    #[error("{what}: {reason}")]
+    Setup {
+        /// What was being set up.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The agent loop ended without being asked to (a bug or a panic).
+    #[error("agent loop ended: {0}")]
+    Ended(String),
+}
+
+/// Salt of the uplink's backoff RNG.
+const UPLINK_RNG_SALT: u64 = 0x5550_4c49_4e4b; // "UPLINK"
+/// Offers taken from the queue at once (one blocking spool call for all of them).
+const OFFERS_PER_STEP_MAX: usize = 256;
+/// How often spool figures are refreshed in the metrics.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// How long a clean stop waits for requests in flight.
+const STOP_GRACE_MAX: Duration = Duration::from_secs(5);
+/// Validation refusals of one source and reason are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A running agent.
+pub struct Agent {
+    metrics: Arc<Metrics>,
+    supervisor: ActorRef<SupervisorMsg>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), EdgeError>>>,
+    status: Option<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Starts the agent with `config` on `env`, reaching the cluster through `transport`.
+    /// `identity` names the agent in its status (its certificate's identity).
+    pub async fn start(
+        config: &EdgeConfig,
+        env: Env,
+        transport: Arc<dyn Transport>,
+        identity: &str,
+    ) -> Result<Agent, EdgeError> {
+        let names: Vec<String> = config.sources.iter().map(|s| s.name().to_owned()).collect();
+        let metrics = Metrics::new(identity, &names);
+        let spools = open_spools(config, &env).await?;
+        let mut children = Vec::with_capacity(config.sources.len());
+        let (sink_tx, sink_rx) = mpsc::channel(config.edge.sink_queue_max.max(1) as usize);
+        for (idx, spec) in config.sources.iter().enumerate() {
+            let source = spec.build()?;
+            let state_dir = config.edge.data_dir.join("sources").join(spec.name());
+            env.disk
+                .create_dir_all(&state_dir)
+                .map_err(|e| setup(&format!("source directory {}", state_dir.display()), e))?;
+            let sink = SourceSink::new(
+                spec.name(),
+                idx,
+                sink_tx.clone(),
+                metrics.clone(),
+                env.clock.clone(),
+            );
+            let context = SourceContext {
+                sink,
+                env: env.clone(),
+                source_idx: idx,
+                state_dir,
+            };
+            children.push(ChildSpec {
+                spec: spec.clone(),
+                source,
+                context,
+            });
+        }
+        drop(sink_tx);
+        let status = match config.status.listen {
+            Some(listen) => Some(crate::status::serve(listen, metrics.clone()).await?),
+            None => None,
+        };
+        let agent_loop = AgentLoop::new(config, env.clone(), spools, transport, sink_rx, &metrics);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(agent_loop.run(stop_rx).in_current_span());
+        let args = SupervisorArgs {
+            children,
+            supervision: config.supervision,
+            clock: env.clock.clone(),
+            metrics: metrics.clone(),
+        };
+        let (supervisor, _join) = Actor::spawn(None, SourceSupervisor, args)
+            .await
+            .map_err(|e| setup("source supervisor", e))?;
+        info!(
+            n_sources = config.sources.len(),
+            n_streams = config.streams().len(),
+            "edge agent started"
+        );
+        Ok(Agent {
+            metrics,
+            supervisor,
+            stop: Some(stop_tx),
+            task: Some(task),
+            status,
+        })
+    }
+
+    /// The agent's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Where `/status` and `/metrics` are served, if they are.
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Waits until the agent loop ends on its own (it only does on an error).
+    pub async fn failed(&mut self) -> EdgeError {
+        let Some(task) = self.task.as_mut() else {
+            return EdgeError::Ended("already stopped".into());
+        };
+        let result = task.await;
+        self.task = None;
+        match result {
+            Ok(Err(error)) => error,
+            Ok(Ok(())) => EdgeError::Ended("the loop returned".into()),
+            Err(e) => EdgeError::Ended(e.to_string()),
+        }
+    }
+
+    /// Stops cleanly: sources first, then the loop (which closes the spools).
+    pub async fn stop(mut self) -> Result<(), EdgeError> {
+        let _ = ractor::call!(self.supervisor, SupervisorMsg::StopChildren);
+        self.supervisor.stop(None);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some((_, server)) = self.status.take() {
+            server.abort();
+        }
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(result) => result,
+                Err(e) => Err(EdgeError::Ended(e.to_string())),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Dropped without `stop` (a test, a crash path): tear down without closing the spools.
+        self.supervisor.stop(None);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some((_, server)) = self.status.take() {
+            server.abort();
+        }
+    }
+}
+
+fn setup(what: &str, error: impl std::fmt::Display) -> EdgeError {
+    EdgeError::Setup {
+        what: what.to_owned(),
+        reason: error.to_string(),
+    }
+}
+
+/// The spools of every destination stream, and a cursor for round-robin sending.
+struct Spools {
+    by_stream: BTreeMap<StreamName, Spool>,
+    cursor: usize,
+}
+
+type SharedSpools = Arc<Mutex<Spools>>;
+
+fn lock(spools: &SharedSpools) -> MutexGuard<'_, Spools> {
+    spools.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn spool_error(stream: &StreamName, error: SpoolError) -> EdgeError {
+    EdgeError::Spool {
+        stream: stream.to_string(),
+        error,
+    }
+}
+
+/// Opens the spool of every configured stream, and of any stream a spool directory exists for
+/// (records spooled before a configuration change are still delivered).
+async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, EdgeError> {
+    let root = config.edge.data_dir.join("spool");
+    env.disk
+        .create_dir_all(&root)
+        .map_err(|e| setup(&format!("spool directory {}", root.display()), e))?;
+    let mut streams = config.streams();
+    if let Ok(names) = env.disk.list(&root) {
+        for name in names {
+            if let Ok(stream) = StreamName::new(name) {
+                // Only stream directories live at the top of the spool directory.
+                if !streams.contains(&stream) {
+                    warn!(%stream, "spool of a stream no longer configured: delivering what it holds");
+                    streams.push(stream);
+                }
+            }
+        }
+    }
+    let n_streams = streams.len().max(1) as u64;
+    let share = SpoolConfig {
+        spool_bytes_max: config.spool.spool_bytes_max / n_streams,
+        ..config.spool
+    };
+    let mut by_stream = BTreeMap::new();
+    for stream in streams {
+        let dir = root.join(stream.as_str());
+        let disk = env.disk.clone();
+        let now = env.clock.wall();
+        let opened = run_blocking(env.blocking, move || Spool::open(disk, &dir, share, now)).await;
+        let (spool, report) = opened.map_err(|e| spool_error(&stream, e))?;
+        for declared in &report.power_loss {
+            warn!(%stream, sensor = %declared.key.sensor, epoch = %declared.key.epoch,
+                seq = declared.seq, seq_last = declared.seq_last,
+                "readings lost to a power cut declared dropped");
+        }
+        info!(%stream, epoch = %report.epoch, n_records = report.n_records,
+            truncated_bytes = report.truncated_bytes, "spool opened");
+        by_stream.insert(stream, spool);
+    }
+    Ok(Arc::new(Mutex::new(Spools {
+        by_stream,
+        cursor: 0,
+    })))
+}
+
+/// What an append came to.
+enum Appended {
+    Accepted { epoch: u64, seq: u64 },
+    /// The spool is full: the reading waits (it comes back).
+    Full(SourceReading),
+    Refused(Refusal),
+}
+
+/// An offer waiting for its append.
+struct Pending {
+    source_idx: usize,
+    reading: SourceReading,
+    reply: oneshot::Sender<Offered>,
+}
+
+impl Spools {
+    fn append(&mut self, now: UnixMillis, reading: SourceReading) -> Result<Appended, EdgeError> {
+        let Some(spool) = self.by_stream.get_mut(&reading.stream) else {
+            return Ok(Appended::Refused(Refusal::Spool {
+                label: "unknown_stream",
+                reason: format!("no spool for stream {}", reading.stream),
+            }));
+        };
+        let result = spool
+            .append(
+                now,
+                reading.sensor.clone(),
+                reading.device_time,
+                reading.payload.clone(),
+            )
+            .map_err(|e| spool_error(&reading.stream, e))?;
+        Ok(match result {
+            Ok(a) => Appended::Accepted {
+                epoch: a.epoch.0,
+                seq: a.seq,
+            },
+            Err(Rejected::Full) => Appended::Full(reading),
+            Err(rejected) => {
+                let label = match rejected {
+                    Rejected::TooLarge { .. } => "too_large",
+                    Rejected::TooManySensors { .. } => "too_many_sensors",
+                    _ => "reserved_payload",
+                };
+                let reason = format!("{rejected:?}");
+                Appended::Refused(Refusal::Spool { label, reason })
+            }
+        })
+    }
+
+    /// Durable records of the next stream (round-robin) that has any.
+    fn next_batch(
+        &mut self,
+        records_max: u32,
+        bytes_max: u64,
+    ) -> Result<Option<(StreamName, Vec<Record>)>, EdgeError> {
+        let n = self.by_stream.len();
+        for step in 0..n {
+            let idx = (self.cursor + step) % n;
+            let Some((stream, spool)) = self.by_stream.iter_mut().nth(idx) else {
+                continue;
+            };
+            let records = spool
+                .next_batch(records_max, bytes_max)
+                .map_err(|e| spool_error(stream, e))?;
+            if !records.is_empty() {
+                self.cursor = idx + 1;
+                return Ok(Some((stream.clone(), records)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn ack(
+        &mut self,
+        now: UnixMillis,
+        acks: &[(StreamName, StreamKey, u64)],
+    ) -> Result<u64, EdgeError> {
+        let mut n = 0;
+        for (stream, key, seq_through) in acks {
+            if let Some(spool) = self.by_stream.get_mut(stream) {
+                n += spool
+                    .ack(now, key, *seq_through)
+                    .map_err(|e| spool_error(stream, e))?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn timeout(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
+        for (stream, spool) in self.by_stream.iter_mut() {
+            if spool.poll_timeout().is_some_and(|t| t <= now) {
+                spool.handle_timeout(now).map_err(|e| spool_error(stream, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
+        for (stream, spool) in self.by_stream.iter_mut() {
+            spool.sync(now).map_err(|e| spool_error(stream, e))?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
+        let by_stream = std::mem::take(&mut self.by_stream);
+        for (stream, spool) in by_stream {
+            spool.close(now).map_err(|e| spool_error(&stream, e))?;
+        }
+        Ok(())
+    }
+
+    fn n_syncs(&self) -> u64 {
+        self.by_stream.values().map(|s| s.stats().n_syncs).sum()
+    }
+
+    fn poll_timeout(&self) -> Option<UnixMillis> {
+        self.by_stream.values().filter_map(|s| s.poll_timeout()).min()
+    }
+
+    fn status(&self, now: UnixMillis) -> Vec<(String, SpoolStatus)> {
+        self.by_stream
+            .iter()
+            .map(|(stream, spool)| {
+                let core = spool.core();
+                let stats = spool.stats();
+                let dropped = [
+                    ("spool_full", stats.n_dropped_full),
+                    ("expired", stats.n_dropped_expired),
+                    ("power_loss", stats.n_dropped_power_loss),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+                let status = SpoolStatus {
+                    epoch: spool.epoch().0,
+                    records: core.n_records(),
+                    bytes: core.live_bytes(),
+                    segments: core.n_segments(),
+                    oldest_age_ms: core
+                        .oldest_spooled_at()
+                        .map(|t| u64::try_from(now.0.saturating_sub(t.0)).unwrap_or(0)),
+                    dropped,
+                };
+                (stream.to_string(), status)
+            })
+            .collect()
+    }
+}
+
+/// Something the uplink's tasks report to the loop.
+enum Event {
+    Connected {
+        attempt: u64,
+        connection: Arc<dyn Connection>,
+    },
+    ConnectFailed {
+        attempt: u64,
+        error: TransportError,
+    },
+    Answered {
+        attempt: u64,
+        batch_id: u64,
+        result: Result<ProduceResponse, TransportError>,
+    },
+}
+
+/// The loop's state. See the module documentation.
+struct AgentLoop {
+    env: Env,
+    spools: SharedSpools,
+    validators: Vec<Validator>,
+    source_names: Vec<String>,
+    uplink: UplinkCore,
+    batch_records_max: u32,
+    batch_bytes_max: u64,
+    request_timeout: Duration,
+    stats_interval: Option<Duration>,
+    transport: Arc<dyn Transport>,
+    connection: Option<(u64, Arc<dyn Connection>)>,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    sink_rx: mpsc::Receiver<SinkRequest>,
+    sink_closed: bool,
+    parked: VecDeque<Pending>,
+    /// Records may be ready to send (a sync, an ack, a rewind or a connect happened since the
+    /// last empty `next_batch`).
+    maybe_sendable: bool,
+    n_syncs_seen: u64,
+    metrics: Arc<Metrics>,
+    refusals_logged: BTreeMap<(usize, &'static str), Instant>,
+}
+
+impl AgentLoop {
+    fn new(
+        config: &EdgeConfig,
+        env: Env,
+        spools: SharedSpools,
+        transport: Arc<dyn Transport>,
+        sink_rx: mpsc::Receiver<SinkRequest>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let u = &config.uplink;
+        let limits = UplinkLimits {
+            batches_in_flight_max: u.batches_in_flight_max,
+            batch_records_max: u.batch_records_max,
+            linger: Duration::from_millis(u.linger_ms),
+            backoff_initial: Duration::from_millis(u.backoff_initial_ms),
+            backoff_max: Duration::from_millis(u.backoff_max_ms),
+        };
+        let rng = env.rng(0, UPLINK_RNG_SALT);
+        let uplink = UplinkCore::new(limits, env.clock.now(), rng);
+        let validators = config
+            .sources
+            .iter()
+            .map(|s: &SourceSpec| Validator::new(s.validation(), config.spool.sensors_max))
+            .collect();
+        let (events_tx, events_rx) = mpsc::channel(u.batches_in_flight_max as usize + 2);
+        Self {
+            env,
+            spools,
+            validators,
+            source_names: config.sources.iter().map(|s| s.name().to_owned()).collect(),
+            uplink,
+            batch_records_max: u.batch_records_max,
+            batch_bytes_max: u.batch_bytes_max,
+            request_timeout: Duration::from_millis(u.request_timeout_ms),
+            stats_interval: (config.edge.stats_interval_ms > 0)
+                .then(|| Duration::from_millis(config.edge.stats_interval_ms)),
+            transport,
+            connection: None,
+            events_tx,
+            events_rx,
+            sink_rx,
+            sink_closed: false,
+            parked: VecDeque::new(),
+            maybe_sendable: true,
+            n_syncs_seen: 0,
+            metrics: metrics.clone(),
+            refusals_logged: BTreeMap::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.env.clock.now()
+    }
+
+    fn wall(&self) -> UnixMillis {
+        self.env.clock.wall()
+    }
+
+    /// Runs `work` on the spools through the environment's blocking mode.
+    async fn spools<R: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Spools, UnixMillis) -> Result<R, EdgeError> + Send + 'static,
+    ) -> Result<R, EdgeError> {
+        let spools = self.spools.clone();
+        let now = self.wall();
+        let (result, n_syncs) = run_blocking(self.env.blocking, move || {
+            let mut guard = lock(&spools);
+            let result = work(&mut guard, now);
+            (result, guard.n_syncs())
+        })
+        .await;
+        if n_syncs != self.n_syncs_seen {
+            self.n_syncs_seen = n_syncs;
+            self.maybe_sendable = true;
+        }
+        result
+    }
+
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) -> Result<(), EdgeError> {
+        let result = self.run_until_stopped(&mut stop).await;
+        match result {
+            Ok(()) => self.shutdown().await,
+            Err(error) => {
+                error!(%error, "edge agent failed");
+                Err(error)
+            }
+        }
+    }
+
+    async fn run_until_stopped(
+        &mut self,
+        stop: &mut oneshot::Receiver<()>,
+    ) -> Result<(), EdgeError> {
+        let start = self.now();
+        let mut stats_at = self.stats_interval.map(|i| start + i);
+        let mut metrics_at = start;
+        loop {
+            self.pump().await?;
+            let now = self.now();
+            if now >= metrics_at {
+                self.refresh_metrics();
+                metrics_at = now + METRICS_REFRESH;
+            }
+            if stats_at.is_some_and(|t| now >= t) {
+                self.log_stats();
+                stats_at = self.stats_interval.map(|i| now + i);
+            }
+            let deadline = self.deadline(now, [Some(metrics_at), stats_at]);
+            let take_offers = self.parked.is_empty() && !self.sink_closed;
+            tokio::select! {
+                biased;
+                _ = &mut *stop => return Ok(()),
+                Some(event) = self.events_rx.recv() => self.on_event(event).await?,
+                _ = tokio::time::sleep_until(deadline.into()) => self.on_timer().await?,
+                request = self.sink_rx.recv(), if take_offers => match request {
+                    Some(request) => self.on_sink(request).await?,
+                    None => self.sink_closed = true,
+                },
+            }
+        }
+    }
+
+    /// The earliest of the uplink's, the spools' and the given deadlines.
+    fn deadline(&self, now: Instant, others: [Option<Instant>; 2]) -> Instant {
+        let wall = self.wall();
+        let spool = lock(&self.spools).poll_timeout().map(|t| {
+            let ms = u64::try_from(t.0.saturating_sub(wall.0)).unwrap_or(0);
+            now + Duration::from_millis(ms)
+        });
+        [self.uplink.poll_timeout(), spool]
+            .into_iter()
+            .chain(others)
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(3600))
+    }
+
+    async fn on_timer(&mut self) -> Result<(), EdgeError> {
+        let had_parked = !self.parked.is_empty();
+        self.spools(|s, now| s.timeout(now)).await?;
+        if had_parked {
+            // Expiry may have freed space.
+            self.retry_parked().await?;
+        }
+        Ok(())
+    }
+
+    /// Connects when due, executes the uplink's outputs, and sends while the window allows.
+    async fn pump(&mut self) -> Result<(), EdgeError> {
+        let now = self.now();
+        self.uplink.handle_tick(now);
+        self.execute_outputs().await?;
+        while self.maybe_sendable && self.uplink.can_send(now) {
+            let Some((attempt, connection)) = self.connection.clone() else {
+                break;
+            };
+            let (records_max, bytes_max) = (self.batch_records_max, self.batch_bytes_max);
+            let batch = self.spools(move |s, _| s.next_batch(records_max, bytes_max)).await?;
+            let Some((stream, records)) = batch else {
+                self.maybe_sendable = false;
+                break;
+            };
+            let batch_id = self.uplink.handle_sent(now, stream.clone(), &records);
+            debug!(batch_id, %stream, n_records = records.len(), "sending batch");
+            let events = self.events_tx.clone();
+            let request = Message::ProduceRequest(ProduceRequest {
+                request_id: 0,
+                stream,
+                records,
+            });
+            tokio::spawn(
+                async move {
+                    let result = match connection.call(request).await {
+                        Ok(Message::ProduceResponse(response)) => Ok(response),
+                        Ok(other) => Err(TransportError::new(
+                            TransportErrorKind::Protocol,
+                            format!("expected a produce response, got {:?}", other.kind()),
+                        )),
+                        Err(error) => Err(error),
+                    };
+                    let _ = events
+                        .send(Event::Answered {
+                            attempt,
+                            batch_id,
+                            result,
+                        })
+                        .await;
+                }
+                .in_current_span(),
+            );
+        }
+        let in_flight = self.uplink.n_in_flight_records();
+        self.metrics.uplink(|u| u.in_flight = in_flight);
+        Ok(())
+    }
+
+    async fn execute_outputs(&mut self) -> Result<(), EdgeError> {
+        let mut acks = Vec::new();
+        while let Some(output) = self.uplink.poll_output() {
+            match output {
+                Output::Connect { attempt } => self.connect(attempt),
+                Output::Disconnect => {
+                    if self.connection.take().is_some() {
+                        self.metrics.uplink(|u| u.connected_to = None);
+                    }
+                }
+                Output::Ack {
+                    stream,
+                    key,
+                    seq_through,
+                } => acks.push((stream, key, seq_through)),
+                Output::Rewind => {
+                    if !acks.is_empty() {
+                        let batch = std::mem::take(&mut acks);
+                        self.spools(move |s, now| s.ack(now, &batch)).await?;
+                    }
+                    let mut spools = lock(&self.spools);
+                    for spool in spools.by_stream.values_mut() {
+                        spool.rewind();
+                    }
+                    drop(spools);
+                    self.maybe_sendable = true;
+                }
+            }
+        }
+        if !acks.is_empty() {
+            self.spools(move |s, now| s.ack(now, &acks)).await?;
+            self.maybe_sendable = true;
+            if !self.parked.is_empty() {
+                self.retry_parked().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, attempt: u64) {
+        let transport = self.transport.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(
+            async move {
+                let event = match transport.connect().await {
+                    Ok(connection) => Event::Connected {
+                        attempt,
+                        connection,
+                    },
+                    Err(error) => Event::ConnectFailed { attempt, error },
+                };
+                let _ = events.send(event).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    async fn on_event(&mut self, event: Event) -> Result<(), EdgeError> {
+        let now = self.now();
+        match event {
+            Event::Connected {
+                attempt,
+                connection,
+            } => {
+                self.uplink.handle_connected(attempt);
+                if self.uplink.connection() == Some(attempt) {
+                    let peer = connection.peer();
+                    info!(%peer, "uplink connected");
+                    self.metrics.uplink(|u| {
+                        u.connects += 1;
+                        u.connected_to = Some(peer);
+                        u.last_error = None;
+                    });
+                    self.connection = Some((attempt, connection));
+                    self.maybe_sendable = true;
+                }
+            }
+            Event::ConnectFailed { attempt, error } => {
+                self.uplink.handle_connect_failed(now, attempt);
+                match error.kind {
+                    TransportErrorKind::Refused | TransportErrorKind::Local => {
+                        error!(%error, "uplink refused; check certificates, cluster name and ACLs")
+                    }
+                    _ => warn!(%error, "uplink cannot reach any node; readings stay spooled"),
+                }
+                let message = error.message;
+                self.metrics.uplink(|u| {
+                    u.connect_failures += 1;
+                    u.last_error = Some(message);
+                });
+            }
+            Event::Answered {
+                attempt,
+                batch_id,
+                result,
+            } => {
+                let failed_whole = result.is_err();
+                let report = self.uplink.handle_response(now, attempt, batch_id, result);
+                for (label, severity, example) in &report.refusals {
+                    match severity {
+                        Severity::Transient => warn!(reason = label, %example, "batch partly refused; will resend"),
+                        Severity::NeedsOperator => error!(reason = label, %example, "node refuses records; they stay spooled and are retried"),
+                    }
+                }
+                self.metrics.uplink(|u| {
+                    u.batches += 1;
+                    u.batches_failed += u64::from(failed_whole);
+                    u.delivered += report.n_delivered;
+                    for (label, _, example) in &report.refusals {
+                        *u.refused.entry((*label).to_owned()).or_default() += 1;
+                        u.last_error = Some(example.clone());
+                    }
+                    if report.refusals.is_empty() {
+                        u.last_error = None;
+                    }
+                });
+            }
+        }
+        if self.uplink.connection().is_none() && self.connection.take().is_some() {
+            self.metrics.uplink(|u| u.connected_to = None);
+        }
+        self.execute_outputs().await
+    }
+
+    async fn on_sink(&mut self, first: SinkRequest) -> Result<(), EdgeError> {
+        let mut requests = vec![first];
+        while requests.len() < OFFERS_PER_STEP_MAX {
+            match self.sink_rx.try_recv() {
+                Ok(request) => requests.push(request),
+                Err(_) => break,
+            }
+        }
+        let now = self.now();
+        let mut pending = Vec::new();
+        let mut flushes = Vec::new();
+        for request in requests {
+            match request {
+                SinkRequest::Offer {
+                    source_idx,
+                    reading,
+                    reply,
+                } => {
+                    let verdict = match self.validators.get_mut(source_idx) {
+                        Some(validator) => validator.check(now, &reading),
+                        None => Ok(()),
+                    };
+                    match verdict {
+                        Ok(()) => pending.push(Pending {
+                            source_idx,
+                            reading,
+                            reply,
+                        }),
+                        Err(refusal) => {
+                            self.refused(source_idx, &refusal, now);
+                            let _ = reply.send(Offered::Refused(refusal));
+                        }
+                    }
+                }
+                SinkRequest::Flush { reply } => flushes.push(reply),
+            }
+        }
+        self.append(pending).await?;
+        if !flushes.is_empty() {
+            self.spools(|s, now| s.sync(now)).await?;
+            for reply in flushes {
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    fn refused(&mut self, source_idx: usize, refusal: &Refusal, now: Instant) {
+        let name = self
+            .source_names
+            .get(source_idx)
+            .map_or("?", String::as_str);
+        self.metrics.rejected(name, refusal.label());
+        let key = (source_idx, refusal.label());
+        let due = self
+            .refusals_logged
+            .get(&key)
+            .is_none_or(|t| now.saturating_duration_since(*t) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            self.refusals_logged.insert(key, now);
+            warn!(source = name, reason = refusal.label(), %refusal, "reading refused");
+        }
+    }
+
+    /// Appends validated offers in one blocking call; full spools park theirs.
+    async fn append(&mut self, pending: Vec<Pending>) -> Result<(), EdgeError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (meta, readings): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .map(|p| ((p.source_idx, p.reply), p.reading))
+            .unzip();
+        let results = self
+            .spools(move |s, now| {
+                readings
+                    .into_iter()
+                    .map(|reading| s.append(now, reading))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        let now = self.now();
+        for ((source_idx, reply), result) in meta.into_iter().zip(results) {
+            match result {
+                Appended::Accepted { epoch, seq } => {
+                    if let Some(name) = self.source_names.get(source_idx) {
+                        self.metrics.spooled(name);
+                    }
+                    let _ = reply.send(Offered::Accepted { epoch, seq });
+                }
+                Appended::Full(reading) => self.parked.push_back(Pending {
+                    source_idx,
+                    reading,
+                    reply,
+                }),
+                Appended::Refused(refusal) => {
+                    self.refused(source_idx, &refusal, now);
+                    let _ = reply.send(Offered::Refused(refusal));
+                }
+            }
+        }
+        if !self.parked.is_empty() {
+            debug!(n_parked = self.parked.len(), "spool full: holding offers");
+        }
+        Ok(())
+    }
+
+    async fn retry_parked(&mut self) -> Result<(), EdgeError> {
+        let parked: Vec<Pending> = self.parked.drain(..).collect();
+        self.append(parked).await
+    }
+
+    fn refresh_metrics(&self) {
+        let status = lock(&self.spools).status(self.wall());
+        for (stream, spool) in status {
+            self.metrics.set_spool(&stream, spool);
+        }
+    }
+
+    fn log_stats(&self) {
+        let s = self.metrics.status();
+        let read: u64 = s.sources.values().map(|v| v.read).sum();
+        let spooled: u64 = s.sources.values().map(|v| v.spooled).sum();
+        let rejected: u64 = s.sources.values().flat_map(|v| v.rejected.values()).sum();
+        let waiting: u64 = s.spools.values().map(|v| v.records).sum();
+        let bytes: u64 = s.spools.values().map(|v| v.bytes).sum();
+        let oldest = s.spools.values().filter_map(|v| v.oldest_age_ms).max();
+        info!(
+            read,
+            spooled,
+            rejected,
+            delivered = s.uplink.delivered,
+            in_flight = s.uplink.in_flight,
+            spool_records = waiting,
+            spool_bytes = bytes,
+            oldest_age_ms = oldest,
+            connected = s.uplink.connected_to.is_some(),
+            "edge stats"
+        );
+    }
+
+    /// Clean stop: refuse parked offers, let requests in flight answer (briefly), close.
+    async fn shutdown(&mut self) -> Result<(), EdgeError> {
+        self.sink_rx.close();
+        for pending in self.parked.drain(..) {
+            drop(pending.reply);
+        }
+        let grace = self.request_timeout.min(STOP_GRACE_MAX);
+        let until = self.now() + grace;
+        while self.uplink.n_in_flight() > 0 {
+            tokio::select! {
+                biased;
+                Some(event) = self.events_rx.recv() => self.on_event(event).await?,
+                _ = tokio::time::sleep_until(until.into()) => break,
+            }
+        }
+        self.refresh_metrics();
+        self.spools(|s, now| s.close(now)).await?;
+        info!("edge agent stopped; spools closed");
+        Ok(())
+    }
+}
+
+/// The spool directory of `stream` under `data_dir`.
+pub fn spool_dir(data_dir: &Path, stream: &StreamName) -> PathBuf {
+    data_dir.join("spool").join(stream.as_str())
+}

@@ -1,0 +1,444 @@
+//! The uplink core: when to connect, when to send, what an answer means for the spool. Sans IO:
+//! the agent's loop feeds it events with the time as `now` and executes its [`Output`]s
+//! (connect, ack records in the spool, rewind the spool, drop the connection).
+//!
+//! Rules:
+//! - At most `batches_in_flight_max` produce requests are in flight. A partly filled batch holds
+//!   back the next one for `linger_ms`, so a trickle of records still travels in batches.
+//! - A record leaves the spool only when the node acknowledged it durable (`Appended`, or
+//!   `DuplicateTooOld`: it was stored by an earlier attempt). Per sensor stream, only the prefix
+//!   of a batch up to the first record that was not stored is acknowledged, so nothing after a
+//!   refused record can be released ahead of it.
+//! - Any refusal (a whole-request error, or a record the node did not store) stops new sends;
+//!   once every request in flight has answered, the spool is rewound (everything unacknowledged
+//!   is sent again, in seq order) after a backoff. The node deduplicates by
+//!   `(producer, boot_epoch, seq)`, so resending is always safe.
+//! - A connection that fails (timeout, close, protocol error) is dropped: requests in flight on
+//!   it are forgotten, the spool is rewound, and a new connection is tried after a backoff.
+//! - Backoff doubles per consecutive failure from `backoff_initial_ms` to `backoff_max_ms`,
+//!   with jitter (a factor in 0.5..1 from a seeded RNG); a fully stored batch resets it.
+
+use crate::spool::StreamKey;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use sluice_proto::env::{TransportError, TransportErrorKind};
+use sluice_proto::msg::{ErrorCode, ProduceResponse, RecordOutcome, RecordRejection};
+use sluice_proto::{Record, StreamName};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Bounds and timings of the uplink core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkLimits {
+    /// Requests in flight at once.
+    pub batches_in_flight_max: u32,
+    /// Records per request (a batch this full does not linger).
+    pub batch_records_max: u32,
+    /// How long a partly filled batch holds back the next one.
+    pub linger: Duration,
+    /// First backoff.
+    pub backoff_initial: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Start connecting; answer with [`UplinkCore::handle_connected`] or
+    /// [`UplinkCore::handle_connect_failed`], passing `attempt`.
+    Connect {
+        /// Identifies this attempt.
+        attempt: u64,
+    },
+    /// Drop the current connection.
+    Disconnect,
+    /// The node holds every record of `key` in `stream` up to `seq_through`.
+    Ack {
+        /// The stream (which spool).
+        stream: StreamName,
+        /// The sensor stream.
+        key: StreamKey,
+        /// Last seq stored.
+        seq_through: u64,
+    },
+    /// Everything handed out and not acknowledged must be handed out again.
+    Rewind,
+}
+
+/// How serious a refusal is, for logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Expected now and then (overload, a node restarting, reordering); retried quietly.
+    Transient,
+    /// Will not pass without someone acting (ACL, certificate, a node that lost data).
+    NeedsOperator,
+}
+
+/// What the shell should report about an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Records acknowledged by this answer.
+    pub n_delivered: u64,
+    /// Refused records or the whole-request failure, by counter label, with one example.
+    pub refusals: Vec<(&'static str, Severity, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Not connected; try again at this time.
+    Down { retry_at: Instant },
+    /// A connection attempt is under way.
+    Connecting { attempt: u64 },
+    /// Connected.
+    Up { attempt: u64 },
+}
+
+/// A request in flight: the records it carries, in order.
+#[derive(Debug, Clone)]
+struct Batch {
+    stream: StreamName,
+    records: Vec<(StreamKey, u64, u64)>,
+}
+
+/// The uplink's decisions. See the module documentation.
+#[derive(Debug)]
+pub struct UplinkCore {
+    limits: UplinkLimits,
+    rng: ChaCha8Rng,
+    link: Link,
+    attempts: u64,
+    in_flight: BTreeMap<u64, Batch>,
+    n_in_flight_records: u64,
+    next_batch_id: u64,
+    failures: u32,
+    /// A refusal happened: no new sends until the in-flight requests answered and the spool
+    /// was rewound.
+    holding: bool,
+    /// No sends before this time (backoff after a refusal, or linger).
+    resume_at: Option<Instant>,
+    outputs: VecDeque<Output>,
+}
+
+impl UplinkCore {
+    /// A core that connects at once.
+    pub fn new(limits: UplinkLimits, now: Instant, rng: ChaCha8Rng) -> Self {
+        Self {
+            limits,
+            rng,
+            link: Link::Down { retry_at: now },
+            attempts: 0,
+            in_flight: BTreeMap::new(),
+            n_in_flight_records: 0,
+            next_batch_id: 1,
+            failures: 0,
+            holding: false,
+            resume_at: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    // ----- getters -----
+
+    /// The attempt id of the live connection, if connected.
+    pub fn connection(&self) -> Option<u64> {
+        match self.link {
+            Link::Up { attempt } => Some(attempt),
+            _ => None,
+        }
+    }
+
+    /// Records sent and not yet answered.
+    pub fn n_in_flight_records(&self) -> u64 {
+        self.n_in_flight_records
+    }
+
+    /// Requests in flight.
+    pub fn n_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Consecutive failures (the backoff exponent).
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// True when a new request may be sent now.
+    pub fn can_send(&self, now: Instant) -> bool {
+        matches!(self.link, Link::Up { .. })
+            && !self.holding
+            && self.resume_at.is_none_or(|t| now >= t)
+            && self.in_flight.len() < self.limits.batches_in_flight_max as usize
+    }
+
+    /// The next time [`UplinkCore::handle_tick`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.link {
+            Link::Down { retry_at } => Some(retry_at),
+            Link::Up { .. } if !self.holding => self.resume_at,
+            _ => None,
+        }
+    }
+
+    /// The next output to execute.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    // ----- inputs -----
+
+    /// Time passed: start a connection attempt when one is due.
+    pub fn handle_tick(&mut self, now: Instant) {
+        if let Link::Down { retry_at } = self.link {
+            if now >= retry_at {
+                self.attempts += 1;
+                self.link = Link::Connecting {
+                    attempt: self.attempts,
+                };
+                self.outputs.push_back(Output::Connect {
+                    attempt: self.attempts,
+                });
+            }
+        }
+        if self.resume_at.is_some_and(|t| now >= t) && !self.holding {
+            self.resume_at = None;
+        }
+        self.check_invariants();
+    }
+
+    /// Connection attempt `attempt` succeeded.
+    pub fn handle_connected(&mut self, attempt: u64) {
+        if self.link == (Link::Connecting { attempt }) {
+            self.link = Link::Up { attempt };
+        } else {
+            // A stale attempt (we gave up on it): the shell drops that connection.
+            self.outputs.push_back(Output::Disconnect);
+        }
+        self.check_invariants();
+    }
+
+    /// Connection attempt `attempt` failed.
+    pub fn handle_connect_failed(&mut self, now: Instant, attempt: u64) {
+        if self.link == (Link::Connecting { attempt }) {
+            self.failures = self.failures.saturating_add(1);
+            self.link = Link::Down {
+                retry_at: now + self.backoff(),
+            };
+        }
+        self.check_invariants();
+    }
+
+    /// A request with `records` (in order) was sent on connection `attempt`; returns its id.
+    pub fn handle_sent(&mut self, now: Instant, stream: StreamName, records: &[Record]) -> u64 {
+        let id = self.next_batch_id;
+        self.next_batch_id += 1;
+        let records: Vec<_> = records
+            .iter()
+            .map(|r| {
+                let key = StreamKey {
+                    sensor: r.sensor.clone(),
+                    epoch: r.boot_epoch,
+                };
+                (key, r.seq, r.seq_last())
+            })
+            .collect();
+        self.n_in_flight_records += records.len() as u64;
+        if records.len() < self.limits.batch_records_max as usize && !self.limits.linger.is_zero()
+        {
+            self.resume_at = Some(now + self.limits.linger);
+        }
+        self.in_flight.insert(id, Batch { stream, records });
+        self.check_invariants();
+        id
+    }
+
+    /// The answer to request `batch_id` sent on connection `attempt`.
+    pub fn handle_response(
+        &mut self,
+        now: Instant,
+        attempt: u64,
+        batch_id: u64,
+        result: Result<ProduceResponse, TransportError>,
+    ) -> Report {
+        let mut report = Report {
+            n_delivered: 0,
+            refusals: Vec::new(),
+        };
+        if self.connection() != Some(attempt) {
+            // From a connection we already dropped and rewound: nothing to learn.
+            return report;
+        }
+        let Some(batch) = self.in_flight.remove(&batch_id) else {
+            return report;
+        };
+        self.n_in_flight_records -= batch.records.len() as u64;
+        match result {
+            Ok(response) if response.outcomes.len() == batch.records.len() => {
+                self.outcomes(&batch, &response.outcomes, &mut report);
+                if report.refusals.is_empty() {
+                    self.failures = 0;
+                } else {
+                    self.refused(now);
+                }
+            }
+            Ok(response) => {
+                let reason = format!(
+                    "node answered {} outcomes for {} records",
+                    response.outcomes.len(),
+                    batch.records.len()
+                );
+                report
+                    .refusals
+                    .push(("protocol", Severity::NeedsOperator, reason));
+                self.connection_lost(now);
+            }
+            Err(error) => {
+                let (label, severity, fatal_to_connection) = classify_error(&error);
+                report.refusals.push((label, severity, error.message));
+                if fatal_to_connection {
+                    self.connection_lost(now);
+                } else {
+                    self.refused(now);
+                }
+            }
+        }
+        self.release_if_drained(now);
+        self.check_invariants();
+        report
+    }
+
+    fn outcomes(&mut self, batch: &Batch, outcomes: &[RecordOutcome], report: &mut Report) {
+        // Per sensor stream: the last seq of the stored prefix, and whether the prefix broke.
+        let mut prefix: BTreeMap<&StreamKey, (Option<u64>, bool)> = BTreeMap::new();
+        for ((key, _seq, seq_last), outcome) in batch.records.iter().zip(outcomes) {
+            let entry = prefix.entry(key).or_insert((None, false));
+            let stored = match outcome {
+                RecordOutcome::Appended { .. } => true,
+                RecordOutcome::Rejected(RecordRejection::DuplicateTooOld { .. }) => true,
+                RecordOutcome::Rejected(rejection) => {
+                    let (label, severity) = classify_rejection(rejection);
+                    if !report.refusals.iter().any(|(l, _, _)| *l == label) {
+                        report
+                            .refusals
+                            .push((label, severity, rejection.to_string()));
+                    }
+                    false
+                }
+            };
+            if stored && !entry.1 {
+                entry.0 = Some(*seq_last);
+                report.n_delivered += 1;
+            } else if !stored {
+                entry.1 = true;
+            }
+        }
+        for (key, (through, _)) in prefix {
+            if let Some(seq_through) = through {
+                self.outputs.push_back(Output::Ack {
+                    stream: batch.stream.clone(),
+                    key: key.clone(),
+                    seq_through,
+                });
+            }
+        }
+    }
+
+    fn refused(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        self.holding = true;
+        self.resume_at = Some(now + self.backoff());
+    }
+
+    fn connection_lost(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        self.outputs.push_back(Output::Disconnect);
+        self.in_flight.clear();
+        self.n_in_flight_records = 0;
+        self.outputs.push_back(Output::Rewind);
+        self.holding = false;
+        self.resume_at = None;
+        self.link = Link::Down {
+            retry_at: now + self.backoff(),
+        };
+    }
+
+    /// The connection the shell holds failed on its own (the transport noticed first).
+    pub fn handle_connection_failed(&mut self, now: Instant, attempt: u64) {
+        if self.connection() == Some(attempt) {
+            self.connection_lost(now);
+        }
+        self.check_invariants();
+    }
+
+    /// Once nothing is in flight after a refusal, rewind and wait for the backoff.
+    fn release_if_drained(&mut self, now: Instant) {
+        if self.holding && self.in_flight.is_empty() {
+            self.holding = false;
+            self.outputs.push_back(Output::Rewind);
+            if self.resume_at.is_none() {
+                self.resume_at = Some(now + self.backoff());
+            }
+        }
+    }
+
+    fn backoff(&mut self) -> Duration {
+        let exponent = self.failures.saturating_sub(1).min(20);
+        let initial = self.limits.backoff_initial.as_millis() as u64;
+        let max = self.limits.backoff_max.as_millis() as u64;
+        let full = initial.saturating_mul(1u64 << exponent).min(max);
+        let jitter = self.rng.random_range(0.5..=1.0);
+        Duration::from_millis(((full as f64) * jitter) as u64)
+    }
+
+    /// Cheap consistency checks; run at the end of every input.
+    pub fn check_invariants(&self) {
+        let n: u64 = self.in_flight.values().map(|b| b.records.len() as u64).sum();
+        assert_eq!(n, self.n_in_flight_records, "in-flight record count");
+        if !matches!(self.link, Link::Up { .. }) {
+            assert!(self.in_flight.is_empty(), "requests in flight without a link");
+        }
+        assert!(
+            self.in_flight.len() <= self.limits.batches_in_flight_max as usize,
+            "window exceeded"
+        );
+    }
+}
+
+/// The counter label and severity of a refused record.
+pub fn classify_rejection(rejection: &RecordRejection) -> (&'static str, Severity) {
+    use RecordRejection as R;
+    match rejection {
+        R::Overloaded { .. } => ("overloaded", Severity::Transient),
+        R::Unavailable { .. } => ("unavailable", Severity::Transient),
+        R::Storage { .. } => ("storage", Severity::Transient),
+        R::TooManyProducers { .. } => ("too_many_producers", Severity::Transient),
+        // With several requests in flight a later one can reach the partition first; the
+        // rewind resends in order. A gap that persists means the node lost what it had.
+        R::SequenceGap { .. } => ("sequence_gap", Severity::Transient),
+        R::EpochStart { .. } => ("epoch_start", Severity::NeedsOperator),
+        R::StaleEpoch { .. } => ("stale_epoch", Severity::NeedsOperator),
+        R::Invalid { .. } => ("invalid", Severity::NeedsOperator),
+        R::DuplicateTooOld { .. } => ("duplicate_too_old", Severity::Transient),
+    }
+}
+
+/// The counter label and severity of a whole-request failure, and whether it ends the
+/// connection.
+fn classify_error(error: &TransportError) -> (&'static str, Severity, bool) {
+    use TransportErrorKind as K;
+    match error.kind {
+        K::Remote(ErrorCode::Forbidden) => ("forbidden", Severity::NeedsOperator, false),
+        K::Remote(ErrorCode::UnknownStream) => ("unknown_stream", Severity::NeedsOperator, false),
+        K::Remote(ErrorCode::TooLarge) => ("too_large", Severity::NeedsOperator, false),
+        K::Remote(ErrorCode::Overloaded) => ("overloaded", Severity::Transient, false),
+        K::Remote(ErrorCode::Unavailable) => ("unavailable", Severity::Transient, false),
+        K::Remote(_) => ("remote_error", Severity::NeedsOperator, false),
+        K::Timeout => ("timeout", Severity::Transient, true),
+        K::Closed | K::Unreachable => ("connection_lost", Severity::Transient, true),
+        K::Refused => ("refused", Severity::NeedsOperator, true),
+        K::Protocol | K::Local => ("protocol", Severity::NeedsOperator, true),
+    }
+}
+
+#[cfg(test)]
+mod tests;

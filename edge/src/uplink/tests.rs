@@ -1,0 +1,239 @@
+//! Core tests of the uplink: scripted connects, sends and answers on a hand-advanced clock.
+
+use super::*;
+use sluice_proto::env::rng_for;
+use sluice_proto::msg::Durability;
+use sluice_proto::{BootEpoch, Offset, PartitionId, Payload, SensorId, UnixMillis};
+
+fn limits() -> UplinkLimits {
+    UplinkLimits {
+        batches_in_flight_max: 2,
+        batch_records_max: 3,
+        linger: Duration::from_millis(10),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(1000),
+    }
+}
+
+fn origin() -> Instant {
+    // Any origin will do: the core only compares and adds.
+    #[allow(clippy::disallowed_methods)]
+    Instant::now()
+}
+
+fn record(sensor: &str, seq: u64) -> Record {
+    Record {
+        sensor: SensorId::new(sensor).unwrap_or_else(|e| panic!("{e}")),
+        boot_epoch: BootEpoch(1),
+        seq,
+        device_time: UnixMillis(0),
+        payload: Payload::Bytes(vec![]),
+    }
+}
+
+fn key(sensor: &str) -> StreamKey {
+    StreamKey {
+        sensor: SensorId::new(sensor).unwrap_or_else(|e| panic!("{e}")),
+        epoch: BootEpoch(1),
+    }
+}
+
+fn stream() -> StreamName {
+    StreamName::new("sensors").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn appended() -> RecordOutcome {
+    RecordOutcome::Appended {
+        partition: PartitionId(0),
+        offset: Offset(0),
+        durability: Durability::LeaderFsync,
+        duplicate: false,
+    }
+}
+
+fn rejected(rejection: RecordRejection) -> RecordOutcome {
+    RecordOutcome::Rejected(rejection)
+}
+
+fn overloaded() -> RecordOutcome {
+    rejected(RecordRejection::Overloaded { partition: 0 })
+}
+
+fn response(outcomes: Vec<RecordOutcome>) -> Result<ProduceResponse, TransportError> {
+    Ok(ProduceResponse {
+        request_id: 1,
+        outcomes,
+    })
+}
+
+fn outputs(core: &mut UplinkCore) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+/// A core that is connected (attempt 1) at `t0`.
+fn connected(t0: Instant) -> UplinkCore {
+    let mut core = UplinkCore::new(limits(), t0, rng_for(1, 2, 3));
+    core.handle_tick(t0);
+    assert_eq!(outputs(&mut core), [Output::Connect { attempt: 1 }]);
+    core.handle_connected(1);
+    core
+}
+
+fn ack(sensor: &str, seq_through: u64) -> Output {
+    Output::Ack {
+        stream: stream(),
+        key: key(sensor),
+        seq_through,
+    }
+}
+
+#[test]
+fn connect_failures_back_off_exponentially_with_jitter() {
+    // Checks that failed connects are retried after 0.5..1 x 100, 200, 400, ... ms, capped at
+    // 1000 ms, and that nothing can be sent while down.
+    let t0 = origin();
+    let mut core = UplinkCore::new(limits(), t0, rng_for(1, 2, 3));
+    let mut now = t0;
+    for (attempt, full_ms) in (1..).zip([100u64, 200, 400, 800, 1000, 1000]) {
+        core.handle_tick(now);
+        assert_eq!(outputs(&mut core), [Output::Connect { attempt }]);
+        assert!(!core.can_send(now));
+        core.handle_connect_failed(now, attempt);
+        let retry_at = core.poll_timeout().unwrap_or(now);
+        let waited = retry_at - now;
+        assert!(
+            waited >= Duration::from_millis(full_ms / 2) && waited <= Duration::from_millis(full_ms),
+            "attempt {attempt}: waited {waited:?}"
+        );
+        core.handle_tick(retry_at - Duration::from_millis(1));
+        assert_eq!(outputs(&mut core), []);
+        now = retry_at;
+    }
+}
+
+#[test]
+fn window_and_linger_bound_sends() {
+    // Checks that at most batches_in_flight_max requests are out, that a partial batch holds
+    // the next send back for linger_ms, and that a full one does not.
+    let t0 = origin();
+    let mut core = connected(t0);
+    assert!(core.can_send(t0));
+    core.handle_sent(t0, stream(), &[record("a", 0), record("a", 1), record("a", 2)]);
+    assert!(core.can_send(t0), "a full batch does not linger");
+    core.handle_sent(t0, stream(), &[record("a", 3)]);
+    assert!(!core.can_send(t0), "window of 2 is full");
+    assert_eq!(core.n_in_flight_records(), 4);
+    let report = core.handle_response(t0, 1, 1, response(vec![appended(); 3]));
+    assert_eq!(report.n_delivered, 3);
+    assert!(!core.can_send(t0), "lingering after the partial batch");
+    assert!(core.can_send(t0 + Duration::from_millis(10)));
+    assert_eq!(outputs(&mut core), [ack("a", 2)]);
+}
+
+#[test]
+fn refusal_acks_only_the_stored_prefix_then_rewinds_after_drain() {
+    // Checks the per-sensor prefix rule (a refused record holds back everything after it of
+    // that sensor), that other sensors are acked, that sends stop until the in-flight requests
+    // answered, and that the rewind comes once they have.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(t0, stream(), &[record("a", 0), record("a", 1), record("b", 0)]);
+    core.handle_sent(t0, stream(), &[record("a", 2), record("a", 3), record("a", 4)]);
+    let report = core.handle_response(
+        t0,
+        1,
+        1,
+        response(vec![appended(), overloaded(), appended()]),
+    );
+    assert_eq!(report.n_delivered, 2);
+    assert_eq!(report.refusals.len(), 1);
+    assert_eq!(report.refusals[0].0, "overloaded");
+    assert_eq!(outputs(&mut core), [ack("a", 0), ack("b", 0)]);
+    assert!(!core.can_send(t0 + Duration::from_secs(60)), "holding");
+    let gap = rejected(RecordRejection::SequenceGap {
+        sensor: "a".into(),
+        expected: 1,
+        got: 2,
+    });
+    core.handle_response(t0, 1, 2, response(vec![gap.clone(), gap.clone(), gap]));
+    assert_eq!(outputs(&mut core), [Output::Rewind]);
+    let resume = core.poll_timeout().unwrap_or(t0);
+    assert!(resume > t0);
+    assert!(!core.can_send(resume - Duration::from_millis(1)));
+    core.handle_tick(resume);
+    assert!(core.can_send(resume));
+    // A clean batch resets the backoff.
+    core.handle_sent(resume, stream(), &[record("a", 1), record("a", 2), record("a", 3)]);
+    core.handle_response(resume, 1, 3, response(vec![appended(); 3]));
+    assert_eq!(core.failures(), 0);
+}
+
+#[test]
+fn old_duplicates_count_as_stored() {
+    // Checks that DuplicateTooOld releases the record (it was stored by an earlier attempt).
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(t0, stream(), &[record("a", 0), record("a", 1)]);
+    let old = rejected(RecordRejection::DuplicateTooOld {
+        sensor: "a".into(),
+        seq: 0,
+    });
+    let report = core.handle_response(t0, 1, 1, response(vec![old, appended()]));
+    assert_eq!(report.n_delivered, 2);
+    assert!(report.refusals.is_empty());
+    assert_eq!(outputs(&mut core), [ack("a", 1)]);
+}
+
+#[test]
+fn lost_connection_rewinds_and_ignores_late_answers() {
+    // Checks that a transport failure drops the connection, forgets the requests in flight,
+    // rewinds, reconnects after a backoff, and that answers from the old connection are ignored.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(t0, stream(), &[record("a", 0), record("a", 1), record("a", 2)]);
+    core.handle_sent(t0, stream(), &[record("a", 3), record("a", 4), record("a", 5)]);
+    let timeout = TransportError::new(TransportErrorKind::Timeout, "request timed out");
+    let report = core.handle_response(t0, 1, 1, Err(timeout));
+    assert_eq!(report.refusals[0].0, "timeout");
+    assert_eq!(outputs(&mut core), [Output::Disconnect, Output::Rewind]);
+    assert_eq!(core.n_in_flight(), 0);
+    assert!(!core.can_send(t0));
+    let late = core.handle_response(t0, 1, 2, response(vec![appended(); 3]));
+    assert_eq!(late.n_delivered, 0);
+    assert_eq!(outputs(&mut core), []);
+    let retry_at = core.poll_timeout().unwrap_or(t0);
+    core.handle_tick(retry_at);
+    assert_eq!(outputs(&mut core), [Output::Connect { attempt: 2 }]);
+    core.handle_connected(2);
+    assert!(core.can_send(retry_at));
+}
+
+#[test]
+fn whole_request_refusals_keep_the_connection() {
+    // Checks that an ACL refusal is reported as needing an operator, keeps the connection,
+    // and leads to a rewind and a backoff rather than a reconnect.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(t0, stream(), &[record("a", 0)]);
+    let forbidden = TransportError::new(
+        TransportErrorKind::Remote(ErrorCode::Forbidden),
+        "edge may not produce to sensors",
+    );
+    let report = core.handle_response(t0, 1, 1, Err(forbidden));
+    assert_eq!(report.refusals[0].0, "forbidden");
+    assert_eq!(report.refusals[0].1, Severity::NeedsOperator);
+    assert_eq!(outputs(&mut core), [Output::Rewind]);
+    assert_eq!(core.connection(), Some(1));
+}
+
+#[test]
+fn wrong_outcome_count_is_a_protocol_error() {
+    // Checks that a response that does not match its request drops the connection.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(t0, stream(), &[record("a", 0), record("a", 1)]);
+    let report = core.handle_response(t0, 1, 1, response(vec![appended()]));
+    assert_eq!(report.n_delivered, 0);
+    assert_eq!(report.refusals[0].0, "protocol");
+    assert_eq!(outputs(&mut core), [Output::Disconnect, Output::Rewind]);
+}
