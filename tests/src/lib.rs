@@ -17,6 +17,8 @@
 //! Every wait here has a deadline; child processes are killed by PID when their guard drops, so a
 //! failing test never leaves a node behind.
 
+pub mod edge;
+
 use anyhow::{anyhow, bail, Context, Result};
 use sluice_node::certs::{self, CaBundle, Sans};
 use sluice_node::config::{self, NodeConfig};
@@ -675,13 +677,33 @@ impl Drop for NodeProcess {
 /// executable, built first (once per process) when missing or older than the node sources.
 pub fn sluice_bin() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| locate_or_build().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!("sluice binary: {e}"))
+    BIN.get_or_init(|| {
+        locate_or_build("SLUICE_BIN", "sluice-node", "sluice", &["node", "proto", "cluster"])
+            .map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow!("sluice binary: {e}"))
 }
 
-fn locate_or_build() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("SLUICE_BIN") {
+/// The `sluice-edge` binary: `SLUICE_EDGE_BIN`, or `target/<profile>/sluice-edge`, built the
+/// same way as [`sluice_bin`] when missing or older than the edge sources.
+pub fn edge_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        locate_or_build("SLUICE_EDGE_BIN", "sluice-edge", "sluice-edge", &["edge", "proto"])
+            .map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow!("sluice-edge binary: {e}"))
+}
+
+fn locate_or_build(
+    env_var: &str,
+    package: &str,
+    bin_name: &str,
+    sources: &[&str],
+) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().context("locating the running executable")?;
@@ -693,9 +715,9 @@ fn locate_or_build() -> Result<PathBuf> {
             .parent()
             .ok_or_else(|| anyhow!("{} has no parent", profile_dir.display()))?;
     }
-    let bin = profile_dir.join("sluice");
-    if needs_build(&bin)? {
-        build_sluice(profile_dir)?;
+    let bin = profile_dir.join(bin_name);
+    if needs_build(&bin, sources)? {
+        build_bin(profile_dir, package, bin_name)?;
     }
     if !bin.exists() {
         bail!("{} does not exist after building it", bin.display());
@@ -709,15 +731,12 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-fn needs_build(bin: &Path) -> Result<bool> {
+fn needs_build(bin: &Path, sources: &[&str]) -> Result<bool> {
     let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
         return Ok(true);
     };
     let root = workspace_root();
-    let mut pending: Vec<PathBuf> = ["node", "proto", "cluster"]
-        .iter()
-        .map(|c| root.join(c))
-        .collect();
+    let mut pending: Vec<PathBuf> = sources.iter().map(|c| root.join(c)).collect();
     pending.push(root.join("Cargo.lock"));
     while let Some(path) = pending.pop() {
         let Ok(meta) = std::fs::metadata(&path) else {
@@ -737,7 +756,7 @@ fn needs_build(bin: &Path) -> Result<bool> {
     Ok(false)
 }
 
-fn build_sluice(profile_dir: &Path) -> Result<()> {
+fn build_bin(profile_dir: &Path, package: &str, bin_name: &str) -> Result<()> {
     let target_dir = profile_dir
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent", profile_dir.display()))?;
@@ -745,14 +764,7 @@ fn build_sluice(profile_dir: &Path) -> Result<()> {
     let mut command = std::process::Command::new(cargo);
     command
         .current_dir(workspace_root())
-        .args([
-            "build",
-            "-p",
-            "sluice-node",
-            "--bin",
-            "sluice",
-            "--target-dir",
-        ])
+        .args(["build", "-p", package, "--bin", bin_name, "--target-dir"])
         .arg(target_dir);
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => {}
@@ -766,9 +778,9 @@ fn build_sluice(profile_dir: &Path) -> Result<()> {
     }
     let status = command
         .status()
-        .with_context(|| format!("running {cargo} build -p sluice-node --bin sluice"))?;
+        .with_context(|| format!("running {cargo} build -p {package} --bin {bin_name}"))?;
     if !status.success() {
-        bail!("cargo build -p sluice-node --bin sluice failed: {status}");
+        bail!("cargo build -p {package} --bin {bin_name} failed: {status}");
     }
     Ok(())
 }
