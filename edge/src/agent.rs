@@ -294,7 +294,10 @@ async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, Edg
 
 /// What an append came to.
 enum Appended {
-    Accepted { epoch: u64, seq: u64 },
+    Accepted {
+        epoch: u64,
+        seq: u64,
+    },
     /// The spool is full: the reading waits (it comes back).
     Full(SourceReading),
     Refused(Refusal),
@@ -383,7 +386,9 @@ impl Spools {
     fn timeout(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
         for (stream, spool) in self.by_stream.iter_mut() {
             if spool.poll_timeout().is_some_and(|t| t <= now) {
-                spool.handle_timeout(now).map_err(|e| spool_error(stream, e))?;
+                spool
+                    .handle_timeout(now)
+                    .map_err(|e| spool_error(stream, e))?;
             }
         }
         Ok(())
@@ -409,7 +414,10 @@ impl Spools {
     }
 
     fn poll_timeout(&self) -> Option<UnixMillis> {
-        self.by_stream.values().filter_map(|s| s.poll_timeout()).min()
+        self.by_stream
+            .values()
+            .filter_map(|s| s.poll_timeout())
+            .min()
     }
 
     fn status(&self, now: UnixMillis) -> Vec<(String, SpoolStatus)> {
@@ -642,7 +650,9 @@ impl AgentLoop {
                 break;
             };
             let (records_max, bytes_max) = (self.batch_records_max, self.batch_bytes_max);
-            let batch = self.spools(move |s, _| s.next_batch(records_max, bytes_max)).await?;
+            let batch = self
+                .spools(move |s, _| s.next_batch(records_max, bytes_max))
+                .await?;
             let Some((stream, records)) = batch else {
                 self.maybe_sendable = false;
                 break;
@@ -781,8 +791,12 @@ impl AgentLoop {
                 let report = self.uplink.handle_response(now, attempt, batch_id, result);
                 for (label, severity, example) in &report.refusals {
                     match severity {
-                        Severity::Transient => warn!(reason = label, %example, "batch partly refused; will resend"),
-                        Severity::NeedsOperator => error!(reason = label, %example, "node refuses records; they stay spooled and are retried"),
+                        Severity::Transient => {
+                            warn!(reason = label, %example, "batch partly refused; will resend")
+                        }
+                        Severity::NeedsOperator => {
+                            error!(reason = label, %example, "node refuses records; they stay spooled and are retried")
+                        }
                     }
                 }
                 self.metrics.uplink(|u| {

@@ -262,6 +262,9 @@ pub enum ConfigError {
     },
 }
 
+/// Room a spooled record needs beyond its payload (sensor id, seqs, times, framing).
+const RECORD_OVERHEAD_BYTES: u64 = 1024;
+
 /// The environment prefix of overrides: `SLUICE_EDGE__SPOOL__SYNC_INTERVAL_MS=200`.
 pub const ENV_PREFIX: &str = "SLUICE_EDGE__";
 
@@ -379,6 +382,16 @@ impl EdgeConfig {
                 problems.push(format!("two sources are named {:?}", source.name()));
             }
             source.validate(problems);
+            if let SourceSpec::Jsonl(jsonl) = source {
+                // A line becomes one record: the spool must be able to hold the longest one.
+                let needed = u64::from(jsonl.line_bytes_max) + RECORD_OVERHEAD_BYTES;
+                if needed > u64::from(self.spool.record_bytes_max) {
+                    problems.push(format!(
+                        "sources.{}.line_bytes_max ({}) needs spool.record_bytes_max of at least {needed}, it is {}",
+                        jsonl.name, jsonl.line_bytes_max, self.spool.record_bytes_max
+                    ));
+                }
+            }
         }
     }
 

@@ -167,7 +167,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let span = tracing::info_span!("edge", identity = %identity_text);
         let _entered = span.enter();
         let mut agent = Agent::start(&config, real_env(seed), transport, &identity_text).await?;
@@ -179,7 +179,10 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         }
         agent.stop().await?;
         Ok(())
-    })
+    });
+    // A blocking read of stdin (a `jsonl` source on "-") would hold a plain drop forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// SIGINT or SIGTERM.
@@ -248,7 +251,10 @@ fn render(s: &Status) -> String {
     for (reason, n) in &u.refused {
         let _ = writeln!(out, "        refused by the node ({reason}): {n}");
     }
-    let _ = writeln!(out, "\nsource               read    spooled  restarts  rejected");
+    let _ = writeln!(
+        out,
+        "\nsource               read    spooled  restarts  rejected"
+    );
     for (name, v) in &s.sources {
         let rejected: Vec<String> = v.rejected.iter().map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(
@@ -257,13 +263,20 @@ fn render(s: &Status) -> String {
             v.read,
             v.spooled,
             v.restarts,
-            if rejected.is_empty() { "-".to_owned() } else { rejected.join(" ") }
+            if rejected.is_empty() {
+                "-".to_owned()
+            } else {
+                rejected.join(" ")
+            }
         );
         if let Some(f) = &v.failing {
             let _ = writeln!(out, "{:<18} failing: {f}", "");
         }
     }
-    let _ = writeln!(out, "\nspool (stream)   records      bytes  oldest      dropped");
+    let _ = writeln!(
+        out,
+        "\nspool (stream)   records      bytes  oldest      dropped"
+    );
     for (stream, v) in &s.spools {
         let dropped: Vec<String> = v
             .dropped
@@ -276,8 +289,13 @@ fn render(s: &Status) -> String {
             "{stream:<16} {:>7} {:>10}  {:<10}  {}",
             v.records,
             v.bytes,
-            v.oldest_age_ms.map_or("-".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
-            if dropped.is_empty() { "-".to_owned() } else { dropped.join(" ") }
+            v.oldest_age_ms
+                .map_or("-".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+            if dropped.is_empty() {
+                "-".to_owned()
+            } else {
+                dropped.join(" ")
+            }
         );
     }
     out
@@ -299,7 +317,10 @@ fn spool_check(path: PathBuf) -> anyhow::Result<()> {
             }
         }
     }
-    anyhow::ensure!(problems == 0, "{problems} spool(s) cannot be recovered as they are");
+    anyhow::ensure!(
+        problems == 0,
+        "{problems} spool(s) cannot be recovered as they are"
+    );
     Ok(())
 }
 

@@ -243,8 +243,7 @@ impl UplinkCore {
             })
             .collect();
         self.n_in_flight_records += records.len() as u64;
-        if records.len() < self.limits.batch_records_max as usize && !self.limits.linger.is_zero()
-        {
+        if records.len() < self.limits.batch_records_max as usize && !self.limits.linger.is_zero() {
             self.resume_at = Some(now + self.limits.linger);
         }
         self.in_flight.insert(id, Batch { stream, records });
@@ -392,10 +391,17 @@ impl UplinkCore {
 
     /// Cheap consistency checks; run at the end of every input.
     pub fn check_invariants(&self) {
-        let n: u64 = self.in_flight.values().map(|b| b.records.len() as u64).sum();
+        let n: u64 = self
+            .in_flight
+            .values()
+            .map(|b| b.records.len() as u64)
+            .sum();
         assert_eq!(n, self.n_in_flight_records, "in-flight record count");
         if !matches!(self.link, Link::Up { .. }) {
-            assert!(self.in_flight.is_empty(), "requests in flight without a link");
+            assert!(
+                self.in_flight.is_empty(),
+                "requests in flight without a link"
+            );
         }
         assert!(
             self.in_flight.len() <= self.limits.batches_in_flight_max as usize,

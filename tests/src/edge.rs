@@ -55,7 +55,12 @@ impl TestEdge {
 
     /// Like [`TestEdge::create`] with the uplink certificate `cert_stem` from the node's certs
     /// directory.
-    pub fn create_with(node: &TestNode, name: &str, cert_stem: &str, body: &str) -> Result<TestEdge> {
+    pub fn create_with(
+        node: &TestNode,
+        name: &str,
+        cert_stem: &str,
+        body: &str,
+    ) -> Result<TestEdge> {
         let dir = tempfile::Builder::new()
             .prefix("sluice-edge-test-")
             .tempdir()
@@ -97,8 +102,8 @@ listen = "127.0.0.1:{status_port}"
         );
         let config_path = dir.path().join("edge.toml");
         std::fs::write(&config_path, &text)?;
-        let config = config::load(&config_path)
-            .map_err(|e| anyhow!("edge config:\n{text}\n{e}"))?;
+        let config =
+            config::load(&config_path).map_err(|e| anyhow!("edge config:\n{text}\n{e}"))?;
         Ok(TestEdge {
             dir,
             config_path,
@@ -140,7 +145,12 @@ listen = "127.0.0.1:{status_port}"
         let agent = within(
             "agent start",
             STEP,
-            Agent::start(&self.config, real_env(self.n_starts), transport, &self.identity),
+            Agent::start(
+                &self.config,
+                real_env(self.n_starts),
+                transport,
+                &self.identity,
+            ),
         )
         .await??;
         self.running = Running::InProcess(Box::new(agent));
@@ -323,7 +333,9 @@ pub fn histories(
             let history = out.entry(key).or_default();
             match &e.payload {
                 Payload::Dropped { seq_last, reason } => {
-                    history.dropped.push((e.seq, *seq_last, format!("{reason:?}")))
+                    history
+                        .dropped
+                        .push((e.seq, *seq_last, format!("{reason:?}")))
                 }
                 _ => history.delivered.push(e.seq),
             }

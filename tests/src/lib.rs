@@ -678,8 +678,13 @@ impl Drop for NodeProcess {
 pub fn sluice_bin() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
-        locate_or_build("SLUICE_BIN", "sluice-node", "sluice", &["node", "proto", "cluster"])
-            .map_err(|e| format!("{e:#}"))
+        locate_or_build(
+            "SLUICE_BIN",
+            "sluice-node",
+            "sluice",
+            &["node", "proto", "cluster"],
+        )
+        .map_err(|e| format!("{e:#}"))
     })
     .clone()
     .map_err(|e| anyhow!("sluice binary: {e}"))
@@ -690,8 +695,13 @@ pub fn sluice_bin() -> Result<PathBuf> {
 pub fn edge_bin() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
-        locate_or_build("SLUICE_EDGE_BIN", "sluice-edge", "sluice-edge", &["edge", "proto"])
-            .map_err(|e| format!("{e:#}"))
+        locate_or_build(
+            "SLUICE_EDGE_BIN",
+            "sluice-edge",
+            "sluice-edge",
+            &["edge", "proto"],
+        )
+        .map_err(|e| format!("{e:#}"))
     })
     .clone()
     .map_err(|e| anyhow!("sluice-edge binary: {e}"))

@@ -44,8 +44,10 @@ dropout_probability = 0.0
 "#,
     )?;
     edge.start().await?;
-    edge.wait_for("first readings delivered", LONG, |s| s.uplink.delivered >= 100)
-        .await?;
+    edge.wait_for("first readings delivered", LONG, |s| {
+        s.uplink.delivered >= 100
+    })
+    .await?;
     node.stop().await?;
     let during = edge
         .wait_for("all 10k readings spooled", LONG, |s| {
@@ -70,7 +72,11 @@ dropout_probability = 0.0
     assert_eq!(by_sensor.len(), 10);
     for ((_, sensor, _), history) in &by_sensor {
         assert_eq!(history.delivered, (0..1000).collect::<Vec<_>>(), "{sensor}");
-        assert!(history.dropped.is_empty(), "{sensor}: {:?}", history.dropped);
+        assert!(
+            history.dropped.is_empty(),
+            "{sensor}: {:?}",
+            history.dropped
+        );
     }
     Ok(())
 }
@@ -102,13 +108,17 @@ dropout_probability = 0.0
     )?;
     edge.spawn().await?;
     let before = edge
-        .wait_for("heavy spooling", LONG, |s| s.sources["lab"].spooled >= 5_000)
+        .wait_for("heavy spooling", LONG, |s| {
+            s.sources["lab"].spooled >= 5_000
+        })
         .await?;
     edge.kill().await?;
     edge.spawn().await?;
-    edge.wait_for("the new epoch spooled and everything delivered", LONG, |s| {
-        s.sources["lab"].spooled == 30_000 && s.spools.values().all(|v| v.records == 0)
-    })
+    edge.wait_for(
+        "the new epoch spooled and everything delivered",
+        LONG,
+        |s| s.sources["lab"].spooled == 30_000 && s.spools.values().all(|v| v.records == 0),
+    )
     .await?;
     edge.stop().await?;
 
@@ -172,7 +182,11 @@ dropout_probability = 0.0
             s.sources["door"].spooled == 4000
         })
         .await?;
-    let dropped_full: u64 = offline.spools.values().map(|v| v.dropped["spool_full"]).sum();
+    let dropped_full: u64 = offline
+        .spools
+        .values()
+        .map(|v| v.dropped["spool_full"])
+        .sum();
     assert!(dropped_full > 0, "the spool must overflow: {offline:#?}");
     node.start().await?;
     let status = edge
@@ -194,7 +208,11 @@ dropout_probability = 0.0
             declared += last - first + 1;
         }
     }
-    let counted: u64 = status.spools.values().map(|v| v.dropped["spool_full"]).sum();
+    let counted: u64 = status
+        .spools
+        .values()
+        .map(|v| v.dropped["spool_full"])
+        .sum();
     assert_eq!(declared, counted, "declared seqs match the agent's count");
     Ok(())
 }

@@ -222,8 +222,11 @@ impl SimSource {
             Quantity::Temperature => (c.temperature_mean, 3.0, 0.15),
             Quantity::Humidity => (c.humidity_mean, 8.0, 0.6),
         };
-        let (spike_p, stuck_p, dropout_p) =
-            (c.spike_probability, c.stuck_probability, c.dropout_probability);
+        let (spike_p, stuck_p, dropout_p) = (
+            c.spike_probability,
+            c.stuck_probability,
+            c.dropout_probability,
+        );
         let rng = self.rng.as_mut()?;
         let sensor = &mut self.sensors[idx];
         if sensor.silent_left > 0 {

@@ -167,7 +167,10 @@ impl Actor for SourceSupervisor {
                     return Ok(());
                 }
                 let slot = state.children[idx].slot.clone();
-                let empty = slot.lock().unwrap_or_else(PoisonError::into_inner).is_none();
+                let empty = slot
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_none();
                 if empty {
                     // The source panicked and took its value with it: build a fresh one.
                     match state.children[idx].spec.build() {

@@ -57,7 +57,7 @@ impl Default for SpoolConfig {
             record_age_ms_max: 7 * 24 * 3600 * 1000,
             sync_interval_ms: 1000,
             policy: FullPolicy::DropOldest,
-            record_bytes_max: 16 << 10,
+            record_bytes_max: 128 << 10,
             sensors_max: 64,
             seq_reserve_block: 256,
             send_ahead_bytes_max: 256 << 10,

@@ -1414,7 +1414,10 @@ impl Replay {
     /// Checks that every stream tiles, declares what the power cut may have taken, opens the new
     /// epoch (durably, with a checkpoint) and returns the core and what it declared.
     pub(crate) fn finish(self, now: UnixMillis) -> Result<(SpoolCore, Recovered), String> {
-        let epoch = BootEpoch(self.epoch_max.0 + 1);
+        // Epochs follow the wall clock (ms) when it is ahead of the spool's own count, so an
+        // agent whose spool was wiped (a new SD card) still starts an epoch newer than the one
+        // the cluster last saw from it, which it would otherwise refuse as stale.
+        let epoch = BootEpoch((self.epoch_max.0 + 1).max(u64::try_from(now.0).unwrap_or(0)));
         let mut core = SpoolCore::empty(self.config, epoch, now);
         core.next_order = self.next_order;
         let mut recovered = Recovered::default();

@@ -762,3 +762,20 @@ fn append_rate_on_a_temp_dir() {
         );
     }
 }
+
+#[test]
+fn epochs_follow_the_wall_clock_and_never_go_back() {
+    // Checks that a fresh spool starts its epoch at the wall clock (so a wiped spool still
+    // starts newer than what the cluster saw), and that a reopen with a clock that went back
+    // still moves the epoch forward.
+    let disk = MemDisk::default();
+    let (spool, report) = open(&disk, config(), 1_700_000_000_000);
+    assert_eq!(report.epoch, BootEpoch(1_700_000_000_000));
+    spool.close(UnixMillis(1_700_000_000_000)).unwrap();
+    let (spool, report) = open(&disk, config(), 5);
+    assert_eq!(report.epoch, BootEpoch(1_700_000_000_001));
+    drop(spool);
+    let wiped = MemDisk::default();
+    let (_, report) = open(&wiped, config(), 1_800_000_000_000);
+    assert!(report.epoch > BootEpoch(1_700_000_000_001));
+}

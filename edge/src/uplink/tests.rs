@@ -102,7 +102,8 @@ fn connect_failures_back_off_exponentially_with_jitter() {
         let retry_at = core.poll_timeout().unwrap_or(now);
         let waited = retry_at - now;
         assert!(
-            waited >= Duration::from_millis(full_ms / 2) && waited <= Duration::from_millis(full_ms),
+            waited >= Duration::from_millis(full_ms / 2)
+                && waited <= Duration::from_millis(full_ms),
             "attempt {attempt}: waited {waited:?}"
         );
         core.handle_tick(retry_at - Duration::from_millis(1));
@@ -118,7 +119,11 @@ fn window_and_linger_bound_sends() {
     let t0 = origin();
     let mut core = connected(t0);
     assert!(core.can_send(t0));
-    core.handle_sent(t0, stream(), &[record("a", 0), record("a", 1), record("a", 2)]);
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 0), record("a", 1), record("a", 2)],
+    );
     assert!(core.can_send(t0), "a full batch does not linger");
     core.handle_sent(t0, stream(), &[record("a", 3)]);
     assert!(!core.can_send(t0), "window of 2 is full");
@@ -137,8 +142,16 @@ fn refusal_acks_only_the_stored_prefix_then_rewinds_after_drain() {
     // answered, and that the rewind comes once they have.
     let t0 = origin();
     let mut core = connected(t0);
-    core.handle_sent(t0, stream(), &[record("a", 0), record("a", 1), record("b", 0)]);
-    core.handle_sent(t0, stream(), &[record("a", 2), record("a", 3), record("a", 4)]);
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 0), record("a", 1), record("b", 0)],
+    );
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 2), record("a", 3), record("a", 4)],
+    );
     let report = core.handle_response(
         t0,
         1,
@@ -163,7 +176,11 @@ fn refusal_acks_only_the_stored_prefix_then_rewinds_after_drain() {
     core.handle_tick(resume);
     assert!(core.can_send(resume));
     // A clean batch resets the backoff.
-    core.handle_sent(resume, stream(), &[record("a", 1), record("a", 2), record("a", 3)]);
+    core.handle_sent(
+        resume,
+        stream(),
+        &[record("a", 1), record("a", 2), record("a", 3)],
+    );
     core.handle_response(resume, 1, 3, response(vec![appended(); 3]));
     assert_eq!(core.failures(), 0);
 }
@@ -190,8 +207,16 @@ fn lost_connection_rewinds_and_ignores_late_answers() {
     // rewinds, reconnects after a backoff, and that answers from the old connection are ignored.
     let t0 = origin();
     let mut core = connected(t0);
-    core.handle_sent(t0, stream(), &[record("a", 0), record("a", 1), record("a", 2)]);
-    core.handle_sent(t0, stream(), &[record("a", 3), record("a", 4), record("a", 5)]);
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 0), record("a", 1), record("a", 2)],
+    );
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 3), record("a", 4), record("a", 5)],
+    );
     let timeout = TransportError::new(TransportErrorKind::Timeout, "request timed out");
     let report = core.handle_response(t0, 1, 1, Err(timeout));
     assert_eq!(report.refusals[0].0, "timeout");
