@@ -103,9 +103,12 @@ pub struct UplinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusSection {
-    /// Where `/status` (JSON) and `/metrics` (Prometheus) are served; unset turns it off.
+    /// Where `/status` (JSON) and `/metrics` (Prometheus) are served; `"off"` turns it off.
     /// Keep it on loopback unless a firewall protects it.
-    #[serde(default = "default_status_listen")]
+    #[serde(
+        default = "default_status_listen",
+        deserialize_with = "listen_or_off"
+    )]
     pub listen: Option<SocketAddr>,
 }
 
@@ -244,6 +247,20 @@ fn default_backoff_max_ms() -> u64 {
 fn default_frame_bytes_max() -> u32 {
     4 << 20
 }
+/// `"off"` (or an empty string) is `None`; anything else must be a socket address.
+fn listen_or_off<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.trim() {
+        "" | "off" => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("status.listen {addr:?}: {e}"))),
+    }
+}
+
 fn default_status_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 7401)))
 }
