@@ -61,11 +61,26 @@ impl TestEdge {
         cert_stem: &str,
         body: &str,
     ) -> Result<TestEdge> {
+        let certs = node.certs_dir();
+        let material = [
+            certs.join("ca.pem"),
+            certs.join(format!("{cert_stem}.pem")),
+            certs.join(format!("{cert_stem}.key")),
+        ];
+        Self::create_from(node, name, &material, body)
+    }
+
+    /// Like [`TestEdge::create`] with the uplink's `[ca_cert, cert, key]` files given.
+    pub fn create_from(
+        node: &TestNode,
+        name: &str,
+        material: &[PathBuf; 3],
+        body: &str,
+    ) -> Result<TestEdge> {
         let dir = tempfile::Builder::new()
             .prefix("sluice-edge-test-")
             .tempdir()
             .context("creating the edge's temp dir")?;
-        let certs = node.certs_dir();
         let status_port = free_tcp_port()?;
         // A node not started yet has no address; its configured one is what it will use.
         let node_addr = match node.addr().port() {
@@ -96,9 +111,9 @@ listen = "127.0.0.1:{status_port}"
 "#,
             data = toml_path(&dir.path().join("data")),
             addr = node_addr,
-            ca = toml_path(&certs.join("ca.pem")),
-            cert = toml_path(&certs.join(format!("{cert_stem}.pem"))),
-            key = toml_path(&certs.join(format!("{cert_stem}.key"))),
+            ca = toml_path(&material[0]),
+            cert = toml_path(&material[1]),
+            key = toml_path(&material[2]),
         );
         let config_path = dir.path().join("edge.toml");
         std::fs::write(&config_path, &text)?;
