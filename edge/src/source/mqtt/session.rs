@@ -1,0 +1,418 @@
+//! The running `mqtt` source: one task that drives rumqttc's event loop and offers readings,
+//! concurrently, without ever blocking one on the other.
+//!
+//! The event loop is polled by a boxed future that owns it and hands it back with each event,
+//! so it is never cancelled half-way and the source gets it back between events (to queue a
+//! SUBSCRIBE, or acknowledgements the request channel had no room for, on its own queue).
+//! Messages wait in `pending` (bounded) for their offer, one offer at a time, in arrival order;
+//! while `pending` is full the event loop is not polled, so the broker's in-flight window and TCP
+//! carry the agent's backpressure to the publishers. No PINGREQ goes out during such a pause
+//! either: one longer than 1.5 × keep-alive lets the broker drop the connection, and the source
+//! reconnects and gets the unacknowledged messages again.
+//!
+//! Acknowledgements are tied to the connection a message came on (`generation`): after a
+//! reconnect, a late PUBACK would acknowledge whatever the broker resent under that packet id,
+//! so it is dropped instead, and with a resumed session the messages of the old connection
+//! still waiting for their offer are dropped too, because the broker sends them again.
+
+use super::route::Router;
+use super::MqttSource;
+use crate::source::{Offered, SinkClosed, SourceContext, SourceError, SourceReading};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, NetworkOptions, Outgoing, Packet, Publish, QoS,
+    Request, StateError, Subscribe, SubscribeFilter, SubscribeReasonCode,
+};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// Salt of the reconnect-backoff RNG (`env.rng(source_idx, BACKOFF_SALT)`).
+const BACKOFF_SALT: u64 = 0x6d71_7474_6261_636b; // "mqttback"
+
+/// The event loop, polled once (after an optional wait), handed back with what it produced.
+type PollFuture = Pin<Box<dyn Future<Output = (EventLoop, Result<Event, ConnectionError>)> + Send>>;
+
+/// An offer in progress: the acknowledgement it owes, and the agent's answer.
+type OfferFuture<'a> =
+    Pin<Box<dyn Future<Output = (Option<AckToken>, Result<Offered, SinkClosed>)> + Send + 'a>>;
+
+fn poll_after(mut eventloop: EventLoop, delay: Duration) -> PollFuture {
+    Box::pin(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let result = eventloop.poll().await;
+        (eventloop, result)
+    })
+}
+
+/// What is owed to the broker for one QoS 1 (or 2) message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AckToken {
+    pkid: u16,
+    qos: QoS,
+    /// The connection the message came on.
+    generation: u64,
+}
+
+/// A message turned into a reading, waiting for its offer.
+#[derive(Debug)]
+struct Pending {
+    reading: SourceReading,
+    ack: Option<AckToken>,
+}
+
+/// Capped exponential backoff with jitter: the n-th consecutive failure waits a uniformly
+/// random time in `[d/2, d]` where `d = min(initial * 2^(n-1), max)`.
+#[derive(Debug)]
+pub(super) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    n_failures: u32,
+    rng: ChaCha8Rng,
+}
+
+impl Backoff {
+    pub(super) fn new(initial: Duration, max: Duration, rng: ChaCha8Rng) -> Self {
+        Self {
+            initial,
+            max,
+            n_failures: 0,
+            rng,
+        }
+    }
+
+    /// The wait after one more failure.
+    pub(super) fn next_delay(&mut self) -> Duration {
+        let doublings = self.n_failures.min(32);
+        self.n_failures = self.n_failures.saturating_add(1);
+        let ceiling = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(doublings))
+            .min(self.max);
+        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(self.rng.random_range(ceiling_ms / 2..=ceiling_ms))
+    }
+
+    /// Consecutive failures so far.
+    pub(super) fn n_failures(&self) -> u32 {
+        self.n_failures
+    }
+
+    /// Forgets the failures (after a successful connection).
+    pub(super) fn reset(&mut self) {
+        self.n_failures = 0;
+    }
+}
+
+/// Runs the source until the agent stops; see the module doc.
+pub(super) async fn run(source: &MqttSource, context: &SourceContext) -> Result<(), SourceError> {
+    let (client, mut eventloop) =
+        AsyncClient::new(source.options.clone(), source.requests_queued_max);
+    let mut network = NetworkOptions::new();
+    network.set_connection_timeout(source.connect_timeout_s);
+    eventloop.set_network_options(network);
+    let rng = context.env.rng(context.source_idx as u64, BACKOFF_SALT);
+    let mut session = Session {
+        name: &source.name,
+        router: &source.router,
+        context,
+        client,
+        backoff: Backoff::new(source.backoff_initial, source.backoff_max, rng),
+        generation: 0,
+        connected: false,
+        subscribed: false,
+        pending: VecDeque::with_capacity(source.messages_pending_max),
+        pending_max: source.messages_pending_max,
+        acks_unsent: Vec::new(),
+    };
+    let (host, port) = source.options.broker_address();
+    info!(
+        source = source.name,
+        host,
+        port,
+        client_id = source.options.client_id(),
+        "mqtt source starting"
+    );
+    session.drive(eventloop).await;
+    info!(
+        source = source.name,
+        "mqtt source stopping: the agent is stopping"
+    );
+    Ok(())
+}
+
+struct Session<'a> {
+    name: &'a str,
+    router: &'a Router,
+    context: &'a SourceContext,
+    client: AsyncClient,
+    backoff: Backoff,
+    /// Counts CONNACKs: the connection messages and acknowledgements belong to.
+    generation: u64,
+    /// Between a CONNACK and the next connection error.
+    connected: bool,
+    /// Whether this run subscribed yet (it does at its first CONNACK, whatever the session).
+    subscribed: bool,
+    pending: VecDeque<Pending>,
+    pending_max: usize,
+    /// Acknowledgements the request channel had no room for; moved onto the event loop's own
+    /// queue when it comes back with its next event. At most one per message taken since then.
+    acks_unsent: Vec<Request>,
+}
+
+impl<'a> Session<'a> {
+    /// The loop: offers and event-loop polls run side by side; returns when the sink closes.
+    async fn drive(&mut self, eventloop: EventLoop) {
+        let context: &'a SourceContext = self.context;
+        let mut polling = poll_after(eventloop, Duration::ZERO);
+        let mut offering: Option<OfferFuture<'a>> = None;
+        loop {
+            if offering.is_none() {
+                offering = self.pending.pop_front().map(|p| offer(context, p));
+            }
+            let room = self.pending.len() < self.pending_max;
+            tokio::select! {
+                biased;
+                (ack, outcome) = until_done(&mut offering) => {
+                    offering = None;
+                    match outcome {
+                        Ok(_) => self.ack(ack),
+                        Err(SinkClosed) => return,
+                    }
+                }
+                (mut eventloop, result) = &mut polling, if room => {
+                    let delay = self.handle(&mut eventloop, result);
+                    polling = poll_after(eventloop, delay);
+                }
+            }
+        }
+    }
+
+    /// Handles one event-loop result; returns how long to wait before polling again.
+    fn handle(
+        &mut self,
+        eventloop: &mut EventLoop,
+        result: Result<Event, ConnectionError>,
+    ) -> Duration {
+        let delay = match result {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                self.on_connected(eventloop, connack.session_present);
+                Duration::ZERO
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                self.on_publish(publish);
+                Duration::ZERO
+            }
+            Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                self.on_suback(&suback.return_codes);
+                Duration::ZERO
+            }
+            Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => {
+                debug!(source = self.name, pkid, "acknowledged");
+                Duration::ZERO
+            }
+            Ok(_) => Duration::ZERO,
+            Err(error) => return self.on_error(eventloop, &error),
+        };
+        eventloop.pending.extend(self.acks_unsent.drain(..));
+        delay
+    }
+
+    fn on_connected(&mut self, eventloop: &mut EventLoop, session_present: bool) {
+        self.generation += 1;
+        self.connected = true;
+        self.backoff.reset();
+        if session_present {
+            // The broker sends every unacknowledged message of the session again: drop the
+            // copies still waiting here. QoS 0 messages are not sent again, so they stay.
+            let before = self.pending.len();
+            self.pending.retain(|p| p.ack.is_none());
+            let n_dropped = before - self.pending.len();
+            if n_dropped > 0 {
+                debug!(
+                    source = self.name,
+                    n_dropped, "dropped messages the broker sends again"
+                );
+            }
+        }
+        info!(
+            source = self.name,
+            session_present, "connected to the mqtt broker"
+        );
+        if !session_present || !self.subscribed {
+            let filters = self
+                .router
+                .filters()
+                .map(|f| SubscribeFilter::new(f.to_owned(), QoS::AtLeastOnce));
+            eventloop
+                .pending
+                .push_back(Request::Subscribe(Subscribe::new_many(filters)));
+            self.subscribed = true;
+        }
+    }
+
+    fn on_publish(&mut self, publish: Publish) {
+        let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
+            pkid: publish.pkid,
+            qos: publish.qos,
+            generation: self.generation,
+        });
+        let sink = &self.context.sink;
+        let wall = self.context.env.clock.wall();
+        match self.router.route(&publish.topic, &publish.payload, wall) {
+            Ok(reading) => {
+                sink.count_read();
+                self.pending.push_back(Pending { reading, ack });
+            }
+            Err(rejection) => {
+                sink.reject(rejection.reason, rejection.detail);
+                self.ack(ack);
+            }
+        }
+    }
+
+    fn on_suback(&self, codes: &[SubscribeReasonCode]) {
+        for (filter, code) in self.router.filters().zip(codes) {
+            match code {
+                SubscribeReasonCode::Success(QoS::AtMostOnce) => warn!(
+                    source = self.name,
+                    filter,
+                    "the broker granted QoS 0 only: messages are lost while the agent is away"
+                ),
+                SubscribeReasonCode::Success(_) => debug!(source = self.name, filter, "subscribed"),
+                SubscribeReasonCode::Failure => error!(
+                    source = self.name,
+                    filter,
+                    "the broker refused the subscription (check its ACL): no messages from this filter"
+                ),
+            }
+        }
+    }
+
+    fn on_error(&mut self, eventloop: &mut EventLoop, error: &ConnectionError) -> Duration {
+        self.connected = false;
+        // Acknowledgements of the lost connection would acknowledge the wrong messages on the
+        // next one (rumqttc drops those in its channel for the same reason).
+        self.acks_unsent.clear();
+        eventloop
+            .pending
+            .retain(|r| !matches!(r, Request::PubAck(_)));
+        let delay = self.backoff.next_delay();
+        let n_failures = self.backoff.n_failures();
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        if let ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(bytes),
+        )) = error
+        {
+            error!(
+                source = self.name, bytes, delay_ms,
+                "a message is larger than packet_bytes_max; the broker will send it again on every \
+                 reconnect: raise packet_bytes_max or lower the broker's message_size_limit"
+            );
+        } else {
+            warn!(source = self.name, %error, n_failures, delay_ms, "mqtt connection failed; reconnecting");
+        }
+        delay
+    }
+
+    /// Sends the acknowledgement a message owes, if it still belongs to this connection.
+    fn ack(&mut self, ack: Option<AckToken>) {
+        let Some(token) = ack else { return };
+        if !self.connected || token.generation != self.generation {
+            debug!(
+                source = self.name,
+                pkid = token.pkid,
+                "not acknowledged: its connection is gone"
+            );
+            return;
+        }
+        let mut stub = Publish::new("", token.qos, Vec::new());
+        stub.pkid = token.pkid;
+        if let Err(
+            rumqttc::ClientError::Request(request) | rumqttc::ClientError::TryRequest(request),
+        ) = self.client.try_ack(&stub)
+        {
+            self.acks_unsent.push(request);
+        }
+        debug_assert!(self.acks_unsent.len() <= self.pending_max + 2);
+    }
+}
+
+fn offer<'a>(context: &'a SourceContext, pending: Pending) -> OfferFuture<'a> {
+    Box::pin(async move {
+        let outcome = context.sink.offer(pending.reading).await;
+        (pending.ack, outcome)
+    })
+}
+
+/// Waits for the future in `slot`, or forever when there is none.
+async fn until_done<T>(slot: &mut Option<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> T {
+    match slot {
+        Some(future) => future.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn backoff() -> Backoff {
+        Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_millis(1_000),
+            ChaCha8Rng::seed_from_u64(7),
+        )
+    }
+
+    fn check_delays(backoff: &mut Backoff, ceilings_ms: &[u64]) {
+        for ceiling in ceilings_ms {
+            let delay = backoff.next_delay().as_millis() as u64;
+            assert!(
+                (ceiling / 2..=*ceiling).contains(&delay),
+                "{delay} not in [{}, {ceiling}]",
+                ceiling / 2
+            );
+        }
+    }
+
+    // Delays double from the initial value up to the cap, each jittered into [d/2, d].
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        check_delays(&mut backoff(), &[100, 200, 400, 800, 1_000, 1_000, 1_000]);
+    }
+
+    // A reset (after a CONNACK) starts again from the initial delay.
+    #[test]
+    fn backoff_resets() {
+        let mut b = backoff();
+        check_delays(&mut b, &[100, 200, 400]);
+        b.reset();
+        assert_eq!(b.n_failures(), 0);
+        check_delays(&mut b, &[100, 200]);
+    }
+
+    // Many failures neither overflow nor exceed the cap.
+    #[test]
+    fn backoff_survives_many_failures() {
+        let mut b = backoff();
+        for _ in 0..100 {
+            assert!(b.next_delay() <= Duration::from_millis(1_000));
+        }
+    }
+
+    // The same seed gives the same delays (replayable runs).
+    #[test]
+    fn backoff_is_seeded() {
+        let (mut a, mut b) = (backoff(), backoff());
+        for _ in 0..10 {
+            assert_eq!(a.next_delay(), b.next_delay());
+        }
+    }
+}
