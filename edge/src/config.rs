@@ -422,3 +422,117 @@ impl EdgeConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::FullPolicy;
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.example.toml")
+    }
+
+    #[test]
+    fn the_committed_example_loads_with_every_source_kind() {
+        // Checks that deploy/edge.example.toml parses and validates, and that its values are
+        // the documented defaults where it says so.
+        let config = load(&example_path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.sources.len(), 3);
+        assert!(matches!(config.sources[0], SourceSpec::Dht(_)));
+        assert!(matches!(config.sources[1], SourceSpec::Mqtt(_)));
+        assert!(matches!(config.sources[2], SourceSpec::Jsonl(_)));
+        let streams: Vec<String> = config.streams().iter().map(|s| s.to_string()).collect();
+        assert_eq!(streams, ["security", "sensors"]);
+        let defaults = SpoolConfig::default();
+        assert_eq!(config.spool, defaults);
+        assert_eq!(config.uplink.linger_ms, default_linger_ms());
+        assert_eq!(config.status.listen, default_status_listen());
+        assert_eq!(config.spool_share().spool_bytes_max, defaults.spool_bytes_max / 2);
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_file() {
+        // Checks the SLUICE_EDGE__ overrides, as the example's header documents them.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_EDGE__SPOOL__SYNC_INTERVAL_MS", "250");
+            jail.set_env("SLUICE_EDGE__SPOOL__POLICY", "block");
+            jail.set_env("SLUICE_EDGE__STATUS__LISTEN", "off");
+            let config = load(&example_path()).map_err(|e| e.to_string())?;
+            assert_eq!(config.spool.sync_interval_ms, 250);
+            assert_eq!(config.spool.policy, FullPolicy::Block);
+            assert_eq!(config.status.listen, None);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_config_lists_every_problem() {
+        // Checks that independent problems across sections are all reported at once.
+        let text = r#"
+[edge]
+data_dir = "/tmp/x"
+sink_queue_max = 0
+
+[uplink]
+cluster = ""
+nodes = []
+ca_cert = "ca.pem"
+cert = "e.pem"
+key = "e.key"
+batches_in_flight_max = 0
+backoff_initial_ms = 100
+backoff_max_ms = 10
+
+[spool]
+segment_bytes_max = 100
+
+[[sources]]
+type = "sim"
+name = "a"
+stream = "s"
+devices = 0
+
+[[sources]]
+type = "jsonl"
+name = "a"
+path = "/var/log/x.jsonl"
+stream = "s"
+line_bytes_max = 1000000
+"#;
+        let Err(ConfigError::Invalid { problems }) = from_toml(text) else {
+            panic!("expected an invalid config");
+        };
+        let joined = problems.join("\n");
+        for expected in [
+            "uplink.nodes",
+            "uplink.cluster",
+            "uplink.batches_in_flight_max",
+            "uplink.backoff_max_ms",
+            "edge.sink_queue_max",
+            "segment_bytes_max",
+            "two sources are named",
+            "sources.a.devices",
+            "line_bytes_max",
+        ] {
+            assert!(joined.contains(expected), "{expected} missing from:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_source_types_are_refused() {
+        // Checks that typos fail loudly instead of being ignored.
+        let base = "[edge]\ndata_dir = \"/x\"\n[uplink]\ncluster = \"c\"\nnodes = [\"a:1\"]\n\
+                    ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+        for extra in [
+            "[spool]\nsync_interval = 5\n",
+            "[[sources]]\ntype = \"gps\"\nname = \"g\"\n",
+            "[[sources]]\ntype = \"sim\"\nname = \"s\"\nstream = \"s\"\ncolour = 1\n",
+        ] {
+            let text = format!("{base}{extra}");
+            assert!(
+                matches!(from_toml(&text), Err(ConfigError::Load(_))),
+                "{extra}"
+            );
+        }
+    }
+}
