@@ -105,10 +105,7 @@ pub struct UplinkConfig {
 pub struct StatusSection {
     /// Where `/status` (JSON) and `/metrics` (Prometheus) are served; `"off"` turns it off.
     /// Keep it on loopback unless a firewall protects it.
-    #[serde(
-        default = "default_status_listen",
-        deserialize_with = "listen_or_off"
-    )]
+    #[serde(default = "default_status_listen", deserialize_with = "listen_or_off")]
     pub listen: Option<SocketAddr>,
 }
 
@@ -447,7 +444,10 @@ mod tests {
         assert_eq!(config.spool, defaults);
         assert_eq!(config.uplink.linger_ms, default_linger_ms());
         assert_eq!(config.status.listen, default_status_listen());
-        assert_eq!(config.spool_share().spool_bytes_max, defaults.spool_bytes_max / 2);
+        assert_eq!(
+            config.spool_share().spool_bytes_max,
+            defaults.spool_bytes_max / 2
+        );
     }
 
     #[test]
@@ -514,7 +514,10 @@ line_bytes_max = 1000000
             "sources.a.devices",
             "line_bytes_max",
         ] {
-            assert!(joined.contains(expected), "{expected} missing from:\n{joined}");
+            assert!(
+                joined.contains(expected),
+                "{expected} missing from:\n{joined}"
+            );
         }
     }
 

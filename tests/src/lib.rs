@@ -18,6 +18,7 @@
 //! failing test never leaves a node behind.
 
 pub mod edge;
+pub mod mosquitto;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sluice_node::certs::{self, CaBundle, Sans};

@@ -66,8 +66,14 @@ validation.temperature = {{ min = 100.0, max = 200.0 }}
             s.uplink.delivered >= 3 + 20 && s.spools.values().all(|v| v.records == 0)
         })
         .await?;
-    assert_eq!(status.sources["trivy"].rejected.get("malformed_json"), Some(&2));
-    assert_eq!(status.sources["hot"].rejected.get("out_of_range"), Some(&20));
+    assert_eq!(
+        status.sources["trivy"].rejected.get("malformed_json"),
+        Some(&2)
+    );
+    assert_eq!(
+        status.sources["hot"].rejected.get("out_of_range"),
+        Some(&20)
+    );
     assert_eq!(status.sources["trivy"].spooled, 3);
     edge.stop().await?;
 
@@ -92,7 +98,9 @@ validation.temperature = {{ min = 100.0, max = 200.0 }}
     );
     let by_sensor = histories(&partitions);
     assert!(
-        by_sensor.keys().all(|(_, sensor, _)| !sensor.ends_with("temperature")),
+        by_sensor
+            .keys()
+            .all(|(_, sensor, _)| !sensor.ends_with("temperature")),
         "no out-of-range reading was stored"
     );
     let humidity = by_sensor
@@ -122,7 +130,13 @@ async fn node_certificate_from_another_ca_is_refused_and_the_agent_keeps_spoolin
     let (from, until) = Validity::Now.window();
     let other_ca = certs::generate_ca_valid(CLUSTER, from, until)?;
     std::fs::write(other.path().join("ca.pem"), other_ca.cert_pem())?;
-    let stem = write_leaf(other.path(), &other_ca, Role::Edge, "pi-lost", Validity::Now)?;
+    let stem = write_leaf(
+        other.path(),
+        &other_ca,
+        Role::Edge,
+        "pi-lost",
+        Validity::Now,
+    )?;
     let material = [
         other.path().join("ca.pem"),
         other.path().join(format!("{stem}.pem")),
@@ -147,7 +161,8 @@ async fn node_certificate_from_another_ca_is_refused_and_the_agent_keeps_spoolin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_certificate_of_the_wrong_role_is_refused_and_the_agent_keeps_spooling() -> Result<()> {
+async fn agent_certificate_of_the_wrong_role_is_refused_and_the_agent_keeps_spooling() -> Result<()>
+{
     // Checks that an agent given a node certificate is refused by the node with a reason that
     // names the role, and keeps running and spooling.
     let node = TestNode::in_process().await?;
@@ -156,7 +171,10 @@ async fn agent_certificate_of_the_wrong_role_is_refused_and_the_agent_keeps_spoo
     edge.start().await?;
     let status = edge
         .wait_for("role refusals while spooling", LONG, |s| {
-            s.uplink.last_error.as_deref().is_some_and(|e| e.contains("role node"))
+            s.uplink
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("role node"))
                 && s.sources["trickle"].spooled >= 30
         })
         .await?;

@@ -1,279 +1,20 @@
-//! The `mqtt` source against a real Mosquitto broker: readings from a paho-mqtt publisher and
-//! from `mosquitto_pub`, malformed payloads, a broker restart, and the persistent session.
-//!
-//! Each test starts its own broker on a free 127.0.0.1 port with its own config file in a
-//! temp directory, reads the broker's log (stderr, unbuffered) to wait for events such as "the
-//! source subscribed", and kills the broker by PID when it is dropped. Every wait has a
-//! deadline; nothing sleeps. Needs `mosquitto`, `mosquitto_pub` (Debian: `apt-get install -y
-//! mosquitto mosquitto-clients`) and `python3` with paho-mqtt 2.x (`pip install paho-mqtt`);
-//! a missing one fails the test with a message saying so. `MOSQUITTO`, `MOSQUITTO_PUB` and
-//! `PYTHON` override where they are looked for.
+//! The `mqtt` source against a real Mosquitto broker (`sluice_tests::mosquitto`): readings from
+//! a paho-mqtt publisher and from `mosquitto_pub`, malformed payloads, a broker restart, the
+//! persistent session, TLS with a client certificate, and the smallest queues. Every wait has a
+//! deadline; nothing sleeps.
 
 use sluice_edge::source::mqtt::MqttConfig;
 use sluice_edge::source::testing::{test_context, TestInbox};
 use sluice_edge::source::{SourceError, SourceReading};
 use sluice_proto::{Payload, Reading, UnixMillis};
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use sluice_tests::mosquitto::{
+    free_port, program, within_deadline as within, Broker, TEMPERATURE_TOPIC,
+};
+use std::path::Path;
 use tempfile::TempDir;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// How long any one expected event may take.
-const DEADLINE: Duration = Duration::from_secs(30);
 const SOURCE: &str = "mqtt-test";
-const TEMPERATURE_TOPIC: &str = "devsecops/sensors/temperature";
-
-/// Runs `future` or fails the test, naming what did not happen.
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(DEADLINE, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("timed out after {DEADLINE:?} waiting for {what}"),
-    }
-}
-
-/// Finds a program: `$env_var`, then `PATH`, then `extra_dirs`; fails with an install hint.
-fn program(name: &str, env_var: &str, extra_dirs: &[&str], hint: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env_var) {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "${env_var} is {}, which is no file ({hint})",
-            path.display()
-        );
-        return path;
-    }
-    let path_dirs = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path_dirs).collect();
-    dirs.extend(extra_dirs.iter().map(PathBuf::from));
-    dirs.into_iter()
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{name}` not found in ${env_var}, PATH or {extra_dirs:?}: this test needs it ({hint})")
-        })
-}
-
-fn mosquitto_binary() -> PathBuf {
-    program(
-        "mosquitto",
-        "MOSQUITTO",
-        &["/usr/sbin", "/usr/local/sbin"],
-        "apt-get install -y mosquitto mosquitto-clients",
-    )
-}
-
-fn mosquitto_pub_binary() -> PathBuf {
-    program(
-        "mosquitto_pub",
-        "MOSQUITTO_PUB",
-        &["/usr/bin"],
-        "apt-get install -y mosquitto-clients",
-    )
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
-
-/// A Mosquitto broker of one test, killed by PID (and reaped) when dropped.
-struct Broker {
-    port: u16,
-    /// User name and password `mosquitto_pub` logs in with, if the broker wants them.
-    credentials: Option<(String, String)>,
-    child: std::process::Child,
-    log: mpsc::UnboundedReceiver<String>,
-    /// Every log line read so far.
-    seen: Vec<String>,
-}
-
-impl Broker {
-    /// Starts Mosquitto on `port` with a config file in `dir`, and waits until it listens.
-    async fn start(dir: &Path, port: u16) -> Broker {
-        Broker::start_with(dir, port, "allow_anonymous true\n", None).await
-    }
-
-    /// [`Broker::start`] with more config lines (`settings`) and the credentials
-    /// `mosquitto_pub` needs with them.
-    async fn start_with(
-        dir: &Path,
-        port: u16,
-        settings: &str,
-        credentials: Option<(String, String)>,
-    ) -> Broker {
-        let config = dir.join("mosquitto.conf");
-        let text = format!(
-            "log_dest stderr\nlog_type all\nconnection_messages true\npersistence false\n\
-             listener {port} 127.0.0.1\n{settings}"
-        );
-        std::fs::write(&config, text).expect("write mosquitto.conf");
-        let binary = mosquitto_binary();
-        let mut child = std::process::Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
-        let stderr = child.stderr.take().expect("mosquitto stderr");
-        let (tx, log) = mpsc::unbounded_channel();
-        // Mosquitto logs to stderr unbuffered; a thread forwards each line as it comes.
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut broker = Broker {
-            port,
-            credentials,
-            child,
-            log,
-            seen: Vec::new(),
-        };
-        broker.wait_log(" running").await;
-        broker
-    }
-
-    /// Waits for the next log line holding `needle` and returns it.
-    async fn wait_log(&mut self, needle: &str) -> String {
-        let found = tokio::time::timeout(DEADLINE, async {
-            while let Some(line) = self.log.recv().await {
-                self.seen.push(line.clone());
-                if line.contains(needle) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => line,
-            Ok(None) => panic!(
-                "mosquitto exited before logging {needle:?}:\n{}",
-                self.seen.join("\n")
-            ),
-            Err(_) => panic!(
-                "mosquitto did not log {needle:?} within {DEADLINE:?}:\n{}",
-                self.seen.join("\n")
-            ),
-        }
-    }
-
-    /// Kills the broker (SIGKILL by PID) and waits until it is gone.
-    fn kill(self) {
-        drop(self);
-    }
-
-    /// `mosquitto_pub` at this broker, QoS 1, on `topic`, logged in if need be.
-    fn mosquitto_pub(&self, topic: &str) -> Command {
-        let mut command = Command::new(mosquitto_pub_binary());
-        command
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-q",
-                "1",
-                "-t",
-                topic,
-            ])
-            .kill_on_drop(true);
-        if let Some((username, password)) = &self.credentials {
-            command.args(["-u", username, "-P", password]);
-        }
-        command
-    }
-
-    /// Publishes each payload as one QoS 1 message on `topic` with `mosquitto_pub`, in order,
-    /// and returns once the broker has acknowledged them all.
-    async fn publish(&self, topic: &str, payloads: &[&str]) {
-        for payload in payloads {
-            let output = within(
-                "mosquitto_pub",
-                self.mosquitto_pub(topic).args(["-m", payload]).output(),
-            )
-            .await
-            .expect("run mosquitto_pub");
-            assert!(
-                output.status.success(),
-                "mosquitto_pub {payload:?} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
-
-    /// Publishes JSON lines on `topic` over one `mosquitto_pub -l` connection (one message per
-    /// line, QoS 1, in order).
-    async fn publish_lines(&self, topic: &str, lines: &[&str]) {
-        let mut child = self
-            .mosquitto_pub(topic)
-            .arg("-l")
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mosquitto_pub");
-        let mut stdin = child.stdin.take().expect("mosquitto_pub stdin");
-        let text = format!("{}\n", lines.join("\n"));
-        stdin
-            .write_all(text.as_bytes())
-            .await
-            .expect("write to mosquitto_pub");
-        drop(stdin);
-        let output = within("mosquitto_pub -l", child.wait_with_output())
-            .await
-            .expect("mosquitto_pub");
-        assert!(
-            output.status.success(),
-            "mosquitto_pub -l failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    /// Runs the paho-mqtt publisher script: `client.publish(TEMPERATURE_TOPIC, f"{t}")` per value.
-    async fn publish_with_paho(&self, temperatures: &[&str]) {
-        let python = program(
-            "python3",
-            "PYTHON",
-            &[],
-            "and paho-mqtt: pip install paho-mqtt",
-        );
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mqtt_publish.py");
-        let output = within(
-            "the paho-mqtt publisher",
-            Command::new(python)
-                .arg(script)
-                .args(["127.0.0.1", &self.port.to_string()])
-                .args(temperatures)
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("run python3");
-        assert!(
-            output.status.success(),
-            "the paho-mqtt publisher failed (is paho-mqtt 2.x installed? pip install paho-mqtt): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A running source, stopped (its task aborted) when dropped.
 struct RunningSource {
@@ -384,11 +125,11 @@ async fn setup(client_id: &str) -> (TempDir, Broker, RunningSource, TestInbox) {
     (dir, broker, source, inbox)
 }
 
-// A Python paho-mqtt script publishing `client.publish("devsecops/sensors/temperature",
-// f"{temperature}")` for a sequence of values: every value arrives as a temperature reading of
-// the templated sensor, in publish order, stamped with the agent's wall clock.
 #[tokio::test]
 async fn paho_publisher_temperatures_arrive_in_order() {
+    // A Python paho-mqtt script publishing `client.publish("devsecops/sensors/temperature",
+    // f"{temperature}")` for a sequence of values: every value arrives as a temperature reading of
+    // the templated sensor, in publish order, stamped with the agent's wall clock.
     let (_dir, broker, _source, mut inbox) = setup("sluice-test-paho").await;
     let values = [
         "21", "21.5", "22.25", "-4.5", "0", "19.875", "100", "23.456", "-0.125", "30",
@@ -407,11 +148,11 @@ async fn paho_publisher_temperatures_arrive_in_order() {
     }
 }
 
-// JSON objects from `mosquitto_pub`: values, device times and sensor ids come from the
-// configured fields (the sensor template when the field is absent), in publish order; opaque
-// JSON is kept as sent.
 #[tokio::test]
 async fn mosquitto_pub_json_messages_arrive_in_order() {
+    // JSON objects from `mosquitto_pub`: values, device times and sensor ids come from the
+    // configured fields (the sensor template when the field is absent), in publish order; opaque
+    // JSON is kept as sent.
     let (_dir, broker, _source, mut inbox) = setup("sluice-test-json").await;
     broker
         .publish_lines(
@@ -452,11 +193,11 @@ async fn mosquitto_pub_json_messages_arrive_in_order() {
     );
 }
 
-// Malformed payloads (empty, not a number, bad JSON, a missing field, an invalid sensor id)
-// are counted; the source keeps running and later good messages still arrive. The last message
-// is good, so once it arrives every rejection before it has been counted.
 #[tokio::test]
 async fn malformed_payloads_are_counted_and_the_source_keeps_running() {
+    // Malformed payloads (empty, not a number, bad JSON, a missing field, an invalid sensor id)
+    // are counted; the source keeps running and later good messages still arrive. The last message
+    // is good, so once it arrives every rejection before it has been counted.
     let (_dir, broker, _source, mut inbox) = setup("sluice-test-malformed").await;
     broker
         .publish(TEMPERATURE_TOPIC, &["20.5", "hot", "", "1,5"])
@@ -487,11 +228,11 @@ async fn malformed_payloads_are_counted_and_the_source_keeps_running() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
 }
 
-// A subscription an older configuration left in the broker's persistent session still
-// delivers; the source rejects those messages as `unrouted_topic`, acknowledges them, and goes
-// on with the messages it has routes for.
 #[tokio::test]
 async fn topics_of_an_older_configuration_are_unrouted() {
+    // A subscription an older configuration left in the broker's persistent session still
+    // delivers; the source rejects those messages as `unrouted_topic`, acknowledges them, and goes
+    // on with the messages it has routes for.
     let client_id = "sluice-test-unrouted";
     let old_route = "[[routes]]\nfilter = \"old/#\"\nstream = \"env\"\nformat = \"opaque_json\"";
     let dir = tempfile::tempdir().expect("temp dir");
@@ -510,11 +251,11 @@ async fn topics_of_an_older_configuration_are_unrouted() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
 }
 
-// The broker is killed mid-stream and started again on the same port without its state: the
-// source reconnects (with backoff), subscribes again because the session is gone, and the
-// messages published after the restart arrive after those from before it.
 #[tokio::test]
 async fn source_reconnects_after_the_broker_restarts() {
+    // The broker is killed mid-stream and started again on the same port without its state: the
+    // source reconnects (with backoff), subscribes again because the session is gone, and the
+    // messages published after the restart arrive after those from before it.
     let client_id = "sluice-test-restart";
     let (dir, broker, _source, mut inbox) = setup(client_id).await;
     broker.publish(TEMPERATURE_TOPIC, &["1", "2", "3"]).await;
@@ -537,13 +278,13 @@ fn packet_id(line: &str) -> String {
     line[start..end].to_owned()
 }
 
-// PUBACK waits for the offer, and the broker keeps the session while the source is away. A
-// good message A waits for its offer to be answered (the test inbox never answers); the
-// malformed message B after it is rejected and acknowledged at once. Once the broker logs B's
-// PUBACK, it must not have logged A's. The source is then stopped, C is published while it is
-// away, and a new run under the same client id receives A again (never acknowledged) and C.
 #[tokio::test]
 async fn puback_waits_for_the_offer_and_the_session_keeps_messages() {
+    // PUBACK waits for the offer, and the broker keeps the session while the source is away. A
+    // good message A waits for its offer to be answered (the test inbox never answers); the
+    // malformed message B after it is rejected and acknowledged at once. Once the broker logs B's
+    // PUBACK, it must not have logged A's. The source is then stopped, C is published while it is
+    // away, and a new run under the same client id receives A again (never acknowledged) and C.
     let client_id = "sluice-test-session";
     let (dir, mut broker, source, mut first_inbox) = setup(client_id).await;
     broker
@@ -605,12 +346,12 @@ fn write_pki(dir: &Path) {
     leaf("client", vec!["sluice-edge".to_owned()]);
 }
 
-// TLS with the ring provider and credentials: the broker's TLS listener requires a client
-// certificate and every client must log in (the password is checked against a
-// mosquitto_passwd file). The source connects over TLS as user `edge` with the password read
-// from its file, and messages published on the plain listener reach it.
 #[tokio::test]
 async fn tls_with_client_certificate_and_password() {
+    // TLS with the ring provider and credentials: the broker's TLS listener requires a client
+    // certificate and every client must log in (the password is checked against a
+    // mosquitto_passwd file). The source connects over TLS as user `edge` with the password read
+    // from its file, and messages published on the plain listener reach it.
     use std::os::unix::fs::PermissionsExt;
     let client_id = "sluice-test-tls";
     let dir = tempfile::tempdir().expect("temp dir");
@@ -656,12 +397,12 @@ async fn tls_with_client_certificate_and_password() {
     assert_eq!(celsius(readings(&mut inbox, 2).await), [18.5, 19.0]);
 }
 
-// The smallest bounds: one message waiting for its offer and a request channel of one, so
-// reading from the broker pauses behind every offer and acknowledgements often find the
-// channel full (they then go on the event loop's own queue). All 20 messages still arrive in
-// order and the broker receives a PUBACK for each.
 #[tokio::test]
 async fn smallest_queues_still_deliver_and_acknowledge_everything() {
+    // The smallest bounds: one message waiting for its offer and a request channel of one, so
+    // reading from the broker pauses behind every offer and acknowledgements often find the
+    // channel full (they then go on the event loop's own queue). All 20 messages still arrive in
+    // order and the broker receives a PUBACK for each.
     let client_id = "sluice-test-small";
     let dir = tempfile::tempdir().expect("temp dir");
     let mut broker = Broker::start(dir.path(), free_port()).await;
