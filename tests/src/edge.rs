@@ -358,3 +358,30 @@ pub fn histories(
     }
     out
 }
+
+/// Runs `sluice-edge <args>` (environment `SLUICE_*` cleared) within `limit`.
+pub async fn run_edge_cli(args: &[&str], limit: Duration) -> Result<crate::CliOutput> {
+    let mut command = tokio::process::Command::new(edge_bin()?);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SLUICE") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = within(
+        &format!("sluice-edge {}", args.join(" ")),
+        limit,
+        command.output(),
+    )
+    .await??;
+    Ok(crate::CliOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
