@@ -163,7 +163,11 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     let transport = Arc::new(QuicTransport::new(settings));
     let identity_text = identity.to_string();
     let seed = (RealClock.wall().0 as u64) ^ fnv(identity_text.as_bytes());
+    // Two workers are plenty for an agent (the loop, the uplink's QUIC and the sources), and
+    // each worker costs memory on a small board.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .context("starting the runtime")?;
