@@ -173,6 +173,12 @@ impl Agent {
         self.status.as_ref().map(|(addr, _)| *addr)
     }
 
+    /// Stops the sources (in reverse start order) and keeps delivering what is spooled; for a
+    /// drain before [`Agent::stop`].
+    pub async fn stop_sources(&self) {
+        let _ = ractor::call!(self.supervisor, SupervisorMsg::StopChildren);
+    }
+
     /// Waits until the agent loop ends on its own (it only does on an error).
     pub async fn failed(&mut self) -> EdgeError {
         let Some(task) = self.task.as_mut() else {
@@ -723,6 +729,7 @@ impl AgentLoop {
         if !acks.is_empty() {
             self.spools(move |s, now| s.ack(now, &acks)).await?;
             self.maybe_sendable = true;
+            self.refresh_metrics();
             if !self.parked.is_empty() {
                 self.retry_parked().await?;
             }
@@ -923,6 +930,7 @@ impl AgentLoop {
         if !self.parked.is_empty() {
             debug!(n_parked = self.parked.len(), "spool full: holding offers");
         }
+        self.refresh_metrics();
         Ok(())
     }
 

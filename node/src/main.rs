@@ -37,7 +37,7 @@ enum Command {
     Produce(ProduceArgs),
     /// Follow a stream, printing events as JSON lines.
     Tail(TailArgs),
-    /// Run the local demo: a node, simulated edges, a tail, a restart.
+    /// Run the local demo: a node, edge agents on simulated sensors, an outage, a restart.
     Demo(DemoArgs),
 }
 
@@ -83,7 +83,9 @@ async fn run_async(command: &Command) -> anyhow::Result<()> {
             client_cli::tail(args).await
         }
         Command::Demo(args) => {
-            init_tracing("warn");
+            // The demo prints its own story; the outage it stages would otherwise fill the
+            // screen with expected warnings. SLUICE_LOG=warn shows them.
+            init_tracing("error");
             demo::run(args).await
         }
         Command::Certs(_) => Ok(()),

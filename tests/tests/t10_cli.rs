@@ -123,3 +123,43 @@ async fn produce_reports_bad_lines_and_tail_reads_the_good_ones_back() {
         output.stderr
     );
 }
+
+#[tokio::test]
+async fn demo_runs_to_completion_and_checks_itself() {
+    // Checks that the README's first command works: `sluice demo` (shortened) starts a node and
+    // edge agents, survives its staged outage, finds every spooled reading stored exactly once,
+    // and exits 0.
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let output = run_cli(
+        &[
+            "demo",
+            "--dir",
+            demo_dir.to_str().unwrap(),
+            "--seconds",
+            "2",
+            "--outage-seconds",
+            "1",
+            "--edges",
+            "2",
+        ],
+        b"",
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    assert_eq!(output.code, Some(0), "{output:?}");
+    for expected in [
+        "node goes down",
+        "each seq exactly once and in order",
+        "deduplicates",
+        "refused:",
+        "present after the restart",
+    ] {
+        assert!(
+            output.stdout.contains(expected),
+            "{expected}:\n{}",
+            output.stdout
+        );
+    }
+}

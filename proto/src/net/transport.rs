@@ -108,6 +108,8 @@ pub fn transport_error(error: &NetError, connecting: bool) -> TransportError {
     use TransportErrorKind as K;
     let kind = match error {
         NetError::Certificate { .. } | NetError::Tls { .. } | NetError::Encode { .. } => K::Local,
+        // A node shutting down closes its connections: come back later, or to another node.
+        NetError::Refused { code, .. } if *code == u64::from(super::CLOSE_SHUTDOWN) => K::Closed,
         NetError::Identity { .. } | NetError::Refused { .. } => K::Refused,
         // A handshake that ended in a TLS alert is a refusal of our certificate (or theirs).
         NetError::Connect { reason, .. } if reason.contains("tls alert") => K::Refused,
