@@ -451,6 +451,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn environment_overrides_win_over_the_file() {
         // Checks the SLUICE_EDGE__ overrides, as the example's header documents them.
         figment::Jail::expect_with(|jail| {
