@@ -940,6 +940,7 @@ impl AgentLoop {
     }
 
     fn refresh_metrics(&self) {
+        self.metrics.set_offers_held(self.parked.len() as u64);
         let status = lock(&self.spools).status(self.wall());
         for (stream, spool) in status {
             self.metrics.set_spool(&stream, spool);

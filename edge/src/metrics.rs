@@ -80,6 +80,10 @@ pub struct Status {
     pub spools: BTreeMap<String, SpoolStatus>,
     /// The uplink.
     pub uplink: UplinkStatus,
+    /// Offers held back because a spool is full (policy `block`, or everything pinned): the
+    /// sources that made them wait.
+    #[serde(default)]
+    pub offers_held: u64,
 }
 
 /// The agent's metrics. Cheap to share (`Arc`); every update takes a short lock.
@@ -147,6 +151,11 @@ impl Metrics {
     /// Replaces the figures of one stream's spool.
     pub fn set_spool(&self, stream: &str, spool: SpoolStatus) {
         self.lock().spools.insert(stream.to_owned(), spool);
+    }
+
+    /// Sets how many offers wait for spool space.
+    pub fn set_offers_held(&self, n: u64) {
+        self.lock().offers_held = n;
     }
 
     /// Updates the uplink figures.

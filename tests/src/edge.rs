@@ -70,11 +70,38 @@ impl TestEdge {
         Self::create_from(node, name, &material, body)
     }
 
+    /// Like [`TestEdge::create`] with the uplink's node addresses given.
+    pub fn create_with_nodes(
+        node: &TestNode,
+        name: &str,
+        nodes: &[String],
+        body: &str,
+    ) -> Result<TestEdge> {
+        let stem = node.edge(name)?;
+        let certs = node.certs_dir();
+        let material = [
+            certs.join("ca.pem"),
+            certs.join(format!("{stem}.pem")),
+            certs.join(format!("{stem}.key")),
+        ];
+        Self::build(node, name, &material, Some(nodes), body)
+    }
+
     /// Like [`TestEdge::create`] with the uplink's `[ca_cert, cert, key]` files given.
     pub fn create_from(
         node: &TestNode,
         name: &str,
         material: &[PathBuf; 3],
+        body: &str,
+    ) -> Result<TestEdge> {
+        Self::build(node, name, material, None, body)
+    }
+
+    fn build(
+        node: &TestNode,
+        name: &str,
+        material: &[PathBuf; 3],
+        nodes: Option<&[String]>,
         body: &str,
     ) -> Result<TestEdge> {
         let dir = tempfile::Builder::new()
@@ -87,6 +114,10 @@ impl TestEdge {
             0 => node.config().transport.listen,
             _ => node.addr(),
         };
+        let nodes = match nodes {
+            Some(nodes) => serde_json::to_string(nodes)?,
+            None => format!("[\"{node_addr}\"]"),
+        };
         let text = format!(
             r#"
 [edge]
@@ -95,7 +126,7 @@ stats_interval_ms = 0
 
 [uplink]
 cluster = "{CLUSTER}"
-nodes = ["{addr}"]
+nodes = {nodes}
 ca_cert = {ca}
 cert = {cert}
 key = {key}
@@ -110,7 +141,6 @@ listen = "127.0.0.1:{status_port}"
 {body}
 "#,
             data = toml_path(&dir.path().join("data")),
-            addr = node_addr,
             ca = toml_path(&material[0]),
             cert = toml_path(&material[1]),
             key = toml_path(&material[2]),

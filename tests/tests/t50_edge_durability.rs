@@ -216,3 +216,91 @@ dropout_probability = 0.0
     assert_eq!(declared, counted, "declared seqs match the agent's count");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_under_block_holds_readings_back_and_drops_nothing() -> Result<()> {
+    // Checks backpressure: with policy `block`, a full spool makes the source wait (offers are
+    // held, not dropped) while the node is unreachable; once it is back every reading arrives
+    // and no drop is declared.
+    let mut node = fixed_port_node()?;
+    let mut edge = TestEdge::create(
+        &node,
+        "pi-block",
+        r#"
+[spool]
+sync_interval_ms = 20
+segment_bytes_max = 4096
+spool_bytes_max = 16384
+record_bytes_max = 512
+policy = "block"
+
+[[sources]]
+type = "sim"
+name = "press"
+stream = "events"
+devices = 2
+quantities = ["temperature"]
+interval_ms = 1
+readings_max = 1000
+dropout_probability = 0.0
+"#,
+    )?;
+    edge.start().await?;
+    let blocked = edge
+        .wait_for("the source held back", LONG, |s| s.offers_held > 0)
+        .await?;
+    assert!(blocked.sources["press"].spooled < 2000, "{blocked:#?}");
+    node.start().await?;
+    let status = edge
+        .wait_for("everything delivered", LONG, |s| {
+            s.sources["press"].spooled == 2000 && s.spools.values().all(|v| v.records == 0)
+        })
+        .await?;
+    for spool in status.spools.values() {
+        assert!(spool.dropped.values().all(|n| *n == 0), "{status:#?}");
+    }
+    edge.stop().await?;
+
+    let admin = node.admin().await?;
+    for ((_, sensor, _), history) in histories(&fetch_stream(&admin, EVENTS).await?) {
+        assert_eq!(history.delivered, (0..1000).collect::<Vec<_>>(), "{sensor}");
+        assert!(history.dropped.is_empty(), "{sensor}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_fails_over_to_the_next_node_address() -> Result<()> {
+    // Checks failover at connect: the first configured address has no node, the second does;
+    // the agent delivers through the second.
+    let node = TestNode::in_process().await?;
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+    let nodes = [dead.to_string(), node.addr().to_string()];
+    let mut edge = TestEdge::create_with_nodes(
+        &node,
+        "pi-failover",
+        &nodes,
+        r#"
+[spool]
+sync_interval_ms = 20
+
+[[sources]]
+type = "sim"
+name = "s"
+stream = "events"
+devices = 1
+interval_ms = 5
+readings_max = 20
+"#,
+    )?;
+    edge.start().await?;
+    let status = edge
+        .wait_for("delivered through the second node", LONG, |s| {
+            s.uplink.delivered >= 40
+        })
+        .await?;
+    let peer = status.uplink.connected_to.unwrap_or_default();
+    assert!(peer.contains(&node.addr().to_string()), "{peer}");
+    edge.stop().await?;
+    Ok(())
+}
