@@ -15,7 +15,7 @@ use sluice_proto::Role;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 #[derive(Parser)]
 #[command(
@@ -171,9 +171,8 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let result = runtime.block_on(async move {
-        let span = tracing::info_span!("edge", identity = %identity_text);
-        let _entered = span.enter();
+    let span = tracing::info_span!("edge", identity = %identity_text);
+    let run = async move {
         let mut agent = Agent::start(&config, real_env(seed), transport, &identity_text).await?;
         let signal = shutdown_signal();
         tokio::select! {
@@ -183,7 +182,8 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         }
         agent.stop().await?;
         Ok(())
-    });
+    };
+    let result = runtime.block_on(run.instrument(span));
     // A blocking read of stdin (a `jsonl` source on "-") would hold a plain drop forever.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
