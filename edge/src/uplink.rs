@@ -206,13 +206,11 @@ impl UplinkCore {
         self.check_invariants();
     }
 
-    /// Connection attempt `attempt` succeeded.
+    /// Connection attempt `attempt` succeeded. A stale attempt changes nothing: the shell keeps
+    /// a connection only when [`UplinkCore::connection`] names its attempt afterwards.
     pub fn handle_connected(&mut self, attempt: u64) {
         if self.link == (Link::Connecting { attempt }) {
             self.link = Link::Up { attempt };
-        } else {
-            // A stale attempt (we gave up on it): the shell drops that connection.
-            self.outputs.push_back(Output::Disconnect);
         }
         self.check_invariants();
     }
