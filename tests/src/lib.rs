@@ -12,7 +12,8 @@
 //! for it next to the running executable, in `target/<profile>/sluice` (tests run from
 //! `target/<profile>/deps/`), and runs `cargo build -p sluice-node --bin sluice` for that profile
 //! and target dir, once per process, when the binary is missing or older than a source file of
-//! `node`, `proto` or `cluster`. `SLUICE_BIN=/path/to/sluice` skips both and uses that binary.
+//! `node`, `proto`, `cluster` or `edge` (the demo runs edge agents). `SLUICE_BIN=/path/to/sluice`
+//! skips both and uses that binary; `SLUICE_EDGE_BIN` does the same for [`edge_bin`].
 //!
 //! Every wait here has a deadline; child processes are killed by PID when their guard drops, so a
 //! failing test never leaves a node behind.
