@@ -684,7 +684,7 @@ pub fn sluice_bin() -> Result<PathBuf> {
             "SLUICE_BIN",
             "sluice-node",
             "sluice",
-            &["node", "proto", "cluster"],
+            &["node", "proto", "cluster", "edge"],
         )
         .map_err(|e| format!("{e:#}"))
     })
