@@ -50,6 +50,10 @@ pub enum Status {
     },
     /// Refused as a duplicate older than the dedup window: stored once, offset not known.
     StoredOffsetUnknown,
+    /// An edge record never answered itself, but a later seq of its sensor and epoch was
+    /// acknowledged: the node refuses gaps, so it holds this one too (offset not known). Edge
+    /// agents rely on exactly that and do not resend it.
+    StoredImplied,
 }
 
 /// One record as its producer sent it.
@@ -92,6 +96,33 @@ impl History {
         self.n_unresolved += 1;
     }
 
+    /// Notes a record an edge agent sent, as it reaches the node. Agents resend a record until
+    /// it is acknowledged (and again after a crash), so a record may arrive many times; each
+    /// time it must carry the same stream and content.
+    pub fn register_resend(
+        &mut self,
+        producer: &Identity,
+        stream: &StreamName,
+        record: &Record,
+    ) -> Result<(), Violation> {
+        let key = record_key(producer, record);
+        if let Some(sent) = self.records.get(&key) {
+            if &sent.stream != stream || &sent.record != record {
+                return Err(Violation::new(
+                    "integrity",
+                    format!(
+                        "{producer} sent {} epoch {} seq {} twice with different content: first \
+                         {:?} to {}, now {record:?} to {stream}",
+                        record.sensor, record.boot_epoch, record.seq, sent.record, sent.stream
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        self.register(producer, stream, record);
+        Ok(())
+    }
+
     /// Notes an `Appended` outcome; a record acknowledged again must get the same place.
     pub fn on_appended(
         &mut self,
@@ -123,7 +154,7 @@ impl History {
                 };
                 self.n_acks += 1;
             }
-            Status::StoredOffsetUnknown => {
+            Status::StoredOffsetUnknown | Status::StoredImplied => {
                 sent.status = Status::Acked {
                     partition,
                     offset,
@@ -136,6 +167,41 @@ impl History {
             Status::Acked { .. } => {}
         }
         Ok(())
+    }
+
+    /// Notes an `Appended` outcome of an edge record, which also answers every earlier record
+    /// of its sensor and epoch (see [`Status::StoredImplied`]).
+    pub fn on_edge_appended(
+        &mut self,
+        key: &RecordKey,
+        partition: PartitionId,
+        offset: Offset,
+        duplicate: bool,
+        at: Duration,
+    ) -> Result<(), Violation> {
+        self.on_appended(key, partition, offset, duplicate, at)?;
+        self.imply_before(key);
+        Ok(())
+    }
+
+    /// Notes a `DuplicateTooOld` outcome of an edge record (see [`History::on_edge_appended`]).
+    pub fn on_edge_too_old(&mut self, key: &RecordKey) {
+        self.on_too_old(key);
+        self.imply_before(key);
+    }
+
+    fn imply_before(&mut self, key: &RecordKey) {
+        let (producer, sensor, epoch, _) = key;
+        // Keys sort by producer, sensor, epoch, then seq: this is the sensor's epoch below `key`.
+        let from = (producer.clone(), sensor.clone(), *epoch, 0);
+        let mut n_resolved = 0;
+        for (_, sent) in self.records.range_mut(from..key.clone()) {
+            if sent.status == Status::Unacked {
+                sent.status = Status::StoredImplied;
+                n_resolved += 1;
+            }
+        }
+        self.n_unresolved -= n_resolved;
     }
 
     /// Notes a `DuplicateTooOld` outcome: the node says the record is stored.

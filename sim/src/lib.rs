@@ -6,8 +6,16 @@
 //! and invariant checkers that keep their own record of what clients were told. One seed replays
 //! one run bit for bit (same trace hash).
 //!
-//! It does not yet simulate a network between nodes, several nodes, edges agents, clock jumps or
-//! bit flips: those arrive with the cluster work.
+//! It also runs the real edge agent (`sluice_edge::agent::Agent::start`): each run draws up to
+//! `--edges-max` edges, each on a simulated disk of its own with seeded `sim` sensors, a small
+//! spool and an uplink through a simulated transport ([`edge_link`]) with loss, delay,
+//! duplication, outages and flaps; edges are power-cut (their unsynced writes lost or torn) and
+//! restarted cleanly at seeded points, node crashes break their connections, and clock jumps put
+//! them offline for simulated days. The edge no-silent-gaps checker compares the log with its
+//! own record of what each agent accepted and how each boot ended ([`edge_ledger`]).
+//!
+//! It does not yet simulate a network between nodes, several nodes, bit flips, full disks or
+//! `fdatasync` failures on an edge's disk: those arrive with the cluster work.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
@@ -15,6 +23,8 @@ compile_error!(
      .cargo/config.toml sets it — do not override it with a bare RUSTFLAGS"
 );
 
+pub mod edge_ledger;
+pub mod edge_link;
 pub mod env;
 pub mod history;
 pub mod invariants;

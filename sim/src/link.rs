@@ -14,15 +14,20 @@ use std::time::Duration;
 
 /// What the link decided for one request.
 #[derive(Debug, Clone, Copy)]
-struct Fate {
-    request_delay: Duration,
-    drop_request: bool,
-    duplicate_delay: Option<Duration>,
-    response_delay: Duration,
-    drop_response: bool,
+pub struct Fate {
+    /// Delay on the way to the node.
+    pub request_delay: Duration,
+    /// The request is lost.
+    pub drop_request: bool,
+    /// The request is delivered a second time, this long after the first.
+    pub duplicate_delay: Option<Duration>,
+    /// Delay on the way back.
+    pub response_delay: Duration,
+    /// The response is lost.
+    pub drop_response: bool,
 }
 
-/// One producer's link to the node. Cheap to clone; clones share the RNG.
+/// One producer's (or edge's) link to the node. Cheap to clone; clones share the RNG.
 #[derive(Clone)]
 pub struct Link {
     world: Arc<World>,
@@ -47,7 +52,8 @@ impl Link {
         }
     }
 
-    fn fate(&self) -> Fate {
+    /// Draws the fate of one request (faultless in the liveness phase).
+    pub fn fate(&self) -> Fate {
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
         let faulty = self.world.phase() == Phase::Safety;
         let f = self.faults;

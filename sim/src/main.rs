@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
-/// Deterministic simulation of a Sluice node under crashes, torn writes and a faulty network.
+/// Deterministic simulation of a Sluice node and edge agents under crashes, torn writes, power
+/// cuts, outages and a faulty network.
 #[derive(Debug, Parser)]
 #[command(name = "sluice-sim", version)]
 struct Cli {
@@ -36,6 +37,9 @@ struct Cli {
     /// Most crashes and restarts per run (each run draws 1 to this many).
     #[arg(long, default_value_t = Settings::default().faults_max)]
     faults_max: u32,
+    /// Most edge agents per run (each run draws 0 to this many).
+    #[arg(long, default_value_t = Settings::default().edges_max)]
+    edges_max: u32,
     /// Do not inject fdatasync failures (each becomes a clean restart; other draws unchanged).
     #[arg(long)]
     no_sync_errors: bool,
@@ -95,6 +99,7 @@ impl Cli {
             liveness_ms: self.liveness_ms,
             producers_max: self.producers_max,
             faults_max: self.faults_max,
+            edges_max: self.edges_max,
             sync_errors: !self.no_sync_errors,
             plant: self.plant,
         }
@@ -128,6 +133,11 @@ impl Cli {
                 u64::from(self.faults_max),
                 u64::from(defaults.faults_max),
             ),
+            (
+                "--edges-max",
+                u64::from(self.edges_max),
+                u64::from(defaults.edges_max),
+            ),
         ] {
             if value != default {
                 command.push_str(&format!(" {flag} {value}"));
@@ -136,8 +146,8 @@ impl Cli {
         if self.no_sync_errors {
             command.push_str(" --no-sync-errors");
         }
-        if self.plant == Some(Plant::AckBeforeFsync) {
-            command.push_str(" --plant ack-before-fsync");
+        if let Some(plant) = self.plant {
+            command.push_str(&format!(" --plant {}", plant.flag()));
         }
         command
     }
@@ -181,10 +191,29 @@ fn report_failure(cli: &Cli, outcome: &RunOutcome, log: &str) -> String {
 
 /// One line describing a finished run.
 fn summary_line(s: &RunSummary) -> String {
+    let t = &s.edge_totals;
+    let edges = format!(
+        "edges {} (boots {}, power cuts {} ({} mid-io), clean restarts {}, outages {}, \
+         accepted {}, events {}, declared power-loss {} spool-full {} expired {}), \
+         jumps {} ({:.1}h)",
+        s.n_edges,
+        s.n_edge_boots,
+        s.n_edge_power_cuts,
+        s.n_edge_power_cuts_mid_io,
+        s.n_edge_clean_restarts,
+        s.n_edge_outages,
+        s.n_edge_accepted,
+        t.n_events,
+        t.n_power_loss,
+        t.n_spool_full,
+        t.n_expired,
+        s.n_jumps,
+        s.jumped.as_secs_f64() / 3600.0,
+    );
     format!(
         "seed {} hash {} steps {} records {} events {} dup-acks {} too-old {} \
          crashes {}+{} mid-io ({} fired) +{} in recovery, {} clean restarts, {} sync errors, \
-         {} torn writes, {} checks, {} ops after stop, simulated {:.1}s",
+         {} torn writes, {} checks, {} ops after stop, {edges}, simulated {:.1}s",
         s.seed,
         hex(&s.trace_hash),
         s.n_steps,

@@ -1,10 +1,15 @@
 //! One seeded run: a current-thread tokio runtime with paused time and a seeded RNG, one node on
-//! the simulated disk, producers behind faulty links, a tailing consumer, and a controller that
-//! crashes, restarts and fails `fdatasync` calls at seeded points (safety phase), then heals
-//! everything and waits for every record to be acknowledged (liveness phase). The log is read
-//! back and checked after every restart and at the end.
+//! the simulated disk, producers behind faulty links, edge agents on disks of their own behind
+//! faulty, flapping links (with outages, power cuts and clean restarts of their own), a tailing
+//! consumer, clock jumps, and a controller that crashes, restarts and fails `fdatasync` calls
+//! at seeded points (safety phase), then heals everything and waits for every record to be
+//! acknowledged and every edge to drain (liveness phase). The log is read back and checked after
+//! every restart and at the end.
 
+use crate::edge_ledger::EdgeLedger;
+use crate::edge_link::EdgeLink;
 use crate::env::{clock, process_env, SimClock, SimDisk};
+use crate::invariants::edge_no_silent_gaps::{self, EdgeTotals};
 use crate::invariants::{self, convergence, no_panics, LogSnapshot, Violation};
 use crate::link::Link;
 use crate::logging;
@@ -14,6 +19,7 @@ use crate::scenario::{
 };
 use crate::settings::{Plant, Settings};
 use crate::workload::consumer::{probe, read_all, run_tailer};
+use crate::workload::edge::{run_jump, EdgeRunner};
 use crate::workload::producer::{run_producer, Producer};
 use crate::world::{NodeSlot, World};
 use rand::Rng;
@@ -21,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use sluice_node::config::NodeConfig;
 use sluice_node::Node;
 use sluice_proto::codec;
-use sluice_proto::env::rng_for;
+use sluice_proto::env::{rng_for, Clock};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +37,8 @@ use tokio::sync::watch;
 const ARMED_CRASH_WAIT: Duration = Duration::from_secs(5);
 /// Slack, beyond both phases, before a run that does not finish is declared stuck.
 const RUN_SLACK: Duration = Duration::from_secs(300);
+/// How long an edge must be seen drained (its status is refreshed every second) to count.
+const EDGE_DRAINED_HOLD: Duration = Duration::from_millis(1_500);
 
 /// What a run did.
 #[derive(Debug, Clone, Default)]
@@ -69,6 +77,26 @@ pub struct RunSummary {
     pub n_too_old: u64,
     /// Disk operations by a node process after `Node::stop` returned.
     pub n_ops_after_stop: u64,
+    /// Edge agents.
+    pub n_edges: u32,
+    /// Boots of edge agents (the first included).
+    pub n_edge_boots: u32,
+    /// Edge power cuts (those inside a disk operation included).
+    pub n_edge_power_cuts: u32,
+    /// Edge power cuts that fired inside a disk operation.
+    pub n_edge_power_cuts_mid_io: u32,
+    /// Clean edge restarts.
+    pub n_edge_clean_restarts: u32,
+    /// Edge link outages (each flap counts).
+    pub n_edge_outages: u32,
+    /// Readings edge agents accepted into their spools.
+    pub n_edge_accepted: u64,
+    /// Seqs declared dropped in the final log, by reason, and edge events in it.
+    pub edge_totals: EdgeTotals,
+    /// Clock jumps.
+    pub n_jumps: u32,
+    /// Simulated time the clock jumps skipped (not in `sim_time`).
+    pub jumped: Duration,
 }
 
 /// The result of a run: its summary, and the first broken invariant if any.
@@ -133,6 +161,7 @@ struct Controller {
     node: Option<Node>,
     fault_rng: ChaCha8Rng,
     consumer_rng: ChaCha8Rng,
+    edge_links: Vec<Arc<EdgeLink>>,
     summary: RunSummary,
 }
 
@@ -158,12 +187,15 @@ async fn simulate(seed: u64, settings: Settings) -> RunOutcome {
         node: None,
         fault_rng: rng_for(seed, OWNER_RUN, SALT_FAULTS),
         consumer_rng: rng_for(seed, OWNER_RUN, SALT_CONSUMER),
+        edge_links: Vec::new(),
         summary: RunSummary {
             seed,
             ..RunSummary::default()
         },
     };
-    let bound = Duration::from_millis(settings.safety_ms + settings.liveness_ms) + RUN_SLACK;
+    let bound = Duration::from_millis(settings.safety_ms + settings.liveness_ms)
+        + Duration::from_millis(scenario.jumped_ms())
+        + RUN_SLACK;
     let failure = match tokio::time::timeout(bound, controller.run(&scenario)).await {
         Ok(Ok(())) => None,
         Ok(Err(violation)) => Some(violation),
@@ -180,6 +212,9 @@ async fn simulate(seed: u64, settings: Settings) -> RunOutcome {
     summary.trace_hash = hash;
     summary.n_steps = n_steps;
     summary.sim_time = world.now();
+    summary.jumped = world.jumped();
+    summary.n_jumps = u32::try_from(scenario.jumps.len()).unwrap_or(u32::MAX);
+    add_edge_counts(&world.edges(), &mut summary);
     {
         let history = world.history();
         summary.n_records = history.n_records();
@@ -193,6 +228,23 @@ async fn simulate(seed: u64, settings: Settings) -> RunOutcome {
     RunOutcome {
         summary,
         failure: failure.or_else(|| world.first_violation()),
+    }
+}
+
+/// Adds what the edges did to the summary.
+fn add_edge_counts(ledger: &EdgeLedger, summary: &mut RunSummary) {
+    summary.n_edges = u32::try_from(ledger.edges.len()).unwrap_or(u32::MAX);
+    for edge in &ledger.edges {
+        summary.n_edge_boots += u32::try_from(edge.boots.len()).unwrap_or(u32::MAX);
+        summary.n_edge_power_cuts += edge.n_power_cuts;
+        summary.n_edge_power_cuts_mid_io += edge.n_power_cuts_mid_io;
+        summary.n_edge_clean_restarts += edge.n_clean_restarts;
+        summary.n_edge_outages += edge.n_outages;
+        summary.n_edge_accepted += edge
+            .boots
+            .iter()
+            .flat_map(|b| b.accepted.values())
+            .sum::<u64>();
     }
 }
 
@@ -218,6 +270,7 @@ impl Controller {
                 shutdown_rx.clone(),
             ));
         }
+        self.spawn_edges(scenario, &shutdown_rx);
         tokio::spawn(run_tailer(
             world.clone(),
             rng_for(seed, OWNER_RUN, SALT_TAILER),
@@ -228,6 +281,24 @@ impl Controller {
         let _ = shutdown_tx.send(true);
         self.stop_node().await;
         Ok(())
+    }
+
+    /// Starts every edge site and the clock jumps that take some of them offline.
+    fn spawn_edges(&mut self, scenario: &Scenario, shutdown: &watch::Receiver<bool>) {
+        let world = &self.world;
+        let plant = self.settings.plant == Some(Plant::EdgeAckUnstored);
+        for plan in &scenario.edges {
+            tracing::info!(edge = plan.idx, ?plan, "edge plan");
+            let link = EdgeLink::new(world.clone(), plan, plant);
+            self.edge_links.push(link.clone());
+            let runner = EdgeRunner::new(world.clone(), plan.clone(), link);
+            tokio::spawn(runner.run(shutdown.clone()));
+        }
+        for jump in &scenario.jumps {
+            tracing::info!(?jump, "clock jump planned");
+            let links = self.edge_links.clone();
+            tokio::spawn(run_jump(world.clone(), jump.clone(), links));
+        }
     }
 
     /// Faults at seeded times; the first is always a crash.
@@ -270,16 +341,28 @@ impl Controller {
         self.wait_until(Duration::from_millis(safety_ms)).await
     }
 
-    /// No faults, no new records: every record must get an answer within the bound.
+    /// No faults, no new records from producers, edge links healed: every record must get an
+    /// answer and every edge must drain within the bound; then every seq an edge accepted must
+    /// be delivered or declared.
     async fn liveness_phase(&mut self) -> Result<(), Violation> {
         self.world.start_liveness();
+        for link in &self.edge_links {
+            link.heal();
+        }
         self.world.record("liveness", []);
         let deadline = self.world.now() + Duration::from_millis(self.settings.liveness_ms);
-        while self.world.history().n_unresolved() > 0 && self.world.now() < deadline {
+        while self.world.now() < deadline && !self.converged() {
             let step = (self.world.now() + Duration::from_millis(100)).min(deadline);
             self.wait_until(step).await?;
         }
         let snapshot = self.check("final").await?;
+        convergence::check_edges(&self.world.edges(), self.world.now(), EDGE_DRAINED_HOLD)?;
+        self.summary.edge_totals = edge_no_silent_gaps::check(
+            &self.world.edges(),
+            &snapshot,
+            self.world.clock.wall(),
+            true,
+        )?;
         convergence::check(&self.world.history(), &snapshot)?;
         self.summary.n_events = snapshot.n_events();
         for ((stream, partition), log) in &snapshot.partitions {
@@ -294,6 +377,15 @@ impl Controller {
                 .record(&format!("log {stream}/{partition}"), bytes);
         }
         Ok(())
+    }
+
+    /// True when every record has an answer and every edge drained.
+    fn converged(&self) -> bool {
+        self.world.history().n_unresolved() == 0
+            && self
+                .world
+                .edges()
+                .all_drained(self.world.now(), EDGE_DRAINED_HOLD)
     }
 
     /// Sleeps until `at` (simulated time since the start), failing early on a violation found
@@ -461,6 +553,12 @@ impl Controller {
             let mut reads = self.world.reads();
             invariants::check_log(&history, ack_clock, &snapshot, &mut reads)?;
         }
+        edge_no_silent_gaps::check(
+            &self.world.edges(),
+            &snapshot,
+            self.world.clock.wall(),
+            false,
+        )?;
         for ((stream, partition), log) in &snapshot.partitions {
             // The probes' reads are checked against the snapshot just remembered.
             probe(

@@ -1,6 +1,6 @@
 //! What a run does: its length, its size and its planted bug. Everything else about a run (the
-//! node's streams and bounds, the producers, the link's faults, the crash schedule) is drawn from
-//! the seed, so one seed plus these settings is one run.
+//! node's streams and bounds, the producers, the edges, the link's faults, the crash and outage
+//! schedules) is drawn from the seed, so one seed plus these settings is one run.
 
 /// A bug planted on purpose, to prove the checkers can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -8,6 +8,20 @@ pub enum Plant {
     /// `fdatasync` of the first partition's segment files does nothing after their first sync,
     /// so the node acknowledges writes that a crash then loses.
     AckBeforeFsync,
+    /// The simulated transport of edge 0 swallows every record of the first sensor stream it
+    /// carries from seq 1 on and tells the agent they were appended: the agent releases
+    /// readings the node never stored.
+    EdgeAckUnstored,
+}
+
+impl Plant {
+    /// The `--plant` value that selects it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Plant::AckBeforeFsync => "ack-before-fsync",
+            Plant::EdgeAckUnstored => "edge-ack-unstored",
+        }
+    }
 }
 
 /// The knobs of a run that do not come from the seed.
@@ -21,6 +35,8 @@ pub struct Settings {
     pub producers_max: u32,
     /// Most crashes and restarts in the safety phase (a run has at least one crash).
     pub faults_max: u32,
+    /// Most edge agents a run has (it draws 0 to this many).
+    pub edges_max: u32,
     /// Inject `fdatasync` failures (Linux semantics). Turning them off replaces each one with a
     /// clean restart and leaves every other draw of the seed unchanged.
     pub sync_errors: bool,
@@ -35,6 +51,7 @@ impl Default for Settings {
             liveness_ms: 30_000,
             producers_max: 5,
             faults_max: 6,
+            edges_max: 3,
             sync_errors: true,
             plant: None,
         }

@@ -1,6 +1,12 @@
 //! What the tasks of one run share: the clock, the disk, the node currently serving (if any),
-//! the phase, the checkers' records, the trace and the violations found so far.
+//! the phase, the checkers' records (of producers, consumers and edges), the trace and the
+//! violations found so far.
+//!
+//! Simulated time as the run sees it ([`World::now`]) leaves out clock jumps: a jump moves
+//! tokio's paused clock (and so every timer and wall-clock stamp) forward at once, but the
+//! schedule of faults and phases goes on where it was.
 
+use crate::edge_ledger::EdgeLedger;
 use crate::env::{SimClock, SimDisk};
 use crate::history::History;
 use crate::invariants::stable_reads::Reads;
@@ -11,6 +17,7 @@ use sluice_proto::StreamName;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The phase of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +50,12 @@ pub struct World {
     /// The trace hash.
     pub trace: Trace,
     node: Mutex<Option<NodeSlot>>,
+    /// Bumped whenever the serving node changes, so edge connections notice a dead node.
+    node_changes: watch::Sender<u64>,
+    jumped: Mutex<Duration>,
     phase: AtomicU8,
     history: Mutex<History>,
+    edges: Mutex<EdgeLedger>,
     reads: Mutex<Reads>,
     violations: Mutex<Vec<Violation>>,
 }
@@ -68,16 +79,31 @@ impl World {
             streams,
             trace: Trace::new(),
             node: Mutex::new(None),
+            node_changes: watch::channel(0).0,
+            jumped: Mutex::new(Duration::ZERO),
             phase: AtomicU8::new(0),
             history: Mutex::new(History::default()),
+            edges: Mutex::new(EdgeLedger::default()),
             reads: Mutex::new(Reads::default()),
             violations: Mutex::new(Vec::new()),
         }
     }
 
-    /// Simulated time since the run started.
+    /// Simulated time since the run started, not counting clock jumps.
     pub fn now(&self) -> Duration {
-        self.clock.elapsed()
+        self.clock.elapsed().saturating_sub(*lock(&self.jumped))
+    }
+
+    /// Simulated time clock jumps skipped so far.
+    pub fn jumped(&self) -> Duration {
+        *lock(&self.jumped)
+    }
+
+    /// Moves the clock forward by `by` at once: every timer due in between fires, every
+    /// wall-clock stamp moves on, and [`World::now`] does not change.
+    pub async fn jump(&self, by: Duration) {
+        *lock(&self.jumped) += by;
+        tokio::time::advance(by).await;
     }
 
     /// Adds a step to the trace at the current simulated time.
@@ -93,6 +119,12 @@ impl World {
     /// Publishes (or withdraws) the serving node.
     pub fn set_node(&self, slot: Option<NodeSlot>) {
         *lock(&self.node) = slot;
+        self.node_changes.send_modify(|n| *n += 1);
+    }
+
+    /// Notified whenever the serving node changes (it stopped, crashed or started).
+    pub fn subscribe_node(&self) -> watch::Receiver<u64> {
+        self.node_changes.subscribe()
     }
 
     /// True while the process of `slot` has not crashed or exited.
@@ -117,6 +149,11 @@ impl World {
     /// The checkers' record of what producers were told.
     pub fn history(&self) -> MutexGuard<'_, History> {
         lock(&self.history)
+    }
+
+    /// The checkers' record of the edges: their boots, how each ended, what each accepted.
+    pub fn edges(&self) -> MutexGuard<'_, EdgeLedger> {
+        lock(&self.edges)
     }
 
     /// The checkers' record of what consumers read.

@@ -122,6 +122,8 @@ struct State {
     exited: BTreeSet<u64>,
     /// Planned `fdatasync` failure: this many more syncs succeed, then one fails.
     sync_failure_in: Option<u32>,
+    /// Directories whose most files at once are tracked, with that count.
+    files_max: BTreeMap<PathBuf, usize>,
     stats: DiskStats,
 }
 
@@ -264,6 +266,16 @@ impl SimDisk {
         self.lock().sync_failure_in.take().is_some()
     }
 
+    /// Starts tracking the most files `dir` ever holds at once (see [`SimDisk::files_max`]).
+    pub fn track_dir(&self, dir: &Path) {
+        self.lock().files_max.entry(dir.to_path_buf()).or_insert(0);
+    }
+
+    /// The most files a tracked directory held at once so far (0 if it is not tracked).
+    pub fn files_max(&self, dir: &Path) -> usize {
+        self.lock().files_max.get(dir).copied().unwrap_or(0)
+    }
+
     /// Planted bug: from now on `sync_data` of `.log` files under `dir` does nothing after a
     /// file's first sync, so acknowledged writes there are lost by the next crash.
     pub fn plant_noop_sync(&self, dir: &Path) {
@@ -303,6 +315,22 @@ impl SimDisk {
             tracing::warn!(op, path = %path.display(), generation = self.generation, "disk operation by a process that has already stopped");
         }
         Err(dead(op, path))
+    }
+}
+
+/// Updates the high-water mark of a tracked directory after a file was created in it.
+fn note_files(state: &mut State, path: &Path) {
+    let Some(dir) = path.parent() else { return };
+    if !state.files_max.contains_key(dir) {
+        return;
+    }
+    let n = state
+        .entries
+        .keys()
+        .filter(|p| p.parent() == Some(dir))
+        .count();
+    if let Some(max) = state.files_max.get_mut(dir) {
+        *max = (*max).max(n);
     }
 }
 
@@ -442,6 +470,7 @@ impl Disk for SimDisk {
                 state.next_inode += 1;
                 state.inodes.insert(inode, Inode::default());
                 state.entries.insert(path.to_path_buf(), inode);
+                note_files(&mut state, path);
                 inode
             }
             None => return Err(not_found("open", path)),

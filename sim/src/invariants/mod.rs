@@ -1,11 +1,13 @@
 //! Invariant checkers, one per file. Each compares the checkers' own record of what producers
-//! were told ([`crate::history::History`]) and of what consumers read ([`stable_reads::Reads`])
-//! with the log as read back through fetch requests ([`LogSnapshot`]); none trusts the node's own
-//! account of itself.
+//! and edges were told ([`crate::history::History`]), of what consumers read
+//! ([`stable_reads::Reads`]) and of what edge agents accepted and how their boots ended
+//! ([`crate::edge_ledger::EdgeLedger`]) with the log as read back through fetch requests
+//! ([`LogSnapshot`]); none trusts the node's own account of itself.
 
 pub mod acked_durability;
 pub mod convergence;
 pub mod dense_offsets;
+pub mod edge_no_silent_gaps;
 pub mod integrity;
 pub mod no_duplicates;
 pub mod no_panics;

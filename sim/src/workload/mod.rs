@@ -1,4 +1,6 @@
-//! The simulated clients: producers (edges with sensors) and consumers.
+//! The simulated clients: producers (edges with sensors), consumers, and edge sites running the
+//! real edge agent.
 
 pub mod consumer;
+pub mod edge;
 pub mod producer;

@@ -353,9 +353,14 @@ impl Producer {
 
 /// A short, stable description of a result for the trace (no free-text reasons, no actor ids).
 pub fn summarize(result: &Option<Message>) -> String {
-    let Some(message) = result else {
-        return "lost".into();
-    };
+    match result {
+        Some(message) => summarize_message(message),
+        None => "lost".into(),
+    }
+}
+
+/// A short, stable description of a response for the trace.
+pub fn summarize_message(message: &Message) -> String {
     match message {
         Message::ProduceResponse(r) => {
             let mut out = String::new();
