@@ -798,6 +798,9 @@ impl AgentLoop {
                 let report = self.uplink.handle_response(now, attempt, batch_id, result);
                 for (label, severity, example) in &report.refusals {
                     match severity {
+                        Severity::Reordered => {
+                            debug!(reason = label, %example, "a request overtook an earlier one; resending in order")
+                        }
                         Severity::Transient => {
                             warn!(reason = label, %example, "batch partly refused; will resend")
                         }
@@ -810,7 +813,11 @@ impl AgentLoop {
                     u.batches += 1;
                     u.batches_failed += u64::from(failed_whole);
                     u.delivered += report.n_delivered;
-                    for (label, _, example) in &report.refusals {
+                    for (label, severity, example) in &report.refusals {
+                        if *severity == Severity::Reordered {
+                            *u.refused.entry("reordered".to_owned()).or_default() += 1;
+                            continue;
+                        }
                         *u.refused.entry((*label).to_owned()).or_default() += 1;
                         u.last_error = Some(example.clone());
                     }

@@ -13,6 +13,12 @@
 //!   once every request in flight has answered, the spool is rewound (everything unacknowledged
 //!   is sent again, in seq order) after a backoff. The node deduplicates by
 //!   `(producer, boot_epoch, seq)`, so resending is always safe.
+//! - Requests in flight together may reach a partition out of order, and the later one is then
+//!   refused as a sequence gap (or an epoch out of turn). Such ordering refusals of a request
+//!   sent while others were in flight are the agent's own doing: they stop new sends and rewind
+//!   the spool like any refusal, but without a backoff and without counting as a failure. The
+//!   oldest request in flight cannot be reordered, so every round stores at least one batch;
+//!   an ordering refusal of a request sent alone is real and backs off.
 //! - A connection that fails (timeout, close, protocol error) is dropped: requests in flight on
 //!   it are forgotten, the spool is rewound, and a new connection is tried after a backoff.
 //! - Backoff doubles per consecutive failure from `backoff_initial_ms` to `backoff_max_ms`,
@@ -69,8 +75,10 @@ pub enum Output {
 /// How serious a refusal is, for logs and counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
-    /// Expected now and then (overload, a node restarting, reordering); retried quietly.
+    /// Expected now and then (overload, a node restarting); retried after a backoff.
     Transient,
+    /// A request overtook an earlier one in flight; resent at once, not a failure.
+    Reordered,
     /// Will not pass without someone acting (ACL, certificate, a node that lost data).
     NeedsOperator,
 }
@@ -99,6 +107,17 @@ enum Link {
 struct Batch {
     stream: StreamName,
     records: Vec<(StreamKey, u64, u64)>,
+    /// Other requests were in flight when it was sent, so it may overtake them.
+    pipelined: bool,
+}
+
+/// Why sends are held until the requests in flight have answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Hold {
+    /// Only ordering refusals of pipelined requests: rewind and resend at once.
+    Reordered,
+    /// A real refusal: rewind, then wait the backoff.
+    Refused,
 }
 
 /// The uplink's decisions. See the module documentation.
@@ -114,7 +133,7 @@ pub struct UplinkCore {
     failures: u32,
     /// A refusal happened: no new sends until the in-flight requests answered and the spool
     /// was rewound.
-    holding: bool,
+    hold: Option<Hold>,
     /// No sends before this time (backoff after a refusal, or linger).
     resume_at: Option<Instant>,
     outputs: VecDeque<Output>,
@@ -132,7 +151,7 @@ impl UplinkCore {
             n_in_flight_records: 0,
             next_batch_id: 1,
             failures: 0,
-            holding: false,
+            hold: None,
             resume_at: None,
             outputs: VecDeque::new(),
         }
@@ -166,7 +185,7 @@ impl UplinkCore {
     /// True when a new request may be sent now.
     pub fn can_send(&self, now: Instant) -> bool {
         matches!(self.link, Link::Up { .. })
-            && !self.holding
+            && self.hold.is_none()
             && self.resume_at.is_none_or(|t| now >= t)
             && self.in_flight.len() < self.limits.batches_in_flight_max as usize
     }
@@ -175,7 +194,7 @@ impl UplinkCore {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.link {
             Link::Down { retry_at } => Some(retry_at),
-            Link::Up { .. } if !self.holding => self.resume_at,
+            Link::Up { .. } if self.hold.is_none() => self.resume_at,
             _ => None,
         }
     }
@@ -200,7 +219,7 @@ impl UplinkCore {
                 });
             }
         }
-        if self.resume_at.is_some_and(|t| now >= t) && !self.holding {
+        if self.resume_at.is_some_and(|t| now >= t) && self.hold.is_none() {
             self.resume_at = None;
         }
         self.check_invariants();
@@ -241,10 +260,18 @@ impl UplinkCore {
             })
             .collect();
         self.n_in_flight_records += records.len() as u64;
+        let pipelined = !self.in_flight.is_empty();
         if records.len() < self.limits.batch_records_max as usize && !self.limits.linger.is_zero() {
             self.resume_at = Some(now + self.limits.linger);
         }
-        self.in_flight.insert(id, Batch { stream, records });
+        self.in_flight.insert(
+            id,
+            Batch {
+                stream,
+                records,
+                pipelined,
+            },
+        );
         self.check_invariants();
         id
     }
@@ -272,8 +299,18 @@ impl UplinkCore {
         match result {
             Ok(response) if response.outcomes.len() == batch.records.len() => {
                 self.outcomes(&batch, &response.outcomes, &mut report);
+                let reordered = batch.pipelined
+                    && report
+                        .refusals
+                        .iter()
+                        .all(|(label, _, _)| ORDERING_LABELS.contains(label));
                 if report.refusals.is_empty() {
                     self.failures = 0;
+                } else if reordered {
+                    for refusal in &mut report.refusals {
+                        refusal.1 = Severity::Reordered;
+                    }
+                    self.hold = self.hold.max(Some(Hold::Reordered));
                 } else {
                     self.refused(now);
                 }
@@ -342,7 +379,7 @@ impl UplinkCore {
 
     fn refused(&mut self, now: Instant) {
         self.failures = self.failures.saturating_add(1);
-        self.holding = true;
+        self.hold = Some(Hold::Refused);
         self.resume_at = Some(now + self.backoff());
     }
 
@@ -352,7 +389,7 @@ impl UplinkCore {
         self.in_flight.clear();
         self.n_in_flight_records = 0;
         self.outputs.push_back(Output::Rewind);
-        self.holding = false;
+        self.hold = None;
         self.resume_at = None;
         self.link = Link::Down {
             retry_at: now + self.backoff(),
@@ -369,11 +406,20 @@ impl UplinkCore {
 
     /// Once nothing is in flight after a refusal, rewind and wait for the backoff.
     fn release_if_drained(&mut self, now: Instant) {
-        if self.holding && self.in_flight.is_empty() {
-            self.holding = false;
-            self.outputs.push_back(Output::Rewind);
-            if self.resume_at.is_none() {
-                self.resume_at = Some(now + self.backoff());
+        if !self.in_flight.is_empty() {
+            return;
+        }
+        match self.hold.take() {
+            None => {}
+            Some(Hold::Reordered) => {
+                self.outputs.push_back(Output::Rewind);
+                self.resume_at = None;
+            }
+            Some(Hold::Refused) => {
+                self.outputs.push_back(Output::Rewind);
+                if self.resume_at.is_none() {
+                    self.resume_at = Some(now + self.backoff());
+                }
             }
         }
     }
@@ -407,6 +453,9 @@ impl UplinkCore {
         );
     }
 }
+
+/// Labels of refusals that a request overtaking an earlier one in flight causes.
+const ORDERING_LABELS: [&str; 3] = ["sequence_gap", "epoch_start", "stale_epoch"];
 
 /// The counter label and severity of a refused record.
 pub fn classify_rejection(rejection: &RecordRejection) -> (&'static str, Severity) {

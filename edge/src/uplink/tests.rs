@@ -262,3 +262,52 @@ fn wrong_outcome_count_is_a_protocol_error() {
     assert_eq!(report.refusals[0].0, "protocol");
     assert_eq!(outputs(&mut core), [Output::Disconnect, Output::Rewind]);
 }
+
+fn gap(expected: u64, got: u64) -> RecordOutcome {
+    rejected(RecordRejection::SequenceGap {
+        sensor: "a".into(),
+        expected,
+        got,
+    })
+}
+
+#[test]
+fn a_request_that_overtook_another_is_resent_at_once() {
+    // Checks that sequence gaps of a request sent while another was in flight (it overtook
+    // it) hold sends until the earlier one answered, then rewind and resume without a backoff
+    // and without counting a failure; the earlier request's records are acked meanwhile.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 0), record("a", 1), record("a", 2)],
+    );
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 3), record("a", 4), record("a", 5)],
+    );
+    let report = core.handle_response(t0, 1, 2, response(vec![gap(0, 3), gap(0, 4), gap(0, 5)]));
+    assert_eq!(report.refusals[0].1, Severity::Reordered);
+    assert!(!core.can_send(t0), "held until the earlier request answers");
+    assert_eq!(outputs(&mut core), []);
+    core.handle_response(t0, 1, 1, response(vec![appended(); 3]));
+    assert_eq!(outputs(&mut core), [ack("a", 2), Output::Rewind]);
+    assert!(core.can_send(t0), "resent at once");
+    assert_eq!(core.failures(), 0);
+}
+
+#[test]
+fn a_gap_in_a_request_sent_alone_backs_off() {
+    // Checks that a sequence gap of a request that had nothing to overtake is a real refusal
+    // (the node lost what it had): rewind, a backoff, a counted failure.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(t0, stream(), &[record("a", 7)]);
+    let report = core.handle_response(t0, 1, 1, response(vec![gap(0, 7)]));
+    assert_eq!(report.refusals[0].1, Severity::Transient);
+    assert_eq!(outputs(&mut core), [Output::Rewind]);
+    assert!(!core.can_send(t0));
+    assert_eq!(core.failures(), 1);
+}
