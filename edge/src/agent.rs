@@ -21,7 +21,8 @@ use crate::config::{EdgeConfig, SourceSpec};
 use crate::metrics::{Metrics, SpoolStatus};
 use crate::source::supervisor::{ChildSpec, SourceSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::source::{
-    Offered, Refusal, SinkRequest, SourceContext, SourceError, SourceReading, SourceSink,
+    OfferObserver, Offered, Refusal, SinkRequest, SourceContext, SourceError, SourceReading,
+    SourceSink,
 };
 use crate::spool::{Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
 use crate::uplink::{Output, Severity, UplinkCore, UplinkLimits};
@@ -102,6 +103,18 @@ impl Agent {
         transport: Arc<dyn Transport>,
         identity: &str,
     ) -> Result<Agent, EdgeError> {
+        Self::start_observed(config, env, transport, identity, None).await
+    }
+
+    /// [`Agent::start`], telling `observer` the outcome of every offer as its source learns it
+    /// (the simulator's checkers record accepted seqs this way).
+    pub async fn start_observed(
+        config: &EdgeConfig,
+        env: Env,
+        transport: Arc<dyn Transport>,
+        identity: &str,
+        observer: Option<Arc<dyn OfferObserver>>,
+    ) -> Result<Agent, EdgeError> {
         let names: Vec<String> = config.sources.iter().map(|s| s.name().to_owned()).collect();
         let metrics = Metrics::new(identity, &names);
         let spools = open_spools(config, &env).await?;
@@ -119,7 +132,8 @@ impl Agent {
                 sink_tx.clone(),
                 metrics.clone(),
                 env.clock.clone(),
-            );
+            )
+            .observed_by(observer.clone());
             let context = SourceContext {
                 sink,
                 env: env.clone(),

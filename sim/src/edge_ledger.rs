@@ -4,13 +4,12 @@
 //! (still running, clean stop, power cut) and how many readings each sensor had had accepted
 //! into the spool when it ended — plus the latest progress seen in the liveness phase.
 //!
-//! Accepted counts are read from the agent's per-source `spooled` counter, which the agent bumps
-//! as it answers a source `Offered::Accepted`; each simulated sensor is a source of its own, so
-//! the count is per sensor. They are read at the moment a boot ends (after the power is cut,
-//! before the agent is dropped; after a clean stop returns), so they are exact. Seqs of one
-//! `(sensor, boot epoch)` are issued from 0 without gaps, so a count `n` stands for seqs
-//! `0..n`. Nothing else here comes from the agent: boots, their ends and the spool directories'
-//! sizes are the simulator's own observations.
+//! Accepted counts are the checkers' own: an observer given to `Agent::start_observed` records
+//! every `Offered::Accepted { epoch, seq }` as the source is told it, and fails the run at once
+//! if a sensor's seqs in an epoch do not come 0, 1, 2, …; so a count `n` stands for seqs `0..n`.
+//! They are final when a boot ends (after the power is cut, before the agent is dropped; after a
+//! clean stop returns). Only the spools' boot epochs are taken from the agent's report; boots,
+//! their ends and the spool directories' sizes are the simulator's own observations.
 
 use crate::env::SimDisk;
 use sluice_edge::spool::FullPolicy;

@@ -167,6 +167,13 @@ pub(crate) enum SinkRequest {
     },
 }
 
+/// Sees what every source was told about every offer. The simulator's checkers keep their own
+/// record of accepted seqs this way instead of trusting the agent's counters.
+pub trait OfferObserver: Send + Sync + 'static {
+    /// Source `source` offered a reading of `sensor` for `stream` and was told `offered`.
+    fn offered(&self, source: &str, stream: &StreamName, sensor: &SensorId, offered: &Offered);
+}
+
 /// A source's way into the agent. Cheap to clone.
 #[derive(Clone)]
 pub struct SourceSink {
@@ -176,6 +183,7 @@ pub struct SourceSink {
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     last_logged: Arc<Mutex<BTreeMap<&'static str, Instant>>>,
+    observer: Option<Arc<dyn OfferObserver>>,
 }
 
 impl fmt::Debug for SourceSink {
@@ -204,7 +212,14 @@ impl SourceSink {
             metrics,
             clock,
             last_logged: Arc::default(),
+            observer: None,
         }
+    }
+
+    /// This sink, telling `observer` every outcome.
+    pub(crate) fn observed_by(mut self, observer: Option<Arc<dyn OfferObserver>>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The source's configured name.
@@ -215,6 +230,10 @@ impl SourceSink {
     /// Offers a reading. Waits while the agent applies backpressure (bounded queue, full
     /// spool with policy `block`); returns what became of it.
     pub async fn offer(&self, reading: SourceReading) -> Result<Offered, SinkClosed> {
+        let observed = self
+            .observer
+            .as_ref()
+            .map(|o| (o.clone(), reading.stream.clone(), reading.sensor.clone()));
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(SinkRequest::Offer {
@@ -224,7 +243,11 @@ impl SourceSink {
             })
             .await
             .map_err(|_| SinkClosed)?;
-        answer.await.map_err(|_| SinkClosed)
+        let offered = answer.await.map_err(|_| SinkClosed)?;
+        if let Some((observer, stream, sensor)) = observed {
+            observer.offered(&self.name, &stream, &sensor, &offered);
+        }
+        Ok(offered)
     }
 
     /// Waits until everything this agent spooled so far is durable (an `fdatasync` of the

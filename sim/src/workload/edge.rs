@@ -21,6 +21,7 @@ use crate::scenario::{EdgeFault, EdgePlan, Jump, OWNER_EDGE_BASE, SALT_EDGE_CRAS
 use crate::world::{Phase, World};
 use sluice_edge::agent::{spool_dir, Agent, EdgeError};
 use sluice_edge::config::EdgeConfig;
+use sluice_edge::source::{OfferObserver, Offered};
 use sluice_proto::env::{rng_for, BlockingMode, Clock, Env};
 use sluice_proto::{BootEpoch, SensorId, StreamName};
 use std::collections::BTreeMap;
@@ -59,6 +60,70 @@ pub struct EdgeRunner {
     agent: Option<Agent>,
     /// Cleared when the current boot ends (its transport's answers are then told to no one).
     alive: Arc<AtomicBool>,
+    /// What the current boot's sources were told, recorded as they were told it.
+    accepts: Arc<AcceptLog>,
+}
+
+/// The checkers' own record of what an edge's sources were told: per sensor and boot epoch, the
+/// seqs of `Offered::Accepted`. They must come 0, 1, 2, … (a seq is issued only to an accepted
+/// reading); anything else is a violation at once.
+struct AcceptLog {
+    world: Arc<World>,
+    edge_idx: u32,
+    next: std::sync::Mutex<BTreeMap<(SensorId, u64), u64>>,
+}
+
+impl AcceptLog {
+    fn new(world: Arc<World>, edge_idx: u32) -> Self {
+        Self {
+            world,
+            edge_idx,
+            next: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Readings accepted per sensor (the seqs `0..n` of its epoch in this boot).
+    fn accepted(&self, plan: &EdgePlan) -> BTreeMap<SensorId, u64> {
+        let next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        plan.sensors
+            .iter()
+            .map(|s| {
+                let n = next
+                    .iter()
+                    .filter(|((sensor, _), _)| *sensor == s.sensor)
+                    .map(|(_, n)| *n)
+                    .sum();
+                (s.sensor.clone(), n)
+            })
+            .collect()
+    }
+}
+
+impl OfferObserver for AcceptLog {
+    fn offered(&self, _source: &str, _stream: &StreamName, sensor: &SensorId, offered: &Offered) {
+        let Offered::Accepted { epoch, seq } = offered else {
+            return;
+        };
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let expected = next.entry((sensor.clone(), *epoch)).or_default();
+        if *seq != *expected {
+            self.world.fail(Violation::new(
+                "edge_no_silent_gaps",
+                format!(
+                    "edge e{}: sensor {sensor} epoch {epoch} was told seq {seq}, but the next \
+                     seq of that epoch is {expected}",
+                    self.edge_idx
+                ),
+            ));
+        }
+        *expected = (*expected).max(seq + 1);
+    }
 }
 
 impl std::fmt::Debug for EdgeRunner {
@@ -69,21 +134,10 @@ impl std::fmt::Debug for EdgeRunner {
     }
 }
 
-/// What a boot's agent reports of its counters: readings accepted per sensor, spool epochs.
-fn read_counts(
-    agent: &Agent,
-    plan: &EdgePlan,
-) -> (BTreeMap<SensorId, u64>, BTreeMap<StreamName, BootEpoch>) {
+/// The boot epoch of each spool, as the agent publishes it.
+fn read_epochs(agent: &Agent) -> BTreeMap<StreamName, BootEpoch> {
     let status = agent.metrics().status();
-    let accepted = plan
-        .sensors
-        .iter()
-        .map(|s| {
-            let n = status.sources.get(&s.source).map_or(0, |v| v.spooled);
-            (s.sensor.clone(), n)
-        })
-        .collect();
-    let epochs = status
+    status
         .spools
         .iter()
         .filter_map(|(name, spool)| {
@@ -91,8 +145,7 @@ fn read_counts(
                 .ok()
                 .map(|stream| (stream, BootEpoch(spool.epoch)))
         })
-        .collect();
-    (accepted, epochs)
+        .collect()
 }
 
 impl EdgeRunner {
@@ -130,6 +183,7 @@ impl EdgeRunner {
             n_clean_restarts: 0,
             n_outages: 0,
         });
+        let accepts = Arc::new(AcceptLog::new(world.clone(), plan.idx));
         Self {
             world,
             plan,
@@ -138,6 +192,7 @@ impl EdgeRunner {
             disk,
             agent: None,
             alive: Arc::new(AtomicBool::new(false)),
+            accepts,
         }
     }
 
@@ -250,7 +305,10 @@ impl EdgeRunner {
         let started_at = world.now();
         let identity = self.plan.identity().to_string();
         self.with_record(|e| e.booting = true);
-        let started = Agent::start(&self.config, env, transport, &identity).await;
+        self.accepts = Arc::new(AcceptLog::new(world.clone(), self.plan.idx));
+        let observer: Arc<dyn OfferObserver> = self.accepts.clone();
+        let started =
+            Agent::start_observed(&self.config, env, transport, &identity, Some(observer)).await;
         let agent = match started {
             Ok(agent) => agent,
             Err(error) => {
@@ -291,7 +349,7 @@ impl EdgeRunner {
             }
             tokio::task::yield_now().await;
         }
-        let (_, reported) = read_counts(&agent, &self.plan);
+        let reported = read_epochs(&agent);
         self.with_record(|e| {
             if let Some(boot) = e.running() {
                 boot.epochs.extend(reported.clone());
@@ -309,7 +367,8 @@ impl EdgeRunner {
 
     /// Ends the current boot in the ledger with its final counts.
     fn end_boot(&self, agent: &Agent, end: BootEnd) {
-        let (accepted, reported) = read_counts(agent, &self.plan);
+        let reported = read_epochs(agent);
+        let accepted = self.accepts.accepted(&self.plan);
         self.with_record(|e| {
             if let Some(boot) = e.running() {
                 boot.epochs.extend(reported);
@@ -371,20 +430,10 @@ impl EdgeRunner {
         let Some(agent) = self.agent.take() else {
             return false;
         };
-        let metrics = agent.metrics().clone();
         let stopped = agent.stop().await;
         self.disk.close_all();
         self.alive.store(false, Ordering::Relaxed);
-        let status = metrics.status();
-        let accepted = self
-            .plan
-            .sensors
-            .iter()
-            .map(|s| {
-                let n = status.sources.get(&s.source).map_or(0, |v| v.spooled);
-                (s.sensor.clone(), n)
-            })
-            .collect();
+        let accepted = self.accepts.accepted(&self.plan);
         self.with_record(|e| {
             if let Some(boot) = e.running() {
                 boot.accepted = accepted;
@@ -431,7 +480,7 @@ impl EdgeRunner {
             status.uplink.connected_to.is_some(),
             status.uplink.last_error
         );
-        let (accepted, _) = read_counts(agent, &self.plan);
+        let accepted = self.accepts.accepted(&self.plan);
         self.with_record(|e| {
             if let Some(boot) = e.running() {
                 boot.accepted = accepted;
