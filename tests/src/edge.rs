@@ -6,7 +6,7 @@
 //!
 //! Every wait has a deadline; a child process is killed by PID when its guard drops.
 
-use crate::{edge_bin, within, TestNode, CLUSTER, STEP};
+use crate::{clean_command, edge_bin, within, TestNode, CLUSTER, STEP};
 use anyhow::{anyhow, bail, Context, Result};
 use sluice_edge::agent::Agent;
 use sluice_edge::config::{self, EdgeConfig};
@@ -213,12 +213,7 @@ listen = "127.0.0.1:{status_port}"
             .create(true)
             .append(true)
             .open(self.dir.path().join("edge.log"))?;
-        let mut command = tokio::process::Command::new(edge_bin()?);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SLUICE") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = clean_command(&edge_bin()?)?;
         command
             .arg("run")
             .arg("--config")
@@ -391,12 +386,7 @@ pub fn histories(
 
 /// Runs `sluice-edge <args>` (environment `SLUICE_*` cleared) within `limit`.
 pub async fn run_edge_cli(args: &[&str], limit: Duration) -> Result<crate::CliOutput> {
-    let mut command = tokio::process::Command::new(edge_bin()?);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SLUICE") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = clean_command(&edge_bin()?)?;
     command
         .args(args)
         .stdin(Stdio::null())

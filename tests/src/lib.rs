@@ -800,7 +800,13 @@ fn build_bin(profile_dir: &Path, package: &str, bin_name: &str) -> Result<()> {
 /// A `sluice` command with the `SLUICE_*` environment cleared (so the caller's shell cannot
 /// change what a test runs), killed by PID if its handle drops before it exits.
 pub fn sluice_command() -> Result<tokio::process::Command> {
-    let mut command = tokio::process::Command::new(sluice_bin()?);
+    clean_command(&sluice_bin()?)
+}
+
+/// A command running `bin` with the `SLUICE_*` environment cleared, killed by PID if its handle
+/// drops before it exits.
+pub fn clean_command(bin: &Path) -> Result<tokio::process::Command> {
+    let mut command = tokio::process::Command::new(bin);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("SLUICE") {
             command.env_remove(key);
