@@ -41,8 +41,17 @@ readings_max = 100
     let config = edge.config_path().to_string_lossy().into_owned();
     let table = run_edge_cli(&["status", "--config", &config], LIMIT).await?;
     assert_eq!(table.code, Some(0), "{table:?}");
-    for expected in ["sluice://itest/edge/pi-cli", "connected to", "room", "events"] {
-        assert!(table.stdout.contains(expected), "{expected}:\n{}", table.stdout);
+    for expected in [
+        "sluice://itest/edge/pi-cli",
+        "connected to",
+        "room",
+        "events",
+    ] {
+        assert!(
+            table.stdout.contains(expected),
+            "{expected}:\n{}",
+            table.stdout
+        );
     }
     let json = run_edge_cli(&["status", "--config", &config, "--json"], LIMIT).await?;
     let status: Status = serde_json::from_str(&json.stdout)?;
@@ -51,10 +60,26 @@ readings_max = 100
 
     let check = run_edge_cli(&["spool", "check", "--config", &config], LIMIT).await?;
     assert_eq!(check.code, Some(0), "{check:?}");
-    assert!(check.stdout.contains("== spool of stream events"), "{}", check.stdout);
-    assert!(check.stdout.contains("waiting records   0"), "{}", check.stdout);
-    assert!(check.stdout.contains("power-loss ranges 0"), "{}", check.stdout);
-    assert!(check.stdout.contains("torn tail         0 bytes"), "{}", check.stdout);
+    assert!(
+        check.stdout.contains("== spool of stream events"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("waiting records   0"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("power-loss ranges 0"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("torn tail         0 bytes"),
+        "{}",
+        check.stdout
+    );
     Ok(())
 }
 
@@ -77,8 +102,17 @@ async fn config_check_lists_problems_and_run_refuses_a_dht_off_a_pi() -> Result<
     let bad = bad.to_string_lossy().into_owned();
     let output = run_edge_cli(&["config", "check", "--config", &bad], LIMIT).await?;
     assert_eq!(output.code, Some(1), "{output:?}");
-    for expected in ["uplink.nodes", "uplink.cluster", "batches_in_flight_max", "no [[sources]]"] {
-        assert!(output.stderr.contains(expected), "{expected}:\n{}", output.stderr);
+    for expected in [
+        "uplink.nodes",
+        "uplink.cluster",
+        "batches_in_flight_max",
+        "no [[sources]]",
+    ] {
+        assert!(
+            output.stderr.contains(expected),
+            "{expected}:\n{}",
+            output.stderr
+        );
     }
 
     let edge = TestEdge::create(
