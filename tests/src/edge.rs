@@ -244,6 +244,14 @@ listen = "127.0.0.1:{status_port}"
         Ok(())
     }
 
+    /// The process id of the child process, when the agent runs as one.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.running {
+            Running::Child(child) => child.id(),
+            _ => None,
+        }
+    }
+
     /// The agent's status (in process: its metrics; child: `GET /status`).
     pub async fn status(&self) -> Result<Status> {
         match &self.running {

@@ -1,5 +1,6 @@
-//! Shared helpers of the integration tests (`tests/tests/tNN_*.rs`) and of the benchmark harness
-//! (`src/bin/bench.rs`).
+//! Shared helpers of the integration tests (`tests/tests/tNN_*.rs`) and of the benchmark
+//! binaries (`src/bin/bench.rs`, `src/bin/edge_bench.rs`; their measuring helpers are in
+//! [`measure`]).
 //!
 //! [`TestNode`] is a single-node fixture (no cluster): a temp dir holding a fresh cluster CA and
 //! node, admin and edge certificates made with `sluice_node::certs` and written to files the way
@@ -19,6 +20,7 @@
 //! failing test never leaves a node behind.
 
 pub mod edge;
+pub mod measure;
 pub mod mosquitto;
 
 use anyhow::{anyhow, bail, Context, Result};

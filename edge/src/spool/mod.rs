@@ -25,7 +25,7 @@
 //!   in a closed segment, or a log that does not replay consistently, is a typed error.
 //!
 //! Not here: the uplink (sending, matching broker acks to [`Spool::ack`]), sources, and the real
-//! filesystem `Disk` (it lives in `node::env::FsDisk`, which `edge` may not depend on).
+//! filesystem `Disk` (it is `sluice_proto::os::FsDisk`).
 
 mod config;
 mod core;

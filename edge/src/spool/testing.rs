@@ -1,6 +1,5 @@
-//! Test disks: [`MemDisk`], in memory, losing unsynced writes on a crash; [`TempDisk`], real
-//! files in a temporary directory (for the append-rate measurement only — the real `Disk` of the
-//! agent is `node::env::FsDisk`, which `edge` may not use yet).
+//! The test disk: [`MemDisk`], in memory, losing unsynced writes on a crash. The real `Disk` of
+//! the agent is `sluice_proto::os::FsDisk`.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -404,93 +403,5 @@ impl DiskFile for MemFile {
             }
         }
         Ok(())
-    }
-}
-
-/// Real files (std only), for measuring; `allocate` extends sparsely.
-#[derive(Debug, Default)]
-pub(crate) struct TempDisk;
-
-struct TempFile {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> DiskError + 'a {
-    move |e| DiskError::io(op, path, e)
-}
-
-impl DiskFile for TempFile {
-    fn size(&self) -> Result<u64, DiskError> {
-        Ok(self.file.metadata().map_err(io("stat", &self.path))?.len())
-    }
-    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
-        use std::os::unix::fs::FileExt;
-        let mut done = 0;
-        while done < buf.len() {
-            match self
-                .file
-                .read_at(&mut buf[done..], pos + done as u64)
-                .map_err(io("read", &self.path))?
-            {
-                0 => break,
-                n => done += n,
-            }
-        }
-        Ok(done)
-    }
-    fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
-        use std::os::unix::fs::FileExt;
-        self.file
-            .write_all_at(data, pos)
-            .map_err(io("write", &self.path))
-    }
-    fn allocate(&self, len: u64) -> Result<(), DiskError> {
-        if len > self.size()? {
-            self.truncate(len)?;
-        }
-        Ok(())
-    }
-    fn truncate(&self, len: u64) -> Result<(), DiskError> {
-        self.file.set_len(len).map_err(io("truncate", &self.path))
-    }
-    fn sync_data(&self) -> Result<(), DiskError> {
-        self.file.sync_data().map_err(io("fdatasync", &self.path))
-    }
-}
-
-impl Disk for TempDisk {
-    fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
-        std::fs::create_dir_all(dir).map_err(io("mkdir", dir))
-    }
-    fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io("readdir", dir))? {
-            let entry = entry.map_err(io("readdir", dir))?;
-            names.extend(entry.file_name().to_str().map(str::to_owned));
-        }
-        names.sort();
-        Ok(names)
-    }
-    fn open(&self, path: &Path, create: bool) -> Result<Arc<dyn DiskFile>, DiskError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)
-            .map_err(io("open", path))?;
-        Ok(Arc::new(TempFile {
-            file,
-            path: path.to_path_buf(),
-        }))
-    }
-    fn remove(&self, path: &Path) -> Result<(), DiskError> {
-        std::fs::remove_file(path).map_err(io("remove", path))
-    }
-    fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync dir", dir))
     }
 }

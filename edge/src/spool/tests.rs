@@ -1,7 +1,7 @@
-//! Tests of the durable spool over an in-memory disk that loses unsynced writes on a crash, and
-//! the append-rate measurement on real files.
+//! Tests of the durable spool over an in-memory disk that loses unsynced writes on a crash. The
+//! append rate on a real disk is measured by `sluice-edge-bench` (see BENCHMARKS.md), not here.
 
-use super::testing::{MemDisk, TempDisk};
+use super::testing::MemDisk;
 use super::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -717,50 +717,6 @@ fn crash_recovery_cycles_keep_every_seq_delivered_or_declared() {
     );
     assert!(totals.n_dropped_full > 0 && totals.n_dropped_expired > 0);
     assert!(totals.n_dropped_power_loss > 0 && totals.n_rejected_full > 0);
-}
-
-#[test]
-fn append_rate_on_a_temp_dir() {
-    // Measures (does not assert) appends per second on real files in a temporary directory:
-    // readings arrive at 1000 per spool-second over 4 sensors and an online uplink takes and
-    // acknowledges a batch every 100 readings, so the queue stays small (this is a debug build:
-    // the O(n) invariant checks run on every input). Once with a sync every 100 ms of spool
-    // time, once with a sync on every append.
-    for (sync_interval_ms, n) in [(100u64, 20_000u32), (0, 1000)] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            sync_interval_ms,
-            ..SpoolConfig::default()
-        };
-        let (mut spool, _) =
-            Spool::open(Arc::new(TempDisk), dir.path(), config, UnixMillis(0)).unwrap();
-        #[allow(clippy::disallowed_methods)] // measuring the test itself, not feeding the spool
-        let started = std::time::Instant::now();
-        for i in 0..n {
-            let now = UnixMillis(i64::from(i));
-            let payload = Payload::Reading(Reading::Temperature { celsius: 21.0 });
-            let name = ["a", "b", "c", "d"][i as usize % 4];
-            spool
-                .append(now, sensor(name), now, payload)
-                .unwrap()
-                .unwrap();
-            if i % 100 == 99 {
-                for record in spool.next_batch(1000, 1 << 20).unwrap() {
-                    let key = StreamKey {
-                        sensor: record.sensor.clone(),
-                        epoch: record.boot_epoch,
-                    };
-                    spool.ack(now, &key, record.seq_last()).unwrap();
-                }
-            }
-        }
-        spool.close(UnixMillis(i64::from(n))).unwrap();
-        let seconds = started.elapsed().as_secs_f64();
-        println!(
-            "spool append rate: {:.0} records/s (sync_interval_ms={sync_interval_ms}, {n} records)",
-            f64::from(n) / seconds
-        );
-    }
 }
 
 #[test]

@@ -19,16 +19,20 @@
 //! calls, so the output gives the node's syncs per second and events per sync next to the
 //! reference rate. Nothing here asserts a target; BENCHMARKS.md records the figures.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use sluice_node::config::{AclRule, StreamSection};
-use sluice_node::env::{real_env, FsDisk, RealClock};
-use sluice_proto::env::{Clock, Disk, DiskError, DiskFile, Env};
+use sluice_node::env::{real_env, RealClock};
+use sluice_proto::env::{Clock, Env};
 use sluice_proto::msg::RecordOutcome;
 use sluice_proto::net::Client;
 use sluice_proto::{codec, Event, Identity, Payload, Record, Role};
+use sluice_tests::measure::{
+    fsync_reference, load_average, ms, n_cpus, percentiles, CountingDisk, CpuSnapshot,
+    DiskCounters, Percentiles,
+};
 use sluice_tests::{record, stream, TestNode, CLUSTER};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,100 +72,6 @@ struct Args {
     fsync_seconds: u64,
 }
 
-/// The local filesystem, counting `fdatasync` calls.
-struct CountingDisk {
-    inner: FsDisk,
-    syncs: Arc<AtomicU64>,
-}
-
-struct CountingFile {
-    inner: Arc<dyn DiskFile>,
-    syncs: Arc<AtomicU64>,
-}
-
-impl DiskFile for CountingFile {
-    fn size(&self) -> Result<u64, DiskError> {
-        self.inner.size()
-    }
-    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
-        self.inner.read_at(pos, buf)
-    }
-    fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
-        self.inner.write_at(pos, data)
-    }
-    fn allocate(&self, len: u64) -> Result<(), DiskError> {
-        self.inner.allocate(len)
-    }
-    fn truncate(&self, len: u64) -> Result<(), DiskError> {
-        self.inner.truncate(len)
-    }
-    fn sync_data(&self) -> Result<(), DiskError> {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.inner.sync_data()
-    }
-}
-
-impl Disk for CountingDisk {
-    fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
-        self.inner.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
-        self.inner.list(dir)
-    }
-    fn open(&self, path: &Path, create: bool) -> Result<Arc<dyn DiskFile>, DiskError> {
-        let inner = self.inner.open(path, create)?;
-        Ok(Arc::new(CountingFile {
-            inner,
-            syncs: self.syncs.clone(),
-        }))
-    }
-    fn remove(&self, path: &Path) -> Result<(), DiskError> {
-        self.inner.remove(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
-        self.inner.sync_dir(dir)
-    }
-}
-
-/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat` (Linux,
-/// 100 clock ticks per second); `None` where that is not readable.
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// Latency percentiles in microseconds.
-struct Percentiles {
-    p50: u64,
-    p99: u64,
-    p999: u64,
-}
-
-fn percentiles(mut micros: Vec<u64>) -> Percentiles {
-    micros.sort_unstable();
-    let at = |p: f64| -> u64 {
-        if micros.is_empty() {
-            return 0;
-        }
-        let idx = ((micros.len() as f64 - 1.0) * p).round() as usize;
-        micros[idx.min(micros.len() - 1)]
-    };
-    Percentiles {
-        p50: at(0.50),
-        p99: at(0.99),
-        p999: at(0.999),
-    }
-}
-
-fn ms(micros: u64) -> String {
-    format!("{:.2} ms", micros as f64 / 1000.0)
-}
-
 /// What one shape measured.
 struct ShapeResult {
     name: String,
@@ -172,6 +82,8 @@ struct ShapeResult {
     node_syncs: u64,
     /// CPU seconds the whole process (node and client) used during the shape.
     cpu_seconds: Option<f64>,
+    /// CPU seconds every other process of the machine used during the shape.
+    other_cpu_seconds: Option<f64>,
 }
 
 impl ShapeResult {
@@ -181,44 +93,6 @@ impl ShapeResult {
     fn syncs_per_s(&self) -> f64 {
         self.node_syncs as f64 / self.elapsed.as_secs_f64()
     }
-}
-
-/// The raw fdatasync rate: 4 KiB pwrite + fdatasync on a preallocated 64 MiB file in `dir`.
-fn fsync_reference(dir: &Path, seconds: u64) -> Result<(f64, Percentiles)> {
-    use std::os::unix::fs::FileExt;
-    const SIZE: u64 = 64 << 20;
-    let path = dir.join("fsync-probe");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, SIZE).is_err() {
-        // No fallocate here: write the zeros instead, so blocks are allocated either way.
-        let zeros = vec![0u8; 1 << 20];
-        for i in 0..SIZE / (1 << 20) {
-            file.write_all_at(&zeros, i << 20)?;
-        }
-    }
-    file.sync_all()?;
-    let clock = RealClock;
-    let block = [0x5au8; 4096];
-    let start = clock.now();
-    let end = start + Duration::from_secs(seconds);
-    let mut latencies = Vec::new();
-    let mut pos = 0u64;
-    while clock.now() < end && latencies.len() < 10_000_000 {
-        let t = clock.now();
-        file.write_all_at(&block, pos)?;
-        file.sync_data()?;
-        latencies.push(clock.now().duration_since(t).as_micros() as u64);
-        pos = (pos + 4096) % SIZE;
-    }
-    let rate = latencies.len() as f64 / clock.now().duration_since(start).as_secs_f64();
-    std::fs::remove_file(&path)?;
-    Ok((rate, percentiles(latencies)))
 }
 
 fn payload(len: usize, seq: u64) -> Payload {
@@ -279,6 +153,7 @@ async fn single_shape(client: &Client, args: &Args, syncs: &AtomicU64) -> Result
         latency: percentiles(latencies),
         node_syncs: syncs.load(Ordering::Relaxed) - syncs_before,
         cpu_seconds: None,
+        other_cpu_seconds: None,
     })
 }
 
@@ -337,6 +212,7 @@ async fn batch_shape(client: &Client, args: &Args, syncs: &AtomicU64) -> Result<
         latency: percentiles(latencies),
         node_syncs: syncs.load(Ordering::Relaxed) - syncs_before,
         cpu_seconds: None,
+        other_cpu_seconds: None,
     })
 }
 
@@ -347,12 +223,9 @@ fn encoded_event_bytes(args: &Args) -> Result<usize> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let syncs = Arc::new(AtomicU64::new(0));
+    let (disk, counters) = CountingDisk::new();
     let env = Env {
-        disk: Arc::new(CountingDisk {
-            inner: FsDisk,
-            syncs: syncs.clone(),
-        }),
+        disk: Arc::new(disk),
         ..real_env(1)
     };
     let partitions = args.partitions;
@@ -372,20 +245,20 @@ async fn run(args: Args) -> Result<()> {
         builder = builder.parent_dir(dir);
     }
     let mut node = builder.start().await?;
-    let measured = measure(&node, &args, &syncs).await;
+    let measured = measure(&node, &args, &counters).await;
     // Stop the node even after a failure, so no partition writes into the temp dir as it goes.
     node.stop().await?;
     measured
 }
 
-async fn measure(node: &TestNode, args: &Args, syncs: &Arc<AtomicU64>) -> Result<()> {
+async fn measure(node: &TestNode, args: &Args, counters: &DiskCounters) -> Result<()> {
     let data_dir = node.dir().to_path_buf();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = n_cpus();
+    let syncs = &counters.n_syncs;
     println!(
-        "sluice-bench: node data in {} ({cpus} cpus)",
-        data_dir.display()
+        "sluice-bench: node data in {} ({cpus} cpus, load average {})",
+        data_dir.display(),
+        load_average()
     );
     println!(
         "  stream bench: {} partition(s); payload {} bytes, {} bytes per stored event; {} s per shape",
@@ -411,14 +284,12 @@ async fn measure(node: &TestNode, args: &Args, syncs: &Arc<AtomicU64>) -> Result
     let client = Client::connect(&settings).await?;
     let mut results = Vec::new();
     for shape in ["single", "batch"] {
-        let cpu_before = process_cpu_seconds();
+        let cpu_before = CpuSnapshot::take();
         let mut result = match shape {
             "single" => single_shape(&client, args, syncs).await?,
             _ => batch_shape(&client, args, syncs).await?,
         };
-        result.cpu_seconds = process_cpu_seconds()
-            .zip(cpu_before)
-            .map(|(after, before)| after - before);
+        (result.cpu_seconds, result.other_cpu_seconds) = CpuSnapshot::take().since(&cpu_before);
         results.push(result);
     }
     for r in &results {
@@ -451,7 +322,14 @@ async fn measure(node: &TestNode, args: &Args, syncs: &Arc<AtomicU64>) -> Result
                 1e6 * cpu / r.requests.max(1) as f64
             );
         }
+        if let Some(others) = r.other_cpu_seconds {
+            println!(
+                "  other processes of the machine: {:.2} cores busy",
+                others / r.elapsed.as_secs_f64()
+            );
+        }
     }
+    println!("load average at the end: {}", load_average());
     client.close();
     Ok(())
 }
