@@ -430,9 +430,18 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn the_committed_example_loads_with_every_source_kind() {
         // Checks that deploy/edge.example.toml parses and validates, and that its values are
-        // the documented defaults where it says so.
+        // the documented defaults where it says so. Inside a Jail: environment overrides set by
+        // another test must not leak in (Jails take turns).
+        figment::Jail::expect_with(|_| {
+            check_example();
+            Ok(())
+        });
+    }
+
+    fn check_example() {
         let config = load(&example_path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.sources.len(), 3);
         assert!(matches!(config.sources[0], SourceSpec::Dht(_)));
