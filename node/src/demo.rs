@@ -344,7 +344,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("-- node 1 listening on {addr} (QUIC + mutual TLS), stream {STREAM:?} with {PARTITIONS} partitions");
     let edges = Edges::start(&args.dir, args.edges, addr).await?;
     println!(
-        "-- {} edge agents started: 2 simulated sensors each every 50 ms, validated, spooled \
+        "-- {} edge agents started: 2 simulated devices each (temperature and humidity, every 50 ms), validated, spooled \
          durably (sync every 200 ms), sent in batches; acks only after the node's fdatasync",
         args.edges
     );
