@@ -9,8 +9,10 @@
 //! run through `run_blocking` (the blocking pool in production, inline in the simulator).
 //!
 //! Backpressure: when a spool is full (policy `block`, or every evictable segment pinned), the
-//! offer is parked and the loop stops taking new offers until acknowledgements or expiry free
-//! space; sources feel it as an `offer` that does not return, and nothing grows without bound.
+//! offer is parked (and so are later offers for that stream, in order) until acknowledgements or
+//! expiry free space; its source feels it as an `offer` that does not return, while sources of
+//! other streams go on. Parked offers are bounded by `sink_queue_max`: beyond it the loop stops
+//! taking offers at all, so nothing grows without bound.
 //!
 //! A spool error (a failed `fdatasync`, corruption) ends the loop with an error: the process
 //! exits and its next start recovers from what the disk holds. A clean [`Agent::stop`] stops the
@@ -32,7 +34,7 @@ use sluice_proto::env::{Connection, Env, Transport, TransportError, TransportErr
 use sluice_proto::msg::{Message, ProduceRequest, ProduceResponse};
 use sluice_proto::os::run_blocking;
 use sluice_proto::{Record, StreamName, UnixMillis};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -505,6 +507,8 @@ struct AgentLoop {
     sink_rx: mpsc::Receiver<SinkRequest>,
     sink_closed: bool,
     parked: VecDeque<Pending>,
+    /// Most offers parked before the loop stops taking offers (`sink_queue_max`).
+    parked_max: usize,
     /// Records may be ready to send (a sync, an ack, a rewind or a connect happened since the
     /// last empty `next_batch`).
     maybe_sendable: bool,
@@ -556,6 +560,7 @@ impl AgentLoop {
             sink_rx,
             sink_closed: false,
             parked: VecDeque::new(),
+            parked_max: config.edge.sink_queue_max.max(1) as usize,
             maybe_sendable: true,
             n_syncs_seen: 0,
             metrics: metrics.clone(),
@@ -621,7 +626,7 @@ impl AgentLoop {
                 stats_at = self.stats_interval.map(|i| now + i);
             }
             let deadline = self.deadline(now, [Some(metrics_at), stats_at]);
-            let take_offers = self.parked.is_empty() && !self.sink_closed;
+            let take_offers = self.parked.len() < self.parked_max && !self.sink_closed;
             tokio::select! {
                 biased;
                 _ = &mut *stop => return Ok(()),
@@ -913,7 +918,18 @@ impl AgentLoop {
 
     /// Appends validated offers in one blocking call; full spools park theirs.
     async fn append(&mut self, pending: Vec<Pending>) -> Result<(), EdgeError> {
+        // Offers for a stream that already has parked ones wait behind them, in order.
+        let blocked: BTreeSet<StreamName> = self
+            .parked
+            .iter()
+            .map(|p| p.reading.stream.clone())
+            .collect();
+        let (pending, behind): (Vec<Pending>, Vec<Pending>) = pending
+            .into_iter()
+            .partition(|p| !blocked.contains(&p.reading.stream));
+        self.parked.extend(behind);
         if pending.is_empty() {
+            self.refresh_metrics();
             return Ok(());
         }
         let (meta, readings): (Vec<_>, Vec<_>) = pending

@@ -304,3 +304,66 @@ readings_max = 20
     edge.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_stream_does_not_hold_back_the_others() -> Result<()> {
+    // Checks that under `block`, a full spool holds back only its own stream's sources: while
+    // the fast source of `events` waits, the slow source of `single` still gets its readings
+    // spooled, and once the node is back both streams deliver everything.
+    let mut node = fixed_port_node()?;
+    let mut edge = TestEdge::create(
+        &node,
+        "pi-two-streams",
+        r#"
+[spool]
+sync_interval_ms = 20
+segment_bytes_max = 4096
+spool_bytes_max = 32768
+record_bytes_max = 512
+policy = "block"
+
+[[sources]]
+type = "sim"
+name = "fast"
+stream = "events"
+devices = 2
+quantities = ["temperature"]
+interval_ms = 1
+readings_max = 1000
+dropout_probability = 0.0
+
+[[sources]]
+type = "sim"
+name = "slow"
+stream = "single"
+sensor_prefix = "slow"
+devices = 1
+quantities = ["humidity"]
+interval_ms = 100
+readings_max = 20
+dropout_probability = 0.0
+"#,
+    )?;
+    edge.start().await?;
+    let held = edge
+        .wait_for(
+            "the fast source held back and the slow one done",
+            LONG,
+            |s| s.offers_held > 0 && s.sources["slow"].spooled == 20,
+        )
+        .await?;
+    assert!(held.sources["fast"].spooled < 2000, "{held:#?}");
+    node.start().await?;
+    edge.wait_for("everything delivered", LONG, |s| {
+        s.sources["fast"].spooled == 2000 && s.spools.values().all(|v| v.records == 0)
+    })
+    .await?;
+    edge.stop().await?;
+    let admin = node.admin().await?;
+    let single = histories(&fetch_stream(&admin, "single").await?);
+    assert_eq!(single.len(), 1);
+    for history in single.values() {
+        assert_eq!(history.delivered, (0..20).collect::<Vec<_>>());
+    }
+    Ok(())
+}
