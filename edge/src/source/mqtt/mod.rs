@@ -10,8 +10,8 @@
 //! for a disconnected client.
 //!
 //! Messages that cannot become a reading are rejected (counted by reason, logged rate-limited)
-//! and acknowledged all the same: `unrouted_topic` when no route matches (for example a filter
-//! left in the broker's session by an older configuration), `malformed_payload` when the payload
+//! and acknowledged all the same: `unrouted_topic` when no route matches (for example a message
+//! the broker sent before an old filter was unsubscribed), `malformed_payload` when the payload
 //! is not what the route expects, is larger than `payload_bytes_max`, or names an invalid sensor.
 //!
 //! Every queue is bounded: the messages waiting for their offer (`messages_pending_max`; the
@@ -21,12 +21,15 @@
 //! retried forever with capped, jittered exponential backoff; `run` only returns when the agent
 //! stops.
 //!
-//! What it does not do: publish, speak MQTT 5, validate values (the agent does), or remove
-//! subscriptions an older configuration left in the broker's session (use a new `client_id` for
-//! a clean start).
+//! The persistent session keeps subscriptions across restarts, so the source remembers its
+//! filters in its state directory and unsubscribes the ones a newer configuration dropped
+//! (`subscriptions.rs`).
+//!
+//! What it does not do: publish, speak MQTT 5, or validate values (the agent does).
 
 mod route;
 mod session;
+mod subscriptions;
 mod tls;
 
 use super::{Source, SourceContext, SourceError};

@@ -16,15 +16,15 @@
 //! still waiting for their offer are dropped too, because the broker sends them again.
 
 use super::route::Router;
-use super::MqttSource;
+use super::{subscriptions, MqttSource};
 use crate::source::{Offered, SinkClosed, SourceContext, SourceError, SourceReading};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, NetworkOptions, Outgoing, Packet, Publish, QoS,
-    Request, StateError, Subscribe, SubscribeFilter, SubscribeReasonCode,
+    Request, StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, Unsubscribe,
 };
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -126,6 +126,7 @@ pub(super) async fn run(source: &MqttSource, context: &SourceContext) -> Result<
         generation: 0,
         connected: false,
         subscribed: false,
+        unsubscribing: 0,
         pending: VecDeque::with_capacity(source.messages_pending_max),
         pending_max: source.messages_pending_max,
         acks_unsent: Vec::new(),
@@ -158,6 +159,8 @@ struct Session<'a> {
     connected: bool,
     /// Whether this run subscribed yet (it does at its first CONNACK, whatever the session).
     subscribed: bool,
+    /// Stale filters whose UNSUBACK has not arrived yet.
+    unsubscribing: usize,
     pending: VecDeque<Pending>,
     pending_max: usize,
     /// Acknowledgements the request channel had no room for; moved onto the event loop's own
@@ -212,6 +215,10 @@ impl<'a> Session<'a> {
                 self.on_suback(&suback.return_codes);
                 Duration::ZERO
             }
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                self.on_unsuback();
+                Duration::ZERO
+            }
             Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => {
                 debug!(source = self.name, pkid, "acknowledged");
                 Duration::ZERO
@@ -252,7 +259,53 @@ impl<'a> Session<'a> {
             eventloop
                 .pending
                 .push_back(Request::Subscribe(Subscribe::new_many(filters)));
+            if !self.subscribed {
+                self.unsubscribe_stale(eventloop);
+            }
             self.subscribed = true;
+        }
+    }
+
+    /// Unsubscribes the filters an older configuration left in the persistent session (see
+    /// `subscriptions.rs`).
+    fn unsubscribe_stale(&mut self, eventloop: &mut EventLoop) {
+        let state_dir = &self.context.state_dir;
+        let current: BTreeSet<String> = self.router.filters().map(str::to_owned).collect();
+        let remembered = subscriptions::load(state_dir).unwrap_or_else(|error| {
+            warn!(source = self.name, %error, "forgetting the remembered subscriptions");
+            BTreeSet::new()
+        });
+        let stale: Vec<String> = remembered.difference(&current).cloned().collect();
+        let union: BTreeSet<String> = remembered.union(&current).cloned().collect();
+        if let Err(error) = subscriptions::store(state_dir, &union) {
+            warn!(source = self.name, %error, "cannot remember the subscriptions");
+        }
+        for filter in &stale {
+            info!(
+                source = self.name,
+                filter, "unsubscribing a filter the configuration dropped"
+            );
+            eventloop
+                .pending
+                .push_back(Request::Unsubscribe(Unsubscribe::new(filter.clone())));
+        }
+        self.unsubscribing = stale.len();
+        if stale.is_empty() {
+            self.remember(&current);
+        }
+    }
+
+    fn remember(&self, filters: &BTreeSet<String>) {
+        if let Err(error) = subscriptions::store(&self.context.state_dir, filters) {
+            warn!(source = self.name, %error, "cannot remember the subscriptions");
+        }
+    }
+
+    fn on_unsuback(&mut self) {
+        self.unsubscribing = self.unsubscribing.saturating_sub(1);
+        if self.unsubscribing == 0 {
+            let current: BTreeSet<String> = self.router.filters().map(str::to_owned).collect();
+            self.remember(&current);
         }
     }
 
