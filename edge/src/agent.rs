@@ -74,6 +74,8 @@ pub enum EdgeError {
 const UPLINK_RNG_SALT: u64 = 0x5550_4c49_4e4b; // "UPLINK"
 /// Offers taken from the queue at once (one blocking spool call for all of them).
 const OFFERS_PER_STEP_MAX: usize = 256;
+/// The longest the loop waits before running the spools' timers again.
+const SPOOL_TIMER_MAX: Duration = Duration::from_secs(1);
 /// How often spool figures are refreshed in the metrics.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 /// How long a clean stop waits for requests in flight.
@@ -355,12 +357,22 @@ impl Spools {
             },
             Err(Rejected::Full) => Appended::Full(reading),
             Err(rejected) => {
-                let label = match rejected {
-                    Rejected::TooLarge { .. } => "too_large",
-                    Rejected::TooManySensors { .. } => "too_many_sensors",
-                    _ => "reserved_payload",
+                let (label, reason) = match rejected {
+                    Rejected::TooLarge { bytes, max } => (
+                        "too_large",
+                        format!(
+                            "a reading of {bytes} bytes exceeds spool.record_bytes_max ({max})"
+                        ),
+                    ),
+                    Rejected::TooManySensors { max } => (
+                        "too_many_sensors",
+                        format!(
+                            "sensor {} would exceed spool.sensors_max ({max}) of stream {}",
+                            reading.sensor, reading.stream
+                        ),
+                    ),
+                    other => ("reserved_payload", format!("{other:?}")),
                 };
-                let reason = format!("{rejected:?}");
                 Appended::Refused(Refusal::Spool { label, reason })
             }
         })
@@ -405,9 +417,12 @@ impl Spools {
         Ok(n)
     }
 
+    /// Runs the timers of every spool that has one pending. The core decides what is due, so a
+    /// wall clock that stepped back cannot hold a sync back (the core syncs when `now` went
+    /// backwards).
     fn timeout(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
         for (stream, spool) in self.by_stream.iter_mut() {
-            if spool.poll_timeout().is_some_and(|t| t <= now) {
+            if spool.poll_timeout().is_some() {
                 spool
                     .handle_timeout(now)
                     .map_err(|e| spool_error(stream, e))?;
@@ -423,12 +438,17 @@ impl Spools {
         Ok(())
     }
 
+    /// Closes every spool (even after one failed, so the others give back their reservations);
+    /// returns the first error.
     fn close(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
         let by_stream = std::mem::take(&mut self.by_stream);
+        let mut first = None;
         for (stream, spool) in by_stream {
-            spool.close(now).map_err(|e| spool_error(&stream, e))?;
+            if let Err(e) = spool.close(now) {
+                first.get_or_insert(spool_error(&stream, e));
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     fn n_syncs(&self) -> u64 {
@@ -442,7 +462,9 @@ impl Spools {
             .min()
     }
 
-    fn status(&self, now: UnixMillis) -> Vec<(String, SpoolStatus)> {
+    /// The figures of every spool; `oldest_age` walks every queued item, so it is asked for on
+    /// the metrics timer only (`None` leaves the age out).
+    fn status(&self, now: UnixMillis, oldest_age: bool) -> Vec<(String, SpoolStatus)> {
         self.by_stream
             .iter()
             .map(|(stream, spool)| {
@@ -461,8 +483,9 @@ impl Spools {
                     records: core.n_records(),
                     bytes: core.live_bytes(),
                     segments: core.n_segments(),
-                    oldest_age_ms: core
-                        .oldest_spooled_at()
+                    oldest_age_ms: oldest_age
+                        .then(|| core.oldest_spooled_at())
+                        .flatten()
                         .map(|t| u64::try_from(now.0.saturating_sub(t.0)).unwrap_or(0)),
                     dropped,
                 };
@@ -643,9 +666,11 @@ impl AgentLoop {
     /// The earliest of the uplink's, the spools' and the given deadlines.
     fn deadline(&self, now: Instant, others: [Option<Instant>; 2]) -> Instant {
         let wall = self.wall();
+        // Spool timers are in wall time; a wall clock that steps back must not put them off, so
+        // the loop looks at least every SPOOL_TIMER_MAX.
         let spool = lock(&self.spools).poll_timeout().map(|t| {
             let ms = u64::try_from(t.0.saturating_sub(wall.0)).unwrap_or(0);
-            now + Duration::from_millis(ms)
+            now + Duration::from_millis(ms).min(SPOOL_TIMER_MAX)
         });
         [self.uplink.poll_timeout(), spool]
             .into_iter()
@@ -748,7 +773,7 @@ impl AgentLoop {
         if !acks.is_empty() {
             self.spools(move |s, now| s.ack(now, &acks)).await?;
             self.maybe_sendable = true;
-            self.refresh_metrics();
+            self.refresh_counts();
             if !self.parked.is_empty() {
                 self.retry_parked().await?;
             }
@@ -929,7 +954,7 @@ impl AgentLoop {
             .partition(|p| !blocked.contains(&p.reading.stream));
         self.parked.extend(behind);
         if pending.is_empty() {
-            self.refresh_metrics();
+            self.metrics.set_offers_held(self.parked.len() as u64);
             return Ok(());
         }
         let (meta, readings): (Vec<_>, Vec<_>) = pending
@@ -967,7 +992,7 @@ impl AgentLoop {
         if !self.parked.is_empty() {
             debug!(n_parked = self.parked.len(), "spool full: holding offers");
         }
-        self.refresh_metrics();
+        self.refresh_counts();
         Ok(())
     }
 
@@ -976,10 +1001,23 @@ impl AgentLoop {
         self.append(parked).await
     }
 
+    /// Refreshes every spool figure (the timer's job: the oldest age walks the queues).
     fn refresh_metrics(&self) {
         self.metrics.set_offers_held(self.parked.len() as u64);
-        let status = lock(&self.spools).status(self.wall());
+        let status = lock(&self.spools).status(self.wall(), true);
         for (stream, spool) in status {
+            self.metrics.set_spool(&stream, spool);
+        }
+    }
+
+    /// Refreshes the cheap spool figures (records, bytes, drops) after appends and acks, keeping
+    /// the last oldest age, so the status never lags the spools by a timer period.
+    fn refresh_counts(&self) {
+        self.metrics.set_offers_held(self.parked.len() as u64);
+        let previous = self.metrics.status().spools;
+        let status = lock(&self.spools).status(self.wall(), false);
+        for (stream, mut spool) in status {
+            spool.oldest_age_ms = previous.get(&stream).and_then(|p| p.oldest_age_ms);
             self.metrics.set_spool(&stream, spool);
         }
     }

@@ -207,6 +207,10 @@ impl Validator {
         if !value.is_finite() {
             return Err(Refusal::NotFinite { what });
         }
+        // The node refuses what this refuses; a refused record would stay spooled forever.
+        reading
+            .check()
+            .map_err(|reason| Refusal::Invalid { reason })?;
         match range {
             Some(r) if value < r.min || value > r.max => Err(Refusal::OutOfRange {
                 what,

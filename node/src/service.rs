@@ -16,9 +16,7 @@ use sluice_proto::msg::{
     ErrorCode, ErrorResponse, FetchFrom, FetchRequest, FetchResponse, Message, MetadataRequest,
     MetadataResponse, ProduceRequest, ProduceResponse, RecordOutcome, RecordRejection,
 };
-use sluice_proto::{
-    codec, Event, Identity, Offset, PartitionId, Payload, Reading, Record, StreamName,
-};
+use sluice_proto::{codec, Event, Identity, Offset, PartitionId, Payload, Record, StreamName};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -47,22 +45,8 @@ fn error(request_id: u64, code: ErrorCode, message: impl Into<String>) -> Messag
 
 /// Why a record is refused before it reaches its partition.
 fn validate(record: &Record, record_bytes_max: u32) -> Result<(), String> {
-    let finite = |what: &str, v: f64| {
-        if v.is_finite() {
-            Ok(())
-        } else {
-            Err(format!("{what} reading is not a finite number"))
-        }
-    };
     match &record.payload {
-        Payload::Reading(Reading::Temperature { celsius }) => finite("temperature", *celsius)?,
-        Payload::Reading(Reading::Humidity { percent }) => finite("humidity", *percent)?,
-        Payload::Reading(Reading::Metric { name, unit, value }) => {
-            finite("metric", *value)?;
-            if name.is_empty() || name.len() > 128 || unit.len() > 32 {
-                return Err("metric name must be 1 to 128 bytes and unit at most 32".into());
-            }
-        }
+        Payload::Reading(reading) => reading.check()?,
         Payload::Json(text) => {
             if text.len() > record_bytes_max as usize {
                 return Err(format!(

@@ -35,7 +35,42 @@ pub enum Reading {
     },
 }
 
+/// The longest metric name accepted, in bytes.
+pub const METRIC_NAME_BYTES_MAX: usize = 128;
+/// The longest metric unit accepted, in bytes.
+pub const METRIC_UNIT_BYTES_MAX: usize = 32;
+
 impl Reading {
+    /// Checks what a reading must be wherever it is (the edge refuses it before spooling, the
+    /// node before storing): a finite value, and a metric's name of 1 to
+    /// [`METRIC_NAME_BYTES_MAX`] bytes and unit of at most [`METRIC_UNIT_BYTES_MAX`].
+    pub fn check(&self) -> Result<(), String> {
+        let (what, value) = match self {
+            Reading::Temperature { celsius } => ("temperature", *celsius),
+            Reading::Humidity { percent } => ("humidity", *percent),
+            Reading::Metric { name, unit, value } => {
+                if name.is_empty() || name.len() > METRIC_NAME_BYTES_MAX {
+                    return Err(format!(
+                        "metric name must be 1 to {METRIC_NAME_BYTES_MAX} bytes, got {}",
+                        name.len()
+                    ));
+                }
+                if unit.len() > METRIC_UNIT_BYTES_MAX {
+                    return Err(format!(
+                        "metric unit must be at most {METRIC_UNIT_BYTES_MAX} bytes, got {}",
+                        unit.len()
+                    ));
+                }
+                ("metric", *value)
+            }
+        };
+        if value.is_finite() {
+            Ok(())
+        } else {
+            Err(format!("{what} reading is not a finite number"))
+        }
+    }
+
     /// The numeric value, whatever the kind.
     pub fn value(&self) -> f64 {
         match self {

@@ -274,37 +274,28 @@ async fn source_reconnects_after_the_broker_restarts() {
     assert_eq!(celsius(got), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
 }
 
-/// The packet id (`m<N>`) of a Mosquitto "Sending PUBLISH to …" log line.
-fn packet_id(line: &str) -> String {
-    let start = line.find(", m").expect("packet id in the log line") + 3;
-    let end = start + line[start..].find(',').expect("end of the packet id");
-    line[start..end].to_owned()
-}
-
 #[tokio::test]
 async fn puback_waits_for_the_offer_and_the_session_keeps_messages() {
-    // PUBACK waits for the offer, and the broker keeps the session while the source is away. A
-    // good message A waits for its offer to be answered (the test inbox never answers); the
-    // malformed message B after it is rejected and acknowledged at once. Once the broker logs B's
-    // PUBACK, it must not have logged A's. The source is then stopped, C is published while it is
-    // away, and a new run under the same client id receives A again (never acknowledged) and C.
+    // PUBACK waits for the offer and goes in arrival order, and the broker keeps the session while
+    // the source is away. A good message A waits for its offer to be answered (the test inbox
+    // never answers); the malformed message B after it is rejected at once, but its PUBACK waits
+    // behind A's. The source is then stopped, C is published while it is away, and a new run under
+    // the same client id receives A and B again (neither was acknowledged) and C.
     let client_id = "sluice-test-session";
     let (dir, mut broker, source, mut first_inbox) = setup(client_id).await;
     broker
         .publish(TEMPERATURE_TOPIC, &["30.5", "not-a-number"])
         .await;
     let sending = format!("Sending PUBLISH to {client_id}");
-    let id_a = packet_id(&broker.wait_log(&sending).await);
-    let id_b = packet_id(&broker.wait_log(&sending).await);
-    broker
-        .wait_log(&format!("Received PUBACK from {client_id} (Mid: {id_b},"))
-        .await;
-    let puback_a = format!("Received PUBACK from {client_id} (Mid: {id_a},");
-    assert!(
-        !broker.seen.iter().any(|line| line.contains(&puback_a)),
-        "A was acknowledged before its offer was answered:\n{}",
-        broker.seen.join("\n")
-    );
+    broker.wait_log(&sending).await;
+    broker.wait_log(&sending).await;
+    // B is handled (rejected) as soon as it arrives; wait until it has been.
+    within("B rejected", async {
+        while inbox_rejections(&first_inbox) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
 
     source.stop().await;
     // The stopped run did offer A: its request is still in the inbox.
@@ -317,9 +308,19 @@ async fn puback_waits_for_the_offer_and_the_session_keeps_messages() {
     assert_eq!(celsius(got), [30.5, 31.5]);
     assert_eq!(
         inbox.rejected(SOURCE).get("malformed_payload"),
-        None,
-        "B came again"
+        Some(&1),
+        "B came again: its PUBACK waited behind A's"
     );
+    let puback = format!("Received PUBACK from {client_id}");
+    assert!(
+        !broker.seen.iter().any(|line| line.contains(&puback)),
+        "nothing of the first run was acknowledged:\n{}",
+        broker.seen.join("\n")
+    );
+}
+
+fn inbox_rejections(inbox: &TestInbox) -> u64 {
+    inbox.rejected(SOURCE).values().sum()
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
@@ -426,9 +427,15 @@ async fn smallest_queues_still_deliver_and_acknowledge_everything() {
         })
         .collect();
     assert_eq!(percents, (0..20).map(f64::from).collect::<Vec<_>>());
-    for _ in 0..20 {
-        broker
-            .wait_log(&format!("Received PUBACK from {client_id}"))
-            .await;
+    // PUBACKs wait for the flushes that make the readings durable: keep answering the inbox.
+    let puback = format!("Received PUBACK from {client_id}");
+    let mut n_acked = 0;
+    while n_acked < 20 {
+        tokio::select! {
+            biased;
+            _ = broker.wait_log(&puback) => n_acked += 1,
+            _ = inbox.step() => {}
+        }
     }
+    assert!(inbox.n_flushes > 0, "the PUBACKs waited for flushes");
 }

@@ -67,6 +67,13 @@ pub enum Refusal {
         /// Which quantity.
         what: &'static str,
     },
+    /// The reading breaks a rule of the wire format (a metric name or unit too long), which the
+    /// node would refuse.
+    #[error("invalid reading: {reason}")]
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
     /// The sensor sends faster than its configured rate.
     #[error("sensor {sensor} exceeds {per_second_max} readings per second")]
     RateLimited {
@@ -81,11 +88,11 @@ pub enum Refusal {
         /// The sensor.
         sensor: String,
     },
-    /// The spool refused it: too large, too many sensors, or full with policy `block` for
-    /// longer than the offer may wait.
+    /// The spool refused it: too large or too many sensors (a full spool makes the offer wait
+    /// instead).
     #[error("spool refused the reading: {reason}")]
     Spool {
-        /// The counter label: `spool_full`, `too_large` or `too_many_sensors`.
+        /// The counter label: `too_large`, `too_many_sensors` or `unknown_stream`.
         label: &'static str,
         /// What the spool said.
         reason: String,
@@ -98,6 +105,7 @@ impl Refusal {
         match self {
             Refusal::OutOfRange { .. } => "out_of_range",
             Refusal::NotFinite { .. } => "not_finite",
+            Refusal::Invalid { .. } => "invalid",
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::Duplicate { .. } => "duplicate",
             Refusal::Spool { label, .. } => label,

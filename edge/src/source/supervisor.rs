@@ -243,7 +243,18 @@ pub(crate) enum SourceMsg {
 
 /// State of [`SourceActor`]: the task running the source.
 pub(crate) struct SourceState {
-    task: Option<AbortHandle>,
+    task: Option<AbortOnDrop>,
+}
+
+/// Aborts the source's task when dropped. ractor skips `post_stop` for a killed actor (a
+/// supervisor stopped by force, an agent dropped), but it always drops the state, so the task
+/// never outlives its actor.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs one source on a task and turns its end into a failure or a normal stop.
@@ -294,7 +305,9 @@ impl Actor for SourceActor {
             };
             let _ = myself.cast(SourceMsg::Ended(ended));
         });
-        Ok(SourceState { task: Some(abort) })
+        Ok(SourceState {
+            task: Some(AbortOnDrop(abort)),
+        })
     }
 
     async fn handle(
@@ -321,9 +334,8 @@ impl Actor for SourceActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(task) = state.task.take() {
-            task.abort();
-        }
+        // Dropping the guard aborts the task.
+        state.task = None;
         Ok(())
     }
 }

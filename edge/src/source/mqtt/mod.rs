@@ -3,11 +3,15 @@
 //!
 //! Delivery is at least once: the source subscribes with QoS 1 under a fixed client id with a
 //! persistent session (`clean_session = false`), so the broker keeps QoS 1 messages while the
-//! agent is away, and it acknowledges a message (PUBACK) only after the agent answered its
-//! offer, accepted or refused. A message lost with its connection before its PUBACK is sent again
-//! by the broker, so a reading can arrive twice across a reconnect; it is never lost. Messages
-//! published with QoS 0 (paho's default) are delivered at most once: a broker does not keep them
-//! for a disconnected client.
+//! agent is away. PUBACKs go in arrival order, each once its message was handled: refused (or
+//! malformed), or accepted and — with `ack_after = "durable"`, the default — made durable by a
+//! spool flush (one `fdatasync` per burst: the flush runs when no message waits for its offer or
+//! when `messages_pending_max` readings wait for durability). A message whose PUBACK was not sent
+//! (a lost connection, a crash, a power cut) is sent again by the broker, so a reading can arrive
+//! twice; it is not lost. With `ack_after = "spooled"` the PUBACK goes as soon as the spool took
+//! the reading: no extra syncs, but a power cut within `spool.sync_interval_ms` loses it (and the
+//! spool declares it `power_loss`). Messages published with QoS 0 (paho's default) are delivered
+//! at most once: a broker does not keep them for a disconnected client.
 //!
 //! Messages that cannot become a reading are rejected (counted by reason, logged rate-limited)
 //! and acknowledged all the same: `unrouted_topic` when no route matches (for example a message
@@ -110,6 +114,13 @@ pub struct MqttConfig {
     /// The client's window of unacknowledged outgoing packets. Default 16.
     #[serde(default = "default_inflight_max")]
     pub inflight_max: u16,
+    /// When a QoS 1 message is acknowledged to the broker: `"durable"` (default) once the spool
+    /// made its reading durable (an `fdatasync` per burst of messages, so a crash or power cut
+    /// right after can only make the broker send it again), or `"spooled"` as soon as the spool
+    /// took it (no extra syncs, spares SD cards; a power cut within `spool.sync_interval_ms`
+    /// loses it, declared as `power_loss`).
+    #[serde(default)]
+    pub ack_after: AckAfter,
     /// Topic routes, tried in order; the first whose filter matches takes the message.
     pub routes: Vec<MqttRouteConfig>,
     /// Plausibility bounds and limits.
@@ -354,6 +365,8 @@ impl MqttConfig {
             router,
             messages_pending_max: self.messages_pending_max as usize,
             requests_queued_max: self.requests_queued_max as usize,
+            inflight_max: self.inflight_max,
+            ack_after_durable: self.ack_after == AckAfter::Durable,
             connect_timeout_s: self.connect_timeout_ms.div_ceil(1_000),
             backoff_initial: Duration::from_millis(self.backoff_initial_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
@@ -466,12 +479,35 @@ fn compile_kind(config: &MqttRouteConfig, problems: &mut Vec<String>) -> Option<
                 problems.push("reading = \"metric\" needs a metric_name".to_owned());
                 None
             }
-            Some(name) => Some(Kind::Metric {
-                name: name.to_owned(),
-                unit: config.unit.clone().unwrap_or_default(),
-            }),
+            Some(name) => {
+                let unit = config.unit.clone().unwrap_or_default();
+                let sample = sluice_proto::Reading::Metric {
+                    name: name.to_owned(),
+                    unit: unit.clone(),
+                    value: 0.0,
+                };
+                if let Err(reason) = sample.check() {
+                    problems.push(reason);
+                    return None;
+                }
+                Some(Kind::Metric {
+                    name: name.to_owned(),
+                    unit,
+                })
+            }
         },
     }
+}
+
+/// When a QoS 1 message is acknowledged to the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckAfter {
+    /// Once the reading is durable in the spool.
+    #[default]
+    Durable,
+    /// Once the spool took the reading (durable within its sync interval).
+    Spooled,
 }
 
 /// A built `mqtt` source. Its client options hold the password, so `Debug` leaves them out.
@@ -481,6 +517,8 @@ struct MqttSource {
     router: Router,
     messages_pending_max: usize,
     requests_queued_max: usize,
+    inflight_max: u16,
+    ack_after_durable: bool,
     connect_timeout_s: u64,
     backoff_initial: Duration,
     backoff_max: Duration,

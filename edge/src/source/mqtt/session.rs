@@ -36,9 +36,27 @@ const BACKOFF_SALT: u64 = 0x6d71_7474_6261_636b; // "mqttback"
 /// The event loop, polled once (after an optional wait), handed back with what it produced.
 type PollFuture = Pin<Box<dyn Future<Output = (EventLoop, Result<Event, ConnectionError>)> + Send>>;
 
-/// An offer in progress: the acknowledgement it owes, and the agent's answer.
-type OfferFuture<'a> =
-    Pin<Box<dyn Future<Output = (Option<AckToken>, Result<Offered, SinkClosed>)> + Send + 'a>>;
+/// The one piece of work in progress with the agent: an offer (of message `id`) or a flush.
+type WorkFuture<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
+
+/// What a piece of work came to.
+enum Done {
+    /// Message `id` was offered; the agent answered.
+    Offered(u64, Result<Offered, SinkClosed>),
+    /// Everything accepted so far is durable.
+    Flushed(Result<(), SinkClosed>),
+}
+
+/// Where a message that owes the broker an acknowledgement is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    /// Waiting for (or in) its offer.
+    Offering,
+    /// Accepted into the spool, not yet durable (with `ack_after = "durable"`).
+    NeedsFlush,
+    /// Handled: its PUBACK may go once every earlier message's has.
+    Ready,
+}
 
 fn poll_after(mut eventloop: EventLoop, delay: Duration) -> PollFuture {
     Box::pin(async move {
@@ -62,6 +80,8 @@ struct AckToken {
 /// A message turned into a reading, waiting for its offer.
 #[derive(Debug)]
 struct Pending {
+    /// Arrival number; names its entry in `Session::owed`.
+    id: u64,
     reading: SourceReading,
     ack: Option<AckToken>,
 }
@@ -129,6 +149,10 @@ pub(super) async fn run(source: &MqttSource, context: &SourceContext) -> Result<
         unsubscribing: 0,
         pending: VecDeque::with_capacity(source.messages_pending_max),
         pending_max: source.messages_pending_max,
+        owed: VecDeque::new(),
+        owed_max: source.messages_pending_max + usize::from(source.inflight_max),
+        next_id: 0,
+        ack_after_durable: source.ack_after_durable,
         acks_unsent: Vec::new(),
     };
     let (host, port) = source.options.broker_address();
@@ -163,6 +187,14 @@ struct Session<'a> {
     unsubscribing: usize,
     pending: VecDeque<Pending>,
     pending_max: usize,
+    /// Messages that owe the broker a PUBACK, in arrival order (MQTT acknowledges QoS 1 in the
+    /// order of arrival): `(id, token, where it is)`.
+    owed: VecDeque<(u64, AckToken, Owed)>,
+    /// Most messages owing a PUBACK before the source stops reading from the broker.
+    owed_max: usize,
+    next_id: u64,
+    /// PUBACK only once the spool made the reading durable (`ack_after = "durable"`).
+    ack_after_durable: bool,
     /// Acknowledgements the request channel had no room for; moved onto the event loop's own
     /// queue when it comes back with its next event. At most one per message taken since then.
     acks_unsent: Vec<Request>,
@@ -173,19 +205,20 @@ impl<'a> Session<'a> {
     async fn drive(&mut self, eventloop: EventLoop) {
         let context: &'a SourceContext = self.context;
         let mut polling = poll_after(eventloop, Duration::ZERO);
-        let mut offering: Option<OfferFuture<'a>> = None;
+        let mut working: Option<WorkFuture<'a>> = None;
         loop {
-            if offering.is_none() {
-                offering = self.pending.pop_front().map(|p| offer(context, p));
+            if working.is_none() {
+                working = self.next_work(context);
             }
-            let room = self.pending.len() < self.pending_max;
+            let room = self.pending.len() < self.pending_max && self.owed.len() < self.owed_max;
             tokio::select! {
                 biased;
-                (ack, outcome) = until_done(&mut offering) => {
-                    offering = None;
-                    match outcome {
-                        Ok(_) => self.ack(ack),
-                        Err(SinkClosed) => return,
+                done = until_done(&mut working) => {
+                    working = None;
+                    match done {
+                        Done::Offered(id, Ok(offered)) => self.offered(id, &offered),
+                        Done::Flushed(Ok(())) => self.flushed(),
+                        Done::Offered(_, Err(SinkClosed)) | Done::Flushed(Err(SinkClosed)) => return,
                     }
                 }
                 (mut eventloop, result) = &mut polling, if room => {
@@ -193,6 +226,56 @@ impl<'a> Session<'a> {
                     polling = poll_after(eventloop, delay);
                 }
             }
+        }
+    }
+
+    /// The next offer, or a flush when readings wait for durability and either nothing else
+    /// waits or enough of them do.
+    fn next_work(&mut self, context: &'a SourceContext) -> Option<WorkFuture<'a>> {
+        let n_unflushed = self
+            .owed
+            .iter()
+            .filter(|(_, _, owed)| *owed == Owed::NeedsFlush)
+            .count();
+        if n_unflushed > 0 && (self.pending.is_empty() || n_unflushed >= self.pending_max) {
+            return Some(Box::pin(async move {
+                Done::Flushed(context.sink.flush().await)
+            }));
+        }
+        let pending = self.pending.pop_front()?;
+        Some(Box::pin(async move {
+            Done::Offered(pending.id, context.sink.offer(pending.reading).await)
+        }))
+    }
+
+    /// Message `id`'s offer was answered.
+    fn offered(&mut self, id: u64, offered: &Offered) {
+        let state = match offered {
+            Offered::Accepted { .. } if self.ack_after_durable => Owed::NeedsFlush,
+            _ => Owed::Ready,
+        };
+        if let Some(entry) = self.owed.iter_mut().find(|(i, _, _)| *i == id) {
+            entry.2 = state;
+        }
+        self.release();
+    }
+
+    /// Everything accepted so far is durable (one piece of work at a time: no offer completed
+    /// during the flush).
+    fn flushed(&mut self) {
+        for entry in self.owed.iter_mut() {
+            if entry.2 == Owed::NeedsFlush {
+                entry.2 = Owed::Ready;
+            }
+        }
+        self.release();
+    }
+
+    /// Sends the PUBACKs of the handled messages at the front, in arrival order.
+    fn release(&mut self) {
+        while let Some((_, token, Owed::Ready)) = self.owed.front().copied() {
+            self.owed.pop_front();
+            self.ack(Some(token));
         }
     }
 
@@ -233,6 +316,9 @@ impl<'a> Session<'a> {
     fn on_connected(&mut self, eventloop: &mut EventLoop, session_present: bool) {
         self.generation += 1;
         self.connected = true;
+        // The acknowledgements owed on an older connection can no longer be sent (the broker
+        // sends those messages again): forget them, so they hold nothing up.
+        self.owed.clear();
         self.backoff.reset();
         if session_present {
             // The broker sends every unacknowledged message of the session again: drop the
@@ -315,18 +401,25 @@ impl<'a> Session<'a> {
             qos: publish.qos,
             generation: self.generation,
         });
+        let id = self.next_id;
+        self.next_id += 1;
         let sink = &self.context.sink;
         let wall = self.context.env.clock.wall();
-        match self.router.route(&publish.topic, &publish.payload, wall) {
+        let owed = match self.router.route(&publish.topic, &publish.payload, wall) {
             Ok(reading) => {
                 sink.count_read();
-                self.pending.push_back(Pending { reading, ack });
+                self.pending.push_back(Pending { id, reading, ack });
+                Owed::Offering
             }
             Err(rejection) => {
                 sink.reject(rejection.reason, rejection.detail);
-                self.ack(ack);
+                Owed::Ready
             }
+        };
+        if let Some(token) = ack {
+            self.owed.push_back((id, token, owed));
         }
+        self.release();
     }
 
     fn on_suback(&self, codes: &[SubscribeReasonCode]) {
@@ -394,13 +487,6 @@ impl<'a> Session<'a> {
         }
         debug_assert!(self.acks_unsent.len() <= self.pending_max + 2);
     }
-}
-
-fn offer<'a>(context: &'a SourceContext, pending: Pending) -> OfferFuture<'a> {
-    Box::pin(async move {
-        let outcome = context.sink.offer(pending.reading).await;
-        (pending.ack, outcome)
-    })
 }
 
 /// Waits for the future in `slot`, or forever when there is none.
