@@ -30,7 +30,7 @@ use crate::spool::{Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
 use crate::uplink::{Output, Severity, UplinkCore, UplinkLimits};
 use crate::validate::Validator;
 use ractor::{Actor, ActorRef};
-use sluice_proto::env::{Connection, Env, Transport, TransportError, TransportErrorKind};
+use sluice_proto::env::{Connection, Disk, Env, Transport, TransportError, TransportErrorKind};
 use sluice_proto::msg::{Message, ProduceRequest, ProduceResponse};
 use sluice_proto::os::run_blocking;
 use sluice_proto::{Record, StreamName, UnixMillis};
@@ -270,30 +270,45 @@ fn spool_error(stream: &StreamName, error: SpoolError) -> EdgeError {
     }
 }
 
-/// Opens the spool of every configured stream, and of any stream a spool directory exists for
-/// (records spooled before a configuration change are still delivered).
-async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, EdgeError> {
+/// The streams that have (or get) a spool: every configured one, and any a spool directory
+/// exists for (records spooled before a configuration change are still delivered). Sorted.
+pub fn spool_streams(config: &EdgeConfig, disk: &dyn Disk) -> Vec<StreamName> {
     let root = config.edge.data_dir.join("spool");
-    env.disk
-        .create_dir_all(&root)
-        .map_err(|e| setup(&format!("spool directory {}", root.display()), e))?;
     let mut streams = config.streams();
-    if let Ok(names) = env.disk.list(&root) {
+    if let Ok(names) = disk.list(&root) {
         for name in names {
+            // Only stream directories live at the top of the spool directory.
             if let Ok(stream) = StreamName::new(name) {
-                // Only stream directories live at the top of the spool directory.
                 if !streams.contains(&stream) {
-                    warn!(%stream, "spool of a stream no longer configured: delivering what it holds");
                     streams.push(stream);
                 }
             }
         }
     }
-    let n_streams = streams.len().max(1) as u64;
-    let share = SpoolConfig {
-        spool_bytes_max: config.spool.spool_bytes_max / n_streams,
+    streams.sort();
+    streams
+}
+
+/// The configuration of one stream's spool when `n_streams` spools share the `[spool]` budget.
+pub fn spool_share(config: &EdgeConfig, n_streams: usize) -> SpoolConfig {
+    SpoolConfig {
+        spool_bytes_max: config.spool.spool_bytes_max / n_streams.max(1) as u64,
         ..config.spool
-    };
+    }
+}
+
+/// Opens the spool of every stream of [`spool_streams`].
+async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, EdgeError> {
+    let root = config.edge.data_dir.join("spool");
+    env.disk
+        .create_dir_all(&root)
+        .map_err(|e| setup(&format!("spool directory {}", root.display()), e))?;
+    let streams = spool_streams(config, &*env.disk);
+    let configured = config.streams();
+    for stream in streams.iter().filter(|s| !configured.contains(s)) {
+        warn!(%stream, "spool of a stream no longer configured: delivering what it holds");
+    }
+    let share = spool_share(config, streams.len());
     let mut by_stream = BTreeMap::new();
     for stream in streams {
         let dir = root.join(stream.as_str());

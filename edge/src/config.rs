@@ -309,6 +309,28 @@ pub fn from_toml(text: &str) -> Result<EdgeConfig, ConfigError> {
     Ok(config)
 }
 
+impl UplinkConfig {
+    /// The QUIC client settings this section describes, with `material` (the agent's
+    /// certificate, key and the cluster CA).
+    pub fn client_settings(
+        &self,
+        material: sluice_proto::net::TlsMaterial,
+    ) -> sluice_proto::net::ClientSettings {
+        let mut settings = sluice_proto::net::ClientSettings::new(
+            material,
+            self.cluster.clone(),
+            self.nodes.clone(),
+        );
+        settings.server_name = self.server_name.clone();
+        settings.connect_timeout_ms = self.connect_timeout_ms;
+        settings.request_timeout_ms = self.request_timeout_ms;
+        settings.idle_timeout_ms = self.idle_timeout_ms;
+        settings.in_flight_max = self.batches_in_flight_max;
+        settings.frame_bytes_max = self.frame_bytes_max;
+        settings
+    }
+}
+
 impl EdgeConfig {
     /// Every destination stream of every source, sorted.
     pub fn streams(&self) -> Vec<StreamName> {
@@ -410,13 +432,10 @@ impl EdgeConfig {
     }
 
     /// The spool configuration of one stream's spool: the budget split evenly over the
-    /// destination streams.
+    /// configured destination streams (the agent also counts spools of streams no longer
+    /// configured; see `agent::spool_share`).
     pub fn spool_share(&self) -> SpoolConfig {
-        let n_streams = self.streams().len().max(1) as u64;
-        SpoolConfig {
-            spool_bytes_max: self.spool.spool_bytes_max / n_streams,
-            ..self.spool
-        }
+        crate::agent::spool_share(self, self.streams().len())
     }
 }
 

@@ -4,13 +4,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice_edge::agent::{spool_dir, Agent};
+use sluice_edge::agent::{spool_dir, spool_share, spool_streams, Agent};
 use sluice_edge::config::{self, EdgeConfig};
 use sluice_edge::metrics::Status;
 use sluice_edge::spool::Spool;
 use sluice_proto::env::Clock;
-use sluice_proto::net::{ClientSettings, QuicTransport, TlsMaterial};
-use sluice_proto::os::{real_env, FsDisk, RealClock};
+use sluice_proto::net::{QuicTransport, TlsMaterial};
+use sluice_proto::os::{real_env, DirLock, FsDisk, RealClock};
 use sluice_proto::Role;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -153,14 +153,14 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     if identity.cluster != u.cluster {
         error!(%identity, cluster = %u.cluster, "uplink.cert belongs to another cluster than uplink.cluster");
     }
-    let mut settings = ClientSettings::new(material, u.cluster.clone(), u.nodes.clone());
-    settings.server_name = u.server_name.clone();
-    settings.connect_timeout_ms = u.connect_timeout_ms;
-    settings.request_timeout_ms = u.request_timeout_ms;
-    settings.idle_timeout_ms = u.idle_timeout_ms;
-    settings.in_flight_max = u.batches_in_flight_max;
-    settings.frame_bytes_max = u.frame_bytes_max;
-    let transport = Arc::new(QuicTransport::new(settings));
+    let transport = Arc::new(QuicTransport::new(u.client_settings(material)));
+    // One agent per data directory: a second would write the same spools.
+    let _lock = DirLock::acquire(&config.edge.data_dir, true).with_context(|| {
+        format!(
+            "cannot lock data_dir {}; is another sluice-edge running on it?",
+            config.edge.data_dir.display()
+        )
+    })?;
     let identity_text = identity.to_string();
     let seed = (RealClock.wall().0 as u64) ^ fnv(identity_text.as_bytes());
     // Two workers are plenty for an agent (the loop, the uplink's QUIC and the sources), and
@@ -307,10 +307,18 @@ fn render(s: &Status) -> String {
 
 fn spool_check(path: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&path)?;
-    let share = config.spool_share();
+    // A running agent changes the spools under the check's feet.
+    let _lock = DirLock::acquire(&config.edge.data_dir, false).with_context(|| {
+        format!(
+            "cannot check the spools in {} while the agent runs; stop it, or see `sluice-edge status`",
+            config.edge.data_dir.display()
+        )
+    })?;
+    let streams = spool_streams(&config, &FsDisk);
+    let share = spool_share(&config, streams.len());
     let now = RealClock.wall();
     let mut problems = 0;
-    for stream in config.streams() {
+    for stream in streams {
         let dir = spool_dir(&config.edge.data_dir, &stream);
         println!("== spool of stream {stream} ({})", dir.display());
         match Spool::check(&FsDisk, &dir, share, now) {

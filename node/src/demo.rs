@@ -143,6 +143,7 @@ cert = "{cert}"
 key = "{key}"
 backoff_initial_ms = 100
 backoff_max_ms = 1000
+connect_timeout_ms = 1000
 
 [spool]
 sync_interval_ms = 200
@@ -182,8 +183,7 @@ impl Edges {
             let config = sluice_edge::config::load(&path)?;
             let u = &config.uplink;
             let material = TlsMaterial::load(&u.ca_cert, &u.cert, &u.key)?;
-            let mut settings = ClientSettings::new(material, CLUSTER, u.nodes.clone());
-            settings.connect_timeout_ms = 1_000;
+            let settings = u.client_settings(material);
             let transport = Arc::new(QuicTransport::new(settings));
             let identity = format!("sluice://{CLUSTER}/edge/e{idx}");
             let seed = u64::from(idx);

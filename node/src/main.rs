@@ -7,6 +7,7 @@ use sluice_node::demo::{self, DemoArgs};
 use sluice_node::env::{real_env, RealClock};
 use sluice_node::{certs, config, Node};
 use sluice_proto::env::Clock;
+use sluice_proto::os::DirLock;
 use std::path::PathBuf;
 use std::time::Duration;
 use tracing::{error, info};
@@ -96,6 +97,13 @@ async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
     init_tracing("info");
     let config = config::load(path)?;
     info!(config = %config.masked(), "effective config");
+    // One node process per data directory: a second would write the same logs.
+    let _lock = DirLock::acquire(&config.node.data_dir, true).with_context(|| {
+        format!(
+            "cannot lock data_dir {}; is another node running on it?",
+            config.node.data_dir.display()
+        )
+    })?;
     let seed = RealClock.wall().0 as u64;
     let mut node = Node::start(&config, real_env(seed))
         .await

@@ -168,3 +168,67 @@ where
         },
     }
 }
+
+/// An advisory lock on a data directory (`flock` on `<dir>/lock`), held while the value lives,
+/// so two processes never write the same logs or spools.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Takes the lock: `exclusive` for the process that writes the directory, shared for a
+    /// reader that must not run beside a writer. Fails at once, naming the directory, when a
+    /// conflicting lock is held.
+    pub fn acquire(dir: &Path, exclusive: bool) -> Result<DirLock, DiskError> {
+        std::fs::create_dir_all(dir).map_err(|e| DiskError::io("mkdir", dir, e))?;
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| DiskError::io("open", &path, e))?;
+        let operation = if exclusive {
+            rustix::fs::FlockOperation::NonBlockingLockExclusive
+        } else {
+            rustix::fs::FlockOperation::NonBlockingLockShared
+        };
+        match rustix::fs::flock(&file, operation) {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(DiskError::Io {
+                op: "lock",
+                path: dir.display().to_string(),
+                kind: std::io::ErrorKind::WouldBlock,
+                message: "the directory is in use by another process".to_owned(),
+            }),
+            Err(e) => Err(DiskError::io("lock", &path, e.into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_has_one_writer_or_many_readers() {
+        // Checks the lock's rules: a second exclusive or a shared lock beside an exclusive one is
+        // refused with a message naming the directory; shared locks coexist; dropping releases.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let writer = DirLock::acquire(dir.path(), true).unwrap_or_else(|e| panic!("{e}"));
+        let second = DirLock::acquire(dir.path(), true);
+        assert!(
+            matches!(&second, Err(e) if e.to_string().contains("in use")),
+            "{second:?}"
+        );
+        assert!(DirLock::acquire(dir.path(), false).is_err());
+        drop(writer);
+        let a = DirLock::acquire(dir.path(), false).unwrap_or_else(|e| panic!("{e}"));
+        let b = DirLock::acquire(dir.path(), false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(DirLock::acquire(dir.path(), true).is_err());
+        drop((a, b));
+        assert!(DirLock::acquire(dir.path(), true).is_ok());
+    }
+}

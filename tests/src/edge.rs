@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sluice_edge::agent::Agent;
 use sluice_edge::config::{self, EdgeConfig};
 use sluice_edge::metrics::Status;
-use sluice_proto::net::{ClientSettings, QuicTransport};
+use sluice_proto::net::QuicTransport;
 use sluice_proto::os::real_env;
 use sluice_proto::{Payload, StoredEvent};
 use std::collections::BTreeMap;
@@ -183,10 +183,8 @@ listen = "127.0.0.1:{status_port}"
         self.n_starts += 1;
         let u = &self.config.uplink;
         let material = sluice_proto::net::TlsMaterial::load(&u.ca_cert, &u.cert, &u.key)?;
-        let mut settings = ClientSettings::new(material, u.cluster.clone(), u.nodes.clone());
-        settings.connect_timeout_ms = u.connect_timeout_ms;
-        settings.request_timeout_ms = u.request_timeout_ms;
-        let transport = Arc::new(QuicTransport::new(settings));
+        // The same settings as `sluice-edge run` builds from the config.
+        let transport = Arc::new(QuicTransport::new(u.client_settings(material)));
         let agent = within(
             "agent start",
             STEP,

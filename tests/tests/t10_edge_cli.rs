@@ -134,3 +134,39 @@ pin = 17
     assert!(run.stderr.contains("gpio 17"), "{}", run.stderr);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_per_data_dir_and_no_spool_check_beside_it() -> Result<()> {
+    // Checks the data_dir lock: a second `sluice-edge run` on the same data_dir exits non-zero
+    // saying the directory is in use, and so does `spool check` while the agent runs; after a
+    // clean stop `spool check` works.
+    let node = TestNode::in_process().await?;
+    let mut edge = TestEdge::create(
+        &node,
+        "pi-lock",
+        r#"
+[[sources]]
+type = "sim"
+name = "room"
+stream = "events"
+devices = 1
+interval_ms = 100
+"#,
+    )?;
+    edge.spawn().await?;
+    let config = edge.config_path().to_string_lossy().into_owned();
+    let second = run_edge_cli(&["run", "--config", &config], LIMIT).await?;
+    assert_eq!(second.code, Some(1), "{second:?}");
+    assert!(second.stderr.contains("in use"), "{}", second.stderr);
+    let check = run_edge_cli(&["spool", "check", "--config", &config], LIMIT).await?;
+    assert_eq!(check.code, Some(1), "{check:?}");
+    assert!(
+        check.stderr.contains("while the agent runs"),
+        "{}",
+        check.stderr
+    );
+    edge.stop().await?;
+    let check = run_edge_cli(&["spool", "check", "--config", &config], LIMIT).await?;
+    assert_eq!(check.code, Some(0), "{check:?}");
+    Ok(())
+}

@@ -174,7 +174,9 @@ pub struct MqttRouteConfig {
     #[serde(default)]
     pub time_field: Option<String>,
     /// The field holding the sensor id (format `json`); when present in a message it replaces
-    /// the `sensor` template.
+    /// the `sensor` template. Only for trusted publishers: it lets whoever may publish on the
+    /// filter write as any sensor of the stream (the topic no longer decides), and every new id
+    /// counts towards `spool.sensors_max`.
     #[serde(default)]
     pub sensor_field: Option<String>,
 }
