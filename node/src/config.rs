@@ -66,9 +66,15 @@ pub struct TransportSection {
     /// Largest frame body accepted, in bytes.
     #[serde(default = "default_frame_bytes_max")]
     pub frame_bytes_max: u32,
-    /// Concurrent client connections.
+    /// Concurrent authenticated client connections.
     #[serde(default = "default_connections_max")]
     pub connections_max: u32,
+    /// Concurrent authenticated connections of one identity.
+    #[serde(default = "default_connections_per_identity_max")]
+    pub connections_per_identity_max: u32,
+    /// TLS handshakes in progress at once (peers not yet authenticated).
+    #[serde(default = "default_handshakes_max")]
+    pub handshakes_max: u32,
     /// Requests handled concurrently per connection; more wait in the stream.
     #[serde(default = "default_in_flight_per_connection_max")]
     pub in_flight_per_connection_max: u32,
@@ -180,6 +186,12 @@ fn default_frame_bytes_max() -> u32 {
 fn default_connections_max() -> u32 {
     1024
 }
+fn default_connections_per_identity_max() -> u32 {
+    8
+}
+fn default_handshakes_max() -> u32 {
+    64
+}
 fn default_in_flight_per_connection_max() -> u32 {
     1024
 }
@@ -190,7 +202,7 @@ fn default_idle_timeout_ms() -> u64 {
     30_000
 }
 fn default_handshake_timeout_ms() -> u64 {
-    10_000
+    5_000
 }
 fn default_segment_bytes_max() -> u64 {
     64 << 20
@@ -326,6 +338,11 @@ impl NodeConfig {
         for (name, value) in [
             ("transport.frame_bytes_max", u64::from(t.frame_bytes_max)),
             ("transport.connections_max", u64::from(t.connections_max)),
+            (
+                "transport.connections_per_identity_max",
+                u64::from(t.connections_per_identity_max),
+            ),
+            ("transport.handshakes_max", u64::from(t.handshakes_max)),
             (
                 "transport.in_flight_per_connection_max",
                 u64::from(t.in_flight_per_connection_max),

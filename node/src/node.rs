@@ -155,6 +155,8 @@ impl Node {
             frame_bytes_max: t.frame_bytes_max,
             in_flight_per_connection_max: t.in_flight_per_connection_max,
             connections_max: t.connections_max,
+            connections_per_identity_max: t.connections_per_identity_max,
+            handshakes_max: t.handshakes_max,
             streams_per_connection_max: t.streams_per_connection_max,
             idle_timeout_ms: t.idle_timeout_ms,
             handshake_timeout_ms: t.handshake_timeout_ms,

@@ -4,8 +4,9 @@
 //!   ALPN [`crate::ALPN`], no 0-RTT, client certificates required and checked against the
 //!   cluster CA, and servers required to present a `node` identity of the same cluster.
 //! - [`io`] reads and writes frames on QUIC streams, checking the body length before allocating.
-//! - [`server`] accepts connections, authenticates the peer's identity and role, and runs a
-//!   [`server::Handler`] for every request, pipelined per stream.
+//! - [`server`] accepts connections (handshakes in progress bounded apart from authenticated
+//!   connections, which are bounded per node and per identity), authenticates the peer's
+//!   identity and role, and runs a [`server::Handler`] for every request, pipelined per stream.
 //! - [`client`] connects to the first reachable node and pipelines requests over one stream.
 //! - [`transport`] is the real [`crate::env::Transport`]: a client per connection, rotating
 //!   through the node addresses on reconnect.
@@ -22,7 +23,7 @@ pub mod transport;
 
 pub use client::{Client, ClientSettings};
 pub use io::{read_frame, write_frame};
-pub use server::{serve, Handler, ServerLimits};
+pub use server::{serve, serve_with_gauges, Handler, ServerGauges, ServerLimits, ServerStats};
 pub use tls::{client_config, peer_identity, server_config, TlsMaterial};
 pub use transport::QuicTransport;
 
@@ -40,6 +41,10 @@ pub const CLOSE_ROLE_NOT_ALLOWED: u32 = 2;
 pub const CLOSE_WRONG_CLUSTER: u32 = 3;
 /// Application close code: the peer's certificate carries no usable identity.
 pub const CLOSE_BAD_IDENTITY: u32 = 4;
+/// Application close code: the node serves `connections_max` connections already.
+pub const CLOSE_BUSY: u32 = 5;
+/// Application close code: the peer's identity holds `connections_per_identity_max` already.
+pub const CLOSE_IDENTITY_LIMIT: u32 = 6;
 /// Stream error code (reset or stop) after a frame error.
 pub const STREAM_FRAME_ERROR: u32 = 1;
 

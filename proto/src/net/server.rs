@@ -1,12 +1,24 @@
 //! A generic request/response server: the node supplies a [`Handler`], this module does the rest.
 //!
-//! One task per connection (at most `connections_max`; extra connections are refused before the
-//! handshake). After the handshake the peer's identity is read from its certificate; a peer of
-//! another cluster or of a role not allowed here is closed with a `CLOSE_*` code and a reason.
-//! Each bidi stream carries request frames; up to `in_flight_per_connection_max` handler calls of
-//! a connection run at once, their responses are written in completion order by the stream's
-//! single writer, each carrying its request's `request_id`. A bad frame gets an
-//! [`ErrorResponse`] with `request_id` 0 and ends that stream only.
+//! **Unauthenticated peers hold almost nothing.** A connection attempt first takes one of
+//! `handshakes_max` handshake places, for at most `handshake_timeout_ms`. When every place is
+//! taken, an attempt from an address that has not proven it receives our packets gets a QUIC
+//! Retry (stateless: it holds nothing until it answers), and a validated one evicts the oldest
+//! handshake of the address holding the most places, so a flood of handshakes that never finish
+//! can delay a valid client by one round trip but not lock it out. Established connections never
+//! compete with handshakes: their slots (`connections_max`) are taken only once the peer is
+//! authenticated, and at most `connections_per_identity_max` of them by one identity.
+//!
+//! After the handshake the peer's identity is read from its certificate; a peer of another
+//! cluster or of a role not allowed here, one more connection than the node or the identity may
+//! hold, is closed with a `CLOSE_*` code and a reason. Each bidi stream carries request frames;
+//! up to `in_flight_per_connection_max` handler calls of a connection run at once, their
+//! responses are written in completion order by the stream's single writer, each carrying its
+//! request's `request_id`. A bad frame gets an [`ErrorResponse`] with `request_id` 0 and ends
+//! that stream only.
+//!
+//! [`ServerGauges`] counts what clients hold (handshakes, connections) and what was refused, for
+//! the node's stats and for tests.
 //!
 //! What this module does not do: authorisation beyond the role (the handler checks ACLs), and
 //! retries (a client retries on a new stream or connection).
@@ -14,18 +26,21 @@
 use super::io::{encode_frame_into, is_request, read_frame, set_request_id};
 use super::tls::connection_identity;
 use super::{
-    describe_connection_error, frame_error_code, NetError, CLOSE_BAD_IDENTITY,
-    CLOSE_ROLE_NOT_ALLOWED, CLOSE_SHUTDOWN, CLOSE_WRONG_CLUSTER, STREAM_FRAME_ERROR,
+    describe_connection_error, frame_error_code, NetError, CLOSE_BAD_IDENTITY, CLOSE_BUSY,
+    CLOSE_IDENTITY_LIMIT, CLOSE_ROLE_NOT_ALLOWED, CLOSE_SHUTDOWN, CLOSE_WRONG_CLUSTER,
+    STREAM_FRAME_ERROR,
 };
 use crate::ids::{Identity, Role};
 use crate::msg::{ErrorCode, ErrorResponse, Message};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::BufReader;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, info_span, trace, warn, Instrument};
 
 /// Serves requests from authenticated peers.
@@ -45,8 +60,12 @@ pub struct ServerLimits {
     pub frame_bytes_max: u32,
     /// Handler calls running at once per connection, over all its streams.
     pub in_flight_per_connection_max: u32,
-    /// Connections served at once; more are refused.
+    /// Authenticated connections served at once; more are refused.
     pub connections_max: u32,
+    /// Authenticated connections one identity may hold at once; more are refused.
+    pub connections_per_identity_max: u32,
+    /// Handshakes in progress at once (peers not yet authenticated).
+    pub handshakes_max: u32,
     /// Bidi streams a peer may have open at once per connection.
     pub streams_per_connection_max: u32,
     /// A connection silent for this long is closed (keep-alives are sent at a third of it).
@@ -61,10 +80,176 @@ impl Default for ServerLimits {
             frame_bytes_max: 4 << 20,
             in_flight_per_connection_max: 256,
             connections_max: 1024,
+            connections_per_identity_max: 8,
+            handshakes_max: 64,
             streams_per_connection_max: 16,
             idle_timeout_ms: 30_000,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
         }
+    }
+}
+
+/// Live counters of one server: what clients hold now, the most they ever held, and what was
+/// refused. Shared by the server and whoever reports or tests it; [`ServerGauges::wait_until`]
+/// waits for a condition on them without polling.
+#[derive(Debug, Default)]
+pub struct ServerGauges {
+    handshakes: AtomicU64,
+    handshakes_peak: AtomicU64,
+    handshakes_retried: AtomicU64,
+    handshakes_evicted: AtomicU64,
+    handshakes_timed_out: AtomicU64,
+    handshakes_failed: AtomicU64,
+    connections: AtomicU64,
+    connections_peak: AtomicU64,
+    connections_refused_busy: AtomicU64,
+    connections_refused_identity: AtomicU64,
+    changed: Notify,
+}
+
+/// A snapshot of [`ServerGauges`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Handshakes in progress now.
+    pub handshakes: u64,
+    /// The most handshakes ever in progress at once.
+    pub handshakes_peak: u64,
+    /// Connection attempts answered with a stateless Retry because every handshake place was
+    /// taken.
+    pub handshakes_retried_total: u64,
+    /// Handshakes abandoned to make room for a newer, address-validated attempt.
+    pub handshakes_evicted_total: u64,
+    /// Handshakes abandoned at `handshake_timeout_ms`.
+    pub handshakes_timed_out_total: u64,
+    /// Handshakes that failed (TLS alert, bad packets, peer gave up).
+    pub handshakes_failed_total: u64,
+    /// Authenticated connections served now.
+    pub connections: u64,
+    /// The most authenticated connections ever served at once.
+    pub connections_peak: u64,
+    /// Connections refused because the node served `connections_max` already.
+    pub connections_refused_busy_total: u64,
+    /// Connections refused because their identity held `connections_per_identity_max` already.
+    pub connections_refused_identity_total: u64,
+}
+
+impl ServerGauges {
+    /// The current values.
+    pub fn snapshot(&self) -> ServerStats {
+        let get = |gauge: &AtomicU64| gauge.load(Ordering::Relaxed);
+        ServerStats {
+            handshakes: get(&self.handshakes),
+            handshakes_peak: get(&self.handshakes_peak),
+            handshakes_retried_total: get(&self.handshakes_retried),
+            handshakes_evicted_total: get(&self.handshakes_evicted),
+            handshakes_timed_out_total: get(&self.handshakes_timed_out),
+            handshakes_failed_total: get(&self.handshakes_failed),
+            connections: get(&self.connections),
+            connections_peak: get(&self.connections_peak),
+            connections_refused_busy_total: get(&self.connections_refused_busy),
+            connections_refused_identity_total: get(&self.connections_refused_identity),
+        }
+    }
+
+    /// Waits until `condition` holds on a snapshot (checked now and after every change).
+    pub async fn wait_until(&self, condition: impl Fn(&ServerStats) -> bool) -> ServerStats {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let stats = self.snapshot();
+            if condition(&stats) {
+                return stats;
+            }
+            changed.await;
+        }
+    }
+
+    fn bump(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Sets a current value and raises its peak.
+    fn set_with_peak(&self, current: &AtomicU64, peak: &AtomicU64, value: u64) {
+        current.store(value, Ordering::Relaxed);
+        peak.fetch_max(value, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    fn add_with_peak(&self, current: &AtomicU64, peak: &AtomicU64, delta: u64) {
+        let value = current.fetch_add(delta, Ordering::Relaxed) + delta;
+        peak.fetch_max(value, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    fn sub(&self, current: &AtomicU64, delta: u64) {
+        current.fetch_sub(delta, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+}
+
+/// Handshakes in progress, oldest first. Each has a cancel channel: dropping its sender makes
+/// the handshake task give up.
+struct Handshakes {
+    next_seq: u64,
+    by_seq: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
+}
+
+impl Handshakes {
+    /// Evicts the oldest handshake of the address holding the most places; returns its address.
+    fn evict_one(&mut self) -> Option<IpAddr> {
+        let mut held = BTreeMap::<IpAddr, usize>::new();
+        for (ip, _) in self.by_seq.values() {
+            *held.entry(*ip).or_default() += 1;
+        }
+        let most = held.values().copied().max()?;
+        let seq = self
+            .by_seq
+            .iter()
+            .find(|(_, (ip, _))| held.get(ip) == Some(&most))
+            .map(|(seq, _)| *seq)?;
+        // Dropping the sender cancels the handshake task.
+        self.by_seq.remove(&seq).map(|(ip, _)| ip)
+    }
+}
+
+/// One handshake place; frees it when dropped.
+struct HandshakePlace {
+    shared: Arc<Shared>,
+    seq: u64,
+}
+
+impl Drop for HandshakePlace {
+    fn drop(&mut self) {
+        let mut table = self.shared.handshakes();
+        table.by_seq.remove(&self.seq);
+        let n = table.by_seq.len() as u64;
+        drop(table);
+        let gauges = &self.shared.gauges;
+        gauges.set_with_peak(&gauges.handshakes, &gauges.handshakes_peak, n);
+    }
+}
+
+/// One authenticated connection's slot in the node's and its identity's counts.
+struct ConnectionSlot {
+    shared: Arc<Shared>,
+    identity: Identity,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut by_identity = self.shared.by_identity();
+        if let Some(n) = by_identity.get_mut(&self.identity) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_identity.remove(&self.identity);
+            }
+        }
+        drop(by_identity);
+        let gauges = &self.shared.gauges;
+        gauges.sub(&gauges.connections, 1);
     }
 }
 
@@ -74,6 +259,97 @@ struct Shared {
     allowed_roles: Vec<Role>,
     handler: Arc<dyn Handler>,
     limits: ServerLimits,
+    gauges: Arc<ServerGauges>,
+    connections: Arc<Semaphore>,
+    handshakes: Mutex<Handshakes>,
+    by_identity: Mutex<BTreeMap<Identity, u32>>,
+}
+
+impl Shared {
+    // Every operation under these locks is a few map calls that cannot leave them inconsistent,
+    // so a poisoned lock is still usable.
+    fn handshakes(&self) -> MutexGuard<'_, Handshakes> {
+        self.handshakes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn by_identity(&self) -> MutexGuard<'_, BTreeMap<Identity, u32>> {
+        self.by_identity
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a handshake place for `incoming`, or answers it without holding anything.
+    fn place_for(
+        self: &Arc<Self>,
+        incoming: quinn::Incoming,
+    ) -> Option<(quinn::Incoming, HandshakePlace, oneshot::Receiver<()>)> {
+        let remote = incoming.remote_address();
+        let max = self.limits.handshakes_max.max(1) as usize;
+        let mut table = self.handshakes();
+        if table.by_seq.len() >= max {
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                drop(table);
+                self.gauges.bump(&self.gauges.handshakes_retried);
+                trace!(%remote, "every handshake place taken; asking for address validation");
+                if let Err(error) = incoming.retry() {
+                    error.into_incoming().ignore();
+                }
+                return None;
+            }
+            if let Some(evicted) = table.evict_one() {
+                self.gauges.bump(&self.gauges.handshakes_evicted);
+                debug!(%remote, %evicted, handshakes_max = max, "every handshake place taken; evicted the oldest of the address holding the most");
+            }
+        }
+        let seq = table.next_seq;
+        table.next_seq += 1;
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        table.by_seq.insert(seq, (remote.ip(), cancel_tx));
+        let n = table.by_seq.len() as u64;
+        drop(table);
+        self.gauges
+            .set_with_peak(&self.gauges.handshakes, &self.gauges.handshakes_peak, n);
+        let place = HandshakePlace {
+            shared: self.clone(),
+            seq,
+        };
+        Some((incoming, place, cancel_rx))
+    }
+
+    /// Takes a connection slot for `peer`, or says why not (close code and reason).
+    fn slot_for(self: &Arc<Self>, peer: &Identity) -> Result<ConnectionSlot, (u32, String)> {
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            self.gauges.bump(&self.gauges.connections_refused_busy);
+            let reason = format!(
+                "node busy: it serves connections_max = {} connections already",
+                self.limits.connections_max
+            );
+            return Err((CLOSE_BUSY, reason));
+        };
+        let mut by_identity = self.by_identity();
+        let held = by_identity.entry(peer.clone()).or_default();
+        if *held >= self.limits.connections_per_identity_max {
+            let reason =
+                format!("{peer} holds {held} connections already (connections_per_identity_max)");
+            if *held == 0 {
+                by_identity.remove(peer);
+            }
+            drop(by_identity);
+            self.gauges.bump(&self.gauges.connections_refused_identity);
+            return Err((CLOSE_IDENTITY_LIMIT, reason));
+        }
+        *held += 1;
+        drop(by_identity);
+        let gauges = &self.gauges;
+        gauges.add_with_peak(&gauges.connections, &gauges.connections_peak, 1);
+        Ok(ConnectionSlot {
+            shared: self.clone(),
+            identity: peer.clone(),
+            _permit: permit,
+        })
+    }
 }
 
 /// Serves `endpoint` (built with [`super::server_config`]) until `shutdown` turns true or its
@@ -84,6 +360,29 @@ pub async fn serve(
     allowed_roles: Vec<Role>,
     handler: Arc<dyn Handler>,
     limits: ServerLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let gauges = Arc::new(ServerGauges::default());
+    serve_with_gauges(
+        endpoint,
+        cluster,
+        allowed_roles,
+        handler,
+        limits,
+        gauges,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], counting into `gauges`.
+pub async fn serve_with_gauges(
+    endpoint: quinn::Endpoint,
+    cluster: String,
+    allowed_roles: Vec<Role>,
+    handler: Arc<dyn Handler>,
+    limits: ServerLimits,
+    gauges: Arc<ServerGauges>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let local = endpoint
@@ -91,13 +390,19 @@ pub async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_default();
     info!(%local, %cluster, ?allowed_roles, "serving");
-    let connections = Arc::new(Semaphore::new(limits.connections_max as usize));
     let handshake_timeout_ms = limits.handshake_timeout_ms;
     let shared = Arc::new(Shared {
         cluster,
         allowed_roles,
         handler,
+        connections: Arc::new(Semaphore::new(limits.connections_max as usize)),
         limits,
+        gauges,
+        handshakes: Mutex::new(Handshakes {
+            next_seq: 0,
+            by_seq: BTreeMap::new(),
+        }),
+        by_identity: Mutex::new(BTreeMap::new()),
     });
     loop {
         if *shutdown.borrow_and_update() {
@@ -115,20 +420,26 @@ pub async fn serve(
         };
         let Some(incoming) = incoming else { break };
         let remote = incoming.remote_address();
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        if shared.connections.available_permits() == 0 {
+            // No slot would be free after the handshake: do not spend one on it.
+            shared.gauges.bump(&shared.gauges.connections_refused_busy);
             warn!(%remote, connections_max = shared.limits.connections_max, "connection refused: too many connections");
             incoming.refuse();
             continue;
+        }
+        let Some((incoming, place, cancel)) = shared.place_for(incoming) else {
+            continue;
         };
         let span = info_span!("connection", %remote, peer = tracing::field::Empty);
-        let task = serve_connection(shared.clone(), incoming, remote, shutdown.clone());
-        tokio::spawn(
-            async move {
-                task.await;
-                drop(permit);
-            }
-            .instrument(span),
+        let task = serve_connection(
+            shared.clone(),
+            incoming,
+            place,
+            cancel,
+            remote,
+            shutdown.clone(),
         );
+        tokio::spawn(task.instrument(span));
     }
     info!(%local, "shutting down");
     endpoint.close(
@@ -147,13 +458,16 @@ pub async fn serve(
 async fn serve_connection(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
+    place: HandshakePlace,
+    cancel: oneshot::Receiver<()>,
     remote: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Some(connection) = handshake(&shared, incoming, remote).await else {
+    let Some(connection) = handshake(&shared, incoming, cancel, remote).await else {
         return;
     };
-    let Some(peer) = admit(&shared, &connection, remote) else {
+    drop(place);
+    let Some((peer, _slot)) = admit(&shared, &connection, remote) else {
         return;
     };
     tracing::Span::current().record("peer", tracing::field::display(&peer));
@@ -189,35 +503,52 @@ async fn serve_connection(
     }
 }
 
-/// Completes the TLS handshake within the limit; a failure is logged with the rustls reason.
+/// Completes the TLS handshake within the limit, unless evicted; a failure is logged with the
+/// rustls reason. Dropping the `Connecting` abandons the handshake.
 async fn handshake(
     shared: &Shared,
     incoming: quinn::Incoming,
+    mut cancel: oneshot::Receiver<()>,
     remote: SocketAddr,
 ) -> Option<quinn::Connection> {
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(error) => {
+            shared.gauges.bump(&shared.gauges.handshakes_failed);
             warn!(%remote, reason = %describe_connection_error(&error), "connection not accepted");
             return None;
         }
     };
     let limit = Duration::from_millis(shared.limits.handshake_timeout_ms);
-    match tokio::time::timeout(limit, connecting).await {
-        Ok(Ok(connection)) => Some(connection),
-        Ok(Err(error)) => {
-            warn!(%remote, reason = %describe_connection_error(&error), "tls handshake failed");
+    tokio::select! {
+        biased;
+        _ = &mut cancel => {
+            debug!(%remote, "handshake evicted");
             None
         }
-        Err(_) => {
-            warn!(%remote, timeout_ms = shared.limits.handshake_timeout_ms, "tls handshake timed out");
-            None
-        }
+        done = tokio::time::timeout(limit, connecting) => match done {
+            Ok(Ok(connection)) => Some(connection),
+            Ok(Err(error)) => {
+                shared.gauges.bump(&shared.gauges.handshakes_failed);
+                warn!(%remote, reason = %describe_connection_error(&error), "tls handshake failed");
+                None
+            }
+            Err(_) => {
+                shared.gauges.bump(&shared.gauges.handshakes_timed_out);
+                warn!(%remote, timeout_ms = shared.limits.handshake_timeout_ms, "tls handshake timed out");
+                None
+            }
+        },
     }
 }
 
-/// Reads the peer's identity and checks cluster and role; refuses the connection with a reason.
-fn admit(shared: &Shared, connection: &quinn::Connection, remote: SocketAddr) -> Option<Identity> {
+/// Reads the peer's identity, checks cluster and role and takes a connection slot; refuses the
+/// connection with a reason.
+fn admit(
+    shared: &Arc<Shared>,
+    connection: &quinn::Connection,
+    remote: SocketAddr,
+) -> Option<(Identity, ConnectionSlot)> {
     let refusal = match connection_identity(connection) {
         Err(error) => Err((CLOSE_BAD_IDENTITY, None, error.to_string())),
         Ok(peer) if peer.cluster != shared.cluster => {
@@ -231,10 +562,13 @@ fn admit(shared: &Shared, connection: &quinn::Connection, remote: SocketAddr) ->
             let reason = format!("role {} not allowed here", peer.role);
             Err((CLOSE_ROLE_NOT_ALLOWED, Some(peer), reason))
         }
-        Ok(peer) => Ok(peer),
+        Ok(peer) => match shared.slot_for(&peer) {
+            Ok(slot) => Ok((peer, slot)),
+            Err((code, reason)) => Err((code, Some(peer), reason)),
+        },
     };
     match refusal {
-        Ok(peer) => Some(peer),
+        Ok(admitted) => Some(admitted),
         Err((code, peer, reason)) => {
             let peer = peer
                 .map(|p| p.to_string())

@@ -218,6 +218,9 @@ pub(crate) fn transport(
     Ok(transport)
 }
 
+/// Bytes quinn buffers for one connection attempt beyond its first packet, until it is placed.
+const INCOMING_BUFFER_BYTES: u64 = 16 << 10;
+
 /// A server configuration: this node's certificate, client certificates required and verified
 /// against the cluster CA, transport limits from `limits`. The own certificate must carry an
 /// identity of `cluster`, which catches a node started with another cluster's files.
@@ -258,6 +261,12 @@ pub fn server_config(
         limits.streams_per_connection_max,
         limits.idle_timeout_ms,
     )?));
+    // Connection attempts quinn holds until the accept loop places them (it does at once);
+    // beyond this quinn refuses statelessly. Handshake packets after the first are small.
+    let incoming_max = (limits.handshakes_max as usize).saturating_mul(4).max(64);
+    config.max_incoming(incoming_max);
+    config.incoming_buffer_size(INCOMING_BUFFER_BYTES);
+    config.incoming_buffer_size_total(INCOMING_BUFFER_BYTES.saturating_mul(incoming_max as u64));
     Ok(config)
 }
 
