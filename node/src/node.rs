@@ -12,7 +12,7 @@ use crate::service::{QuicHandler, Service};
 use crate::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use ractor::{Actor, ActorRef};
 use sluice_proto::env::Env;
-use sluice_proto::net::server::{serve, ServerLimits};
+use sluice_proto::net::server::serve;
 use sluice_proto::net::{self, NetError};
 use sluice_proto::{Identity, PartitionId, Role, StreamName};
 use std::net::SocketAddr;
@@ -151,16 +151,11 @@ impl Node {
                 t.cert.display()
             )));
         }
-        let limits = ServerLimits {
-            frame_bytes_max: t.frame_bytes_max,
-            in_flight_per_connection_max: t.in_flight_per_connection_max,
-            connections_max: t.connections_max,
-            connections_per_identity_max: t.connections_per_identity_max,
-            handshakes_max: t.handshakes_max,
-            streams_per_connection_max: t.streams_per_connection_max,
-            idle_timeout_ms: t.idle_timeout_ms,
-            handshake_timeout_ms: t.handshake_timeout_ms,
-        };
+        let limits = t.server_limits();
+        if let Some(memory) = total_memory_bytes() {
+            t.check_fits_memory(memory)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        }
         let server_config = net::server_config(&material, &config.node.cluster, &limits)?;
         let endpoint =
             quinn::Endpoint::server(server_config, t.listen).map_err(|e| StartError::Bind {
@@ -230,6 +225,15 @@ fn spawn_error_text(e: &ractor::SpawnErr) -> String {
         ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
         other => other.to_string(),
     }
+}
+
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`); `None` where it cannot be read,
+/// and then the start-up memory check is skipped.
+fn total_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 #[cfg(test)]

@@ -9,13 +9,16 @@ use rcgen::{
 };
 use sluice_proto::frame::{FrameHeader, Kind, HEADER_LEN, MAGIC};
 use sluice_proto::msg::{
-    ErrorCode, ErrorResponse, FetchFrom, FetchRequest, Message, MetadataRequest, MetadataResponse,
-    ProduceResponse,
+    ErrorCode, ErrorResponse, FetchFrom, FetchRequest, FetchResponse, Message, MetadataRequest,
+    MetadataResponse, ProduceResponse,
 };
 use sluice_proto::net::{
     self, Client, ClientSettings, Handler, NetError, ServerGauges, ServerLimits, TlsMaterial,
 };
-use sluice_proto::{Identity, PartitionId, Role, StreamName};
+use sluice_proto::{
+    BootEpoch, Event, Identity, Offset, PartitionId, Payload, Role, SensorId, StoredEvent,
+    StreamName, UnixMillis,
+};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -111,8 +114,9 @@ fn valid(ca: &Ca, role: Role, name: &str) -> TlsMaterial {
     leaf(ca, ca, CLUSTER, role, name, Validity::Now)
 }
 
-/// Answers metadata with one partition (echoing the stream), produce with no outcomes, fetch
-/// with UnknownStream, and panics on the stream named `panic`. Records every peer it saw.
+/// Answers metadata with one partition (echoing the stream), produce with no outcomes, fetch of
+/// the stream `big` with one event of `bytes_max` payload bytes, other fetches with
+/// UnknownStream, and panics on the stream named `panic`. Records every peer it saw.
 #[derive(Default)]
 struct TestHandler {
     peers: Mutex<Vec<Identity>>,
@@ -139,6 +143,9 @@ impl Handler for TestHandler {
                         n_partitions: 1,
                     })
                 }
+                Message::FetchRequest(f) if f.stream.as_str() == "big" => {
+                    Message::FetchResponse(big_fetch_answer(&f))
+                }
                 Message::ProduceRequest(p) => Message::ProduceResponse(ProduceResponse {
                     request_id: p.request_id,
                     outcomes: vec![],
@@ -150,6 +157,29 @@ impl Handler for TestHandler {
                 }),
             }
         })
+    }
+}
+
+fn big_fetch_answer(request: &FetchRequest) -> FetchResponse {
+    let event = Event {
+        producer: Identity::new(CLUSTER, Role::Edge, "pi-01").unwrap(),
+        sensor: SensorId::new("s").unwrap(),
+        boot_epoch: BootEpoch(1),
+        seq: 0,
+        device_time: UnixMillis(0),
+        received_time: UnixMillis(0),
+        payload: Payload::Bytes(vec![7; request.bytes_max as usize]),
+    };
+    FetchResponse {
+        request_id: request.request_id,
+        partition: request.partition,
+        events: vec![StoredEvent {
+            offset: Offset(0),
+            event,
+        }],
+        next_offset: Offset(1),
+        high_watermark: Offset(1),
+        log_start: Offset(0),
     }
 }
 
@@ -712,4 +742,215 @@ async fn one_identity_cannot_hold_every_connection() {
     drop(first);
     within(server.gauges.wait_until(|s| s.connections == 2)).await;
     connect_and_call(&greedy).await.unwrap();
+}
+
+/// A raw mTLS connection as `name` (an edge), for clients that misbehave.
+async fn raw_connection(ca: &Ca, server: SocketAddr, name: &str) -> quinn::Connection {
+    let config = net::client_config(&valid(ca, Role::Edge, name), CLUSTER).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    within(endpoint.connect(server, "127.0.0.1").unwrap())
+        .await
+        .unwrap()
+}
+
+/// Opens a stream and writes the header of a metadata frame of `body_len` bytes and `sent`
+/// bytes of its body, and nothing more.
+async fn unfinished_frame(
+    connection: &quinn::Connection,
+    body_len: u32,
+    sent: usize,
+) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = within(connection.open_bi()).await.unwrap();
+    let header = FrameHeader {
+        kind: Kind::MetadataRequest,
+        body_len,
+    }
+    .to_bytes();
+    send.write_all(&header).await.unwrap();
+    send.write_all(&vec![0u8; sent]).await.unwrap();
+    (send, recv)
+}
+
+const SMALL_FRAME: u32 = 256 << 10;
+/// Bytes one frame of SMALL_FRAME holds, header included.
+const HELD: u64 = SMALL_FRAME as u64 + HEADER_LEN as u64;
+
+fn budget_limits() -> ServerLimits {
+    ServerLimits {
+        frame_bytes_max: SMALL_FRAME,
+        request_bytes_per_connection_max: 2 * HELD,
+        request_bytes_max: 3 * HELD,
+        answer_bytes_per_connection_max: 2 * HELD,
+        answer_bytes_max: 3 * HELD,
+        connection_window_bytes_max: 64 << 10,
+        ..ServerLimits::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_frames_hold_one_connections_budget_until_their_deadline() {
+    // Checks that frames announced in full but never finished, on 8 streams of one connection,
+    // hold at most the connection's request budget (the other streams stop being read), that a
+    // well-behaved client is served meanwhile, and that each unfinished frame, and a frame
+    // trickled a byte at a time, is answered with a deadline error after frame_timeout_ms, after
+    // which no request bytes are held.
+    let ca = ca();
+    let limits = ServerLimits {
+        frame_timeout_ms: 1_000,
+        ..budget_limits()
+    };
+    let server = start_with(
+        &valid(&ca, Role::Node, "n1"),
+        vec![Role::Edge, Role::Admin],
+        limits,
+    );
+    let hostile = raw_connection(&ca, server.addr, "hostile").await;
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        streams.push(unfinished_frame(&hostile, SMALL_FRAME, 1_000).await);
+    }
+    let full = within(server.gauges.wait_until(|s| {
+        s.request_bytes_peak >= 2 * HELD && s.reads_paused_for_requests_total >= 1
+    }))
+    .await;
+    assert_eq!(full.request_bytes_peak, 2 * HELD, "{full:?}");
+    let good = within(Client::connect(&settings(
+        valid(&ca, Role::Edge, "pi-02"),
+        server.addr,
+    )))
+    .await
+    .unwrap();
+    within(good.produce(stream("temps"), vec![])).await.unwrap();
+
+    let trickler = raw_connection(&ca, server.addr, "trickler").await;
+    let (mut trickle, mut trickle_recv) = unfinished_frame(&trickler, 1_000, 1).await;
+    let dripping = tokio::spawn(async move {
+        // The attacker's pace: one byte every 50 ms, far slower than 1,000 bytes in 1 s.
+        for _ in 0..999 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if trickle.write_all(&[0]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let reply = within(net::read_frame(&mut trickle_recv, 1 << 20)).await;
+    dripping.abort();
+    let deadline_error = |reply: Result<Option<Message>, NetError>| match reply {
+        Ok(Some(Message::Error(ErrorResponse {
+            request_id: 0,
+            code: ErrorCode::BadRequest,
+            message,
+        }))) => assert!(
+            message.contains("did not arrive within 1000 ms"),
+            "{message}"
+        ),
+        other => panic!("expected a deadline error, got {other:?}"),
+    };
+    deadline_error(reply);
+    for (_send, mut recv) in streams {
+        deadline_error(within(net::read_frame(&mut recv, 1 << 20)).await);
+    }
+    let drained = within(
+        server
+            .gauges
+            .wait_until(|s| s.frames_timed_out_total == 9 && s.request_bytes == 0),
+    )
+    .await;
+    assert!(drained.request_bytes_peak <= 3 * HELD, "{drained:?}");
+    within(good.metadata(stream("after"))).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_frames_on_many_connections_hold_at_most_the_node_budget() {
+    // Checks that unfinished frames on two connections (each allowed two) hold at most the
+    // node-wide request budget of three, and that closing those connections releases every
+    // byte so a well-behaved client is served.
+    let ca = ca();
+    let limits = ServerLimits {
+        frame_timeout_ms: 60_000,
+        ..budget_limits()
+    };
+    let server = start_with(
+        &valid(&ca, Role::Node, "n1"),
+        vec![Role::Edge, Role::Admin],
+        limits,
+    );
+    let mut hostile = Vec::new();
+    let mut streams = Vec::new();
+    for name in ["hostile-1", "hostile-2"] {
+        let connection = raw_connection(&ca, server.addr, name).await;
+        for _ in 0..3 {
+            streams.push(unfinished_frame(&connection, SMALL_FRAME, 100).await);
+        }
+        hostile.push(connection);
+    }
+    let full = within(server.gauges.wait_until(|s| {
+        s.request_bytes_peak >= 3 * HELD && s.reads_paused_for_requests_total >= 3
+    }))
+    .await;
+    assert_eq!(full.request_bytes_peak, 3 * HELD, "{full:?}");
+    for connection in &hostile {
+        connection.close(quinn::VarInt::from_u32(0), b"done");
+    }
+    within(server.gauges.wait_until(|s| s.request_bytes == 0)).await;
+    connect_and_call(&settings(valid(&ca, Role::Edge, "pi-02"), server.addr))
+        .await
+        .unwrap();
+    assert_eq!(server.gauges.snapshot().request_bytes_peak, 3 * HELD);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_answers_is_not_read_from() {
+    // Checks that 200 pipelined fetches whose answers are not read hold at most the
+    // connection's answer budget (the server stops reading that stream instead of buffering),
+    // that a well-behaved client is served meanwhile, and that once the client reads, every
+    // answer arrives and no answer bytes stay held.
+    let ca = ca();
+    let server = start_with(
+        &valid(&ca, Role::Node, "n1"),
+        vec![Role::Edge, Role::Admin],
+        budget_limits(),
+    );
+    let hostile = raw_connection(&ca, server.addr, "hoarder").await;
+    let (mut send, mut recv) = within(hostile.open_bi()).await.unwrap();
+    let mut frames = Vec::new();
+    for request_id in 1..=200u64 {
+        let fetch = Message::FetchRequest(FetchRequest {
+            request_id,
+            stream: stream("big"),
+            partition: PartitionId(0),
+            from: FetchFrom::Earliest,
+            events_max: 1,
+            bytes_max: 64 << 10,
+            wait_ms: 0,
+        });
+        net::io::encode_frame_into(&fetch, &mut frames, u32::MAX).unwrap();
+    }
+    within(send.write_all(&frames)).await.unwrap();
+    let paused = within(
+        server
+            .gauges
+            .wait_until(|s| s.reads_paused_for_answers_total >= 1),
+    )
+    .await;
+    assert!(paused.answer_bytes_peak <= 2 * HELD, "{paused:?}");
+    connect_and_call(&settings(valid(&ca, Role::Edge, "pi-02"), server.addr))
+        .await
+        .unwrap();
+    let mut answered = Vec::new();
+    for _ in 0..200 {
+        match within(net::read_frame(&mut recv, 1 << 20)).await.unwrap() {
+            Some(Message::FetchResponse(response)) => {
+                assert_eq!(response.events.len(), 1);
+                answered.push(response.request_id);
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, (1..=200).collect::<Vec<_>>());
+    let done = within(server.gauges.wait_until(|s| s.answer_bytes == 0)).await;
+    assert!(done.answer_bytes_peak <= 2 * HELD, "{done:?}");
+    assert!(done.reads_paused_for_answers_total >= 1, "{done:?}");
 }

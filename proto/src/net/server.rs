@@ -23,13 +23,14 @@
 //! What this module does not do: authorisation beyond the role (the handler checks ACLs), and
 //! retries (a client retries on a new stream or connection).
 
-use super::io::{encode_frame_into, is_request, read_frame, set_request_id};
+use super::io::{encode_frame_into, is_request, read_body, read_header, set_request_id};
 use super::tls::connection_identity;
 use super::{
     describe_connection_error, frame_error_code, NetError, CLOSE_BAD_IDENTITY, CLOSE_BUSY,
     CLOSE_IDENTITY_LIMIT, CLOSE_ROLE_NOT_ALLOWED, CLOSE_SHUTDOWN, CLOSE_WRONG_CLUSTER,
     STREAM_FRAME_ERROR,
 };
+use crate::frame::HEADER_LEN;
 use crate::ids::{Identity, Role};
 use crate::msg::{ErrorCode, ErrorResponse, Message};
 use std::collections::BTreeMap;
@@ -51,6 +52,14 @@ pub trait Handler: Send + Sync + 'static {
         peer: Arc<Identity>,
         request: Message,
     ) -> Pin<Box<dyn Future<Output = Message> + Send + 'static>>;
+
+    /// An upper estimate of the encoded size of the answer to `request`, held from the answer
+    /// byte budgets before the call starts and corrected to the actual size once the answer is
+    /// encoded. The default is [`answer_bytes_estimate`]; a handler that caps its answers more
+    /// tightly (a node's `fetch_bytes_max`) can say so here.
+    fn answer_bytes_estimate(&self, request: &Message, frame_bytes_max: u32) -> u64 {
+        answer_bytes_estimate(request, frame_bytes_max)
+    }
 }
 
 /// Bounds of one server.
@@ -72,6 +81,44 @@ pub struct ServerLimits {
     pub idle_timeout_ms: u64,
     /// A handshake not complete after this long is abandoned.
     pub handshake_timeout_ms: u64,
+    /// A frame's header, and then its body, must each arrive within this long once begun.
+    pub frame_timeout_ms: u64,
+    /// Bytes of requests being read or handled on one connection.
+    pub request_bytes_per_connection_max: u64,
+    /// Bytes of requests being read or handled on the whole node.
+    pub request_bytes_max: u64,
+    /// Bytes of answers not yet taken by the client (being computed or waiting to be sent) on
+    /// one connection; at the bound the server stops reading that connection's requests.
+    pub answer_bytes_per_connection_max: u64,
+    /// Bytes of answers not yet taken, on the whole node.
+    pub answer_bytes_max: u64,
+    /// The QUIC flow-control window of one connection, each way: bytes the transport buffers
+    /// for a connection beyond the budgets above (received but not read, written but not acked).
+    pub connection_window_bytes_max: u64,
+}
+
+/// Capacity of a stream's read buffer.
+const STREAM_READ_BUFFER_BYTES: usize = 8 << 10;
+
+impl ServerLimits {
+    /// The most memory clients can make this server hold for them, in bytes: the node-wide
+    /// budgets, every connection's transport windows and read buffers, and the connection
+    /// attempts quinn buffers. Checked at start-up against the machine's memory.
+    pub fn held_bytes_max(&self) -> u64 {
+        let per_connection = self
+            .connection_window_bytes_max
+            .saturating_mul(2)
+            .saturating_add(
+                u64::from(self.streams_per_connection_max)
+                    .saturating_mul(STREAM_READ_BUFFER_BYTES as u64),
+            );
+        let incoming = super::tls::incoming_max(self.handshakes_max) as u64
+            * (super::tls::INCOMING_BUFFER_BYTES + 1500);
+        self.request_bytes_max
+            .saturating_add(self.answer_bytes_max)
+            .saturating_add(u64::from(self.connections_max).saturating_mul(per_connection))
+            .saturating_add(incoming)
+    }
 }
 
 impl Default for ServerLimits {
@@ -85,6 +132,12 @@ impl Default for ServerLimits {
             streams_per_connection_max: 16,
             idle_timeout_ms: 30_000,
             handshake_timeout_ms: 5_000,
+            frame_timeout_ms: 10_000,
+            request_bytes_per_connection_max: 8 << 20,
+            request_bytes_max: 128 << 20,
+            answer_bytes_per_connection_max: 8 << 20,
+            answer_bytes_max: 128 << 20,
+            connection_window_bytes_max: 512 << 10,
         }
     }
 }
@@ -104,6 +157,13 @@ pub struct ServerGauges {
     connections_peak: AtomicU64,
     connections_refused_busy: AtomicU64,
     connections_refused_identity: AtomicU64,
+    request_bytes: AtomicU64,
+    request_bytes_peak: AtomicU64,
+    answer_bytes: AtomicU64,
+    answer_bytes_peak: AtomicU64,
+    reads_paused_for_requests: AtomicU64,
+    reads_paused_for_answers: AtomicU64,
+    frames_timed_out: AtomicU64,
     changed: Notify,
 }
 
@@ -131,6 +191,20 @@ pub struct ServerStats {
     pub connections_refused_busy_total: u64,
     /// Connections refused because their identity held `connections_per_identity_max` already.
     pub connections_refused_identity_total: u64,
+    /// Bytes of requests being read or handled now, node-wide.
+    pub request_bytes: u64,
+    /// The most request bytes ever held at once.
+    pub request_bytes_peak: u64,
+    /// Bytes of answers not yet taken by their clients now, node-wide.
+    pub answer_bytes: u64,
+    /// The most answer bytes ever held at once.
+    pub answer_bytes_peak: u64,
+    /// Times a stream stopped reading until request bytes were released.
+    pub reads_paused_for_requests_total: u64,
+    /// Times a stream stopped reading until answer bytes were taken by their client.
+    pub reads_paused_for_answers_total: u64,
+    /// Frames that did not arrive within `frame_timeout_ms`.
+    pub frames_timed_out_total: u64,
 }
 
 impl ServerGauges {
@@ -148,6 +222,13 @@ impl ServerGauges {
             connections_peak: get(&self.connections_peak),
             connections_refused_busy_total: get(&self.connections_refused_busy),
             connections_refused_identity_total: get(&self.connections_refused_identity),
+            request_bytes: get(&self.request_bytes),
+            request_bytes_peak: get(&self.request_bytes_peak),
+            answer_bytes: get(&self.answer_bytes),
+            answer_bytes_peak: get(&self.answer_bytes_peak),
+            reads_paused_for_requests_total: get(&self.reads_paused_for_requests),
+            reads_paused_for_answers_total: get(&self.reads_paused_for_answers),
+            frames_timed_out_total: get(&self.frames_timed_out),
         }
     }
 
@@ -263,6 +344,8 @@ struct Shared {
     connections: Arc<Semaphore>,
     handshakes: Mutex<Handshakes>,
     by_identity: Mutex<BTreeMap<Identity, u32>>,
+    request_bytes: Arc<Semaphore>,
+    answer_bytes: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -391,6 +474,8 @@ pub async fn serve_with_gauges(
         .unwrap_or_default();
     info!(%local, %cluster, ?allowed_roles, "serving");
     let handshake_timeout_ms = limits.handshake_timeout_ms;
+    let request_bytes = Arc::new(Semaphore::new(permits(limits.request_bytes_max)));
+    let answer_bytes = Arc::new(Semaphore::new(permits(limits.answer_bytes_max)));
     let shared = Arc::new(Shared {
         cluster,
         allowed_roles,
@@ -403,6 +488,8 @@ pub async fn serve_with_gauges(
             by_seq: BTreeMap::new(),
         }),
         by_identity: Mutex::new(BTreeMap::new()),
+        request_bytes,
+        answer_bytes,
     });
     loop {
         if *shutdown.borrow_and_update() {
@@ -473,9 +560,17 @@ async fn serve_connection(
     tracing::Span::current().record("peer", tracing::field::display(&peer));
     debug!("connection accepted");
     let peer = Arc::new(peer);
-    let in_flight = Arc::new(Semaphore::new(
-        shared.limits.in_flight_per_connection_max.max(1) as usize,
-    ));
+    let budgets = Arc::new(ConnectionBudgets {
+        in_flight: Arc::new(Semaphore::new(
+            shared.limits.in_flight_per_connection_max.max(1) as usize,
+        )),
+        request_bytes: Arc::new(Semaphore::new(permits(
+            shared.limits.request_bytes_per_connection_max,
+        ))),
+        answer_bytes: Arc::new(Semaphore::new(permits(
+            shared.limits.answer_bytes_per_connection_max,
+        ))),
+    });
     loop {
         let accepted = tokio::select! {
             biased;
@@ -491,8 +586,7 @@ async fn serve_connection(
         match accepted {
             Ok((send, recv)) => {
                 let span = info_span!("stream", stream_id = %send.id());
-                let task =
-                    serve_stream(shared.clone(), peer.clone(), in_flight.clone(), send, recv);
+                let task = serve_stream(shared.clone(), peer.clone(), budgets.clone(), send, recv);
                 tokio::spawn(task.instrument(span));
             }
             Err(error) => {
@@ -580,14 +674,164 @@ fn admit(
     }
 }
 
-/// A response on its way to the stream's writer, holding the in-flight permit until written.
-type Outgoing = (Message, OwnedSemaphorePermit);
+/// The bounds one connection shares over its streams.
+struct ConnectionBudgets {
+    /// Handler calls running at once.
+    in_flight: Arc<Semaphore>,
+    /// Bytes of requests being read or handled.
+    request_bytes: Arc<Semaphore>,
+    /// Bytes of answers not yet taken by the client.
+    answer_bytes: Arc<Semaphore>,
+}
+
+/// Semaphore permits standing for a byte budget (tokio's limit is far above any memory).
+fn permits(bytes: u64) -> usize {
+    usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+/// Which byte budget a [`Held`] is from.
+#[derive(Clone, Copy, Debug)]
+enum Budget {
+    Request,
+    Answer,
+}
+
+impl ServerGauges {
+    fn held(&self, budget: Budget) -> (&AtomicU64, &AtomicU64, &AtomicU64) {
+        match budget {
+            Budget::Request => (
+                &self.request_bytes,
+                &self.request_bytes_peak,
+                &self.reads_paused_for_requests,
+            ),
+            Budget::Answer => (
+                &self.answer_bytes,
+                &self.answer_bytes_peak,
+                &self.reads_paused_for_answers,
+            ),
+        }
+    }
+}
+
+/// Bytes held from one connection's budget and the node's at once; released when dropped.
+struct Held {
+    connection: OwnedSemaphorePermit,
+    node: OwnedSemaphorePermit,
+    gauges: Arc<ServerGauges>,
+    budget: Budget,
+}
+
+impl Held {
+    /// Waits until `bytes` fit both the connection's budget and the node's, then holds them.
+    /// Waiting is how a stream stops reading: QUIC flow control then stops its client. A
+    /// reservation larger than a budget is cut to the budget (validation keeps budgets above
+    /// the largest frame). `None` if a budget is closed.
+    async fn reserve(
+        shared: &Shared,
+        connection: &Arc<Semaphore>,
+        budget: Budget,
+        bytes: u64,
+    ) -> Option<Held> {
+        let (node, connection_max, node_max) = match budget {
+            Budget::Request => (
+                &shared.request_bytes,
+                shared.limits.request_bytes_per_connection_max,
+                shared.limits.request_bytes_max,
+            ),
+            Budget::Answer => (
+                &shared.answer_bytes,
+                shared.limits.answer_bytes_per_connection_max,
+                shared.limits.answer_bytes_max,
+            ),
+        };
+        let n = bytes
+            .min(connection_max)
+            .min(node_max)
+            .min(u64::from(u32::MAX)) as u32;
+        let gauges = &shared.gauges;
+        let (current, peak, paused) = gauges.held(budget);
+        if connection.available_permits() < n as usize || node.available_permits() < n as usize {
+            gauges.bump(paused);
+            trace!(
+                ?budget,
+                bytes = n,
+                "byte budget spent; stream reading paused"
+            );
+        }
+        let connection = connection.clone().acquire_many_owned(n).await.ok()?;
+        let node = node.clone().acquire_many_owned(n).await.ok()?;
+        gauges.add_with_peak(current, peak, u64::from(n));
+        Some(Held {
+            connection,
+            node,
+            gauges: gauges.clone(),
+            budget,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        self.connection.num_permits()
+    }
+
+    /// Gives back what is held beyond `bytes`.
+    fn shrink_to(&mut self, bytes: usize) {
+        let extra = self.bytes().saturating_sub(bytes);
+        if extra == 0 {
+            return;
+        }
+        drop(self.connection.split(extra));
+        drop(self.node.split(extra));
+        self.gauges
+            .sub(self.gauges.held(self.budget).0, extra as u64);
+    }
+
+    /// Waits until `bytes` in all are held (no more than either budget).
+    async fn grow_to(&mut self, bytes: usize) {
+        let connection = self.connection.semaphore().clone();
+        let node = self.node.semaphore().clone();
+        let extra = bytes.saturating_sub(self.bytes());
+        let Ok(extra) = u32::try_from(extra) else {
+            return;
+        };
+        if extra == 0 {
+            return;
+        }
+        let (current, peak, paused) = self.gauges.held(self.budget);
+        if connection.available_permits() < extra as usize
+            || node.available_permits() < extra as usize
+        {
+            self.gauges.bump(paused);
+        }
+        let (Ok(more_connection), Ok(more_node)) = (
+            connection.acquire_many_owned(extra).await,
+            node.acquire_many_owned(extra).await,
+        ) else {
+            return;
+        };
+        self.connection.merge(more_connection);
+        self.node.merge(more_node);
+        self.gauges.add_with_peak(current, peak, u64::from(extra));
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let n = self.bytes() as u64;
+        self.gauges.sub(self.gauges.held(self.budget).0, n);
+    }
+}
+
+/// An encoded answer on its way to the stream's writer, holding its in-flight permit and its
+/// answer bytes until written.
+type Outgoing = (Vec<u8>, OwnedSemaphorePermit, Option<Held>);
 
 /// One stream: a reader that starts handler calls and a writer that sends their responses.
 async fn serve_stream(
     shared: Arc<Shared>,
     peer: Arc<Identity>,
-    in_flight: Arc<Semaphore>,
+    budgets: Arc<ConnectionBudgets>,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
@@ -595,37 +839,70 @@ async fn serve_stream(
     // permit count never fills: responders use try_send and never wait.
     let (tx, rx) =
         mpsc::channel::<Outgoing>(shared.limits.in_flight_per_connection_max.max(1) as usize);
-    let frame_bytes_max = shared.limits.frame_bytes_max;
     tokio::join!(
-        read_requests(&shared, peer, in_flight, recv, tx),
-        write_responses(send, rx, frame_bytes_max)
+        read_requests(&shared, peer, &budgets, recv, tx),
+        write_responses(send, rx)
     );
     trace!("stream done");
 }
 
+/// Reads one request frame within the frame deadline, holding its bytes from the request
+/// budgets from the moment its header announces them; `Ok(None)` at the end of the stream.
+async fn read_request<R>(
+    shared: &Shared,
+    budgets: &ConnectionBudgets,
+    reader: &mut R,
+) -> Result<Option<(Message, Held)>, NetError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let deadline = Some(Duration::from_millis(shared.limits.frame_timeout_ms));
+    let Some(header) = read_header(reader, shared.limits.frame_bytes_max, deadline).await? else {
+        return Ok(None);
+    };
+    let bytes = (HEADER_LEN as u64) + u64::from(header.body_len);
+    let held = Held::reserve(shared, &budgets.request_bytes, Budget::Request, bytes)
+        .await
+        .ok_or_else(|| NetError::Closed {
+            reason: "server shutting down".to_owned(),
+        })?;
+    let message = read_body(reader, &header, deadline).await?;
+    Ok(Some((message, held)))
+}
+
 /// Reads request frames and starts a handler call for each; returns at the end of the stream.
 async fn read_requests(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: Arc<Identity>,
-    in_flight: Arc<Semaphore>,
+    budgets: &ConnectionBudgets,
     recv: quinn::RecvStream,
     tx: mpsc::Sender<Outgoing>,
 ) {
-    let mut reader = BufReader::with_capacity(64 * 1024, recv);
+    let frame_bytes_max = shared.limits.frame_bytes_max;
+    let mut reader = BufReader::with_capacity(STREAM_READ_BUFFER_BYTES, recv);
     loop {
-        let read = read_frame(&mut reader, shared.limits.frame_bytes_max).await;
+        let read = read_request(shared, budgets, &mut reader).await;
         if tx.is_closed() {
             return; // the writer failed: nobody can answer on this stream any more
         }
-        let message = match read {
-            Ok(Some(message)) => message,
+        let (message, request) = match read {
+            Ok(Some(read)) => read,
             Ok(None) => return,
-            Err(NetError::Frame(error)) => {
+            Err(error @ (NetError::Frame(_) | NetError::Timeout { .. })) => {
+                let (code, text) = match &error {
+                    NetError::Frame(error) => {
+                        (frame_error_code(error), format!("bad frame: {error}"))
+                    }
+                    other => {
+                        shared.gauges.bump(&shared.gauges.frames_timed_out);
+                        (ErrorCode::BadRequest, format!("{other} (frame_timeout_ms)"))
+                    }
+                };
                 warn!(%error, "bad frame; closing the stream");
-                if let Ok(permit) = in_flight.clone().acquire_owned().await {
-                    let message =
-                        error_response(0, frame_error_code(&error), format!("bad frame: {error}"));
-                    let _ = tx.try_send((message, permit));
+                if let Ok(permit) = budgets.in_flight.clone().acquire_owned().await {
+                    let mut bytes = Vec::new();
+                    encode_response(&error_response(0, code, text), &mut bytes, frame_bytes_max);
+                    let _ = tx.try_send((bytes, permit, None));
                 }
                 let _ = reader
                     .into_inner()
@@ -637,35 +914,43 @@ async fn read_requests(
                 return;
             }
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+        let Ok(permit) = budgets.in_flight.clone().acquire_owned().await else {
             return;
         };
         let request_id = message.request_id();
         if !is_request(&message) {
             let text = format!("{:?} is not a request", message.kind());
-            let _ = tx.try_send((
-                error_response(request_id, ErrorCode::BadRequest, text),
-                permit,
-            ));
+            let mut bytes = Vec::new();
+            let response = error_response(request_id, ErrorCode::BadRequest, text);
+            encode_response(&response, &mut bytes, frame_bytes_max);
+            let _ = tx.try_send((bytes, permit, None));
             continue;
         }
+        let estimate = shared
+            .handler
+            .answer_bytes_estimate(&message, frame_bytes_max);
+        let Some(answer) =
+            Held::reserve(shared, &budgets.answer_bytes, Budget::Answer, estimate).await
+        else {
+            return;
+        };
         let slot = ResponseSlot {
             tx: tx.clone(),
             permit: Some(permit),
+            answer: Some(answer),
+            request: Some(request),
             request_id,
+            frame_bytes_max,
         };
         let call = shared.handler.handle(peer.clone(), message);
-        tokio::spawn(async move { slot.complete(call.await) }.in_current_span());
+        tokio::spawn(async move { slot.complete(call.await).await }.in_current_span());
     }
 }
 
-/// Writes responses in completion order, batching whatever is ready into one write; finishes
-/// the stream once the reader and every handler call are done.
-async fn write_responses(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<Outgoing>,
-    frame_bytes_max: u32,
-) {
+/// Writes responses in completion order, batching whatever is ready into one write; releases
+/// their permits and answer bytes once quinn has taken them; finishes the stream once the
+/// reader and every handler call are done.
+async fn write_responses(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(64);
     loop {
         if rx.recv_many(&mut batch, 64).await == 0 {
@@ -673,10 +958,12 @@ async fn write_responses(
             return;
         }
         let mut buffer = Vec::new();
-        for (message, _permit) in batch.drain(..) {
-            encode_response(&message, &mut buffer, frame_bytes_max);
+        for (bytes, _, _) in &batch {
+            buffer.extend_from_slice(bytes);
         }
-        if let Err(error) = send.write_chunk(buffer.into()).await {
+        let written = send.write_chunk(buffer.into()).await;
+        batch.clear();
+        if let Err(error) = written {
             debug!(error = %super::io::write_error(error), "response write failed");
             return;
         }
@@ -700,6 +987,19 @@ fn encode_response(message: &Message, buffer: &mut Vec<u8>, frame_bytes_max: u32
     }
 }
 
+/// An estimate of the encoded size of the answer to `request`, frame header included, and never
+/// above a full frame: 128 bytes per produced record, the fetch's own `bytes_max` plus 64 KiB
+/// for the event that may cross it, the stream name for metadata.
+pub fn answer_bytes_estimate(request: &Message, frame_bytes_max: u32) -> u64 {
+    let body = match request {
+        Message::ProduceRequest(p) => 64 + 128 * p.records.len() as u64,
+        Message::FetchRequest(f) => u64::from(f.bytes_max) + (64 << 10),
+        Message::MetadataRequest(m) => 64 + m.stream.as_str().len() as u64,
+        _ => 256,
+    };
+    HEADER_LEN as u64 + body.min(u64::from(frame_bytes_max))
+}
+
 fn error_response(request_id: u64, code: ErrorCode, message: String) -> Message {
     Message::Error(ErrorResponse {
         request_id,
@@ -708,25 +1008,44 @@ fn error_response(request_id: u64, code: ErrorCode, message: String) -> Message 
     })
 }
 
-/// Where one handler call's response goes. If the call panics or is dropped before completing,
-/// the slot answers with an `Internal` error so the client is not left waiting.
+/// Where one handler call's response goes, with the call's in-flight permit, its request bytes
+/// (held until the call ends) and its answer bytes (held until written). If the call panics or
+/// is dropped before completing, the slot answers with an `Internal` error so the client is not
+/// left waiting.
 struct ResponseSlot {
     tx: mpsc::Sender<Outgoing>,
     permit: Option<OwnedSemaphorePermit>,
+    answer: Option<Held>,
+    request: Option<Held>,
     request_id: u64,
+    frame_bytes_max: u32,
 }
 
 impl ResponseSlot {
-    fn complete(mut self, mut response: Message) {
+    async fn complete(mut self, mut response: Message) {
         set_request_id(&mut response, self.request_id);
-        self.send(response);
+        let mut bytes = Vec::new();
+        encode_response(&response, &mut bytes, self.frame_bytes_max);
+        drop(response);
+        self.request = None;
+        if let Some(answer) = &mut self.answer {
+            if bytes.len() > answer.bytes() {
+                // Larger than estimated: the answer waits until its bytes fit the budgets.
+                answer.grow_to(bytes.len()).await;
+            } else {
+                answer.shrink_to(bytes.len());
+            }
+        }
+        self.send(bytes);
     }
 
-    fn send(&mut self, response: Message) {
+    fn send(&mut self, bytes: Vec<u8>) {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send((response, permit)) {
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.tx.try_send((bytes, permit, self.answer.take()))
+        {
             error!(
                 request_id = self.request_id,
                 "response queue full despite permits; response dropped"
@@ -740,11 +1059,10 @@ impl Drop for ResponseSlot {
         if self.permit.is_some() {
             warn!(request_id = self.request_id, "handler did not complete");
             let message = format!("handler for request {} failed", self.request_id);
-            self.send(error_response(
-                self.request_id,
-                ErrorCode::Internal,
-                message,
-            ));
+            let response = error_response(self.request_id, ErrorCode::Internal, message);
+            let mut bytes = Vec::new();
+            encode_response(&response, &mut bytes, self.frame_bytes_max);
+            self.send(bytes);
         }
     }
 }
