@@ -382,6 +382,17 @@ async fn expired_and_not_yet_valid_client_certificates_are_refused() {
                 .contains("certificate expired or not yet valid"),
             "{error}"
         );
+        assert!(
+            matches!(
+                &error,
+                NetError::Handshake {
+                    alert: net::AlertDescription::CertificateExpired,
+                    by_peer: true,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
     }
     connect_and_call(&settings(valid(&ca, Role::Edge, "pi-01"), server.addr))
         .await
@@ -464,7 +475,27 @@ async fn client_refuses_server_that_is_not_a_node_of_its_ca() {
     );
     let client = settings(valid(&ca, Role::Edge, "pi-01"), foreign_server.addr);
     let error = within(Client::connect(&client)).await.unwrap_err();
-    assert!(error.to_string().contains("unknown ca"), "{error}");
+    assert!(
+        matches!(
+            &error,
+            NetError::Handshake {
+                alert: net::AlertDescription::UnknownCA,
+                by_peer: false,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("not issued by this cluster's ca"),
+        "{error}"
+    );
+    assert_eq!(
+        net::transport::transport_error(&error, true).kind,
+        sluice_proto::env::TransportErrorKind::Refused
+    );
     let same_name = self::ca();
     let same_name_server = start(
         &leaf(

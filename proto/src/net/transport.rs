@@ -114,7 +114,7 @@ pub fn transport_error(error: &NetError, connecting: bool) -> TransportError {
         NetError::Refused { code, .. } if *code == u64::from(super::CLOSE_BUSY) => K::Unreachable,
         NetError::Identity { .. } | NetError::Refused { .. } => K::Refused,
         // A handshake that ended in a TLS alert is a refusal of our certificate (or theirs).
-        NetError::Connect { reason, .. } if reason.contains("tls alert") => K::Refused,
+        NetError::Handshake { .. } => K::Refused,
         NetError::Connect { .. } | NetError::Io { .. } => K::Unreachable,
         NetError::Timeout { .. } if connecting => K::Unreachable,
         NetError::Timeout { .. } => K::Timeout,
