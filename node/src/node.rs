@@ -12,7 +12,7 @@ use crate::service::{QuicHandler, Service};
 use crate::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use ractor::{Actor, ActorRef};
 use sluice_proto::env::Env;
-use sluice_proto::net::server::serve;
+use sluice_proto::net::server::{serve_with_gauges, ServerGauges};
 use sluice_proto::net::{self, NetError};
 use sluice_proto::{Identity, PartitionId, Role, StreamName};
 use std::net::SocketAddr;
@@ -51,6 +51,8 @@ pub struct Node {
     /// `None` once `failed` has seen the supervisor end.
     supervisor_join: Option<JoinHandle<()>>,
     server: Option<(watch::Sender<bool>, JoinHandle<()>, quinn::Endpoint)>,
+    /// What clients hold at the listener (handshakes, connections, bytes).
+    server_gauges: Arc<ServerGauges>,
 }
 
 fn partition_args(
@@ -131,6 +133,7 @@ impl Node {
             supervisor,
             supervisor_join: Some(supervisor_join),
             server: None,
+            server_gauges: Arc::new(ServerGauges::default()),
         })
     }
 
@@ -170,12 +173,13 @@ impl Node {
         let handler = Arc::new(QuicHandler(self.service.clone()));
         let span = tracing::info_span!("node", node_id = config.node.id);
         let task = tokio::spawn(
-            serve(
+            serve_with_gauges(
                 endpoint.clone(),
                 config.node.cluster.clone(),
                 vec![Role::Edge, Role::Admin],
                 handler,
                 limits,
+                self.server_gauges.clone(),
                 shutdown_rx,
             )
             .instrument(span),
@@ -183,6 +187,11 @@ impl Node {
         info!(%addr, "listening");
         self.server = Some((shutdown_tx, task, endpoint));
         Ok(addr)
+    }
+
+    /// What clients hold at the listener now and at most (handshakes, connections, bytes).
+    pub fn server_gauges(&self) -> &Arc<ServerGauges> {
+        &self.server_gauges
     }
 
     /// The request service (the simulator and tests call it directly).
