@@ -198,7 +198,17 @@ pub fn decode(bytes: &[u8], body_bytes_max: u32) -> Result<Message, FrameError> 
         });
     };
     let header = FrameHeader::parse(header, body_bytes_max)?;
-    let needed = HEADER_LEN + header.body_len as usize;
+    // `body_len` is at most `body_bytes_max`, but a u32 plus the header can still exceed a
+    // 32-bit usize (a Pi): such a frame cannot be held in memory at all.
+    let Some(needed) = usize::try_from(header.body_len)
+        .ok()
+        .and_then(|len| len.checked_add(HEADER_LEN))
+    else {
+        return Err(FrameError::TooLarge {
+            len: header.body_len,
+            max: body_bytes_max,
+        });
+    };
     if bytes.len() < needed {
         return Err(FrameError::Truncated {
             needed,
