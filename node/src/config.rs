@@ -484,6 +484,34 @@ mod tests {
     }
 
     #[test]
+    fn producer_budgets_are_validated() {
+        // Checks that the producer budgets must be positive, that an identity's budget may not
+        // exceed the partition's, and that the defaults pass.
+        let base = "[node]\nid = 1\ncluster = \"c\"\ndata_dir = \"d\"\n[transport]\nlisten = \"127.0.0.1:0\"\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let config = from_toml(base).unwrap();
+        assert_eq!(config.ingest.producers_per_identity_max, 10_000);
+        assert_eq!(config.ingest.producer_idle_expiry_ms, 604_800_000);
+        let text = format!(
+            "{base}[ingest]\nproducers_max = 10\nproducers_per_identity_max = 11\nproducer_idle_expiry_ms = 0\n"
+        );
+        let Err(ConfigError::Invalid(problems)) = from_toml(&text) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("producers_per_identity_max (11)")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("producer_idle_expiry_ms must be greater than 0")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
     fn every_problem_is_listed() {
         // Checks that validation reports all problems at once, not just the first.
         let text = r#"
