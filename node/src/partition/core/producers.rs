@@ -5,8 +5,9 @@
 //! - **Live** states (with their dedup window) are bounded per identity
 //!   (`producers_per_identity_max`) and per partition (`producers_max`); a new sensor beyond
 //!   either bound is refused `TooManyProducers`, so a flooding identity exhausts only its own.
-//! - A live state idle for `producer_idle_expiry` (measured on the monotonic clock, `now` passed
-//!   in) is **retired**: its window is dropped and it stops counting against the live bounds,
+//! - A live state idle for `producer_idle_expiry` (no record accepted for it for that long; a
+//!   duplicate is not activity; measured on the monotonic clock, `now` passed in, checked when
+//!   a produce reaches the partition) is **retired**: its window is dropped and it stops counting against the live bounds,
 //!   but its epoch and next seq are kept, so the sensor resumes where it was and a retry of an
 //!   older seq is refused `DuplicateTooOld` (it was stored; its offset is no longer known).
 //! - Retired states are bounded per identity by `producers_per_identity_max` too. Beyond it the
