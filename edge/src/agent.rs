@@ -26,14 +26,14 @@ use crate::source::{
     OfferObserver, Offered, Refusal, SinkRequest, SourceContext, SourceError, SourceReading,
     SourceSink,
 };
-use crate::spool::{Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
+use crate::spool::{Now, Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
 use crate::uplink::{Output, Severity, UplinkCore, UplinkLimits};
 use crate::validate::Validator;
 use ractor::{Actor, ActorRef};
 use sluice_proto::env::{Connection, Disk, Env, Transport, TransportError, TransportErrorKind};
 use sluice_proto::msg::{Message, ProduceRequest, ProduceResponse};
 use sluice_proto::os::run_blocking;
-use sluice_proto::{Record, StreamName, UnixMillis};
+use sluice_proto::{Record, StreamName};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -74,8 +74,6 @@ pub enum EdgeError {
 const UPLINK_RNG_SALT: u64 = 0x5550_4c49_4e4b; // "UPLINK"
 /// Offers taken from the queue at once (one blocking spool call for all of them).
 const OFFERS_PER_STEP_MAX: usize = 256;
-/// The longest the loop waits before running the spools' timers again.
-const SPOOL_TIMER_MAX: Duration = Duration::from_secs(1);
 /// How often spool figures are refreshed in the metrics.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 /// How long a clean stop waits for requests in flight.
@@ -313,7 +311,10 @@ async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, Edg
     for stream in streams {
         let dir = root.join(stream.as_str());
         let disk = env.disk.clone();
-        let now = env.clock.wall();
+        let now = Now {
+            mono: env.clock.now(),
+            wall: env.clock.wall(),
+        };
         let opened = run_blocking(env.blocking, move || Spool::open(disk, &dir, share, now)).await;
         let (spool, report) = opened.map_err(|e| spool_error(&stream, e))?;
         for declared in &report.power_loss {
@@ -322,7 +323,9 @@ async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, Edg
                 "readings lost to a power cut declared dropped");
         }
         info!(%stream, epoch = %report.epoch, n_records = report.n_records,
-            truncated_bytes = report.truncated_bytes, "spool opened");
+            truncated_bytes = report.truncated_bytes,
+            downtime_counted_ms = report.downtime_counted_ms,
+            downtime_wall_ms = report.downtime_wall_ms, "spool opened");
         by_stream.insert(stream, spool);
     }
     Ok(Arc::new(Mutex::new(Spools {
@@ -350,7 +353,7 @@ struct Pending {
 }
 
 impl Spools {
-    fn append(&mut self, now: UnixMillis, reading: SourceReading) -> Result<Appended, EdgeError> {
+    fn append(&mut self, now: Now, reading: SourceReading) -> Result<Appended, EdgeError> {
         let Some(spool) = self.by_stream.get_mut(&reading.stream) else {
             return Ok(Appended::Refused(Refusal::Spool {
                 label: "unknown_stream",
@@ -416,11 +419,7 @@ impl Spools {
         Ok(None)
     }
 
-    fn ack(
-        &mut self,
-        now: UnixMillis,
-        acks: &[(StreamName, StreamKey, u64)],
-    ) -> Result<u64, EdgeError> {
+    fn ack(&mut self, now: Now, acks: &[(StreamName, StreamKey, u64)]) -> Result<u64, EdgeError> {
         let mut n = 0;
         for (stream, key, seq_through) in acks {
             if let Some(spool) = self.by_stream.get_mut(stream) {
@@ -432,12 +431,10 @@ impl Spools {
         Ok(n)
     }
 
-    /// Runs the timers of every spool that has one pending. The core decides what is due, so a
-    /// wall clock that stepped back cannot hold a sync back (the core syncs when `now` went
-    /// backwards).
-    fn timeout(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
+    /// Runs the timers of every spool that has one due (on the monotonic clock).
+    fn timeout(&mut self, now: Now) -> Result<(), EdgeError> {
         for (stream, spool) in self.by_stream.iter_mut() {
-            if spool.poll_timeout().is_some() {
+            if spool.poll_timeout().is_some_and(|t| t <= now.mono) {
                 spool
                     .handle_timeout(now)
                     .map_err(|e| spool_error(stream, e))?;
@@ -446,7 +443,7 @@ impl Spools {
         Ok(())
     }
 
-    fn sync(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
+    fn sync(&mut self, now: Now) -> Result<(), EdgeError> {
         for (stream, spool) in self.by_stream.iter_mut() {
             spool.sync(now).map_err(|e| spool_error(stream, e))?;
         }
@@ -455,7 +452,7 @@ impl Spools {
 
     /// Closes every spool (even after one failed, so the others give back their reservations);
     /// returns the first error.
-    fn close(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
+    fn close(&mut self, now: Now) -> Result<(), EdgeError> {
         let by_stream = std::mem::take(&mut self.by_stream);
         let mut first = None;
         for (stream, spool) in by_stream {
@@ -470,7 +467,7 @@ impl Spools {
         self.by_stream.values().map(|s| s.stats().n_syncs).sum()
     }
 
-    fn poll_timeout(&self) -> Option<UnixMillis> {
+    fn poll_timeout(&self) -> Option<Instant> {
         self.by_stream
             .values()
             .filter_map(|s| s.poll_timeout())
@@ -479,7 +476,7 @@ impl Spools {
 
     /// The figures of every spool; `oldest_age` walks every queued item, so it is asked for on
     /// the metrics timer only (`None` leaves the age out).
-    fn status(&self, now: UnixMillis, oldest_age: bool) -> Vec<(String, SpoolStatus)> {
+    fn status(&self, now: Instant, oldest_age: bool) -> Vec<(String, SpoolStatus)> {
         self.by_stream
             .iter()
             .map(|(stream, spool)| {
@@ -498,10 +495,7 @@ impl Spools {
                     records: core.n_records(),
                     bytes: core.live_bytes(),
                     segments: core.n_segments(),
-                    oldest_age_ms: oldest_age
-                        .then(|| core.oldest_spooled_at())
-                        .flatten()
-                        .map(|t| u64::try_from(now.0.saturating_sub(t.0)).unwrap_or(0)),
+                    oldest_age_ms: oldest_age.then(|| core.oldest_age_ms(now)).flatten(),
                     dropped,
                 };
                 (stream.to_string(), status)
@@ -610,17 +604,21 @@ impl AgentLoop {
         self.env.clock.now()
     }
 
-    fn wall(&self) -> UnixMillis {
-        self.env.clock.wall()
+    /// The time for a spool call: the monotonic clock runs its timers, the wall clock stamps.
+    fn spool_now(&self) -> Now {
+        Now {
+            mono: self.env.clock.now(),
+            wall: self.env.clock.wall(),
+        }
     }
 
     /// Runs `work` on the spools through the environment's blocking mode.
     async fn spools<R: Send + 'static>(
         &mut self,
-        work: impl FnOnce(&mut Spools, UnixMillis) -> Result<R, EdgeError> + Send + 'static,
+        work: impl FnOnce(&mut Spools, Now) -> Result<R, EdgeError> + Send + 'static,
     ) -> Result<R, EdgeError> {
         let spools = self.spools.clone();
-        let now = self.wall();
+        let now = self.spool_now();
         let (result, n_syncs) = run_blocking(self.env.blocking, move || {
             let mut guard = lock(&spools);
             let result = work(&mut guard, now);
@@ -678,15 +676,9 @@ impl AgentLoop {
         }
     }
 
-    /// The earliest of the uplink's, the spools' and the given deadlines.
+    /// The earliest of the uplink's, the spools' and the given deadlines (all monotonic).
     fn deadline(&self, now: Instant, others: [Option<Instant>; 2]) -> Instant {
-        let wall = self.wall();
-        // Spool timers are in wall time; a wall clock that steps back must not put them off, so
-        // the loop looks at least every SPOOL_TIMER_MAX.
-        let spool = lock(&self.spools).poll_timeout().map(|t| {
-            let ms = u64::try_from(t.0.saturating_sub(wall.0)).unwrap_or(0);
-            now + Duration::from_millis(ms).min(SPOOL_TIMER_MAX)
-        });
+        let spool = lock(&self.spools).poll_timeout();
         [self.uplink.poll_timeout(), spool]
             .into_iter()
             .chain(others)
@@ -1019,7 +1011,7 @@ impl AgentLoop {
     /// Refreshes every spool figure (the timer's job: the oldest age walks the queues).
     fn refresh_metrics(&self) {
         self.metrics.set_offers_held(self.parked.len() as u64);
-        let status = lock(&self.spools).status(self.wall(), true);
+        let status = lock(&self.spools).status(self.now(), true);
         for (stream, spool) in status {
             self.metrics.set_spool(&stream, spool);
         }
@@ -1030,7 +1022,7 @@ impl AgentLoop {
     fn refresh_counts(&self) {
         self.metrics.set_offers_held(self.parked.len() as u64);
         let previous = self.metrics.status().spools;
-        let status = lock(&self.spools).status(self.wall(), false);
+        let status = lock(&self.spools).status(self.now(), false);
         for (stream, mut spool) in status {
             spool.oldest_age_ms = previous.get(&stream).and_then(|p| p.oldest_age_ms);
             self.metrics.set_spool(&stream, spool);

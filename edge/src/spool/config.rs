@@ -24,9 +24,15 @@ pub struct SpoolConfig {
     pub spool_bytes_max: u64,
     /// Size of one segment file; space is reclaimed a whole segment at a time.
     pub segment_bytes_max: u64,
-    /// Readings older than this (by the spool's clock at append) that were never sent are
-    /// expired and declared with `Dropped { reason: Expired }`.
+    /// Readings older than this that were never sent are expired and declared with
+    /// `Dropped { reason: Expired }`. Ages are measured on the spool clock: the monotonic clock
+    /// while the agent runs, plus at most `downtime_ms_max` per restart (see `spool::core`).
     pub record_age_ms_max: u64,
+    /// Across a restart, record ages grow by the time the wall clock says the agent was down,
+    /// but by at most this much: a wall clock stepped forward by NTP (a Pi without a
+    /// battery-backed clock) must not expire every unsent reading at once. A wall clock that
+    /// went back counts nothing. Downtime beyond this bound is not counted towards ages.
+    pub downtime_ms_max: u64,
     /// Appended readings are made durable (`fdatasync`) at most this long after their append;
     /// a power cut loses at most this interval of readings, and declares them. 0 syncs every
     /// append.
@@ -55,6 +61,7 @@ impl Default for SpoolConfig {
             spool_bytes_max: 64 << 20,
             segment_bytes_max: 1 << 20,
             record_age_ms_max: 7 * 24 * 3600 * 1000,
+            downtime_ms_max: 3600 * 1000,
             sync_interval_ms: 1000,
             policy: FullPolicy::DropOldest,
             record_bytes_max: 128 << 10,

@@ -23,6 +23,10 @@
 //! - Every open starts a new boot epoch, durably, before the first seq of it is issued.
 //! - Recovery zeroes a torn tail of the last segment and reports it; a frame that does not check
 //!   in a closed segment, or a log that does not replay consistently, is a typed error.
+//! - Timers and record ages run on the monotonic clock (a spool clock persisted at every sync;
+//!   across a restart it counts the wall clock's downtime only within `[0, downtime_ms_max]`),
+//!   so a wall clock stepped by NTP neither expires readings nor holds syncs back. See
+//!   `core.rs`.
 //!
 //! Not here: the uplink (sending, matching broker acks to [`Spool::ack`]), sources, and the real
 //! filesystem `Disk` (it is `sluice_proto::os::FsDisk`).
@@ -37,7 +41,7 @@ mod tests;
 
 pub use self::config::{FullPolicy, SpoolConfig, SEGMENT_BYTES_MIN};
 pub use self::core::{
-    Appended, Declared, Loc, Outgoing, Output, Rejected, SpoolCore, SpoolStats, StreamKey,
+    Appended, Declared, Loc, Now, Outgoing, Output, Rejected, SpoolCore, SpoolStats, StreamKey,
 };
 
 use self::core::Replay;
@@ -48,6 +52,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A spool operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,8 +106,13 @@ pub struct SpoolReport {
     pub live_bytes: u64,
     /// Bytes of the segment files found.
     pub disk_bytes: u64,
-    /// Age of the oldest waiting record, by the spool's clock.
+    /// Age of the oldest waiting record, by the spool clock.
     pub oldest_age_ms: Option<u64>,
+    /// Downtime since the spool clock was last persisted that the open counted towards record
+    /// ages (the wall clock's difference, within `[0, downtime_ms_max]`), ms.
+    pub downtime_counted_ms: u64,
+    /// What the wall clock claimed passed since then (negative when it went back), ms.
+    pub downtime_wall_ms: i64,
     /// Bytes of torn tails discarded (zeroed), never synced.
     pub truncated_bytes: u64,
     /// Segment files whose creation was cut short, discarded.
@@ -129,6 +139,11 @@ impl fmt::Display for SpoolReport {
             Some(ms) => writeln!(f, "oldest record     {ms} ms old")?,
             None => writeln!(f, "oldest record     -")?,
         }
+        writeln!(
+            f,
+            "downtime counted  {} ms (wall clock: {} ms)",
+            self.downtime_counted_ms, self.downtime_wall_ms
+        )?;
         writeln!(
             f,
             "torn tail         {} bytes discarded",
@@ -174,7 +189,7 @@ impl Spool {
         disk: Arc<dyn Disk>,
         dir: &Path,
         config: SpoolConfig,
-        now: UnixMillis,
+        now: Now,
     ) -> Result<(Spool, SpoolReport), SpoolError> {
         let (core, files, mut report) = recover(&*disk, dir, config, now, true)?;
         let mut spool = Spool {
@@ -195,7 +210,7 @@ impl Spool {
         disk: &dyn Disk,
         dir: &Path,
         config: SpoolConfig,
-        now: UnixMillis,
+        now: Now,
     ) -> Result<SpoolReport, SpoolError> {
         recover(disk, dir, config, now, false).map(|(_, _, report)| report)
     }
@@ -219,7 +234,7 @@ impl Spool {
     /// `Err` means the disk failed and the spool is fenced.
     pub fn append(
         &mut self,
-        now: UnixMillis,
+        now: Now,
         sensor: SensorId,
         device_time: UnixMillis,
         payload: Payload,
@@ -257,12 +272,7 @@ impl Spool {
 
     /// The broker holds every record of `key` up to `seq_through`; returns how many records
     /// that released.
-    pub fn ack(
-        &mut self,
-        now: UnixMillis,
-        key: &StreamKey,
-        seq_through: u64,
-    ) -> Result<u64, SpoolError> {
+    pub fn ack(&mut self, now: Now, key: &StreamKey, seq_through: u64) -> Result<u64, SpoolError> {
         self.live()?;
         let n = self.core.handle_ack(now, key, seq_through);
         self.execute()?;
@@ -274,20 +284,20 @@ impl Spool {
         self.core.handle_rewind();
     }
 
-    /// When [`Spool::handle_timeout`] is next due.
-    pub fn poll_timeout(&self) -> Option<UnixMillis> {
+    /// When [`Spool::handle_timeout`] is next due, on the monotonic clock.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.core.poll_timeout()
     }
 
     /// Syncs and expires when due.
-    pub fn handle_timeout(&mut self, now: UnixMillis) -> Result<(), SpoolError> {
+    pub fn handle_timeout(&mut self, now: Now) -> Result<(), SpoolError> {
         self.live()?;
         self.core.handle_timeout(now);
         self.execute()
     }
 
     /// Makes everything appended so far durable now.
-    pub fn sync(&mut self, now: UnixMillis) -> Result<(), SpoolError> {
+    pub fn sync(&mut self, now: Now) -> Result<(), SpoolError> {
         self.live()?;
         self.core.handle_sync(now);
         self.execute()
@@ -295,7 +305,7 @@ impl Spool {
 
     /// Clean shutdown: syncs and gives back unused seq reservations, so the next open declares
     /// nothing lost.
-    pub fn close(mut self, now: UnixMillis) -> Result<(), SpoolError> {
+    pub fn close(mut self, now: Now) -> Result<(), SpoolError> {
         self.live()?;
         self.core.handle_close(now);
         self.execute()
@@ -404,7 +414,7 @@ fn recover(
     disk: &dyn Disk,
     dir: &Path,
     config: SpoolConfig,
-    now: UnixMillis,
+    now: Now,
     repair: bool,
 ) -> Result<Recovery, SpoolError> {
     config
@@ -477,9 +487,9 @@ fn recover(
     report.n_records = core.n_records();
     report.n_streams = core.n_streams();
     report.live_bytes = core.live_bytes();
-    report.oldest_age_ms = core
-        .oldest_spooled_at()
-        .map(|t| u64::try_from(now.0.saturating_sub(t.0)).unwrap_or(0));
+    report.oldest_age_ms = core.oldest_age_ms(now.mono);
+    report.downtime_counted_ms = recovered.downtime_counted_ms;
+    report.downtime_wall_ms = recovered.downtime_wall_ms;
     report.power_loss = recovered.power_loss;
     Ok((core, files, report))
 }
