@@ -419,13 +419,34 @@ impl Spools {
         Ok(None)
     }
 
-    fn ack(&mut self, now: Now, acks: &[(StreamName, StreamKey, u64)]) -> Result<u64, EdgeError> {
+    /// Applies the uplink's verdicts in order: acknowledgements, and readings the node refused
+    /// as invalid (replaced by declarations). Returns how many records the acks released.
+    fn apply(&mut self, now: Now, verdicts: &[Verdict]) -> Result<u64, EdgeError> {
         let mut n = 0;
-        for (stream, key, seq_through) in acks {
-            if let Some(spool) = self.by_stream.get_mut(stream) {
-                n += spool
-                    .ack(now, key, *seq_through)
-                    .map_err(|e| spool_error(stream, e))?;
+        for verdict in verdicts {
+            let (stream, key) = match verdict {
+                Verdict::Ack { stream, key, .. } | Verdict::Refused { stream, key, .. } => {
+                    (stream, key)
+                }
+            };
+            let Some(spool) = self.by_stream.get_mut(stream) else {
+                continue;
+            };
+            match verdict {
+                Verdict::Ack { seq_through, .. } => {
+                    n += spool
+                        .ack(now, key, *seq_through)
+                        .map_err(|e| spool_error(stream, e))?;
+                }
+                Verdict::Refused { seq, reason, .. } => {
+                    let declared = spool
+                        .refused(now, key, *seq)
+                        .map_err(|e| spool_error(stream, e))?;
+                    if declared {
+                        error!(%stream, sensor = %key.sensor, epoch = %key.epoch, seq, %reason,
+                            "node refused a reading as invalid; declared it dropped (invalid) so its sensor moves on");
+                    }
+                }
             }
         }
         Ok(n)
@@ -486,6 +507,9 @@ impl Spools {
                     ("spool_full", stats.n_dropped_full),
                     ("expired", stats.n_dropped_expired),
                     ("power_loss", stats.n_dropped_power_loss),
+                    ("invalid", stats.n_dropped_invalid),
+                    ("storage", stats.n_dropped_storage),
+                    ("corrupted", stats.n_dropped_corrupted),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
@@ -502,6 +526,21 @@ impl Spools {
             })
             .collect()
     }
+}
+
+/// What the uplink decided about records in the spool.
+enum Verdict {
+    Ack {
+        stream: StreamName,
+        key: StreamKey,
+        seq_through: u64,
+    },
+    Refused {
+        stream: StreamName,
+        key: StreamKey,
+        seq: u64,
+        reason: String,
+    },
 }
 
 /// Something the uplink's tasks report to the loop.
@@ -762,11 +801,26 @@ impl AgentLoop {
                     stream,
                     key,
                     seq_through,
-                } => acks.push((stream, key, seq_through)),
+                } => acks.push(Verdict::Ack {
+                    stream,
+                    key,
+                    seq_through,
+                }),
+                Output::Refused {
+                    stream,
+                    key,
+                    seq,
+                    reason,
+                } => acks.push(Verdict::Refused {
+                    stream,
+                    key,
+                    seq,
+                    reason,
+                }),
                 Output::Rewind => {
                     if !acks.is_empty() {
                         let batch = std::mem::take(&mut acks);
-                        self.spools(move |s, now| s.ack(now, &batch)).await?;
+                        self.spools(move |s, now| s.apply(now, &batch)).await?;
                     }
                     let mut spools = lock(&self.spools);
                     for spool in spools.by_stream.values_mut() {
@@ -778,7 +832,7 @@ impl AgentLoop {
             }
         }
         if !acks.is_empty() {
-            self.spools(move |s, now| s.ack(now, &acks)).await?;
+            self.spools(move |s, now| s.apply(now, &acks)).await?;
             self.maybe_sendable = true;
             self.refresh_counts();
             if !self.parked.is_empty() {
@@ -858,6 +912,8 @@ impl AgentLoop {
                         Severity::NeedsOperator => {
                             error!(reason = label, %example, "node refuses records; they stay spooled and are retried")
                         }
+                        // Logged when the spool declares it.
+                        Severity::Declared => {}
                     }
                 }
                 self.metrics.uplink(|u| {

@@ -181,6 +181,12 @@ pub struct SpoolStats {
     pub n_dropped_expired: u64,
     /// Seqs declared `PowerLoss` at open.
     pub n_dropped_power_loss: u64,
+    /// Readings the node refused as invalid, declared `Invalid`.
+    pub n_dropped_invalid: u64,
+    /// Seqs declared `Storage` (issued, but the disk failed before they were durable).
+    pub n_dropped_storage: u64,
+    /// Seqs declared `Corrupted` (damaged on disk).
+    pub n_dropped_corrupted: u64,
     /// `fdatasync`s of the log.
     pub n_syncs: u64,
     /// Segments removed.
@@ -674,6 +680,43 @@ impl SpoolCore {
         out
     }
 
+    /// The node refused reading `seq` of `key` as invalid for a reason the spool cannot check
+    /// (a node `record_bytes_max` smaller than the edge's, say). Resending it would be refused
+    /// forever and hold every later reading of its sensor back, so it is replaced by a
+    /// `Dropped { reason: Invalid }` declaration of that one seq, synced before this returns and
+    /// sent in its place. The declaration stays pinned like the reading was: should an earlier
+    /// attempt have stored the reading after all, the node answers the declaration (same seq
+    /// range) as a duplicate, so nothing is stored twice. Returns false, changing nothing, when
+    /// `seq` is not a reading handed to the uplink.
+    pub fn handle_refused(&mut self, now: Now, key: &StreamKey, seq: u64) -> bool {
+        self.set_now(now);
+        let Some(stream) = self.streams.get(key) else {
+            return false;
+        };
+        let idx = stream.items.partition_point(|i| i.seq_last < seq);
+        let Some(old) = stream.items.get(idx).cloned() else {
+            return false;
+        };
+        if old.seq != seq || old.reason.is_some() || !old.is_pinned() {
+            return false;
+        }
+        let declared = self.declare(key, seq, seq, DropReason::Invalid, old.order);
+        let item = Item {
+            send: old.send,
+            ..declared
+        };
+        self.remove_live(&old);
+        if let Some(slot) = self.streams.get_mut(key).and_then(|s| s.items.get_mut(idx)) {
+            *slot = item;
+        }
+        self.count_dropped(DropReason::Invalid, 1);
+        // Pinned items are durable: the declaration is, before anything hands it out.
+        self.sync();
+        self.compact_if_over();
+        self.check_invariants();
+        true
+    }
+
     /// The uplink lost its connection: everything handed out and not acknowledged must be sent
     /// again (and stays pinned: it may have been delivered).
     pub fn handle_rewind(&mut self) {
@@ -1123,11 +1166,7 @@ impl SpoolCore {
                     for item in &removed {
                         self.remove_live(item);
                         if item.reason.is_none() {
-                            match reason {
-                                DropReason::SpoolFull => self.stats.n_dropped_full += 1,
-                                DropReason::Expired => self.stats.n_dropped_expired += 1,
-                                DropReason::PowerLoss => self.stats.n_dropped_power_loss += 1,
-                            }
+                            self.count_dropped(reason, 1);
                         }
                     }
                     items.push_back(self.declare(key, seq, seq_last, reason, order));
@@ -1135,6 +1174,18 @@ impl SpoolCore {
             }
         }
         self.stream_mut(key).items = items;
+    }
+
+    fn count_dropped(&mut self, reason: DropReason, n: u64) {
+        let counter = match reason {
+            DropReason::SpoolFull => &mut self.stats.n_dropped_full,
+            DropReason::Expired => &mut self.stats.n_dropped_expired,
+            DropReason::PowerLoss => &mut self.stats.n_dropped_power_loss,
+            DropReason::Invalid => &mut self.stats.n_dropped_invalid,
+            DropReason::Storage => &mut self.stats.n_dropped_storage,
+            DropReason::Corrupted => &mut self.stats.n_dropped_corrupted,
+        };
+        *counter += n;
     }
 
     /// Writes a declaration record and returns its (live) item.

@@ -9,7 +9,8 @@
 //! - For every `(sensor, boot_epoch)`, acknowledged ∪ queued ∪ declared-dropped is every seq
 //!   issued: a reading leaves the queue only when acknowledged; eviction (`SpoolFull`), expiry
 //!   (`Expired`) and power cuts (`PowerLoss`) replace readings by `Payload::Dropped` records,
-//!   which are spooled, delivered and acknowledged like readings.
+//!   which are spooled, delivered and acknowledged like readings; so is a reading the node
+//!   refused as invalid, replaced by an `Invalid` declaration ([`Spool::refused`]).
 //! - Writes are buffered and synced every `sync_interval_ms`; only synced records are handed to
 //!   the uplink. Before a seq is issued, a reservation covering it is durable, so after a power
 //!   cut recovery declares `[last durable seq + 1, reserved end)` lost (an upper bound: it may
@@ -277,6 +278,16 @@ impl Spool {
         let n = self.core.handle_ack(now, key, seq_through);
         self.execute()?;
         Ok(n)
+    }
+
+    /// The node refused reading `seq` of `key` as invalid: it is replaced, durably, by a
+    /// `Dropped { reason: Invalid }` declaration sent in its place (see
+    /// [`SpoolCore::handle_refused`]). Returns false when `seq` is not a reading handed out.
+    pub fn refused(&mut self, now: Now, key: &StreamKey, seq: u64) -> Result<bool, SpoolError> {
+        self.live()?;
+        let declared = self.core.handle_refused(now, key, seq);
+        self.execute()?;
+        Ok(declared)
     }
 
     /// The uplink lost its connection: unacknowledged records will be handed out again.

@@ -811,3 +811,40 @@ fn record_ages_survive_restarts_and_wall_clock_steps() {
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!((expired[0].seq, expired[0].seq_last), (0, 0));
 }
+
+#[test]
+fn a_refused_reading_stays_declared_after_a_crash() {
+    // Checks that the Invalid declaration replacing a refused reading is durable: after a power
+    // cut, recovery delivers it in the reading's place, and the refused reading never comes
+    // back.
+    let disk = MemDisk::default();
+    let (mut spool, _) = open(&disk, config(), 0);
+    for seq in 0..3 {
+        append(&mut spool, "a", seq);
+    }
+    spool.sync(t(0)).unwrap();
+    let key = StreamKey {
+        sensor: sensor("a"),
+        epoch: BootEpoch(1),
+    };
+    assert_eq!(spool.next_batch(64, 1 << 20).unwrap().len(), 3);
+    assert!(spool.refused(t(1), &key, 1).unwrap());
+    drop(spool);
+    disk.crash(&mut ChaCha8Rng::seed_from_u64(5));
+    let (mut spool, _) = open(&disk, config(), 2);
+    let got: Vec<(u64, u64, bool)> = drain(&mut spool)
+        .into_iter()
+        .filter(|r| r.boot_epoch == BootEpoch(1))
+        .map(|r| {
+            let invalid = matches!(
+                r.payload,
+                Payload::Dropped {
+                    reason: DropReason::Invalid,
+                    ..
+                }
+            );
+            (r.seq, r.seq_last(), invalid)
+        })
+        .collect();
+    assert_eq!(got[..3], [(0, 0, false), (1, 1, true), (2, 2, false)]);
+}

@@ -548,3 +548,69 @@ fn ages_survive_a_restart_counting_only_plausible_downtime() {
     let (core, _) = replay_clock(2_000, last, reopen(-1));
     assert_eq!(core.spool_ms(), 5_000);
 }
+
+#[test]
+fn a_reading_the_node_refuses_is_replaced_by_a_durable_declaration() {
+    // Checks that handle_refused replaces a handed-out reading by a synced Invalid declaration
+    // of exactly its seq, which is handed out in its place (after a rewind) and acknowledged
+    // like a reading, while the stream still tiles; and that unsent readings, declarations and
+    // unknown seqs are left alone.
+    let mut d = Driver::new(config());
+    for _ in 0..4 {
+        d.append("a").unwrap();
+    }
+    d.sync();
+    d.outputs();
+    assert!(
+        !d.core.handle_refused(d.time(), &key("a"), 1),
+        "not handed out yet"
+    );
+    let batch = d.core.next_batch(u32::MAX, u64::MAX);
+    assert_eq!(batch.len(), 4);
+    d.core.handle_ack(d.time(), &key("a"), 0);
+    d.outputs();
+    assert!(d.core.handle_refused(d.time(), &key("a"), 1));
+    let out = d.outputs();
+    assert_eq!(count(&out, is_sync), 1, "durable at once: {out:?}");
+    let written: Vec<Entry> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Write { bytes, .. } => Some(frames(bytes)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        written
+            .iter()
+            .any(|e| matches!(e, Entry::Record { record, .. }
+            if record.seq == 1 && record.payload == Payload::Dropped {
+                seq_last: 1, reason: DropReason::Invalid })),
+        "{written:?}"
+    );
+    assert_eq!(
+        d.core.declared(),
+        vec![Declared {
+            key: key("a"),
+            seq: 1,
+            seq_last: 1,
+            reason: DropReason::Invalid,
+        }]
+    );
+    assert_eq!(d.core.stats().n_dropped_invalid, 1);
+    assert!(
+        !d.core.handle_refused(d.time(), &key("a"), 1),
+        "already declared"
+    );
+    assert!(
+        !d.core.handle_refused(d.time(), &key("a"), 9),
+        "never issued"
+    );
+    d.core.handle_rewind();
+    let again = d.core.next_batch(u32::MAX, u64::MAX);
+    let seqs: Vec<(u64, u64)> = again.iter().map(|o| (o.seq, o.seq_last)).collect();
+    assert_eq!(seqs, [(1, 1), (2, 2), (3, 3)]);
+    d.core.handle_ack(d.time(), &key("a"), 3);
+    assert_eq!(d.core.n_records(), 0);
+    assert_eq!(d.core.stream_ends(&key("a")), Some((4, 4)));
+}
