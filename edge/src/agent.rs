@@ -14,8 +14,13 @@
 //! other streams go on. Parked offers are bounded by `sink_queue_max`: beyond it the loop stops
 //! taking offers at all, so nothing grows without bound.
 //!
-//! A spool error (a failed `fdatasync`, corruption) ends the loop with an error: the process
-//! exits and its next start recovers from what the disk holds. A clean [`Agent::stop`] stops the
+//! A spool error (a full disk, a failed write or `fdatasync`, corruption) never ends the loop:
+//! that stream's spool is dropped (its files are trusted only up to its last successful sync,
+//! see `spool`), offers for the stream are refused (`spool_unavailable`, no seq issued), the
+//! other streams go on, and the spool is reopened with a capped, jittered backoff
+//! (`spool.retry_backoff_*_ms`). The reopen declares the seqs issued but not durable as
+//! `Dropped { reason: Storage }` and delivers what the disk holds. A spool that cannot be opened
+//! at start (a disk already full) starts in that state too, so the agent always starts. A clean [`Agent::stop`] stops the
 //! sources, gives requests in flight a short grace, and closes the spools (syncing and giving
 //! back seq reservations, so the next start declares nothing lost).
 
@@ -26,10 +31,11 @@ use crate::source::{
     OfferObserver, Offered, Refusal, SinkRequest, SourceContext, SourceError, SourceReading,
     SourceSink,
 };
-use crate::spool::{Now, Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
+use crate::spool::{DurablePoint, Now, Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
 use crate::uplink::{Output, Severity, UplinkCore, UplinkLimits};
 use crate::validate::Validator;
 use ractor::{Actor, ActorRef};
+use sluice_proto::backoff::Backoff;
 use sluice_proto::env::{Connection, Disk, Env, Transport, TransportError, TransportErrorKind};
 use sluice_proto::msg::{Message, ProduceRequest, ProduceResponse};
 use sluice_proto::os::run_blocking;
@@ -72,6 +78,8 @@ pub enum EdgeError {
 
 /// Salt of the uplink's backoff RNG.
 const UPLINK_RNG_SALT: u64 = 0x5550_4c49_4e4b; // "UPLINK"
+/// Salt of the spool-reopen backoff RNGs (owner: the stream's index).
+const SPOOL_RETRY_RNG_SALT: u64 = 0x5350_4f4f_4c52; // "SPOOLR"
 /// Offers taken from the queue at once (one blocking spool call for all of them).
 const OFFERS_PER_STEP_MAX: usize = 256;
 /// How often spool figures are refreshed in the metrics.
@@ -252,7 +260,23 @@ fn setup(what: &str, error: impl std::fmt::Display) -> EdgeError {
 /// The spools of every destination stream, and a cursor for round-robin sending.
 struct Spools {
     by_stream: BTreeMap<StreamName, Spool>,
+    /// Streams whose spool failed, waiting to be reopened.
+    down: BTreeMap<StreamName, Down>,
+    /// Reopen schedule per stream (reset once the reopened spool takes a reading).
+    backoffs: BTreeMap<StreamName, Backoff>,
+    disk: Arc<dyn Disk>,
+    root: PathBuf,
+    share: SpoolConfig,
     cursor: usize,
+}
+
+/// A stream whose spool failed.
+struct Down {
+    /// `Some(point)`: the spool failed while open, trust its files up to `point`
+    /// ([`Spool::reopen`]); `None`: it never opened ([`Spool::open`]).
+    after: Option<Option<DurablePoint>>,
+    retry_at: Instant,
+    error: String,
 }
 
 type SharedSpools = Arc<Mutex<Spools>>;
@@ -307,31 +331,52 @@ async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, Edg
         warn!(%stream, "spool of a stream no longer configured: delivering what it holds");
     }
     let share = spool_share(config, streams.len());
-    let mut by_stream = BTreeMap::new();
-    for stream in streams {
-        let dir = root.join(stream.as_str());
+    let mut spools = Spools {
+        by_stream: BTreeMap::new(),
+        down: BTreeMap::new(),
+        backoffs: BTreeMap::new(),
+        disk: env.disk.clone(),
+        root,
+        share,
+        cursor: 0,
+    };
+    let (initial, max) = (
+        Duration::from_millis(share.retry_backoff_initial_ms),
+        Duration::from_millis(share.retry_backoff_max_ms),
+    );
+    for (idx, stream) in streams.into_iter().enumerate() {
+        let rng = env.rng(idx as u64, SPOOL_RETRY_RNG_SALT);
+        spools
+            .backoffs
+            .insert(stream.clone(), Backoff::new(initial, max, rng));
+        let dir = spools.root.join(stream.as_str());
         let disk = env.disk.clone();
         let now = Now {
             mono: env.clock.now(),
             wall: env.clock.wall(),
         };
         let opened = run_blocking(env.blocking, move || Spool::open(disk, &dir, share, now)).await;
-        let (spool, report) = opened.map_err(|e| spool_error(&stream, e))?;
-        for declared in &report.power_loss {
-            warn!(%stream, sensor = %declared.key.sensor, epoch = %declared.key.epoch,
-                seq = declared.seq, seq_last = declared.seq_last,
-                "readings lost to a power cut declared dropped");
+        match opened {
+            Ok((spool, report)) => {
+                log_opened(&stream, &report);
+                spools.by_stream.insert(stream, spool);
+            }
+            Err(error) => spools.fail(&stream, None, &error, now),
         }
-        info!(%stream, epoch = %report.epoch, n_records = report.n_records,
-            truncated_bytes = report.truncated_bytes,
-            downtime_counted_ms = report.downtime_counted_ms,
-            downtime_wall_ms = report.downtime_wall_ms, "spool opened");
-        by_stream.insert(stream, spool);
     }
-    Ok(Arc::new(Mutex::new(Spools {
-        by_stream,
-        cursor: 0,
-    })))
+    Ok(Arc::new(Mutex::new(spools)))
+}
+
+fn log_opened(stream: &StreamName, report: &crate::spool::SpoolReport) {
+    for declared in &report.power_loss {
+        warn!(%stream, sensor = %declared.key.sensor, epoch = %declared.key.epoch,
+            seq = declared.seq, seq_last = declared.seq_last, reason = ?declared.reason,
+            "readings lost to a power cut or a failed disk declared dropped");
+    }
+    info!(%stream, epoch = %report.epoch, n_records = report.n_records,
+        truncated_bytes = report.truncated_bytes,
+        downtime_counted_ms = report.downtime_counted_ms,
+        downtime_wall_ms = report.downtime_wall_ms, "spool opened");
 }
 
 /// What an append came to.
@@ -353,26 +398,116 @@ struct Pending {
 }
 
 impl Spools {
+    /// Takes the spool of `stream` out of service after `error` and schedules its reopen.
+    /// `after` says what to trust on reopen (see [`Down`]).
+    fn fail(
+        &mut self,
+        stream: &StreamName,
+        after: Option<Option<DurablePoint>>,
+        error: &SpoolError,
+        now: Now,
+    ) {
+        self.by_stream.remove(stream);
+        let wait = self.backoffs.get_mut(stream).map_or(
+            Duration::from_millis(self.share.retry_backoff_max_ms),
+            |b| b.next_delay(),
+        );
+        error!(%stream, %error, retry_in_ms = wait.as_millis() as u64,
+            "spool failed: its readings are refused until it reopens; the other streams go on");
+        // A retry keeps the first failure's durable point: nothing written since is trusted.
+        let after = match self.down.remove(stream) {
+            Some(previous) => previous.after,
+            None => after,
+        };
+        self.down.insert(
+            stream.clone(),
+            Down {
+                after,
+                retry_at: now.mono + wait,
+                error: error.to_string(),
+            },
+        );
+    }
+
+    /// Takes an open spool that just failed out of service.
+    fn failed(&mut self, stream: &StreamName, error: &SpoolError, now: Now) {
+        let point = self.by_stream.get(stream).map(|s| s.durable_point());
+        self.fail(stream, Some(point.flatten()), error, now);
+    }
+
+    /// Reopens the failed spools whose retry is due.
+    fn reopen_due(&mut self, now: Now) {
+        let due: Vec<StreamName> = self
+            .down
+            .iter()
+            .filter(|(_, d)| d.retry_at <= now.mono)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for stream in due {
+            let Some(down) = self.down.get(&stream) else {
+                continue;
+            };
+            let dir = self.root.join(stream.as_str());
+            let disk = self.disk.clone();
+            let opened = match down.after {
+                Some(point) => Spool::reopen(disk, &dir, self.share, now, point),
+                None => Spool::open(disk, &dir, self.share, now),
+            };
+            match opened {
+                Ok((spool, report)) => {
+                    self.down.remove(&stream);
+                    log_opened(&stream, &report);
+                    self.by_stream.insert(stream, spool);
+                }
+                Err(error) => self.fail(&stream, None, &error, now),
+            }
+        }
+    }
+
     fn append(&mut self, now: Now, reading: SourceReading) -> Result<Appended, EdgeError> {
+        if let Some(down) = self.down.get(&reading.stream) {
+            return Ok(Appended::Refused(Refusal::Spool {
+                label: "spool_unavailable",
+                reason: format!(
+                    "the spool of stream {} failed ({}); it is being reopened",
+                    reading.stream, down.error
+                ),
+            }));
+        }
         let Some(spool) = self.by_stream.get_mut(&reading.stream) else {
             return Ok(Appended::Refused(Refusal::Spool {
                 label: "unknown_stream",
                 reason: format!("no spool for stream {}", reading.stream),
             }));
         };
-        let result = spool
-            .append(
-                now,
-                reading.sensor.clone(),
-                reading.device_time,
-                reading.payload.clone(),
-            )
-            .map_err(|e| spool_error(&reading.stream, e))?;
+        let result = match spool.append(
+            now,
+            reading.sensor.clone(),
+            reading.device_time,
+            reading.payload.clone(),
+        ) {
+            Ok(result) => result,
+            Err(error) => {
+                // The reading got no seq: its source is told, the others go on.
+                self.failed(&reading.stream, &error, now);
+                return Ok(Appended::Refused(Refusal::Spool {
+                    label: "spool_unavailable",
+                    reason: format!("the spool of stream {} failed: {error}", reading.stream),
+                }));
+            }
+        };
         Ok(match result {
-            Ok(a) => Appended::Accepted {
-                epoch: a.epoch.0,
-                seq: a.seq,
-            },
+            Ok(a) => {
+                if let Some(backoff) = self.backoffs.get_mut(&reading.stream) {
+                    if backoff.n_failures() > 0 {
+                        backoff.reset();
+                    }
+                }
+                Appended::Accepted {
+                    epoch: a.epoch.0,
+                    seq: a.seq,
+                }
+            }
             Err(Rejected::Full) => Appended::Full(reading),
             Err(rejected) => {
                 let (label, reason) = match rejected {
@@ -399,24 +534,32 @@ impl Spools {
     /// Durable records of the next stream (round-robin) that has any.
     fn next_batch(
         &mut self,
+        now: Now,
         records_max: u32,
         bytes_max: u64,
     ) -> Result<Option<(StreamName, Vec<Record>)>, EdgeError> {
         let n = self.by_stream.len();
+        let mut failed = Vec::new();
+        let mut found = None;
         for step in 0..n {
             let idx = (self.cursor + step) % n;
             let Some((stream, spool)) = self.by_stream.iter_mut().nth(idx) else {
                 continue;
             };
-            let records = spool
-                .next_batch(records_max, bytes_max)
-                .map_err(|e| spool_error(stream, e))?;
-            if !records.is_empty() {
-                self.cursor = idx + 1;
-                return Ok(Some((stream.clone(), records)));
+            match spool.next_batch(records_max, bytes_max) {
+                Ok(records) if !records.is_empty() => {
+                    self.cursor = idx + 1;
+                    found = Some((stream.clone(), records));
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => failed.push((stream.clone(), error)),
             }
         }
-        Ok(None)
+        for (stream, error) in failed {
+            self.failed(&stream, &error, now);
+        }
+        Ok(found)
     }
 
     /// Applies the uplink's verdicts in order: acknowledgements, and readings the node refused
@@ -429,44 +572,59 @@ impl Spools {
                     (stream, key)
                 }
             };
+            // A spool that failed forgets the verdicts: its records are resent after the
+            // reopen (the node deduplicates) and a refused reading is refused again.
             let Some(spool) = self.by_stream.get_mut(stream) else {
                 continue;
             };
-            match verdict {
+            let result = match verdict {
                 Verdict::Ack { seq_through, .. } => {
-                    n += spool
-                        .ack(now, key, *seq_through)
-                        .map_err(|e| spool_error(stream, e))?;
+                    spool.ack(now, key, *seq_through).map(|acked| n += acked)
                 }
                 Verdict::Refused { seq, reason, .. } => {
-                    let declared = spool
-                        .refused(now, key, *seq)
-                        .map_err(|e| spool_error(stream, e))?;
-                    if declared {
-                        error!(%stream, sensor = %key.sensor, epoch = %key.epoch, seq, %reason,
-                            "node refused a reading as invalid; declared it dropped (invalid) so its sensor moves on");
-                    }
+                    spool.refused(now, key, *seq).map(|declared| {
+                        if declared {
+                            error!(%stream, sensor = %key.sensor, epoch = %key.epoch, seq, %reason,
+                                "node refused a reading as invalid; declared it dropped (invalid) so its sensor moves on");
+                        }
+                    })
                 }
+            };
+            if let Err(error) = result {
+                let stream = stream.clone();
+                self.failed(&stream, &error, now);
             }
         }
         Ok(n)
     }
 
-    /// Runs the timers of every spool that has one due (on the monotonic clock).
+    /// Runs the timers of every spool that has one due (on the monotonic clock), and reopens
+    /// the failed spools whose retry is due.
     fn timeout(&mut self, now: Now) -> Result<(), EdgeError> {
+        let mut failed = Vec::new();
         for (stream, spool) in self.by_stream.iter_mut() {
             if spool.poll_timeout().is_some_and(|t| t <= now.mono) {
-                spool
-                    .handle_timeout(now)
-                    .map_err(|e| spool_error(stream, e))?;
+                if let Err(error) = spool.handle_timeout(now) {
+                    failed.push((stream.clone(), error));
+                }
             }
         }
+        for (stream, error) in failed {
+            self.failed(&stream, &error, now);
+        }
+        self.reopen_due(now);
         Ok(())
     }
 
     fn sync(&mut self, now: Now) -> Result<(), EdgeError> {
+        let mut failed = Vec::new();
         for (stream, spool) in self.by_stream.iter_mut() {
-            spool.sync(now).map_err(|e| spool_error(stream, e))?;
+            if let Err(error) = spool.sync(now) {
+                failed.push((stream.clone(), error));
+            }
+        }
+        for (stream, error) in failed {
+            self.failed(&stream, &error, now);
         }
         Ok(())
     }
@@ -489,9 +647,11 @@ impl Spools {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
+        let retries = self.down.values().map(|d| d.retry_at);
         self.by_stream
             .values()
             .filter_map(|s| s.poll_timeout())
+            .chain(retries)
             .min()
     }
 
@@ -747,7 +907,7 @@ impl AgentLoop {
             };
             let (records_max, bytes_max) = (self.batch_records_max, self.batch_bytes_max);
             let batch = self
-                .spools(move |s, _| s.next_batch(records_max, bytes_max))
+                .spools(move |s, now| s.next_batch(now, records_max, bytes_max))
                 .await?;
             let Some((stream, records)) = batch else {
                 self.maybe_sendable = false;

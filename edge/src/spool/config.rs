@@ -53,6 +53,11 @@ pub struct SpoolConfig {
     pub send_ahead_bytes_max: u64,
     /// Buffered frames are written (not synced) once they reach this size.
     pub write_buffer_bytes_max: u64,
+    /// After its disk failed (full, or a write or sync refused), a spool is reopened after this
+    /// wait, doubling per consecutive failure (with jitter) up to `retry_backoff_max_ms`.
+    pub retry_backoff_initial_ms: u64,
+    /// Longest wait between two reopen attempts of a failed spool.
+    pub retry_backoff_max_ms: u64,
 }
 
 impl Default for SpoolConfig {
@@ -62,6 +67,8 @@ impl Default for SpoolConfig {
             segment_bytes_max: 1 << 20,
             record_age_ms_max: 7 * 24 * 3600 * 1000,
             downtime_ms_max: 3600 * 1000,
+            retry_backoff_initial_ms: 1000,
+            retry_backoff_max_ms: 60_000,
             sync_interval_ms: 1000,
             policy: FullPolicy::DropOldest,
             record_bytes_max: 128 << 10,
@@ -112,10 +119,17 @@ impl SpoolConfig {
             ("send_ahead_bytes_max", self.send_ahead_bytes_max),
             ("write_buffer_bytes_max", self.write_buffer_bytes_max),
             ("sensors_max", u64::from(self.sensors_max)),
+            ("retry_backoff_initial_ms", self.retry_backoff_initial_ms),
         ] {
             if value == 0 {
                 problems.push(format!("spool.{name} must be positive"));
             }
+        }
+        if self.retry_backoff_max_ms < self.retry_backoff_initial_ms {
+            problems.push(format!(
+                "spool.retry_backoff_max_ms ({}) must be at least retry_backoff_initial_ms ({})",
+                self.retry_backoff_max_ms, self.retry_backoff_initial_ms
+            ));
         }
         if problems.is_empty() {
             Ok(())

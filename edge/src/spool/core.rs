@@ -1568,9 +1568,14 @@ impl Replay {
         Ok(())
     }
 
-    /// Checks that every stream tiles, declares what the power cut may have taken, opens the new
-    /// epoch (durably, with a checkpoint) and returns the core and what it declared.
-    pub(crate) fn finish(self, now: Now) -> Result<(SpoolCore, Recovered), String> {
+    /// Checks that every stream tiles, declares what the power cut (or a failed disk: `lost`)
+    /// may have taken, opens the new epoch (durably, with a checkpoint) and returns the core and
+    /// what it declared.
+    pub(crate) fn finish(
+        self,
+        now: Now,
+        lost: DropReason,
+    ) -> Result<(SpoolCore, Recovered), String> {
         // Epochs follow the wall clock (ms) when it is ahead of the spool's own count, so an
         // agent whose spool was wiped (a new SD card) still starts an epoch newer than the one
         // the cluster last saw from it, which it would otherwise refuse as stale.
@@ -1618,7 +1623,7 @@ impl Replay {
                     key: key.clone(),
                     seq: expect,
                     seq_last: stream.reserved_end - 1,
-                    reason: DropReason::PowerLoss,
+                    reason: lost,
                 });
             }
             stream.issued_end = stream.reserved_end;
@@ -1662,10 +1667,10 @@ impl Replay {
                 &declared.key,
                 declared.seq,
                 declared.seq_last,
-                DropReason::PowerLoss,
+                declared.reason,
                 order,
             );
-            core.stats.n_dropped_power_loss += item.n_seqs();
+            core.count_dropped(declared.reason, item.n_seqs());
             core.stream_mut(&declared.key).items.push_back(item);
         }
         core.sync();
@@ -1741,7 +1746,7 @@ impl SpoolCore {
     pub fn new_empty(config: SpoolConfig, now: Now) -> Result<SpoolCore, Vec<String>> {
         config.validate()?;
         Replay::new(config)
-            .finish(now)
+            .finish(now, DropReason::PowerLoss)
             .map(|(core, _)| core)
             .map_err(|reason| vec![reason])
     }

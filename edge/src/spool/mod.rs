@@ -29,11 +29,22 @@
 //!   so a wall clock stepped by NTP neither expires readings nor holds syncs back. See
 //!   `core.rs`.
 //!
+//! Disk failures. A failed write, `fdatasync`, allocation or removal fences the spool: after a
+//! failed `fdatasync` the page cache cannot be trusted (Linux marks the unwritten pages clean:
+//! they stay readable but never reach the disk), so the in-memory state and whatever the disk
+//! shows past the last successful sync are thrown away. The caller reopens with
+//! [`Spool::reopen`], passing [`Spool::durable_point`]: recovery reads only up to that point,
+//! zeroes the rest, and declares every seq issued past it (they lie under a durable
+//! reservation) as `Dropped { reason: Storage }`. A segment whose creation failed (a full disk
+//! refusing the preallocation) is removed at once, so no partial preallocation stays behind.
+//!
 //! Not here: the uplink (sending, matching broker acks to [`Spool::ack`]), sources, and the real
 //! filesystem `Disk` (it is `sluice_proto::os::FsDisk`).
 
 mod config;
 mod core;
+#[cfg(test)]
+mod faulty;
 mod format;
 #[cfg(test)]
 mod testing;
@@ -48,7 +59,7 @@ pub use self::core::{
 use self::core::Replay;
 use self::format::{Entry, FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use sluice_proto::env::{Disk, DiskError, DiskFile};
-use sluice_proto::{codec, BootEpoch, Payload, Record, SensorId, UnixMillis};
+use sluice_proto::{codec, BootEpoch, DropReason, Payload, Record, SensorId, UnixMillis};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -118,8 +129,11 @@ pub struct SpoolReport {
     pub truncated_bytes: u64,
     /// Segment files whose creation was cut short, discarded.
     pub n_segments_discarded: u64,
-    /// Seq ranges declared lost to the power cut.
+    /// Seq ranges declared lost to the power cut (`PowerLoss`), or, for [`Spool::reopen`], to
+    /// the failed disk (`Storage`).
     pub power_loss: Vec<Declared>,
+    /// The end of the data recovered in each segment.
+    pub data_ends: BTreeMap<u64, u64>,
 }
 
 impl fmt::Display for SpoolReport {
@@ -155,12 +169,22 @@ impl fmt::Display for SpoolReport {
         for d in &self.power_loss {
             writeln!(
                 f,
-                "  sensor {} epoch {}: seqs {}..={}",
-                d.key.sensor, d.key.epoch, d.seq, d.seq_last
+                "  sensor {} epoch {}: seqs {}..={} ({:?})",
+                d.key.sensor, d.key.epoch, d.seq, d.seq_last, d.reason
             )?;
         }
         Ok(())
     }
+}
+
+/// The end of what a spool last made durable: segment `segment` up to byte `pos`. A spool whose
+/// disk failed vouches for nothing beyond it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurablePoint {
+    /// The segment id.
+    pub segment: u64,
+    /// The end of its synced data.
+    pub pos: u64,
 }
 
 /// The durable spool: a [`SpoolCore`] and the segment files it describes.
@@ -171,6 +195,10 @@ pub struct Spool {
     core: SpoolCore,
     files: BTreeMap<u64, Arc<dyn DiskFile>>,
     fenced: bool,
+    /// The end of the data written to each segment (not necessarily synced).
+    written_end: BTreeMap<u64, u64>,
+    /// The end of the last successful sync.
+    durable: Option<DurablePoint>,
 }
 
 impl fmt::Debug for Spool {
@@ -192,7 +220,36 @@ impl Spool {
         config: SpoolConfig,
         now: Now,
     ) -> Result<(Spool, SpoolReport), SpoolError> {
-        let (core, files, mut report) = recover(&*disk, dir, config, now, true)?;
+        Self::open_from(disk, dir, config, now, None)
+    }
+
+    /// Reopens a spool whose disk failed (see the module documentation): trusts the files only
+    /// up to `durable` (from [`Spool::durable_point`] of the failed spool; `None` trusts what
+    /// they hold, as [`Spool::open`] does) and declares the seqs issued beyond it `Storage`.
+    pub fn reopen(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: SpoolConfig,
+        now: Now,
+        durable: Option<DurablePoint>,
+    ) -> Result<(Spool, SpoolReport), SpoolError> {
+        Self::open_from(disk, dir, config, now, Some(durable))
+    }
+
+    fn open_from(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: SpoolConfig,
+        now: Now,
+        after_failure: Option<Option<DurablePoint>>,
+    ) -> Result<(Spool, SpoolReport), SpoolError> {
+        let trust = after_failure.flatten();
+        let lost = if after_failure.is_some() {
+            DropReason::Storage
+        } else {
+            DropReason::PowerLoss
+        };
+        let (core, files, mut report) = recover(&*disk, dir, config, now, true, trust, lost)?;
         let mut spool = Spool {
             disk,
             dir: dir.to_path_buf(),
@@ -200,10 +257,22 @@ impl Spool {
             core,
             files,
             fenced: false,
+            written_end: report.data_ends.clone(),
+            durable: None,
         };
         spool.execute()?;
         report.n_segments = spool.core.n_segments();
         Ok((spool, report))
+    }
+
+    /// The end of the last successful sync, for [`Spool::reopen`] after a failure.
+    pub fn durable_point(&self) -> Option<DurablePoint> {
+        self.durable
+    }
+
+    /// True once a disk operation failed: every call but [`Spool::durable_point`] is refused.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
     }
 
     /// What [`Spool::open`] would find and do, without writing anything (`spool check`).
@@ -213,7 +282,8 @@ impl Spool {
         config: SpoolConfig,
         now: Now,
     ) -> Result<SpoolReport, SpoolError> {
-        recover(disk, dir, config, now, false).map(|(_, _, report)| report)
+        recover(disk, dir, config, now, false, None, DropReason::PowerLoss)
+            .map(|(_, _, report)| report)
     }
 
     /// The core, for its getters and invariants.
@@ -345,18 +415,35 @@ impl Spool {
             Output::CreateSegment { id } => {
                 let path = self.dir.join(format::segment_name(id));
                 let file = self.disk.open(&path, true)?;
-                file.truncate(0)?;
-                file.write_at(0, &format::segment_header(id))?;
-                file.allocate(self.segment_bytes_max)?;
-                file.sync_data()?;
-                self.disk.sync_dir(&self.dir)?;
+                let created = (|| {
+                    file.truncate(0)?;
+                    file.write_at(0, &format::segment_header(id))?;
+                    file.allocate(self.segment_bytes_max)?;
+                    file.sync_data()?;
+                    self.disk.sync_dir(&self.dir)
+                })();
+                if let Err(error) = created {
+                    // Never leave a partial preallocation behind (a full disk stays full).
+                    // Best effort: recovery discards a segment without a durable header anyway.
+                    let _ = self.disk.remove(&path);
+                    let _ = self.disk.sync_dir(&self.dir);
+                    return Err(error.into());
+                }
                 self.files.insert(id, file);
+                self.written_end.insert(id, SEGMENT_HEADER_LEN);
+                self.durable = Some(DurablePoint {
+                    segment: id,
+                    pos: SEGMENT_HEADER_LEN,
+                });
             }
             Output::Write {
                 segment,
                 pos,
                 bytes,
-            } => self.file(segment)?.write_at(pos, &bytes)?,
+            } => {
+                self.file(segment)?.write_at(pos, &bytes)?;
+                self.wrote(segment, pos + bytes.len() as u64);
+            }
             Output::Copy { from, segment, pos } => {
                 let mut frame = vec![0u8; from.len as usize];
                 if self.file(from.segment)?.read_at(from.pos, &mut frame)? < frame.len() {
@@ -364,15 +451,27 @@ impl Spool {
                     return Err(corrupt(&path, from.pos, "frame to relocate is cut short"));
                 }
                 self.file(segment)?.write_at(pos, &frame)?;
+                self.wrote(segment, pos + frame.len() as u64);
             }
-            Output::Sync { segment } => self.file(segment)?.sync_data()?,
+            Output::Sync { segment } => {
+                self.file(segment)?.sync_data()?;
+                if let Some(end) = self.written_end.get(&segment) {
+                    self.durable = Some(DurablePoint { segment, pos: *end });
+                }
+            }
             Output::RemoveSegment { id } => {
                 self.files.remove(&id);
+                self.written_end.remove(&id);
                 self.disk.remove(&self.dir.join(format::segment_name(id)))?;
                 self.disk.sync_dir(&self.dir)?;
             }
         }
         Ok(())
+    }
+
+    fn wrote(&mut self, segment: u64, end: u64) {
+        let known = self.written_end.entry(segment).or_insert(end);
+        *known = (*known).max(end);
     }
 
     fn file(&self, id: u64) -> Result<Arc<dyn DiskFile>, SpoolError> {
@@ -420,13 +519,17 @@ impl Spool {
 type Recovery = (SpoolCore, BTreeMap<u64, Arc<dyn DiskFile>>, SpoolReport);
 
 /// Scans and replays the directory. With `repair`, discards aborted segments and zeroes torn
-/// tails on disk; without, only reports them.
+/// tails on disk; without, only reports them. With `trust`, nothing beyond that point is read
+/// (later segments are discarded, the rest of its segment zeroed). Seqs issued beyond what was
+/// recovered are declared with `lost`.
 fn recover(
     disk: &dyn Disk,
     dir: &Path,
     config: SpoolConfig,
     now: Now,
     repair: bool,
+    trust: Option<DurablePoint>,
+    lost: DropReason,
 ) -> Result<Recovery, SpoolError> {
     config
         .validate()
@@ -442,21 +545,45 @@ fn recover(
         }) if !repair => Vec::new(),
         Err(error) => return Err(error.into()),
     };
-    let ids: Vec<u64> = names
+    let mut ids: Vec<u64> = names
         .iter()
         .filter_map(|n| format::parse_segment_name(n))
         .collect();
+    let mut untrusted = Vec::new();
+    if let Some(point) = trust {
+        // Segments created after the last successful sync hold nothing durable.
+        untrusted = ids
+            .iter()
+            .copied()
+            .filter(|id| *id > point.segment)
+            .collect();
+        ids.retain(|id| *id <= point.segment);
+    }
     let mut replay = Replay::new(config);
     let mut report = SpoolReport::default();
     let mut files = BTreeMap::new();
+    for id in untrusted {
+        let path = dir.join(format::segment_name(id));
+        report.truncated_bytes += disk.open(&path, false)?.size()?;
+        report.n_segments_discarded += 1;
+        if repair {
+            disk.remove(&path)?;
+            disk.sync_dir(dir)?;
+        }
+    }
     for (i, id) in ids.iter().enumerate() {
         let is_last = i + 1 == ids.len();
         let path = dir.join(format::segment_name(*id));
         let file = disk.open(&path, false)?;
         let file_len = file.size()?;
         report.disk_bytes += file_len;
-        let Some(data_end) = scan_segment(&*file, &path, *id, is_last, &mut replay, &mut report)?
-        else {
+        // Of the segment of the last successful sync, only what that sync covered.
+        let limit = match trust {
+            Some(point) if point.segment == *id => point.pos.min(file_len),
+            _ => file_len,
+        };
+        let scanned = scan_segment(&*file, &path, *id, is_last, limit, &mut replay, &mut report)?;
+        let Some(data_end) = scanned else {
             // A segment whose creation was cut short: its header never became durable.
             report.truncated_bytes += file_len;
             report.n_segments_discarded += 1;
@@ -485,14 +612,16 @@ fn recover(
             // What recovery adopts may exist only in the page cache: make it durable first.
             file.sync_data()?;
         }
+        report.data_ends.insert(*id, data_end);
         files.insert(*id, file);
     }
-    let (core, recovered) = replay
-        .finish(now)
-        .map_err(|reason| SpoolError::Inconsistent {
-            dir: dir.display().to_string(),
-            reason,
-        })?;
+    let (core, recovered) =
+        replay
+            .finish(now, lost)
+            .map_err(|reason| SpoolError::Inconsistent {
+                dir: dir.display().to_string(),
+                reason,
+            })?;
     report.epoch = core.epoch();
     report.n_segments = core.n_segments();
     report.n_records = core.n_records();
@@ -520,10 +649,11 @@ fn scan_segment(
     path: &Path,
     id: u64,
     is_last: bool,
+    limit: u64,
     replay: &mut Replay,
     report: &mut SpoolReport,
 ) -> Result<Option<u64>, SpoolError> {
-    let file_len = file.size()?;
+    let file_len = limit;
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
     let got = file.read_at(0, &mut header)?;
     let parsed = if got < header.len() {

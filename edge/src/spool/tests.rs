@@ -21,6 +21,8 @@ fn config() -> SpoolConfig {
         send_ahead_bytes_max: 4096,
         write_buffer_bytes_max: 1 << 20,
         downtime_ms_max: 3_600_000,
+        retry_backoff_initial_ms: 1000,
+        retry_backoff_max_ms: 60_000,
     }
 }
 
@@ -665,6 +667,8 @@ fn random_config(rng: &mut ChaCha8Rng) -> SpoolConfig {
         send_ahead_bytes_max: rng.random_range(64..4096),
         write_buffer_bytes_max: rng.random_range(1..4096),
         downtime_ms_max: rng.random_range(0..5000),
+        retry_backoff_initial_ms: 1000,
+        retry_backoff_max_ms: 60_000,
     }
 }
 
@@ -847,4 +851,114 @@ fn a_refused_reading_stays_declared_after_a_crash() {
         })
         .collect();
     assert_eq!(got[..3], [(0, 0, false), (1, 1, true), (2, 2, false)]);
+}
+
+/// Checks that `records` (of epoch 1, sensor "a") tile `0..n` exactly: each seq delivered as a
+/// reading or inside one declaration, none twice. Returns the declared ranges.
+fn tiles(records: &[Record], n: u64) -> Vec<(u64, u64, DropReason)> {
+    let mut expect = 0;
+    let mut declared = Vec::new();
+    for r in records
+        .iter()
+        .filter(|r| r.boot_epoch == BootEpoch(1) && r.sensor == sensor("a"))
+    {
+        assert_eq!(r.seq, expect, "gap or overlap at {}: {records:?}", r.seq);
+        if let Payload::Dropped { seq_last, reason } = r.payload {
+            declared.push((r.seq, seq_last, reason));
+        }
+        expect = r.seq_last() + 1;
+    }
+    assert!(
+        expect >= n,
+        "seqs {expect}..{n} neither delivered nor declared"
+    );
+    declared
+}
+
+#[test]
+fn a_failed_sync_declares_what_was_not_durable_and_never_trusts_the_page_cache() {
+    // Checks that after an fdatasync failure the spool is fenced, and that reopening it from
+    // its durable point delivers the synced readings, declares every later issued seq Storage,
+    // and never delivers the readings that only the page cache held.
+    let memory = MemDisk::default();
+    let disk = super::faulty::FaultyDisk::new(Arc::new(memory.mount()));
+    let (mut spool, _) = Spool::open(Arc::new(disk.clone()), &dir(), config(), t(0)).unwrap();
+    for seq in 0..5 {
+        append(&mut spool, "a", seq);
+    }
+    spool.sync(t(1)).unwrap();
+    for seq in 5..10 {
+        append(&mut spool, "a", seq);
+    }
+    disk.set_syncs_broken(true);
+    assert!(matches!(spool.sync(t(2)), Err(SpoolError::Disk(_))));
+    assert!(spool.is_fenced());
+    assert_eq!(spool.sync(t(2)), Err(SpoolError::Fenced));
+    let point = spool.durable_point();
+    drop(spool);
+    disk.set_syncs_broken(false);
+    let (mut spool, report) =
+        Spool::reopen(Arc::new(disk.clone()), &dir(), config(), t(3), point).unwrap();
+    assert_eq!(report.power_loss.len(), 1, "{report:?}");
+    assert_eq!(report.power_loss[0].reason, DropReason::Storage);
+    assert_eq!(report.power_loss[0].seq, 5);
+    let got = drain(&mut spool);
+    let declared = tiles(&got, 10);
+    assert_eq!(declared, [(5, 15, DropReason::Storage)]);
+    assert_eq!(spool.stats().n_dropped_storage, 11);
+}
+
+#[test]
+fn a_full_disk_leaves_no_partial_segment_and_the_spool_resumes_when_space_returns() {
+    // Checks that a segment whose preallocation a full disk refuses is removed at once, that a
+    // reopen fails while the disk stays full, and that once space returns the reopened spool
+    // delivers every reading accepted and declares (Storage) every seq it could not keep.
+    let memory = MemDisk::default();
+    let disk = super::faulty::FaultyDisk::new(Arc::new(memory.mount()));
+    let (mut spool, _) = Spool::open(Arc::new(disk.clone()), &dir(), config(), t(0)).unwrap();
+    disk.set_full(true);
+    let n_files = memory.n_files();
+    let mut accepted = 0;
+    let error = loop {
+        match spool.append(t(0), sensor("a"), UnixMillis(0), value(accepted)) {
+            Ok(Ok(a)) => {
+                assert_eq!(a.seq, accepted);
+                accepted += 1;
+            }
+            Ok(Err(rejected)) => panic!("{rejected:?}"),
+            Err(error) => break error,
+        }
+        assert!(accepted < 10_000, "the disk never filled");
+    };
+    assert!(
+        matches!(&error, SpoolError::Disk(e) if e.is_no_space()),
+        "{error:?}"
+    );
+    assert_eq!(memory.n_files(), n_files, "no partial segment left");
+    let point = spool.durable_point();
+    drop(spool);
+    let still_full = Spool::reopen(Arc::new(disk.clone()), &dir(), config(), t(1), point);
+    assert!(
+        still_full.is_err(),
+        "reopened on a full disk: {still_full:?}"
+    );
+    assert_eq!(memory.n_files(), n_files, "no partial segment left");
+    disk.set_full(false);
+    let (mut spool, _) =
+        Spool::reopen(Arc::new(disk.clone()), &dir(), config(), t(2), point).unwrap();
+    let got = drain(&mut spool);
+    tiles(&got, accepted);
+    let readings = got
+        .iter()
+        .filter(|r| !matches!(r.payload, Payload::Dropped { .. }))
+        .count() as u64;
+    assert!(
+        readings + 16 >= accepted,
+        "{readings} of {accepted} delivered"
+    );
+    assert_eq!(
+        append(&mut spool, "a", 0).seq,
+        0,
+        "spooling again, in a new epoch"
+    );
 }

@@ -40,6 +40,8 @@ fn config() -> SpoolConfig {
         send_ahead_bytes_max: 1 << 20,
         write_buffer_bytes_max: 1 << 20,
         downtime_ms_max: 3_600_000,
+        retry_backoff_initial_ms: 1000,
+        retry_backoff_max_ms: 60_000,
     }
 }
 
@@ -505,7 +507,7 @@ fn replay_clock(spooled_at: u64, clock: (u64, i64), reopen: Now) -> (SpoolCore, 
             .unwrap();
     }
     replay.segment(0, SEGMENT_HEADER_LEN + 40, 4);
-    replay.finish(reopen).unwrap()
+    replay.finish(reopen, DropReason::PowerLoss).unwrap()
 }
 
 #[test]
