@@ -484,6 +484,12 @@ impl NodeConfig {
                 sluice_proto::codec::DECODE_BYTES_MAX
             ));
         }
+        if i.producers_per_identity_max > i.producers_max {
+            problems.push(format!(
+                "ingest.producers_per_identity_max ({}) must be at most ingest.producers_max ({})",
+                i.producers_per_identity_max, i.producers_max
+            ));
+        }
         // One whole frame must fit each budget, and a connection's share must fit the node's.
         let frame = u64::from(t.frame_bytes_max) + sluice_proto::frame::HEADER_LEN as u64;
         for (per_connection, per_connection_value, node, node_value) in [
@@ -516,12 +522,6 @@ impl NodeConfig {
             problems.push(format!(
                 "transport.connection_window_bytes_max must be 16384 to 1099511627776, got {}",
                 t.connection_window_bytes_max
-            ));
-        }
-        if i.producers_per_identity_max > i.producers_max {
-            problems.push(format!(
-                "ingest.producers_per_identity_max ({}) must be at most ingest.producers_max ({})",
-                i.producers_per_identity_max, i.producers_max
             ));
         }
         if self.storage.segment_bytes_max < 1 << 20 {
