@@ -155,12 +155,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     }
     let transport = Arc::new(QuicTransport::new(u.client_settings(material)));
     // One agent per data directory: a second would write the same spools.
-    let _lock = DirLock::acquire(&config.edge.data_dir, true).with_context(|| {
-        format!(
-            "cannot lock data_dir {}; is another sluice-edge running on it?",
-            config.edge.data_dir.display()
-        )
-    })?;
+    let _lock = DirLock::acquire(&config.edge.data_dir, true).context("edge.data_dir")?;
     let identity_text = identity.to_string();
     let seed = (RealClock.wall().0 as u64) ^ fnv(identity_text.as_bytes());
     // Two workers are plenty for an agent (the loop, the uplink's QUIC and the sources), and

@@ -138,8 +138,9 @@ pin = 17
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_agent_per_data_dir_and_no_spool_check_beside_it() -> Result<()> {
     // Checks the data_dir lock: a second `sluice-edge run` on the same data_dir exits non-zero
-    // saying the directory is in use, and so does `spool check` while the agent runs; after a
-    // clean stop `spool check` works.
+    // saying another process holds the directory, even after the `lock` file older versions
+    // locked was deleted (the lock is on the directory itself), and so does `spool check` while
+    // the agent runs; after a clean stop `spool check` works.
     let node = TestNode::in_process().await?;
     let mut edge = TestEdge::create(
         &node,
@@ -155,9 +156,15 @@ interval_ms = 100
     )?;
     edge.spawn().await?;
     let config = edge.config_path().to_string_lossy().into_owned();
+    let data_dir = edge.config().edge.data_dir.clone();
+    match std::fs::remove_file(data_dir.join("lock")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        other => other?,
+    }
     let second = run_edge_cli(&["run", "--config", &config], LIMIT).await?;
     assert_eq!(second.code, Some(1), "{second:?}");
-    assert!(second.stderr.contains("in use"), "{}", second.stderr);
+    let held = format!("another process holds {}", data_dir.display());
+    assert!(second.stderr.contains(&held), "{}", second.stderr);
     let check = run_edge_cli(&["spool", "check", "--config", &config], LIMIT).await?;
     assert_eq!(check.code, Some(1), "{check:?}");
     assert!(
