@@ -551,6 +551,43 @@ line_bytes_max = 1000000
     }
 
     #[test]
+    fn stream_names_that_are_not_one_directory_are_refused() {
+        // Checks that every stream name which is not one safe path component (the agent spools
+        // a stream in data_dir/spool/<stream>) is refused naming the problem, in every kind of
+        // source that names a stream, with the same check the node and the wire use.
+        let base = "[edge]\ndata_dir = \"/x\"\n[uplink]\ncluster = \"c\"\nnodes = [\"a:1\"]\n\
+                    ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+        let bad = [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "/",
+            "a/b",
+            "../etc",
+            "nul\\u0000",
+            "sp ace",
+        ];
+        let long = "x".repeat(129);
+        for name in bad.iter().copied().chain([long.as_str()]) {
+            for source in [
+                format!("type = \"sim\"\nname = \"s\"\nstream = \"{name}\"\n"),
+                format!("type = \"jsonl\"\nname = \"j\"\npath = \"/l\"\nstream = \"{name}\"\n"),
+            ] {
+                let text = format!("{base}[[sources]]\n{source}");
+                match from_toml(&text) {
+                    Err(ConfigError::Load(e)) => {
+                        assert!(e.contains("stream name"), "{name:?}: {e}")
+                    }
+                    other => panic!("{name:?} accepted: {other:?}"),
+                }
+            }
+        }
+        let good = format!("{base}[[sources]]\ntype = \"sim\"\nname = \"s\"\nstream = \"a..b\"\n");
+        assert!(from_toml(&good).is_ok(), "{:?}", from_toml(&good));
+    }
+
+    #[test]
     fn unknown_keys_and_source_types_are_refused() {
         // Checks that typos fail loudly instead of being ignored.
         let base = "[edge]\ndata_dir = \"/x\"\n[uplink]\ncluster = \"c\"\nnodes = [\"a:1\"]\n\
