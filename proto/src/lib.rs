@@ -7,6 +7,8 @@
 //! clock, files, blocking pool) that nodes and edge agents run on outside the simulator.
 #![warn(missing_docs)]
 
+#[cfg(feature = "net")]
+pub mod certcheck;
 pub mod codec;
 pub mod env;
 pub mod event;
