@@ -169,6 +169,42 @@ where
     }
 }
 
+/// Opens `path` for reading if it is a regular file, and never blocks doing so: opening a FIFO
+/// for reading waits for a writer, possibly forever, so the open is non-blocking and the type
+/// is checked on the opened file itself (no window for the path to change between a check and
+/// the open). Anything else (a FIFO, socket, device or directory) is an `InvalidInput` error
+/// saying what the path names. The returned file is blocking again.
+pub fn open_regular_file(path: &Path) -> std::io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::FileTypeExt;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = File::from(fd);
+    let file_type = file.metadata()?.file_type();
+    let what = if file_type.is_file() {
+        let flags = rustix::fs::fcntl_getfl(&file)?;
+        rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
+        return Ok(file);
+    } else if file_type.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        "a device"
+    } else {
+        "not a file"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("not a regular file: it is {what}"),
+    ))
+}
+
 /// A lock on a data directory, held while the value lives, so two processes never write the
 /// same logs or spools. It is a `flock` on the directory itself (opened `O_RDONLY|O_DIRECTORY`),
 /// not on a file inside it: deleting or replacing any file under a running process does not let
@@ -257,6 +293,44 @@ impl DirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::fs::Mode;
+
+    #[test]
+    fn only_regular_files_open_and_a_fifo_does_not_block() {
+        // Checks open_regular_file: a regular file opens (and reads blocking as usual); a FIFO
+        // nobody writes to is refused at once as a FIFO instead of blocking in open (the test
+        // would hang otherwise), and a directory is refused as a directory.
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let regular = dir.path().join("events.jsonl");
+        std::fs::write(&regular, b"{}\n").unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        open_regular_file(&regular)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text, "{}\n");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        for (path, what) in [
+            (&fifo, "a FIFO"),
+            (&dir.path().to_path_buf(), "a directory"),
+        ] {
+            match open_regular_file(path) {
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+                    assert!(e.to_string().contains(what), "{e}");
+                }
+                Ok(_) => panic!("{} opened", path.display()),
+            }
+        }
+    }
 
     fn held(result: Result<DirLock, DirLockError>) -> DirLock {
         result.unwrap_or_else(|e| panic!("{e}"))
