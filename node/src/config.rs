@@ -6,6 +6,7 @@
 use figment::providers::{Env as EnvProvider, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use sluice_proto::msg::FetchResponse;
 use sluice_proto::{Identity, StreamName};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -484,6 +485,7 @@ impl NodeConfig {
                 sluice_proto::codec::DECODE_BYTES_MAX
             ));
         }
+        self.validate_fetch_answer(&mut problems);
         if i.producers_per_identity_max > i.producers_max {
             problems.push(format!(
                 "ingest.producers_per_identity_max ({}) must be at most ingest.producers_max ({})",
@@ -589,6 +591,23 @@ impl NodeConfig {
         }
     }
 
+    /// The largest fetch answer this node can build must fit in one frame: at most
+    /// `fetch_events_max` events of together `fetch_bytes_max` bytes, or one event as large as
+    /// `record_bytes_max` (a fetch always returns at least one), with their framing.
+    fn validate_fetch_answer(&self, problems: &mut Vec<String>) {
+        let (t, i) = (&self.transport, &self.ingest);
+        let events_bytes_max = u64::from(i.fetch_bytes_max.max(i.record_bytes_max));
+        let answer = FetchResponse::body_bytes_max(i.fetch_events_max, events_bytes_max);
+        if answer > u64::from(t.frame_bytes_max) {
+            problems.push(format!(
+                "transport.frame_bytes_max ({}) is smaller than the largest fetch answer, {answer} \
+                 bytes (the larger of ingest.fetch_bytes_max {} and ingest.record_bytes_max {}, \
+                 plus framing of ingest.fetch_events_max {} events): raise it, or lower those",
+                t.frame_bytes_max, i.fetch_bytes_max, i.record_bytes_max, i.fetch_events_max
+            ));
+        }
+    }
+
     /// The config as TOML with secrets masked, for the start-up log line. Key paths are not
     /// secret; key contents never enter the config.
     pub fn masked(&self) -> String {
@@ -665,6 +684,86 @@ mod tests {
             panic!("accepted")
         };
         assert!(problems.len() >= 5, "{problems:#?}");
+    }
+
+    /// A minimal valid config, with `extra` appended.
+    fn minimal(extra: &str) -> String {
+        format!(
+            "[node]\nid = 1\ncluster = \"c\"\ndata_dir = \"d\"\n[transport]\n\
+             listen = \"127.0.0.1:0\"\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n{extra}"
+        )
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match from_toml(text) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_frame_limit_below_the_largest_fetch_answer_is_refused() {
+        // Checks the bound between transport.frame_bytes_max and the fetch limits: exactly the
+        // largest answer fits, one byte less is refused naming every key involved, and a
+        // record_bytes_max above fetch_bytes_max (one record is always returned) counts too.
+        let answer = FetchResponse::body_bytes_max(100, 60_000);
+        let limits = "fetch_events_max = 100\nfetch_bytes_max = 60000\nrecord_bytes_max = 50000\n";
+        let fits = minimal(&format!("frame_bytes_max = {answer}\n[ingest]\n{limits}"));
+        assert!(from_toml(&fits).is_ok(), "{:?}", from_toml(&fits));
+        let short = minimal(&format!(
+            "frame_bytes_max = {}\n[ingest]\n{limits}",
+            answer - 1
+        ));
+        let found = problems(&short);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        for key in [
+            "transport.frame_bytes_max",
+            "ingest.fetch_bytes_max",
+            "ingest.record_bytes_max",
+            "ingest.fetch_events_max",
+            &answer.to_string(),
+        ] {
+            assert!(found[0].contains(key), "{key}: {}", found[0]);
+        }
+        let big_record = minimal(&format!(
+            "frame_bytes_max = {answer}\n[ingest]\n\
+             fetch_events_max = 100\nfetch_bytes_max = 60000\nrecord_bytes_max = 60001\n"
+        ));
+        assert_eq!(problems(&big_record).len(), 1);
+    }
+
+    #[test]
+    fn stream_names_that_are_not_one_directory_are_refused() {
+        // Checks that every stream name which is not one safe path component (the node keeps a
+        // stream in data_dir/<stream>) is refused, each one listed.
+        let bad = [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "/",
+            "a/b",
+            "../etc",
+            "nul\\u0000",
+            "sp ace",
+        ];
+        let mut text = minimal("");
+        for name in bad {
+            text.push_str(&format!("[[streams]]\nname = \"{name}\"\npartitions = 1\n"));
+        }
+        let found = problems(&text);
+        assert_eq!(found.len(), bad.len(), "{found:#?}");
+        for (idx, problem) in found.iter().enumerate() {
+            assert!(
+                problem.starts_with(&format!("streams[{idx}].name")),
+                "{problem}"
+            );
+        }
+        let long = minimal(&format!(
+            "[[streams]]\nname = \"{}\"\npartitions = 1\n",
+            "x".repeat(129)
+        ));
+        assert_eq!(problems(&long).len(), 1);
     }
 
     #[test]

@@ -11,10 +11,11 @@ use crate::partition::core::CoreConfig;
 use crate::service::{QuicHandler, Service};
 use crate::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use ractor::{Actor, ActorRef};
-use sluice_proto::env::Env;
+use sluice_proto::certcheck::{load_checked, CertProblems, ExpectedIdentity, TlsFiles};
+use sluice_proto::env::{Clock, Env};
 use sluice_proto::net::server::{serve_with_gauges, ServerGauges};
 use sluice_proto::net::{self, NetError};
-use sluice_proto::{Identity, PartitionId, Role, StreamName};
+use sluice_proto::{PartitionId, Role, StreamName};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,9 @@ pub enum StartError {
     /// Certificates could not be loaded or do not fit this node.
     #[error("tls: {0}")]
     Tls(#[from] NetError),
+    /// The certificate, key or CA files are unusable for this node; every problem is listed.
+    #[error("tls files:\n  - {}", .0.0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  - "))]
+    Certificates(#[from] CertProblems),
     /// The listener could not bind.
     #[error("cannot listen on {addr}: {reason}")]
     Bind {
@@ -51,6 +55,8 @@ pub struct Node {
     /// `None` once `failed` has seen the supervisor end.
     supervisor_join: Option<JoinHandle<()>>,
     server: Option<(watch::Sender<bool>, JoinHandle<()>, quinn::Endpoint)>,
+    /// Certificates are checked against its wall time.
+    clock: Arc<dyn Clock>,
     /// What clients hold at the listener (handshakes, connections, bytes).
     server_gauges: Arc<ServerGauges>,
 }
@@ -137,6 +143,7 @@ impl Node {
             supervisor,
             supervisor_join: Some(supervisor_join),
             server: None,
+            clock: env.clock.clone(),
             server_gauges: Arc::new(ServerGauges::default()),
         })
     }
@@ -144,20 +151,19 @@ impl Node {
     /// Starts the QUIC + mTLS listener; returns the address it listens on.
     pub async fn serve(&mut self, config: &NodeConfig) -> Result<SocketAddr, StartError> {
         let t = &config.transport;
-        let material = net::TlsMaterial::load(&t.ca_cert, &t.cert, &t.key)?;
-        let identity = material.identity()?;
-        let expected = Identity::new(
-            &config.node.cluster,
-            Role::Node,
-            &config.node.id.to_string(),
-        )
-        .map_err(|e| StartError::Config(e.to_string()))?;
-        if identity != expected {
-            return Err(StartError::Config(format!(
-                "certificate {} is {identity}, but this node is {expected}",
-                t.cert.display()
-            )));
-        }
+        // The files must make a working node: its own key, a certificate of this very node
+        // that the configured CA signed and that is valid now.
+        let files = TlsFiles {
+            ca_cert: &t.ca_cert,
+            cert: &t.cert,
+            key: &t.key,
+        };
+        let expected = ExpectedIdentity {
+            cluster: config.node.cluster.clone(),
+            role: Role::Node,
+            name: Some(config.node.id.to_string()),
+        };
+        let material = load_checked(files, &expected, self.clock.wall())?;
         let limits = t.server_limits();
         if let Some(memory) = total_memory_bytes() {
             t.check_fits_memory(memory)
@@ -257,6 +263,7 @@ mod tests {
     use sluice_proto::msg::{
         FetchFrom, FetchRequest, Message, ProduceRequest, RecordOutcome, RecordRejection,
     };
+    use sluice_proto::Identity;
     use sluice_proto::{BootEpoch, Payload, Reading, Record, SensorId, UnixMillis};
     use std::path::Path;
     use std::sync::atomic::{AtomicU32, Ordering};

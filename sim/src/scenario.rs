@@ -623,6 +623,9 @@ pending_bytes_max = {pending}
 waiting_requests_max = {waiting}
 produce_timeout_ms = 5000
 fetch_events_max = 5000
+# The largest fetch answer must fit frame_bytes_max (the node refuses a config where it does not).
+fetch_bytes_max = 131072
+record_bytes_max = 131072
 
 [[acl]]
 identity = "sluice://{CLUSTER}/edge/*"
