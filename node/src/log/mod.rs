@@ -391,7 +391,9 @@ fn recover(
                 decode_events(payload, Some(view.end), |offset, event, _| {
                     each(offset, event)
                 })?;
-            if view.index.is_empty() || pos >= last_index_pos + config.index_interval_bytes {
+            if view.index.is_empty()
+                || pos >= last_index_pos.saturating_add(config.index_interval_bytes)
+            {
                 view.index.push((entry_base, pos));
                 last_index_pos = pos;
             }
@@ -668,7 +670,10 @@ impl LogWriter {
         let mut index_points = Vec::new();
         for (pos, (base, count, _)) in positions.iter().zip(batch) {
             if self.active.index.is_empty() && index_points.is_empty()
-                || *pos >= self.last_index_pos + self.config.index_interval_bytes
+                || *pos
+                    >= self
+                        .last_index_pos
+                        .saturating_add(self.config.index_interval_bytes)
             {
                 index_points.push((*base, *pos));
                 self.last_index_pos = *pos;
