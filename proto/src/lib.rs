@@ -8,6 +8,7 @@
 //! clock, files, blocking pool) that nodes and edge agents run on outside the simulator.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod codec;
 pub mod env;
 pub mod event;
