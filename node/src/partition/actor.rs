@@ -15,8 +15,7 @@ use super::core::{CoreConfig, Input, Output, PartitionCore, ProduceItem};
 use crate::env::run_blocking;
 use crate::log::{self, LogConfig, LogError, LogPaths, LogReader, LogWriter, Opened, PendingEntry};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
+use sluice_proto::backoff::Backoff;
 use sluice_proto::env::Env;
 use sluice_proto::msg::{RecordOutcome, RecordRejection};
 use sluice_proto::{Identity, Offset, PartitionId, StreamName};
@@ -105,35 +104,6 @@ pub struct RetryConfig {
     pub max: Duration,
 }
 
-/// Capped exponential backoff with seeded jitter: the n-th consecutive failure waits a random
-/// time in `[d/2, d)`, `d = min(initial * 2^(n-1), max)`.
-// TODO(integrator): `proto::backoff::Backoff` has the same contract (`new`, `next_delay`,
-// `reset`); switch to it once it is on main.
-struct RetrySchedule {
-    config: RetryConfig,
-    n_failures: u32,
-    rng: ChaCha8Rng,
-}
-
-impl RetrySchedule {
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .config
-            .initial
-            .max(Duration::from_millis(1))
-            .saturating_mul(1u32 << self.n_failures.min(20))
-            .min(self.config.max.max(self.config.initial));
-        self.n_failures = self.n_failures.saturating_add(1);
-        let half = ceiling / 2;
-        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
-        half + Duration::from_nanos(self.rng.random_range(0..nanos))
-    }
-
-    fn reset(&mut self) {
-        self.n_failures = 0;
-    }
-}
-
 /// Arguments of [`PartitionActor`]; kept by the supervisor to restart it.
 #[derive(Clone)]
 pub struct PartitionArgs {
@@ -175,7 +145,7 @@ pub struct PartitionState {
     core: PartitionCore,
     writer: Option<LogWriter>,
     fault: Option<Fault>,
-    retry: RetrySchedule,
+    retry: Backoff,
     /// The retry a `Retry` message must name to be acted on.
     retry_attempt: u64,
     tickets: HashMap<u64, RpcReplyPort<Vec<RecordOutcome>>>,
@@ -308,11 +278,11 @@ impl Actor for PartitionActor {
         let opened = reopen(&args).await;
         let owner = u64::from(crc32c::crc32c(args.stream.as_str().as_bytes())) << 32
             | u64::from(args.partition.0);
-        let retry = RetrySchedule {
-            config: args.retry,
-            n_failures: 0,
-            rng: args.env.rng(owner, RETRY_SALT),
-        };
+        let retry = Backoff::new(
+            args.retry.initial,
+            args.retry.max,
+            args.env.rng(owner, RETRY_SALT),
+        );
         let (durable_tx, _) = watch::channel(Offset(0));
         let mut state = PartitionState {
             core: PartitionCore::new(args.partition, args.core, Offset(0)),
