@@ -595,4 +595,55 @@ mod tests {
             "corruption was repaired"
         );
     }
+
+    #[tokio::test]
+    async fn damage_a_fetch_meets_while_running_stops_writes() {
+        // Checks that an entry damaged under a running node is reported by the fetch that meets
+        // it (an error, never a short answer) and that the partition then refuses produces with
+        // a Storage error naming the file and byte, while another stream goes on.
+        let dir = tempfile::tempdir().unwrap();
+        let (env, _faults) = flaky_env();
+        let node = Node::start(&config(dir.path()), env).await.unwrap();
+        for seq in 0..4 {
+            assert!(matches!(
+                produce(&node, seq).await,
+                RecordOutcome::Appended { .. }
+            ));
+        }
+        let segment = partition_paths(dir.path(), &StreamName::new("s").unwrap(), 0)
+            .dir
+            .join("00000000000000000000.log");
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let pos = 64 + 8 + u32::from_le_bytes(bytes[64..68].try_into().unwrap()) as usize;
+        bytes[pos + 16] ^= 0x08;
+        std::fs::write(&segment, &bytes).unwrap();
+        let peer = Arc::new(Identity::new("t", Role::Edge, "e").unwrap());
+        let fetch = Message::FetchRequest(FetchRequest {
+            request_id: 2,
+            stream: StreamName::new("s").unwrap(),
+            partition: PartitionId(0),
+            from: FetchFrom::Earliest,
+            events_max: 1000,
+            bytes_max: 1 << 20,
+            wait_ms: 0,
+        });
+        let answer = node.service().handle(peer, fetch).await;
+        assert!(
+            !matches!(answer, Message::FetchResponse(_)),
+            "damaged read answered: {answer:?}"
+        );
+        let RecordOutcome::Rejected(RecordRejection::Storage { reason }) = produce(&node, 4).await
+        else {
+            panic!("damaged partition took a write");
+        };
+        assert!(
+            reason.contains(segment.to_str().unwrap()) && reason.contains(&format!("byte {pos}")),
+            "{reason}"
+        );
+        assert!(matches!(
+            produce_to(&node, "t", 0).await,
+            RecordOutcome::Appended { .. }
+        ));
+        node.stop().await;
+    }
 }

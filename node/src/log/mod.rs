@@ -229,6 +229,8 @@ pub struct LogWriter {
 pub struct LogReader {
     segments: Arc<RwLock<Vec<SegmentView>>>,
     entry_bytes_max: u32,
+    /// The first damage a read met (data below the durable end that no longer checks).
+    damage: Arc<std::sync::Mutex<Option<Corruption>>>,
 }
 
 /// A recovered log.
@@ -482,6 +484,7 @@ pub fn open(
     let reader = LogReader {
         segments: segments.clone(),
         entry_bytes_max: config.entry_bytes_max,
+        damage: Arc::default(),
     };
     let writer = match scanned.corruption.clone() {
         Some(corruption) => Err(LogError::Corrupt(corruption)),
@@ -741,7 +744,17 @@ impl LogReader {
         LogReader {
             segments: Arc::new(RwLock::new(Vec::new())),
             entry_bytes_max,
+            damage: Arc::default(),
         }
+    }
+
+    /// The first corruption a read of this log met, if any: data below the durable end that
+    /// checked at recovery and no longer does. The partition stops taking writes on it.
+    pub fn damage(&self) -> Option<Corruption> {
+        self.damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The first offset stored.
@@ -757,8 +770,24 @@ impl LogReader {
     }
 
     /// Reads events from `from` up to (not including) `end`: at most `events_max` of them, and
-    /// at most `bytes_max` bytes of encoded events (but always at least one event).
+    /// at most `bytes_max` bytes of encoded events (but always at least one event). Damage met
+    /// on the way is an error, and is remembered ([`LogReader::damage`]).
     pub fn read(
+        &self,
+        from: Offset,
+        end: Offset,
+        events_max: u32,
+        bytes_max: u32,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let read = self.read_inner(from, end, events_max, bytes_max);
+        if let Err(Some(c)) = read.as_ref().map_err(LogError::corruption) {
+            let mut damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+            damage.get_or_insert_with(|| c.clone());
+        }
+        read
+    }
+
+    fn read_inner(
         &self,
         from: Offset,
         end: Offset,

@@ -397,3 +397,26 @@ fn check_reports_without_changing_anything() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert_eq!(std::fs::read(paths(dir.path()).manifest).unwrap(), manifest);
 }
+
+#[test]
+fn damage_met_by_a_read_is_an_error_and_is_remembered() {
+    // Checks that a read meeting an entry damaged after recovery fails with the corruption
+    // (never a short or wrong answer) and that the reader remembers it for the partition.
+    let dir = tempfile::tempdir().unwrap();
+    write_some(dir.path(), 6, 2, false);
+    let (_w, r, _, _) = open_ok(dir.path());
+    assert_eq!(r.damage(), None);
+    let path = segments(dir.path()).pop().unwrap();
+    let victim = entry_positions(&path)[2];
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[victim as usize + 12] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(
+        r.read(Offset(0), Offset(4), 100, u32::MAX).unwrap().len(),
+        4
+    );
+    let err = r.read(Offset(0), Offset(12), 100, u32::MAX).unwrap_err();
+    let c = err.corruption().cloned().expect("not a corruption");
+    assert_eq!(c.pos, victim);
+    assert_eq!(r.damage(), Some(c));
+}

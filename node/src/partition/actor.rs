@@ -151,6 +151,8 @@ pub struct PartitionState {
     tickets: HashMap<u64, RpcReplyPort<Vec<RecordOutcome>>>,
     next_ticket: u64,
     durable_tx: watch::Sender<Offset>,
+    /// The reader published for fetches (its damage stops writes).
+    reader: LogReader,
     args: PartitionArgs,
 }
 
@@ -215,7 +217,8 @@ fn fault_of(args: &PartitionArgs, error: &LogError) -> Fault {
 }
 
 impl PartitionState {
-    fn publish(&self, myself: &ActorRef<PartitionMsg>, reader: LogReader) {
+    fn publish(&mut self, myself: &ActorRef<PartitionMsg>, reader: LogReader) {
+        self.reader = reader.clone();
         self.args.registry.insert(
             self.args.stream.clone(),
             self.args.partition,
@@ -293,6 +296,7 @@ impl Actor for PartitionActor {
             tickets: HashMap::new(),
             next_ticket: 0,
             durable_tx,
+            reader: LogReader::empty(args.log.entry_bytes_max),
             args,
         };
         match opened {
@@ -319,6 +323,14 @@ impl Actor for PartitionActor {
                 items,
                 reply,
             } => {
+                if let (None | Some(Fault::Degraded(_)), Some(c)) =
+                    (&state.fault, state.reader.damage())
+                {
+                    // A fetch met damage below the durable end: stop writing here too.
+                    let error = LogError::Corrupt(c);
+                    state.writer = None;
+                    state.fault = Some(fault_of(&state.args, &error));
+                }
                 if let Some(Fault::Degraded(reason) | Fault::Corrupt(reason)) = &state.fault {
                     let refusal = RecordOutcome::Rejected(RecordRejection::Storage {
                         reason: reason.clone(),
