@@ -316,12 +316,11 @@ fn recover(
         corruption: None,
         recovery: Recovery::default(),
     };
-    let manifest = match Manifest::read(disk, &paths.manifest) {
-        Ok(m) => m,
-        Err(LogError::Corrupt(c)) => {
-            out.corruption = Some(c);
-            return Ok(out);
-        }
+    // A manifest none of whose slots checks is corruption, unless the partition's creation was
+    // cut short while writing it (decided below, like a missing manifest).
+    let (manifest, damaged_manifest) = match Manifest::read(disk, &paths.manifest) {
+        Ok(m) => (m, None),
+        Err(LogError::Corrupt(c)) => (None, Some(c)),
         Err(e) => return Err(e),
     };
     let listed = list_segments(disk, &paths.dir)?;
@@ -343,7 +342,12 @@ fn recover(
             (m.state.first, m.state.last, Some(m.state))
         }
         None => match (bases.first(), bases.last()) {
-            (None, _) | (_, None) => return Ok(out),
+            (None, _) | (_, None) => {
+                // Segment 0 is created before the manifest: a manifest without any segment
+                // means the segments were lost.
+                out.corruption = damaged_manifest;
+                return Ok(out);
+            }
             (Some(first), Some(last)) => (*first, *last, None),
         },
     };
@@ -451,13 +455,15 @@ fn recover(
             // empty first segment) or one whose manifest was lost.
             let fresh = out.views.len() == 1 && out.recovery.n_entries == 0 && first == Offset(0);
             if !fresh {
-                out.corruption = Some(missing(
-                    &paths.manifest,
-                    format!(
-                        "the manifest is gone, but {} holds segments",
-                        paths.dir.display()
-                    ),
-                ));
+                out.corruption = Some(damaged_manifest.unwrap_or_else(|| {
+                    missing(
+                        &paths.manifest,
+                        format!(
+                            "the manifest is gone, but {} holds segments",
+                            paths.dir.display()
+                        ),
+                    )
+                }));
             }
         }
     }

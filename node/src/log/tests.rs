@@ -420,3 +420,35 @@ fn damage_met_by_a_read_is_an_error_and_is_remembered() {
     assert_eq!(c.pos, victim);
     assert_eq!(r.damage(), Some(c));
 }
+
+#[test]
+fn a_damaged_manifest_is_corruption_unless_the_partition_was_being_created() {
+    // Checks that a manifest whose slots no longer check is corruption naming it when the
+    // partition holds data, and that one torn while the partition was being created (an empty
+    // first segment) is rewritten.
+    let dir = tempfile::tempdir().unwrap();
+    write_some(dir.path(), 3, 2, true);
+    let manifest = paths(dir.path()).manifest;
+    std::fs::write(&manifest, vec![0u8; 8192]).unwrap();
+    let (opened, _) = open_with(dir.path(), None);
+    let c = corruption(&opened);
+    assert_eq!(c.path, manifest.display().to_string());
+    assert_eq!(readable(&opened.reader), (0..6).collect::<Vec<_>>());
+
+    let fresh = tempfile::tempdir().unwrap();
+    drop(open_ok(fresh.path()));
+    std::fs::write(paths(fresh.path()).manifest, vec![0u8; 100]).unwrap();
+    let (mut w, ..) = open_ok(fresh.path());
+    w.append(&[entry(0, 1)]).unwrap();
+    w.close().unwrap();
+    let (_, _, rec, _) = open_ok(fresh.path());
+    assert_eq!(rec.next_offset, Offset(1));
+
+    std::fs::remove_dir_all(paths(fresh.path()).dir).unwrap();
+    std::fs::write(paths(fresh.path()).manifest, vec![0u8; 100]).unwrap();
+    let (opened, _) = open_with(fresh.path(), None);
+    assert!(
+        opened.writer.is_err(),
+        "segments lost beside a damaged manifest"
+    );
+}
