@@ -472,6 +472,8 @@ pub fn classify_rejection(rejection: &RecordRejection) -> (&'static str, Severit
         R::StaleEpoch { .. } => ("stale_epoch", Severity::NeedsOperator),
         R::Invalid { .. } => ("invalid", Severity::NeedsOperator),
         R::DuplicateTooOld { .. } => ("duplicate_too_old", Severity::Transient),
+        // The node forgot this epoch of the sensor; only a new epoch (a restart) resumes it.
+        R::ProducerExpired { .. } => ("producer_expired", Severity::NeedsOperator),
     }
 }
 

@@ -114,9 +114,18 @@ pub struct IngestSection {
     /// Recent records per (producer, sensor) whose offsets are remembered for retries.
     #[serde(default = "default_dedup_window_max")]
     pub dedup_window_max: u32,
-    /// (producer, sensor) pairs tracked per partition.
+    /// (producer, sensor) pairs tracked with a dedup window (live) per partition.
     #[serde(default = "default_producers_max")]
     pub producers_max: u32,
+    /// Live (producer, sensor) pairs one identity may hold per partition, so that one identity
+    /// sending many sensor ids exhausts only its own budget; it keeps as many retired pairs
+    /// (without a window) beyond those. At most `producers_max`.
+    #[serde(default = "default_producers_per_identity_max")]
+    pub producers_per_identity_max: u32,
+    /// A (producer, sensor) pair idle this long (monotonic clock, restarted at node start) is
+    /// retired: its dedup window is dropped and its live slot freed.
+    #[serde(default = "default_producer_idle_expiry_ms")]
+    pub producer_idle_expiry_ms: u64,
     /// Accepted bytes waiting for the next flush, per partition, before `Overloaded`.
     #[serde(default = "default_pending_bytes_max")]
     pub pending_bytes_max: u64,
@@ -222,6 +231,12 @@ fn default_dedup_window_max() -> u32 {
 fn default_producers_max() -> u32 {
     100_000
 }
+fn default_producers_per_identity_max() -> u32 {
+    10_000
+}
+fn default_producer_idle_expiry_ms() -> u64 {
+    7 * 24 * 3_600_000
+}
 fn default_pending_bytes_max() -> u64 {
     64 << 20
 }
@@ -268,6 +283,8 @@ impl Default for IngestSection {
             record_bytes_max: default_record_bytes_max(),
             dedup_window_max: default_dedup_window_max(),
             producers_max: default_producers_max(),
+            producers_per_identity_max: default_producers_per_identity_max(),
+            producer_idle_expiry_ms: default_producer_idle_expiry_ms(),
             pending_bytes_max: default_pending_bytes_max(),
             waiting_requests_max: default_waiting_requests_max(),
             entry_events_max: default_entry_events_max(),
@@ -362,6 +379,11 @@ impl NodeConfig {
             ("ingest.record_bytes_max", u64::from(i.record_bytes_max)),
             ("ingest.dedup_window_max", u64::from(i.dedup_window_max)),
             ("ingest.producers_max", u64::from(i.producers_max)),
+            (
+                "ingest.producers_per_identity_max",
+                u64::from(i.producers_per_identity_max),
+            ),
+            ("ingest.producer_idle_expiry_ms", i.producer_idle_expiry_ms),
             ("ingest.pending_bytes_max", i.pending_bytes_max),
             (
                 "ingest.waiting_requests_max",
@@ -388,6 +410,12 @@ impl NodeConfig {
             problems.push(
                 "storage.write_retry_max_ms must be at least storage.write_retry_initial_ms".into(),
             );
+        }
+        if i.producers_per_identity_max > i.producers_max {
+            problems.push(format!(
+                "ingest.producers_per_identity_max ({}) must be at most ingest.producers_max ({})",
+                i.producers_per_identity_max, i.producers_max
+            ));
         }
         if self.storage.segment_bytes_max < 1 << 20 {
             problems.push("storage.segment_bytes_max must be at least 1048576".into());
@@ -476,6 +504,34 @@ mod tests {
         let config = from_toml(text).unwrap();
         assert_eq!(config.node.id, 1);
         assert!(!config.streams.is_empty());
+    }
+
+    #[test]
+    fn producer_budgets_are_validated() {
+        // Checks that the producer budgets must be positive, that an identity's budget may not
+        // exceed the partition's, and that the defaults pass.
+        let base = "[node]\nid = 1\ncluster = \"c\"\ndata_dir = \"d\"\n[transport]\nlisten = \"127.0.0.1:0\"\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let config = from_toml(base).unwrap();
+        assert_eq!(config.ingest.producers_per_identity_max, 10_000);
+        assert_eq!(config.ingest.producer_idle_expiry_ms, 604_800_000);
+        let text = format!(
+            "{base}[ingest]\nproducers_max = 10\nproducers_per_identity_max = 11\nproducer_idle_expiry_ms = 0\n"
+        );
+        let Err(ConfigError::Invalid(problems)) = from_toml(&text) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("producers_per_identity_max (11)")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("producer_idle_expiry_ms must be greater than 0")),
+            "{problems:#?}"
+        );
     }
 
     #[test]

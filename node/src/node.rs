@@ -61,6 +61,10 @@ fn partition_args(
     let core = CoreConfig {
         dedup_window_max: config.ingest.dedup_window_max,
         producers_max: config.ingest.producers_max,
+        producers_per_identity_max: config.ingest.producers_per_identity_max,
+        producer_idle_expiry: std::time::Duration::from_millis(
+            config.ingest.producer_idle_expiry_ms,
+        ),
         pending_bytes_max: config.ingest.pending_bytes_max,
         waiting_requests_max: config.ingest.waiting_requests_max,
         entry_events_max: config.ingest.entry_events_max,

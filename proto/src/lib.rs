@@ -22,7 +22,10 @@ pub mod os;
 pub mod segment;
 
 pub use codec::{DecodeError, EncodeError};
-pub use event::{DropReason, Event, Payload, Reading, Record, StoredEvent};
+pub use event::{
+    check_seq_range, DropReason, Event, Payload, Reading, Record, SeqRange, SeqRangeError,
+    StoredEvent, SEQ_MAX,
+};
 pub use frame::{FrameError, FrameHeader, Kind};
 pub use ids::{
     BootEpoch, Identity, IdentityError, NodeId, Offset, PartitionId, Role, SensorId, StreamName,

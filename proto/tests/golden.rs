@@ -167,6 +167,10 @@ fn rejections() -> Vec<RecordRejection> {
             partition: 300,
             reason: "restarting".into(),
         },
+        RecordRejection::ProducerExpired {
+            sensor: "fridge-3/temp:0".into(),
+            epoch: 1_700_000_000_000,
+        },
     ]
 }
 
@@ -181,6 +185,7 @@ fn rejection_name(rejection: &RecordRejection) -> &'static str {
         RecordRejection::Storage { .. } => "storage",
         RecordRejection::Overloaded { .. } => "overloaded",
         RecordRejection::Unavailable { .. } => "unavailable",
+        RecordRejection::ProducerExpired { .. } => "producer_expired",
     }
 }
 

@@ -177,6 +177,8 @@ fn rejection() -> impl Strategy<Value = RecordRejection> {
         small_u32().prop_map(|partition| RecordRejection::Overloaded { partition }),
         (small_u32(), text())
             .prop_map(|(partition, reason)| RecordRejection::Unavailable { partition, reason }),
+        (text(), varint())
+            .prop_map(|(sensor, epoch)| RecordRejection::ProducerExpired { sensor, epoch }),
     ]
 }
 

@@ -1346,13 +1346,12 @@ impl Replay {
         };
         self.epoch_max = self.epoch_max.max(key.epoch);
         let (seq, seq_last) = (record.seq, record.seq_last());
+        // The node's own range check (values are also bounded by `check_ranges`).
+        record.check_seqs().map_err(|e| format!("{key:?}: {e}"))?;
         let reason = match record.payload {
             Payload::Dropped { reason, .. } => Some(reason),
             _ => None,
         };
-        if seq_last < seq {
-            return Err(format!("{key:?}: inverted range {seq}..={seq_last}"));
-        }
         let order = self.next_order;
         self.next_order += 1;
         let stream = self.streams.entry(key.clone()).or_default();

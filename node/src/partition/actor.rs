@@ -170,12 +170,13 @@ struct Reopened {
 fn open_partition(args: &PartitionArgs) -> Result<Reopened, LogError> {
     let mut core = PartitionCore::new(args.partition, args.core, Offset(0));
     let durable_end = *args.durable_mark.lock().unwrap_or_else(|p| p.into_inner());
+    let now = args.env.clock.now();
     let opened = log::open(
         args.env.disk.clone(),
         &args.paths,
         args.log,
         durable_end,
-        |offset, event| core.recover_event(offset, &event),
+        |offset, event| core.recover_event(now, offset, &event),
     )?;
     let recovery = &opened.recovery;
     core.finish_recovery(recovery.next_offset);
@@ -378,7 +379,7 @@ impl Actor for PartitionActor {
                 return Ok(());
             }
         };
-        state.core.handle(input);
+        state.core.handle(state.args.env.clock.now(), input);
         self.execute(&myself, state)
     }
 
