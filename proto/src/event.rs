@@ -91,6 +91,13 @@ pub enum DropReason {
     Expired,
     /// Readings issued but not yet synced when power was lost.
     PowerLoss,
+    /// The node refused the reading as invalid for a reason the edge cannot check (for example
+    /// a node `record_bytes_max` smaller than the edge's); declared so its sensor moves on.
+    Invalid,
+    /// The edge could not store the readings: its disk was full or refused a write or sync.
+    Storage,
+    /// The edge's stored copy was damaged on disk (it failed its checksum) and cannot be read.
+    Corrupted,
 }
 
 /// What an event carries.

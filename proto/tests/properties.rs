@@ -117,7 +117,10 @@ fn drop_reason() -> impl Strategy<Value = DropReason> {
     prop_oneof![
         Just(DropReason::SpoolFull),
         Just(DropReason::Expired),
-        Just(DropReason::PowerLoss)
+        Just(DropReason::PowerLoss),
+        Just(DropReason::Invalid),
+        Just(DropReason::Storage),
+        Just(DropReason::Corrupted)
     ]
 }
 
