@@ -364,9 +364,13 @@ impl EdgeConfig {
         if u.backoff_max_ms < u.backoff_initial_ms {
             problems.push("uplink.backoff_max_ms must be at least backoff_initial_ms".to_owned());
         }
-        if u.batch_bytes_max + 64 * 1024 > u64::from(u.frame_bytes_max) {
+        // A batch always holds at least one record, so one as large as the spool accepts must
+        // fit a frame too, with room for the request around it.
+        let record_bytes_max = u64::from(self.spool.record_bytes_max);
+        if u.batch_bytes_max.max(record_bytes_max) + 64 * 1024 > u64::from(u.frame_bytes_max) {
             problems.push(format!(
-                "uplink.batch_bytes_max ({}) must leave 64 KiB of frame_bytes_max ({})",
+                "uplink.batch_bytes_max ({}) and spool.record_bytes_max ({record_bytes_max}, a \
+                 batch holds at least one record) must leave 64 KiB of uplink.frame_bytes_max ({})",
                 u.batch_bytes_max, u.frame_bytes_max
             ));
         }
@@ -548,6 +552,77 @@ line_bytes_max = 1000000
                 "{expected} missing from:\n{joined}"
             );
         }
+    }
+
+    #[test]
+    fn a_frame_limit_below_one_batch_is_refused() {
+        // Checks that uplink.frame_bytes_max must hold a whole batch: batch_bytes_max or, when
+        // larger, one record of spool.record_bytes_max, each with 64 KiB of room; exactly that
+        // fits.
+        let base = "[edge]\ndata_dir = \"/x\"\n[[sources]]\ntype = \"sim\"\nname = \"s\"\n\
+                    stream = \"s\"\n[uplink]\ncluster = \"c\"\nnodes = [\"a:1\"]\n\
+                    ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\nbatch_bytes_max = 100000\n";
+        let spool = "[spool]\nsegment_bytes_max = 4194304\nspool_bytes_max = 67108864\n";
+        let check = |frame: u64, record: u64| {
+            from_toml(&format!(
+                "{base}frame_bytes_max = {frame}\n{spool}record_bytes_max = {record}\n"
+            ))
+        };
+        assert!(check(100_000 + 65_536, 1000).is_ok());
+        assert!(check(200_000 + 65_536, 200_000).is_ok());
+        for (frame, record) in [(100_000 + 65_535, 1000), (200_000 + 65_535, 200_000)] {
+            match check(frame, record) {
+                Err(ConfigError::Invalid { problems }) => {
+                    assert_eq!(problems.len(), 1, "{problems:#?}");
+                    assert!(
+                        problems[0].contains("uplink.frame_bytes_max"),
+                        "{problems:?}"
+                    );
+                    assert!(
+                        problems[0].contains("spool.record_bytes_max"),
+                        "{problems:?}"
+                    );
+                }
+                other => panic!("frame {frame}, record {record} accepted: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn stream_names_that_are_not_one_directory_are_refused() {
+        // Checks that every stream name which is not one safe path component (the agent spools
+        // a stream in data_dir/spool/<stream>) is refused naming the problem, in every kind of
+        // source that names a stream, with the same check the node and the wire use.
+        let base = "[edge]\ndata_dir = \"/x\"\n[uplink]\ncluster = \"c\"\nnodes = [\"a:1\"]\n\
+                    ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+        let bad = [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "/",
+            "a/b",
+            "../etc",
+            "nul\\u0000",
+            "sp ace",
+        ];
+        let long = "x".repeat(129);
+        for name in bad.iter().copied().chain([long.as_str()]) {
+            for source in [
+                format!("type = \"sim\"\nname = \"s\"\nstream = \"{name}\"\n"),
+                format!("type = \"jsonl\"\nname = \"j\"\npath = \"/l\"\nstream = \"{name}\"\n"),
+            ] {
+                let text = format!("{base}[[sources]]\n{source}");
+                match from_toml(&text) {
+                    Err(ConfigError::Load(e)) => {
+                        assert!(e.contains("stream name"), "{name:?}: {e}")
+                    }
+                    other => panic!("{name:?} accepted: {other:?}"),
+                }
+            }
+        }
+        let good = format!("{base}[[sources]]\ntype = \"sim\"\nname = \"s\"\nstream = \"a..b\"\n");
+        assert!(from_toml(&good).is_ok(), "{:?}", from_toml(&good));
     }
 
     #[test]

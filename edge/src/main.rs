@@ -1,6 +1,6 @@
 //! `sluice-edge`: the edge agent. `run` starts it; `status` asks a running agent what it is doing;
 //! `spool check` reports what the spools hold without changing them; `config check` validates a
-//! configuration and prints what it would do.
+//! configuration and its certificates and prints what it would do.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -8,6 +8,7 @@ use sluice_edge::agent::{spool_dir, spool_share, spool_streams, Agent};
 use sluice_edge::config::{self, EdgeConfig};
 use sluice_edge::metrics::Status;
 use sluice_edge::spool::{Now, Spool};
+use sluice_proto::certcheck::{load_checked, CertProblems, ExpectedIdentity, TlsFiles};
 use sluice_proto::env::Clock;
 use sluice_proto::net::{QuicTransport, TlsMaterial};
 use sluice_proto::os::{real_env, DirLock, FsDisk, RealClock};
@@ -15,7 +16,7 @@ use sluice_proto::Role;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tracing::{error, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 
 #[derive(Parser)]
 #[command(
@@ -141,26 +142,15 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&path)?;
     info!(config = %summary(&config), "configuration loaded");
     let u = &config.uplink;
-    let material = TlsMaterial::load(&u.ca_cert, &u.cert, &u.key)
-        .with_context(|| "loading the uplink's certificates")?;
+    // An agent delivers only as an edge of its cluster: an admin or node certificate, or one
+    // the CA did not sign, is refused before anything runs.
+    let material = uplink_material(&config)?;
     let identity = material
         .identity()
         .with_context(|| format!("reading the identity of {}", u.cert.display()))?;
-    if identity.role != Role::Edge {
-        // The node decides what this identity may do; the agent keeps spooling either way.
-        error!(%identity, "uplink.cert is not an edge certificate; create one with `sluice certs edge <name>`");
-    }
-    if identity.cluster != u.cluster {
-        error!(%identity, cluster = %u.cluster, "uplink.cert belongs to another cluster than uplink.cluster");
-    }
     let transport = Arc::new(QuicTransport::new(u.client_settings(material)));
     // One agent per data directory: a second would write the same spools.
-    let _lock = DirLock::acquire(&config.edge.data_dir, true).with_context(|| {
-        format!(
-            "cannot lock data_dir {}; is another sluice-edge running on it?",
-            config.edge.data_dir.display()
-        )
-    })?;
+    let _lock = DirLock::acquire(&config.edge.data_dir, true).context("edge.data_dir")?;
     let identity_text = identity.to_string();
     let seed = (RealClock.wall().0 as u64) ^ fnv(identity_text.as_bytes());
     // Two workers are plenty for an agent (the loop, the uplink's QUIC and the sources), and
@@ -350,8 +340,41 @@ fn spool_check(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The uplink's certificate, key and CA, checked: readable, the key private to its owner and
+/// the certificate's, signed by the CA, valid now, and an edge identity of `uplink.cluster`.
+fn uplink_material(config: &EdgeConfig) -> anyhow::Result<TlsMaterial> {
+    let u = &config.uplink;
+    let files = TlsFiles {
+        ca_cert: &u.ca_cert,
+        cert: &u.cert,
+        key: &u.key,
+    };
+    let expected = ExpectedIdentity {
+        cluster: u.cluster.clone(),
+        role: Role::Edge,
+        name: None,
+    };
+    load_checked(files, &expected, RealClock.wall()).map_err(|CertProblems(problems)| {
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        anyhow::anyhow!(
+            "the uplink's certificates are not usable (create an edge certificate with \
+             `sluice certs edge <name>`):\n  - {}",
+            lines.join("\n  - ")
+        )
+    })
+}
+
 fn config_check(path: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&path)?;
-    println!("{} is valid: {}", path.display(), summary(&config));
+    let material =
+        uplink_material(&config).with_context(|| format!("{} is not usable", path.display()))?;
+    let identity = material
+        .identity()
+        .with_context(|| format!("reading the identity of {}", config.uplink.cert.display()))?;
+    println!(
+        "{} is valid: {}; uplink identity {identity}",
+        path.display(),
+        summary(&config)
+    );
     Ok(())
 }

@@ -8,7 +8,8 @@
 //! client EKUs, edge and admin certificates the client EKU only. Leaf files hold the leaf alone;
 //! `ca.pem` is distributed separately.
 //!
-//! Private keys are created with mode 0600 and nothing is overwritten without `--force`; every
+//! Private keys are created with mode 0600, a `ca.key` that group or others may access is refused
+//! (as ssh refuses such keys), and nothing is overwritten without `--force`; every
 //! target is checked before anything is written. Only paths are printed, never key material.
 //! This module does not revoke certificates or run an online CA.
 
@@ -16,6 +17,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use sluice_proto::certcheck::{check_key_permissions, CertProblem};
 use sluice_proto::{Identity, IdentityError, Role};
 use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::io::Write;
@@ -148,6 +150,9 @@ pub enum CertsError {
         /// Why.
         reason: String,
     },
+    /// The CA key file is accessible by group or others (refused as ssh refuses such keys).
+    #[error("{0}")]
+    KeyTooOpen(#[from] CertProblem),
     /// rcgen refused to make a key or certificate.
     #[error("generating {what}: {source}")]
     Generate {
@@ -195,7 +200,8 @@ impl CaBundle {
         self.key.serialize_pem()
     }
 
-    /// Loads `ca.pem` and `ca.key` from `dir`.
+    /// Loads `ca.pem` and `ca.key` from `dir`; refuses a `ca.key` that group or others may
+    /// access.
     pub fn load(dir: &Path) -> Result<Self, CertsError> {
         let read = |name: &str| {
             let path = dir.join(name);
@@ -205,7 +211,9 @@ impl CaBundle {
                 source,
             })
         };
-        Self::from_pem(&read(CA_CERT_FILE)?, &read(CA_KEY_FILE)?)
+        let (cert_pem, key_pem) = (read(CA_CERT_FILE)?, read(CA_KEY_FILE)?);
+        check_key_permissions(&dir.join(CA_KEY_FILE))?;
+        Self::from_pem(&cert_pem, &key_pem)
     }
 
     /// Builds a CA from its PEM files' contents. The cluster is read from the certificate's
@@ -676,6 +684,35 @@ mod tests {
         assert_eq!(mode(&dir.join(CA_KEY_FILE)), 0o600);
         assert_eq!(mode(&dir.join(CA_CERT_FILE)), 0o644);
         assert_eq!(CaBundle::load(&dir).unwrap().cluster(), "prod");
+    }
+
+    #[test]
+    fn a_ca_key_others_can_read_is_refused() {
+        // Checks that issuing with a ca.key of mode 0644 or 0640 is refused as ssh refuses an
+        // open key ("are too open", naming the file) and writes nothing; 0600 works again.
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        init(dir, false).unwrap();
+        let key = dir.join(CA_KEY_FILE);
+        for mode in [0o644, 0o640] {
+            std::fs::set_permissions(&key, Permissions::from_mode(mode)).unwrap();
+            let error = run(&CertsCommand::Edge {
+                id: "pi".to_owned(),
+                leaf: leaf(dir, false),
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("are too open"), "{error}");
+            assert!(error.contains(&key.display().to_string()), "{error}");
+            assert!(!dir.join("edge-pi.pem").exists());
+            assert!(!dir.join("edge-pi.key").exists());
+        }
+        std::fs::set_permissions(&key, Permissions::from_mode(0o600)).unwrap();
+        run(&CertsCommand::Edge {
+            id: "pi".to_owned(),
+            leaf: leaf(dir, false),
+        })
+        .unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use figment::providers::{Env as EnvProvider, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use sluice_proto::msg::FetchResponse;
 use sluice_proto::{Identity, StreamName};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,9 +67,15 @@ pub struct TransportSection {
     /// Largest frame body accepted, in bytes.
     #[serde(default = "default_frame_bytes_max")]
     pub frame_bytes_max: u32,
-    /// Concurrent client connections.
+    /// Concurrent authenticated client connections.
     #[serde(default = "default_connections_max")]
     pub connections_max: u32,
+    /// Concurrent authenticated connections of one identity.
+    #[serde(default = "default_connections_per_identity_max")]
+    pub connections_per_identity_max: u32,
+    /// TLS handshakes in progress at once (peers not yet authenticated).
+    #[serde(default = "default_handshakes_max")]
+    pub handshakes_max: u32,
     /// Requests handled concurrently per connection; more wait in the stream.
     #[serde(default = "default_in_flight_per_connection_max")]
     pub in_flight_per_connection_max: u32,
@@ -81,6 +88,66 @@ pub struct TransportSection {
     /// TLS handshakes taking longer are abandoned.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// A frame's header, and then its body, must each arrive within this long once begun.
+    #[serde(default = "default_frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// Bytes of requests being read or handled, per connection.
+    #[serde(default = "default_request_bytes_per_connection_max")]
+    pub request_bytes_per_connection_max: u64,
+    /// Bytes of requests being read or handled, node-wide.
+    #[serde(default = "default_request_bytes_max")]
+    pub request_bytes_max: u64,
+    /// Bytes of answers not yet taken by the client, per connection; at the bound the node stops
+    /// reading that connection.
+    #[serde(default = "default_answer_bytes_per_connection_max")]
+    pub answer_bytes_per_connection_max: u64,
+    /// Bytes of answers not yet taken, node-wide.
+    #[serde(default = "default_answer_bytes_max")]
+    pub answer_bytes_max: u64,
+    /// QUIC flow-control window per connection, each way.
+    #[serde(default = "default_connection_window_bytes_max")]
+    pub connection_window_bytes_max: u64,
+}
+
+impl TransportSection {
+    /// The server's bounds, from this section.
+    pub fn server_limits(&self) -> sluice_proto::net::ServerLimits {
+        sluice_proto::net::ServerLimits {
+            frame_bytes_max: self.frame_bytes_max,
+            in_flight_per_connection_max: self.in_flight_per_connection_max,
+            connections_max: self.connections_max,
+            connections_per_identity_max: self.connections_per_identity_max,
+            handshakes_max: self.handshakes_max,
+            streams_per_connection_max: self.streams_per_connection_max,
+            idle_timeout_ms: self.idle_timeout_ms,
+            handshake_timeout_ms: self.handshake_timeout_ms,
+            frame_timeout_ms: self.frame_timeout_ms,
+            request_bytes_per_connection_max: self.request_bytes_per_connection_max,
+            request_bytes_max: self.request_bytes_max,
+            answer_bytes_per_connection_max: self.answer_bytes_per_connection_max,
+            answer_bytes_max: self.answer_bytes_max,
+            connection_window_bytes_max: self.connection_window_bytes_max,
+        }
+    }
+
+    /// Checks that what clients can make the node hold (the byte budgets, every connection's
+    /// windows and buffers) fits in `memory_bytes` of memory.
+    pub fn check_fits_memory(&self, memory_bytes: u64) -> Result<(), ConfigError> {
+        let held = self.server_limits().held_bytes_max();
+        if held <= memory_bytes {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(vec![format!(
+            "clients could make this node hold {held} bytes, more than the machine's {memory_bytes} \
+             bytes of memory: transport.request_bytes_max ({}) + transport.answer_bytes_max ({}) + \
+             transport.connections_max ({}) x (2 x transport.connection_window_bytes_max ({}) + \
+             stream buffers); lower them",
+            self.request_bytes_max,
+            self.answer_bytes_max,
+            self.connections_max,
+            self.connection_window_bytes_max,
+        )]))
+    }
 }
 
 /// `[storage]`
@@ -189,6 +256,12 @@ fn default_frame_bytes_max() -> u32 {
 fn default_connections_max() -> u32 {
     1024
 }
+fn default_connections_per_identity_max() -> u32 {
+    8
+}
+fn default_handshakes_max() -> u32 {
+    64
+}
 fn default_in_flight_per_connection_max() -> u32 {
     1024
 }
@@ -199,7 +272,25 @@ fn default_idle_timeout_ms() -> u64 {
     30_000
 }
 fn default_handshake_timeout_ms() -> u64 {
+    5_000
+}
+fn default_frame_timeout_ms() -> u64 {
     10_000
+}
+fn default_request_bytes_per_connection_max() -> u64 {
+    8 << 20
+}
+fn default_request_bytes_max() -> u64 {
+    128 << 20
+}
+fn default_answer_bytes_per_connection_max() -> u64 {
+    8 << 20
+}
+fn default_answer_bytes_max() -> u64 {
+    128 << 20
+}
+fn default_connection_window_bytes_max() -> u64 {
+    512 << 10
 }
 fn default_segment_bytes_max() -> u64 {
     64 << 20
@@ -344,6 +435,11 @@ impl NodeConfig {
             ("transport.frame_bytes_max", u64::from(t.frame_bytes_max)),
             ("transport.connections_max", u64::from(t.connections_max)),
             (
+                "transport.connections_per_identity_max",
+                u64::from(t.connections_per_identity_max),
+            ),
+            ("transport.handshakes_max", u64::from(t.handshakes_max)),
+            (
                 "transport.in_flight_per_connection_max",
                 u64::from(t.in_flight_per_connection_max),
             ),
@@ -353,6 +449,7 @@ impl NodeConfig {
             ),
             ("transport.idle_timeout_ms", t.idle_timeout_ms),
             ("transport.handshake_timeout_ms", t.handshake_timeout_ms),
+            ("transport.frame_timeout_ms", t.frame_timeout_ms),
             (
                 "storage.index_interval_bytes",
                 self.storage.index_interval_bytes,
@@ -388,10 +485,45 @@ impl NodeConfig {
                 sluice_proto::codec::DECODE_BYTES_MAX
             ));
         }
+        self.validate_fetch_answer(&mut problems);
         if i.producers_per_identity_max > i.producers_max {
             problems.push(format!(
                 "ingest.producers_per_identity_max ({}) must be at most ingest.producers_max ({})",
                 i.producers_per_identity_max, i.producers_max
+            ));
+        }
+        // One whole frame must fit each budget, and a connection's share must fit the node's.
+        let frame = u64::from(t.frame_bytes_max) + sluice_proto::frame::HEADER_LEN as u64;
+        for (per_connection, per_connection_value, node, node_value) in [
+            (
+                "transport.request_bytes_per_connection_max",
+                t.request_bytes_per_connection_max,
+                "transport.request_bytes_max",
+                t.request_bytes_max,
+            ),
+            (
+                "transport.answer_bytes_per_connection_max",
+                t.answer_bytes_per_connection_max,
+                "transport.answer_bytes_max",
+                t.answer_bytes_max,
+            ),
+        ] {
+            if per_connection_value < frame {
+                problems.push(format!(
+                    "{per_connection} ({per_connection_value}) must hold one whole frame: at least transport.frame_bytes_max + {} = {frame}",
+                    sluice_proto::frame::HEADER_LEN
+                ));
+            }
+            if node_value < per_connection_value {
+                problems.push(format!(
+                    "{node} ({node_value}) must be at least {per_connection} ({per_connection_value})"
+                ));
+            }
+        }
+        if t.connection_window_bytes_max < 16 << 10 || t.connection_window_bytes_max > 1 << 40 {
+            problems.push(format!(
+                "transport.connection_window_bytes_max must be 16384 to 1099511627776, got {}",
+                t.connection_window_bytes_max
             ));
         }
         if self.storage.segment_bytes_max < 1 << 20 {
@@ -456,6 +588,23 @@ impl NodeConfig {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The largest fetch answer this node can build must fit in one frame: at most
+    /// `fetch_events_max` events of together `fetch_bytes_max` bytes, or one event as large as
+    /// `record_bytes_max` (a fetch always returns at least one), with their framing.
+    fn validate_fetch_answer(&self, problems: &mut Vec<String>) {
+        let (t, i) = (&self.transport, &self.ingest);
+        let events_bytes_max = u64::from(i.fetch_bytes_max.max(i.record_bytes_max));
+        let answer = FetchResponse::body_bytes_max(i.fetch_events_max, events_bytes_max);
+        if answer > u64::from(t.frame_bytes_max) {
+            problems.push(format!(
+                "transport.frame_bytes_max ({}) is smaller than the largest fetch answer, {answer} \
+                 bytes (the larger of ingest.fetch_bytes_max {} and ingest.record_bytes_max {}, \
+                 plus framing of ingest.fetch_events_max {} events): raise it, or lower those",
+                t.frame_bytes_max, i.fetch_bytes_max, i.record_bytes_max, i.fetch_events_max
+            ));
         }
     }
 
@@ -535,6 +684,132 @@ mod tests {
             panic!("accepted")
         };
         assert!(problems.len() >= 5, "{problems:#?}");
+    }
+
+    /// A minimal valid config, with `extra` appended.
+    fn minimal(extra: &str) -> String {
+        format!(
+            "[node]\nid = 1\ncluster = \"c\"\ndata_dir = \"d\"\n[transport]\n\
+             listen = \"127.0.0.1:0\"\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n{extra}"
+        )
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match from_toml(text) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_frame_limit_below_the_largest_fetch_answer_is_refused() {
+        // Checks the bound between transport.frame_bytes_max and the fetch limits: exactly the
+        // largest answer fits, one byte less is refused naming every key involved, and a
+        // record_bytes_max above fetch_bytes_max (one record is always returned) counts too.
+        let answer = FetchResponse::body_bytes_max(100, 60_000);
+        let limits = "fetch_events_max = 100\nfetch_bytes_max = 60000\nrecord_bytes_max = 50000\n";
+        let fits = minimal(&format!("frame_bytes_max = {answer}\n[ingest]\n{limits}"));
+        assert!(from_toml(&fits).is_ok(), "{:?}", from_toml(&fits));
+        let short = minimal(&format!(
+            "frame_bytes_max = {}\n[ingest]\n{limits}",
+            answer - 1
+        ));
+        let found = problems(&short);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        for key in [
+            "transport.frame_bytes_max",
+            "ingest.fetch_bytes_max",
+            "ingest.record_bytes_max",
+            "ingest.fetch_events_max",
+            &answer.to_string(),
+        ] {
+            assert!(found[0].contains(key), "{key}: {}", found[0]);
+        }
+        let big_record = minimal(&format!(
+            "frame_bytes_max = {answer}\n[ingest]\n\
+             fetch_events_max = 100\nfetch_bytes_max = 60000\nrecord_bytes_max = 60001\n"
+        ));
+        assert_eq!(problems(&big_record).len(), 1);
+    }
+
+    #[test]
+    fn stream_names_that_are_not_one_directory_are_refused() {
+        // Checks that every stream name which is not one safe path component (the node keeps a
+        // stream in data_dir/<stream>) is refused, each one listed.
+        let bad = [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "/",
+            "a/b",
+            "../etc",
+            "nul\\u0000",
+            "sp ace",
+        ];
+        let mut text = minimal("");
+        for name in bad {
+            text.push_str(&format!("[[streams]]\nname = \"{name}\"\npartitions = 1\n"));
+        }
+        let found = problems(&text);
+        assert_eq!(found.len(), bad.len(), "{found:#?}");
+        for (idx, problem) in found.iter().enumerate() {
+            assert!(
+                problem.starts_with(&format!("streams[{idx}].name")),
+                "{problem}"
+            );
+        }
+        let long = minimal(&format!(
+            "[[streams]]\nname = \"{}\"\npartitions = 1\n",
+            "x".repeat(129)
+        ));
+        assert_eq!(problems(&long).len(), 1);
+    }
+
+    #[test]
+    fn byte_budgets_must_hold_a_frame_and_fit_the_machine() {
+        // Checks that a per-connection budget below one frame, and a node-wide budget below the
+        // per-connection one, are both listed, and that the memory check refuses bounds that do
+        // not fit (naming the keys) and accepts the defaults on a machine of 4 GiB.
+        let text = r#"
+            [node]
+            id = 1
+            cluster = "c"
+            data_dir = "d"
+            [transport]
+            listen = "127.0.0.1:0"
+            ca_cert = "a"
+            cert = "b"
+            key = "c"
+            frame_bytes_max = 1048576
+            request_bytes_per_connection_max = 1048576
+            answer_bytes_max = 1048576
+        "#;
+        let Err(ConfigError::Invalid(problems)) = from_toml(text) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems.iter().any(|p| p.starts_with(
+                "transport.request_bytes_per_connection_max (1048576) must hold one whole frame"
+            )),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with(
+                "transport.answer_bytes_max (1048576) must be at least transport.answer_bytes_per_connection_max"
+            )),
+            "{problems:#?}"
+        );
+        let config = from_toml(include_str!("../../deploy/node.example.toml")).unwrap();
+        config.transport.check_fits_memory(4 << 30).unwrap();
+        let Err(ConfigError::Invalid(problems)) = config.transport.check_fits_memory(256 << 20)
+        else {
+            panic!("accepted")
+        };
+        assert!(
+            problems[0].contains("transport.request_bytes_max"),
+            "{problems:#?}"
+        );
     }
 
     #[test]

@@ -98,12 +98,7 @@ async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
     let config = config::load(path)?;
     info!(config = %config.masked(), "effective config");
     // One node process per data directory: a second would write the same logs.
-    let _lock = DirLock::acquire(&config.node.data_dir, true).with_context(|| {
-        format!(
-            "cannot lock data_dir {}; is another node running on it?",
-            config.node.data_dir.display()
-        )
-    })?;
+    let _lock = DirLock::acquire(&config.node.data_dir, true).context("node.data_dir")?;
     let seed = RealClock.wall().0 as u64;
     let mut node = Node::start(&config, real_env(seed))
         .await

@@ -11,10 +11,11 @@ use crate::partition::core::CoreConfig;
 use crate::service::{QuicHandler, Service};
 use crate::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use ractor::{Actor, ActorRef};
-use sluice_proto::env::Env;
-use sluice_proto::net::server::{serve, ServerLimits};
+use sluice_proto::certcheck::{load_checked, CertProblems, ExpectedIdentity, TlsFiles};
+use sluice_proto::env::{Clock, Env};
+use sluice_proto::net::server::{serve_with_gauges, ServerGauges};
 use sluice_proto::net::{self, NetError};
-use sluice_proto::{Identity, PartitionId, Role, StreamName};
+use sluice_proto::{PartitionId, Role, StreamName};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,9 @@ pub enum StartError {
     /// Certificates could not be loaded or do not fit this node.
     #[error("tls: {0}")]
     Tls(#[from] NetError),
+    /// The certificate, key or CA files are unusable for this node; every problem is listed.
+    #[error("tls files:\n  - {}", .0.0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  - "))]
+    Certificates(#[from] CertProblems),
     /// The listener could not bind.
     #[error("cannot listen on {addr}: {reason}")]
     Bind {
@@ -51,6 +55,10 @@ pub struct Node {
     /// `None` once `failed` has seen the supervisor end.
     supervisor_join: Option<JoinHandle<()>>,
     server: Option<(watch::Sender<bool>, JoinHandle<()>, quinn::Endpoint)>,
+    /// Certificates are checked against its wall time.
+    clock: Arc<dyn Clock>,
+    /// What clients hold at the listener (handshakes, connections, bytes).
+    server_gauges: Arc<ServerGauges>,
 }
 
 fn partition_args(
@@ -135,34 +143,32 @@ impl Node {
             supervisor,
             supervisor_join: Some(supervisor_join),
             server: None,
+            clock: env.clock.clone(),
+            server_gauges: Arc::new(ServerGauges::default()),
         })
     }
 
     /// Starts the QUIC + mTLS listener; returns the address it listens on.
     pub async fn serve(&mut self, config: &NodeConfig) -> Result<SocketAddr, StartError> {
         let t = &config.transport;
-        let material = net::TlsMaterial::load(&t.ca_cert, &t.cert, &t.key)?;
-        let identity = material.identity()?;
-        let expected = Identity::new(
-            &config.node.cluster,
-            Role::Node,
-            &config.node.id.to_string(),
-        )
-        .map_err(|e| StartError::Config(e.to_string()))?;
-        if identity != expected {
-            return Err(StartError::Config(format!(
-                "certificate {} is {identity}, but this node is {expected}",
-                t.cert.display()
-            )));
-        }
-        let limits = ServerLimits {
-            frame_bytes_max: t.frame_bytes_max,
-            in_flight_per_connection_max: t.in_flight_per_connection_max,
-            connections_max: t.connections_max,
-            streams_per_connection_max: t.streams_per_connection_max,
-            idle_timeout_ms: t.idle_timeout_ms,
-            handshake_timeout_ms: t.handshake_timeout_ms,
+        // The files must make a working node: its own key, a certificate of this very node
+        // that the configured CA signed and that is valid now.
+        let files = TlsFiles {
+            ca_cert: &t.ca_cert,
+            cert: &t.cert,
+            key: &t.key,
         };
+        let expected = ExpectedIdentity {
+            cluster: config.node.cluster.clone(),
+            role: Role::Node,
+            name: Some(config.node.id.to_string()),
+        };
+        let material = load_checked(files, &expected, self.clock.wall())?;
+        let limits = t.server_limits();
+        if let Some(memory) = total_memory_bytes() {
+            t.check_fits_memory(memory)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        }
         let server_config = net::server_config(&material, &config.node.cluster, &limits)?;
         let endpoint =
             quinn::Endpoint::server(server_config, t.listen).map_err(|e| StartError::Bind {
@@ -177,12 +183,13 @@ impl Node {
         let handler = Arc::new(QuicHandler(self.service.clone()));
         let span = tracing::info_span!("node", node_id = config.node.id);
         let task = tokio::spawn(
-            serve(
+            serve_with_gauges(
                 endpoint.clone(),
                 config.node.cluster.clone(),
                 vec![Role::Edge, Role::Admin],
                 handler,
                 limits,
+                self.server_gauges.clone(),
                 shutdown_rx,
             )
             .instrument(span),
@@ -190,6 +197,11 @@ impl Node {
         info!(%addr, "listening");
         self.server = Some((shutdown_tx, task, endpoint));
         Ok(addr)
+    }
+
+    /// What clients hold at the listener now and at most (handshakes, connections, bytes).
+    pub fn server_gauges(&self) -> &Arc<ServerGauges> {
+        &self.server_gauges
     }
 
     /// The request service (the simulator and tests call it directly).
@@ -234,6 +246,15 @@ fn spawn_error_text(e: &ractor::SpawnErr) -> String {
     }
 }
 
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`); `None` where it cannot be read,
+/// and then the start-up memory check is skipped.
+fn total_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +263,7 @@ mod tests {
     use sluice_proto::msg::{
         FetchFrom, FetchRequest, Message, ProduceRequest, RecordOutcome, RecordRejection,
     };
+    use sluice_proto::Identity;
     use sluice_proto::{BootEpoch, Payload, Reading, Record, SensorId, UnixMillis};
     use std::path::Path;
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -81,6 +81,15 @@ pub enum IdentityError {
         /// The allowed alphabet, for the message.
         allowed: &'static str,
     },
+    /// A stream name that is not a plain directory name: `.`, `..` or any name starting with a
+    /// dot (hidden, and `data_dir/<stream>` would not be a directory of its own).
+    #[error("{what} {name:?} must not start with '.': it names a directory under data_dir")]
+    LeadingDot {
+        /// Which kind of name.
+        what: &'static str,
+        /// The offending name.
+        name: String,
+    },
     /// An identity URI is not `sluice://<cluster>/<role>/<name>`.
     #[error("identity {uri:?} is not of the form sluice://<cluster>/<node|edge|admin>/<name>")]
     Uri {
@@ -117,7 +126,10 @@ fn check_name(
     Ok(())
 }
 
-/// A stream name: 1..=128 bytes of `[A-Za-z0-9._-]`.
+/// A stream name: 1..=128 bytes of `[A-Za-z0-9._-]`, not starting with `.`. It is one safe path
+/// component, because nodes keep a stream in `<data_dir>/<stream>/` and agents spool it in
+/// `<data_dir>/spool/<stream>/`: never `.`, `..`, empty, hidden, or holding `/` or NUL. This one
+/// check runs for node and edge configs, the CLI and every decoded frame or stored event.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct StreamName(String);
@@ -133,6 +145,12 @@ impl StreamName {
             &['.', '_', '-'],
             "A-Z a-z 0-9 . _ -",
         )?;
+        if name.starts_with('.') {
+            return Err(IdentityError::LeadingDot {
+                what: "stream name",
+                name,
+            });
+        }
         Ok(Self(name))
     }
     /// The name as text.
@@ -366,14 +384,81 @@ mod tests {
         }
     }
 
+    /// Stream names that are not one safe path component, with why.
+    pub(crate) const BAD_STREAM_NAMES: &[&str] = &[
+        "",
+        ".",
+        "..",
+        ".hidden",
+        "/",
+        "a/b",
+        "../etc",
+        "a\0b",
+        "nul\u{0}",
+        "sp ace",
+        "new\nline",
+        "é",
+    ];
+
     #[test]
     fn names_are_validated() {
-        // Checks the alphabets and length limits of stream names and sensor ids.
+        // Checks the alphabets and length limits of stream names and sensor ids, and that a
+        // stream name is always one safe path component: every name of BAD_STREAM_NAMES and an
+        // overlong one are refused, and the longest allowed name is accepted.
         assert!(StreamName::new("sensors.temp-1").is_ok());
-        assert!(StreamName::new("").is_err());
-        assert!(StreamName::new("a/b").is_err());
+        assert!(StreamName::new("a..b.").is_ok());
+        assert!(StreamName::new("x".repeat(128)).is_ok());
         assert!(StreamName::new("x".repeat(129)).is_err());
+        for bad in BAD_STREAM_NAMES {
+            assert!(StreamName::new(*bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(StreamName::new("\0").is_err());
+        assert!(matches!(
+            StreamName::new(".."),
+            Err(IdentityError::LeadingDot { .. })
+        ));
         assert!(SensorId::new("fridge-3/temp:0").is_ok());
+        assert!(SensorId::new(".hidden-is-fine-for-a-sensor").is_ok());
         assert!(SensorId::new("bad\nid").is_err());
+    }
+
+    #[test]
+    fn frames_naming_a_bad_stream_do_not_decode() {
+        // Checks the wire side of stream names: a metadata request (and a fetch request) naming
+        // any stream of BAD_STREAM_NAMES is refused as a malformed body, while the same bytes
+        // with a good name decode, so the refusal is the name's and not the encoding's.
+        use crate::frame::{decode_body, FrameError, Kind};
+        use crate::msg::{FetchFrom, Message};
+        let metadata = |name: &str| crate::codec::encode(&(7u64, name.to_owned()));
+        let fetch = |name: &str| {
+            crate::codec::encode(&(
+                7u64,
+                name.to_owned(),
+                PartitionId(0),
+                FetchFrom::Earliest,
+                10u32,
+                1000u32,
+                0u32,
+            ))
+        };
+        for (kind, encode) in [
+            (Kind::MetadataRequest, &metadata as &dyn Fn(&str) -> _),
+            (Kind::FetchRequest, &fetch),
+        ] {
+            let good = encode("sensors").unwrap_or_else(|e| panic!("{e}"));
+            match decode_body(kind, &good) {
+                Ok(Message::MetadataRequest(m)) => assert_eq!(m.stream.as_str(), "sensors"),
+                Ok(Message::FetchRequest(m)) => assert_eq!(m.stream.as_str(), "sensors"),
+                other => panic!("{kind:?}: {other:?}"),
+            }
+            for bad in BAD_STREAM_NAMES {
+                let body = encode(bad).unwrap_or_else(|e| panic!("{e}"));
+                let decoded = decode_body(kind, &body);
+                assert!(
+                    matches!(decoded, Err(FrameError::Body { .. })),
+                    "{kind:?} naming {bad:?}: {decoded:?}"
+                );
+            }
+        }
     }
 }

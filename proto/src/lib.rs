@@ -8,6 +8,8 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+#[cfg(feature = "net")]
+pub mod certcheck;
 pub mod codec;
 pub mod env;
 pub mod event;

@@ -202,6 +202,30 @@ pub struct FetchResponse {
     pub log_start: Offset,
 }
 
+/// The most bytes the codec's varint encoding takes for a `u64`: a tag byte and 8 bytes.
+const VARINT_U64_BYTES_MAX: u64 = 9;
+/// The most bytes the codec's varint encoding takes for a `u32`: a tag byte and 4 bytes.
+const VARINT_U32_BYTES_MAX: u64 = 5;
+
+impl FetchResponse {
+    /// The largest encoded body of a fetch answer (the frame header excluded) holding at most
+    /// `events_max` events whose [`crate::Event`] encodings add up to at most
+    /// `events_bytes_max` bytes: those bytes plus the longest varint of every id, offset and
+    /// length around them. A node whose frame limit is below this builds answers it cannot send.
+    pub fn body_bytes_max(events_max: u32, events_bytes_max: u64) -> u64 {
+        // request_id, partition, the events' count, next_offset, high_watermark, log_start.
+        let fixed = VARINT_U64_BYTES_MAX
+            + VARINT_U32_BYTES_MAX
+            + VARINT_U64_BYTES_MAX
+            + 3 * VARINT_U64_BYTES_MAX;
+        // Each event carries its offset.
+        let per_event = u64::from(events_max).saturating_mul(VARINT_U64_BYTES_MAX);
+        fixed
+            .saturating_add(per_event)
+            .saturating_add(events_bytes_max)
+    }
+}
+
 /// Ask how a stream is laid out.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct MetadataRequest {
@@ -297,6 +321,60 @@ impl Message {
             Message::MetadataRequest(m) => m.request_id,
             Message::MetadataResponse(m) => m.request_id,
             Message::Error(m) => m.request_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Payload, Record};
+    use crate::ids::{BootEpoch, Identity, Role, SensorId, UnixMillis};
+
+    fn event(payload_bytes: usize) -> Event {
+        let producer = Identity::new(&"c".repeat(64), Role::Edge, &"e".repeat(128))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let record = Record {
+            sensor: SensorId::new("s".repeat(256)).unwrap_or_else(|e| panic!("{e}")),
+            boot_epoch: BootEpoch(u64::MAX),
+            seq: u64::MAX,
+            device_time: UnixMillis(i64::MIN),
+            payload: Payload::Bytes(vec![0xa5; payload_bytes]),
+        };
+        Event::stamp(producer, UnixMillis(i64::MAX), record)
+    }
+
+    #[test]
+    fn fetch_answer_bound_holds_for_real_encodings() {
+        // Checks FetchResponse::body_bytes_max against real encodings with every id and offset
+        // at its longest varint: the encoded body never exceeds the bound, and is at most 8
+        // bytes under it (the events' count is the only varint shorter than assumed).
+        for sizes in [vec![], vec![0], vec![1, 300, 70_000], vec![5; 200]] {
+            let events: Vec<StoredEvent> = sizes
+                .iter()
+                .enumerate()
+                .map(|(idx, size)| StoredEvent {
+                    offset: Offset(u64::MAX - idx as u64),
+                    event: event(*size),
+                })
+                .collect();
+            let events_bytes: u64 = events
+                .iter()
+                .map(|e| crate::codec::encode(&e.event).map_or(0, |b| b.len() as u64))
+                .sum();
+            let response = FetchResponse {
+                request_id: u64::MAX,
+                partition: PartitionId(u32::MAX),
+                events,
+                next_offset: Offset(u64::MAX),
+                high_watermark: Offset(u64::MAX),
+                log_start: Offset(u64::MAX),
+            };
+            let body = crate::codec::encode(&response).unwrap_or_else(|e| panic!("{e}"));
+            let bound = FetchResponse::body_bytes_max(sizes.len() as u32, events_bytes);
+            let body_len = body.len() as u64;
+            assert!(body_len <= bound, "{body_len} > {bound} for {sizes:?}");
+            assert!(bound - body_len <= 8, "{body_len} vs {bound} for {sizes:?}");
         }
     }
 }

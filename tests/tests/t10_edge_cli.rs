@@ -4,8 +4,11 @@
 
 use anyhow::{Context, Result};
 use sluice_edge::metrics::Status;
+use sluice_node::certs;
+use sluice_proto::Role;
 use sluice_tests::edge::{run_edge_cli, toml_path, TestEdge};
-use sluice_tests::TestNode;
+use sluice_tests::{write_leaf, TestNode, Validity, CLUSTER};
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -172,8 +175,9 @@ pin = 17
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_agent_per_data_dir_and_no_spool_check_beside_it() -> Result<()> {
     // Checks the data_dir lock: a second `sluice-edge run` on the same data_dir exits non-zero
-    // saying the directory is in use, and so does `spool check` while the agent runs; after a
-    // clean stop `spool check` works.
+    // saying another process holds the directory, even after the `lock` file older versions
+    // locked was deleted (the lock is on the directory itself), and so does `spool check` while
+    // the agent runs; after a clean stop `spool check` works.
     let node = TestNode::in_process().await?;
     let mut edge = TestEdge::create(
         &node,
@@ -189,9 +193,15 @@ interval_ms = 100
     )?;
     edge.spawn().await?;
     let config = edge.config_path().to_string_lossy().into_owned();
+    let data_dir = edge.config().edge.data_dir.clone();
+    match std::fs::remove_file(data_dir.join("lock")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        other => other?,
+    }
     let second = run_edge_cli(&["run", "--config", &config], LIMIT).await?;
     assert_eq!(second.code, Some(1), "{second:?}");
-    assert!(second.stderr.contains("in use"), "{}", second.stderr);
+    let held = format!("another process holds {}", data_dir.display());
+    assert!(second.stderr.contains(&held), "{}", second.stderr);
     let check = run_edge_cli(&["spool", "check", "--config", &config], LIMIT).await?;
     assert_eq!(check.code, Some(1), "{check:?}");
     assert!(
@@ -202,5 +212,117 @@ interval_ms = 100
     edge.stop().await?;
     let check = run_edge_cli(&["spool", "check", "--config", &config], LIMIT).await?;
     assert_eq!(check.code, Some(0), "{check:?}");
+    Ok(())
+}
+
+const ROOM: &str = r#"
+[[sources]]
+type = "sim"
+name = "room"
+stream = "events"
+devices = 1
+interval_ms = 100
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_checks_the_certificates_and_run_refuses_a_non_edge_identity() -> Result<()> {
+    // Checks that `config check` loads the uplink's certificate, key and CA and reports what is
+    // wrong with them (missing, signed by another CA, expired, a key of another certificate, a
+    // key others can read, an admin identity), exiting non-zero, and accepts good files naming
+    // the identity; and that `run` with an admin certificate exits non-zero instead of
+    // delivering as the admin.
+    let node = TestNode::builder().create()?;
+    let certs = node.certs_dir();
+    let good = TestEdge::create(&node, "pi-good", ROOM)?;
+    let check = |edge: &TestEdge| {
+        let config = edge.config_path().to_string_lossy().into_owned();
+        async move { run_edge_cli(&["config", "check", "--config", &config], LIMIT).await }
+    };
+    let output = check(&good).await?;
+    assert_eq!(output.code, Some(0), "{output:?}");
+    assert!(
+        output
+            .stdout
+            .contains("uplink identity sluice://itest/edge/pi-good"),
+        "{output:?}"
+    );
+
+    let refused = |output: &sluice_tests::CliOutput, expected: &str| {
+        assert_eq!(output.code, Some(1), "{output:?}");
+        assert!(
+            output.stderr.contains(expected),
+            "{expected}:\n{}",
+            output.stderr
+        );
+    };
+    let ca = certs.join("ca.pem");
+    let missing = certs.join("edge-nobody.pem");
+    let lost = TestEdge::create_from(
+        &node,
+        "pi-missing",
+        &[ca.clone(), missing.clone(), certs.join("edge-nobody.key")],
+        ROOM,
+    )?;
+    refused(
+        &check(&lost).await?,
+        &format!("cannot read {}", missing.display()),
+    );
+
+    let other = tempfile::tempdir()?;
+    let (from, until) = Validity::Now.window();
+    let other_ca = certs::generate_ca_valid(CLUSTER, from, until)?;
+    let stem = write_leaf(
+        other.path(),
+        &other_ca,
+        Role::Edge,
+        "pi-lost",
+        Validity::Now,
+    )?;
+    let foreign = TestEdge::create_from(
+        &node,
+        "pi-lost",
+        &[
+            ca.clone(),
+            other.path().join(format!("{stem}.pem")),
+            other.path().join(format!("{stem}.key")),
+        ],
+        ROOM,
+    )?;
+    refused(&check(&foreign).await?, "was not issued by the ca in");
+
+    let old = node.issue(Role::Edge, "pi-old", Validity::Expired)?;
+    let expired = TestEdge::create_with(&node, "pi-old", &old, ROOM)?;
+    refused(&check(&expired).await?, "has expired");
+
+    let swapped = TestEdge::create_from(
+        &node,
+        "pi-good",
+        &[
+            ca.clone(),
+            certs.join("edge-pi-good.pem"),
+            other.path().join(format!("{stem}.key")),
+        ],
+        ROOM,
+    )?;
+    refused(&check(&swapped).await?, "is not the private key of");
+
+    let open_key = certs.join("edge-pi-good.key");
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644))?;
+    refused(
+        &check(&good).await?,
+        &format!("permissions 0644 for {} are too open", open_key.display()),
+    );
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o600))?;
+
+    let admin = TestEdge::create_with(&node, "pi-admin", "admin-ops", ROOM)?;
+    let wrong_role = "is sluice://itest/admin/ops, but this must be sluice://itest/edge/<name>";
+    refused(&check(&admin).await?, wrong_role);
+    let config = admin.config_path().to_string_lossy().into_owned();
+    let run = run_edge_cli(&["run", "--config", &config], LIMIT).await?;
+    refused(&run, wrong_role);
+    assert!(
+        !admin.config().edge.data_dir.join("spool").exists(),
+        "the refused agent spooled: {run:?}"
+    );
     Ok(())
 }

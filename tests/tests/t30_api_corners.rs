@@ -317,6 +317,10 @@ async fn bad_and_oversized_frames_do_not_hurt_the_node() {
         .configure(|c| {
             c.transport.frame_bytes_max = 64 << 10;
             c.ingest.batch_records_max = 100;
+            // The largest fetch answer must fit the frame limit.
+            c.ingest.fetch_events_max = 4096;
+            c.ingest.fetch_bytes_max = 16 << 10;
+            c.ingest.record_bytes_max = 16 << 10;
         })
         .start()
         .await

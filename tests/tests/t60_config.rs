@@ -2,7 +2,9 @@
 //! serving anything and say what is wrong, every problem at once. (That the committed
 //! `deploy/node.example.toml` loads is a unit test in `node/src/config.rs`.)
 
-use sluice_tests::{run_cli, run_cli_env, CliOutput, TestNode};
+use sluice_node::certs;
+use sluice_tests::{run_cli, run_cli_env, CliOutput, TestNode, Validity, CLUSTER};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -147,4 +149,54 @@ async fn environment_overrides_are_validated_too() {
     assert_failed_with(&output, &["sluice://itest/node/1", "sluice://itest/node/2"]);
     let output = run_cli(&["run"], b"", LIMIT).await.unwrap();
     assert_failed_with(&output, &["--config"]);
+}
+
+#[tokio::test]
+async fn configs_and_files_that_cannot_work_are_refused() {
+    // Checks that `sluice run` refuses, naming what is wrong: a frame limit below the largest
+    // fetch answer, a stream named `..`, a ca_cert that did not sign the node's certificate
+    // (both files named), and a node key readable by group and others ("are too open").
+    let mut node = TestNode::builder().child_process().create().unwrap();
+    let frame = ("SLUICE__TRANSPORT__FRAME_BYTES_MAX", "65536");
+    let output = run_config(node.config_path(), &[frame]).await;
+    assert_failed_with(
+        &output,
+        &["transport.frame_bytes_max (65536) is smaller than the largest fetch answer"],
+    );
+
+    let name = node.config().streams[0].name.clone();
+    node.reconfigure(|c| c.streams[0].name = "..".to_owned())
+        .unwrap();
+    let output = run_config(node.config_path(), &[]).await;
+    assert_failed_with(&output, &["streams[0].name", "must not start with '.'"]);
+    node.reconfigure(|c| c.streams[0].name = name).unwrap();
+
+    let (from, until) = Validity::Now.window();
+    let foreign = certs::generate_ca_valid(CLUSTER, from, until).unwrap();
+    let foreign_path = node.dir().join("foreign-ca.pem");
+    std::fs::write(&foreign_path, foreign.cert_pem()).unwrap();
+    let own_ca = node.config().transport.ca_cert.clone();
+    let cert = node.config().transport.cert.display().to_string();
+    node.reconfigure(|c| c.transport.ca_cert = foreign_path.clone())
+        .unwrap();
+    let output = run_config(node.config_path(), &[]).await;
+    assert_failed_with(
+        &output,
+        &[&format!(
+            "{cert} was not issued by the ca in {}",
+            foreign_path.display()
+        )],
+    );
+    node.reconfigure(|c| c.transport.ca_cert = own_ca).unwrap();
+
+    let key = node.config().transport.key.clone();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run_config(node.config_path(), &[]).await;
+    assert_failed_with(
+        &output,
+        &[&format!(
+            "permissions 0644 for {} are too open",
+            key.display()
+        )],
+    );
 }

@@ -9,8 +9,10 @@
 //!   again at 0. Lines written between the copy and the truncation are lost (that is
 //!   copytruncate's race, not ours); a file truncated and regrown past the read position
 //!   between two polls is not noticed.
-//! - A path that names nothing yet is waited for; one that names a pipe or a directory is a
-//!   failure (the source is restarted after a backoff, and keeps failing until it is fixed).
+//! - A path that names nothing yet is waited for; one that names a FIFO, socket, device or
+//!   directory is a failure naming the path and what it is (the source is restarted after a
+//!   backoff, and keeps failing until it is fixed). Opening never blocks, even on a FIFO
+//!   nobody writes to.
 //! - The position is checkpointed (see `position.rs`) every `checkpoint_interval_ms` while it
 //!   moves, and at once when a file is opened anywhere but at a checkpoint or found truncated,
 //!   so `start_at = "end"` is applied once and not again after a crash.
@@ -26,7 +28,7 @@ use super::lines::LineAt;
 use super::position::{self, start_of, FileIdentity, Position, Start};
 use super::StartAt;
 use crate::source::SourceContext;
-use sluice_proto::os::run_blocking;
+use sluice_proto::os::{open_regular_file, run_blocking};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -182,14 +184,18 @@ impl Follower {
     async fn open(&mut self, context: &SourceContext) -> Result<bool, Halt> {
         let path = self.settings.path.clone();
         let opened = run_blocking(context.env.blocking, move || {
-            let file = File::open(&path)?;
+            // A FIFO would block a plain open until a writer came, possibly forever, and
+            // read_at fails on pipes and sockets: only regular files are opened, without
+            // blocking, and anything else fails the run saying what it is.
+            let file = open_regular_file(&path).map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidInput => io::Error::new(
+                    e.kind(),
+                    format!("{e} (use path = \"-\" and a pipe to stdin)"),
+                ),
+                _ => e,
+            })?;
             let metadata = file.metadata()?;
-            if !metadata.is_file() {
-                // read_at fails on pipes and sockets; say what is wrong instead.
-                let message = "not a regular file (use path = \"-\" and a pipe to stdin)";
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
-            }
-            Ok((file, FileIdentity::of(&metadata), metadata.len()))
+            Ok::<_, io::Error>((file, FileIdentity::of(&metadata), metadata.len()))
         })
         .await;
         let (file, identity, size) = match opened {

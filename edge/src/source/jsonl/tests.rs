@@ -417,3 +417,42 @@ async fn failed_run_can_be_run_again() {
     timeout(DEADLINE, read).await.expect("readings in time");
     assert_eq!(payloads(&inbox), events(1..=2));
 }
+
+// A FIFO at the followed path, with no writer, fails the run at once with a message naming the
+// path and saying it is a FIFO, instead of blocking the source in `open` forever; the supervisor
+// then restarts it like any failed run.
+#[tokio::test]
+async fn a_fifo_at_the_path_fails_instead_of_blocking() {
+    let dirs = dirs();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&dirs.file)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let mut source = JsonlSource::new(&config(&dirs.file)).expect("source");
+    let (context, _inbox) = test_context(NAME, real_env(7), 16, &dirs.state);
+    let failed = timeout(DEADLINE, source.run(&context))
+        .await
+        .expect("the run failed in time instead of blocking in open");
+    let Err(SourceError::Failed {
+        source_name,
+        reason,
+    }) = failed
+    else {
+        panic!("expected a failure, got {failed:?}");
+    };
+    assert_eq!(source_name, NAME);
+    assert!(
+        reason.contains(&dirs.file.display().to_string()),
+        "{reason}"
+    );
+    assert!(reason.contains("it is a FIFO"), "{reason}");
+    // A second run fails the same way, at once.
+    let again = timeout(DEADLINE, source.run(&context))
+        .await
+        .expect("the second run failed in time");
+    assert!(
+        matches!(again, Err(SourceError::Failed { .. })),
+        "{again:?}"
+    );
+}
