@@ -368,6 +368,11 @@ async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, Edg
 }
 
 fn log_opened(stream: &StreamName, report: &crate::spool::SpoolReport) {
+    for damage in &report.damage {
+        error!(%stream, path = %damage.path, pos = damage.pos, len = damage.len,
+            reason = %damage.reason,
+            "spool segment damaged: kept every frame that checks, declared what it held (corrupted)");
+    }
     for declared in &report.power_loss {
         warn!(%stream, sensor = %declared.key.sensor, epoch = %declared.key.epoch,
             seq = declared.seq, seq_last = declared.seq_last, reason = ?declared.reason,

@@ -315,7 +315,18 @@ fn spool_check(path: PathBuf) -> anyhow::Result<()> {
         let dir = spool_dir(&config.edge.data_dir, &stream);
         println!("== spool of stream {stream} ({})", dir.display());
         match Spool::check(&FsDisk, &dir, share, now) {
-            Ok(report) => print!("{report}"),
+            Ok(report) => {
+                print!("{report}");
+                if !report.damage.is_empty() {
+                    // Open keeps what checks and declares the rest `corrupted`: say so, and fail.
+                    problems += 1;
+                    println!(
+                        "damaged: {} region(s); an open keeps every frame that checks and declares \
+                         what the damage took as dropped (corrupted)",
+                        report.damage.len()
+                    );
+                }
+            }
             Err(error) => {
                 problems += 1;
                 println!("error: {error}");
@@ -324,7 +335,7 @@ fn spool_check(path: PathBuf) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         problems == 0,
-        "{problems} spool(s) cannot be recovered as they are"
+        "{problems} spool(s) are damaged or cannot be recovered as they are"
     );
     Ok(())
 }

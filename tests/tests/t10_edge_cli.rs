@@ -2,7 +2,7 @@
 //! and JSON), `spool check` after a clean stop, `config check`, and a start-up refusal that
 //! names what is wrong.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sluice_edge::metrics::Status;
 use sluice_node::certs;
 use sluice_proto::Role;
@@ -17,7 +17,8 @@ const LIMIT: Duration = Duration::from_secs(60);
 async fn status_and_spool_check_describe_a_running_then_stopped_agent() -> Result<()> {
     // Checks that `sluice-edge status` shows the identity, the connection, readings by source
     // and the spool, that `--json` parses, and that after a clean stop (SIGTERM) `spool check`
-    // finds an empty spool with nothing torn and nothing declared lost.
+    // finds an empty spool with nothing torn and nothing declared lost; then that a bit flipped
+    // in the middle of a segment makes `spool check` name the file and fail.
     let node = TestNode::in_process().await?;
     let mut edge = TestEdge::create(
         &node,
@@ -82,6 +83,39 @@ readings_max = 100
         check.stdout.contains("torn tail         0 bytes"),
         "{}",
         check.stdout
+    );
+
+    // A flipped bit in the middle of a spool segment (valid frames after it) is damage, not a
+    // torn tail: `spool check` names the file and byte and exits non-zero.
+    let spool_dir = edge.dir().join("data").join("spool").join("events");
+    let segment = std::fs::read_dir(&spool_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+        .min()
+        .context("no spool segment")?;
+    let mut bytes = std::fs::read(&segment)?;
+    let data_end = bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .context("empty segment")?
+        + 1;
+    // Past the segment header (32 bytes) and inside the data, well before its end.
+    let at = 32 + (data_end - 32) / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&segment, &bytes)?;
+    let damaged = run_edge_cli(&["spool", "check", "--config", &config], LIMIT).await?;
+    assert_ne!(damaged.code, Some(0), "{damaged:?}");
+    assert!(
+        damaged.stdout.contains("CORRUPT")
+            && damaged.stdout.contains(
+                &segment
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            ),
+        "{}",
+        damaged.stdout
     );
     Ok(())
 }

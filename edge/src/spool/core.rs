@@ -227,9 +227,6 @@ impl Item {
     fn is_pinned(&self) -> bool {
         self.send != SendState::Unsent
     }
-    fn n_seqs(&self) -> u64 {
-        self.seq_last - self.seq + 1
-    }
 }
 
 #[derive(Debug, Default)]
@@ -1188,6 +1185,44 @@ impl SpoolCore {
         *counter += n;
     }
 
+    /// Declares seqs `first..=last` of `key` lost at recovery and queues the declarations in seq
+    /// order. With `pinned`, the seqs below the stream's send mark may have been delivered: they
+    /// are declared one seq each and resent first (the node answers a declaration of exactly a
+    /// stored reading's seq as a duplicate); the rest is one range.
+    fn declare_lost(
+        &mut self,
+        key: &StreamKey,
+        first: u64,
+        last: u64,
+        reason: DropReason,
+        order: u64,
+        pinned: bool,
+    ) {
+        let sent_end = self.streams.get(key).map_or(0, |s| s.sent_end);
+        let pinned_end = if pinned {
+            sent_end.clamp(first, last + 1)
+        } else {
+            first
+        };
+        let mut pieces = Vec::new();
+        for seq in first..pinned_end {
+            let item = self.declare(key, seq, seq, reason, order);
+            pieces.push(Item {
+                send: SendState::Resend,
+                ..item
+            });
+        }
+        if pinned_end <= last {
+            pieces.push(self.declare(key, pinned_end, last, reason, order));
+        }
+        self.count_dropped(reason, last - first + 1);
+        let stream = self.stream_mut(key);
+        let at = stream.items.partition_point(|i| i.seq < first);
+        for (idx, item) in pieces.into_iter().enumerate() {
+            stream.items.insert(at + idx, item);
+        }
+    }
+
     /// Writes a declaration record and returns its (live) item.
     fn declare(
         &mut self,
@@ -1390,6 +1425,8 @@ pub(crate) struct Replay {
     clock: Option<(u64, UnixMillis)>,
     /// The latest `spooled_at` of any record.
     spooled_max: Option<u64>,
+    /// Bytes of the last segment lost to damage that nothing later in the log accounts for.
+    tail_lost_bytes: u64,
 }
 
 /// What recovery decided.
@@ -1413,7 +1450,13 @@ impl Replay {
             segments: BTreeMap::new(),
             clock: None,
             spooled_max: None,
+            tail_lost_bytes: 0,
         }
+    }
+
+    /// Damage took `bytes` at the end of the last segment: frames no later entry accounts for.
+    pub(crate) fn tail_lost(&mut self, bytes: u64) {
+        self.tail_lost_bytes += bytes;
     }
 
     /// Registers a segment once its frames were replayed.
@@ -1571,10 +1614,18 @@ impl Replay {
     /// Checks that every stream tiles, declares what the power cut (or a failed disk: `lost`)
     /// may have taken, opens the new epoch (durably, with a checkpoint) and returns the core and
     /// what it declared.
+    ///
+    /// With `damaged` (the scan found damage, see `Spool`'s recovery rule), seqs missing between
+    /// recovered items are declared `Corrupted` instead of refused as inconsistent, and a
+    /// reservation the damage took is raised to what the items show. Declared seqs below the
+    /// stream's send mark may have been delivered, so they are declared one seq each (a
+    /// declaration of exactly a stored reading's seq is answered as a duplicate) and resent
+    /// first; the rest as one range.
     pub(crate) fn finish(
         self,
         now: Now,
         lost: DropReason,
+        damaged: bool,
     ) -> Result<(SpoolCore, Recovered), String> {
         // Epochs follow the wall clock (ms) when it is ahead of the spool's own count, so an
         // agent whose spool was wiped (a new SD card) still starts an epoch newer than the one
@@ -1603,13 +1654,27 @@ impl Replay {
         let mut core = SpoolCore::empty(self.config, epoch, now, spool_ms);
         core.next_order = self.next_order;
         let mut streams = self.streams;
+        // (key, first, last, delivery order) of the gaps damage left.
+        let mut gaps: Vec<(StreamKey, u64, u64, u64)> = Vec::new();
         for (key, stream) in streams.iter_mut() {
             let mut expect = stream.acked_end;
             for item in &stream.items {
                 if item.seq != expect {
-                    return Err(format!("{key:?}: seqs {expect}..{} missing", item.seq));
+                    if !damaged {
+                        return Err(format!("{key:?}: seqs {expect}..{} missing", item.seq));
+                    }
+                    gaps.push((key.clone(), expect, item.seq - 1, item.order));
                 }
                 expect = item.seq_last + 1;
+            }
+            if damaged && stream.reserved_end < expect {
+                stream.reserved_end = expect;
+            }
+            if key.epoch == self.epoch_max && self.tail_lost_bytes > 0 {
+                // The lost tail may have held reservations and readings of the latest epoch
+                // beyond what survives: each needs a frame, so the bytes bound the seqs.
+                let bound = expect.saturating_add(self.tail_lost_bytes / FRAME_BYTES_MIN);
+                stream.reserved_end = stream.reserved_end.max(bound);
             }
             if stream.reserved_end < expect {
                 return Err(format!(
@@ -1663,15 +1728,23 @@ impl Replay {
         }
         for declared in &recovered.power_loss {
             let order = core.take_order();
-            let item = core.declare(
+            core.declare_lost(
                 &declared.key,
                 declared.seq,
                 declared.seq_last,
                 declared.reason,
                 order,
+                damaged,
             );
-            core.count_dropped(declared.reason, item.n_seqs());
-            core.stream_mut(&declared.key).items.push_back(item);
+        }
+        for (key, first, last, order) in gaps {
+            core.declare_lost(&key, first, last, DropReason::Corrupted, order, true);
+            recovered.power_loss.push(Declared {
+                key,
+                seq: first,
+                seq_last: last,
+                reason: DropReason::Corrupted,
+            });
         }
         core.sync();
         core.compact_if_over();
@@ -1679,6 +1752,9 @@ impl Replay {
         Ok((core, recovered))
     }
 }
+
+/// No frame (header and body) is shorter than this: it bounds the seqs a lost region held.
+const FRAME_BYTES_MIN: u64 = FRAME_HEADER_LEN as u64 + 4;
 
 /// Seqs and epochs beyond this are refused on replay: arithmetic on them can never overflow.
 const REPLAY_VALUE_MAX: u64 = 1 << 62;
@@ -1746,7 +1822,7 @@ impl SpoolCore {
     pub fn new_empty(config: SpoolConfig, now: Now) -> Result<SpoolCore, Vec<String>> {
         config.validate()?;
         Replay::new(config)
-            .finish(now, DropReason::PowerLoss)
+            .finish(now, DropReason::PowerLoss, false)
             .map(|(core, _)| core)
             .map_err(|reason| vec![reason])
     }

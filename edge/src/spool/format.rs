@@ -1,7 +1,9 @@
 //! On-disk layout of the spool. Pure: bytes in, values out; no IO.
 //!
 //! The spool is a directory of segment files `<id:020>.spool`. A segment starts with a 32-byte
-//! header (magic `SLUICESP`, format version, segment id, CRC32C of those) and is preallocated to
+//! header (magic `SLUICESP`, format version, the preallocated length in bytes as a u32 at byte
+//! 12 — 0 in segments written before it was recorded —, segment id, CRC32C of those) and is
+//! preallocated to
 //! `segment_bytes_max` bytes of zeros. Frames follow back to back: an 8-byte frame header — body
 //! length (u32) and CRC32C of the length and the body (u32), little endian — then the body. A
 //! zero body length marks the end of the data.
@@ -47,11 +49,14 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The header of segment `id`.
-pub(crate) fn segment_header(id: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+/// The header of segment `id`, preallocated to `preallocated` bytes.
+pub(crate) fn segment_header(id: u64, preallocated: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut out = [0u8; SEGMENT_HEADER_LEN as usize];
     out[..8].copy_from_slice(&SEGMENT_MAGIC);
     out[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    // Too large to record: unknown, as in older segments.
+    let recorded = u32::try_from(preallocated).unwrap_or(0);
+    out[12..16].copy_from_slice(&recorded.to_le_bytes());
     out[16..24].copy_from_slice(&id.to_le_bytes());
     let crc = crc32c::crc32c(&out[..24]);
     out[24..28].copy_from_slice(&crc.to_le_bytes());
@@ -64,10 +69,11 @@ fn u32_at(bytes: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(word)
 }
 
-/// Checks a segment header and returns the segment id it names.
+/// Checks a segment header and returns the segment id it names and its preallocated length
+/// (`None`: not recorded).
 pub(crate) fn parse_segment_header(
     bytes: &[u8; SEGMENT_HEADER_LEN as usize],
-) -> Result<u64, String> {
+) -> Result<(u64, Option<u64>), String> {
     if bytes[..8] != SEGMENT_MAGIC {
         return Err("bad segment magic".into());
     }
@@ -80,7 +86,11 @@ pub(crate) fn parse_segment_header(
     }
     let mut id = [0u8; 8];
     id.copy_from_slice(&bytes[16..24]);
-    Ok(u64::from_le_bytes(id))
+    let preallocated = u32_at(bytes, 12);
+    Ok((
+        u64::from_le_bytes(id),
+        (preallocated != 0).then_some(u64::from(preallocated)),
+    ))
 }
 
 /// Appends one frame (header and body) to `out`; returns its length.
@@ -419,8 +429,8 @@ mod tests {
         assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
         assert_eq!(parse_segment_name("42.spool"), None);
         assert_eq!(parse_segment_name("00000000000000000042.log"), None);
-        let header = segment_header(42);
-        assert_eq!(parse_segment_header(&header), Ok(42));
+        let header = segment_header(42, 8192);
+        assert_eq!(parse_segment_header(&header), Ok((42, Some(8192))));
         let mut bad = header;
         bad[17] ^= 1;
         assert!(parse_segment_header(&bad).is_err());

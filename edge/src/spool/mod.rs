@@ -22,8 +22,17 @@
 //!   tail, so any closed segment can be freed: `DropOldest` declares the oldest segment's unsent
 //!   readings and relocates the rest; `Block` only compacts (relocates everything live).
 //! - Every open starts a new boot epoch, durably, before the first seq of it is issued.
-//! - Recovery zeroes a torn tail of the last segment and reports it; a frame that does not check
-//!   in a closed segment, or a log that does not replay consistently, is a typed error.
+//! - Recovery applies one rule: a torn write can only be the last write. A frame that does not
+//!   check is a torn tail (zeroed, reported; it held nothing synced, and the reservation covers
+//!   its seqs) only at the end of the last segment with no valid frame after it. Anything else
+//!   — a bad frame followed by a valid one, damage in a closed segment, a damaged header, a file
+//!   shorter than the preallocation its header records — is damage: reported
+//!   ([`SpoolReport::damage`]: file, byte, length; `spool check` fails), every frame that checks
+//!   is kept, and the seqs it took are declared `Dropped { reason: Corrupted }` (gaps between
+//!   surviving records, and past the last surviving reservation as many seqs as the lost bytes
+//!   could hold). Seqs below the send mark are declared one each (a declaration of exactly a
+//!   stored reading's seq is answered as a duplicate). A log that checks but does not replay
+//!   consistently is a typed error.
 //! - Timers and record ages run on the monotonic clock (a spool clock persisted at every sync;
 //!   across a restart it counts the wall clock's downtime only within `[0, downtime_ms_max]`),
 //!   so a wall clock stepped by NTP neither expires readings nor holds syncs back. See
@@ -134,6 +143,22 @@ pub struct SpoolReport {
     pub power_loss: Vec<Declared>,
     /// The end of the data recovered in each segment.
     pub data_ends: BTreeMap<u64, u64>,
+    /// Damaged regions found (frames that do not check where a torn write cannot be). What they
+    /// held is declared `Corrupted` (in `power_loss`); every frame around them is kept.
+    pub damage: Vec<Damage>,
+}
+
+/// A damaged region of a spool segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub path: String,
+    /// First damaged byte.
+    pub pos: u64,
+    /// Bytes up to the next frame that checks (or the end of the file).
+    pub len: u64,
+    /// What is wrong.
+    pub reason: String,
 }
 
 impl fmt::Display for SpoolReport {
@@ -165,6 +190,14 @@ impl fmt::Display for SpoolReport {
             self.truncated_bytes
         )?;
         writeln!(f, "aborted segments  {}", self.n_segments_discarded)?;
+        writeln!(f, "damaged regions   {}", self.damage.len())?;
+        for d in &self.damage {
+            writeln!(
+                f,
+                "  CORRUPT {} at byte {} ({} bytes): {}",
+                d.path, d.pos, d.len, d.reason
+            )?;
+        }
         writeln!(f, "power-loss ranges {}", self.power_loss.len())?;
         for d in &self.power_loss {
             writeln!(
@@ -417,7 +450,7 @@ impl Spool {
                 let file = self.disk.open(&path, true)?;
                 let created = (|| {
                     file.truncate(0)?;
-                    file.write_at(0, &format::segment_header(id))?;
+                    file.write_at(0, &format::segment_header(id, self.segment_bytes_max))?;
                     file.allocate(self.segment_bytes_max)?;
                     file.sync_data()?;
                     self.disk.sync_dir(&self.dir)
@@ -593,19 +626,20 @@ fn recover(
             }
             continue;
         };
-        if let Some(garbage_at) = first_nonzero(&*file, data_end, file_len)? {
-            if !is_last {
-                return Err(corrupt(
-                    &path,
-                    data_end,
-                    "frame does not check in a closed segment",
-                ));
-            }
-            // The tail of a write that never became durable: zero it so its stale bytes can
-            // never line up with later frames and be read back.
-            report.truncated_bytes += file_len - garbage_at;
-            if repair {
-                zero_range(&*file, data_end, file_len)?;
+        if is_last {
+            if let Some(garbage_at) = first_nonzero(&*file, data_end, file_len)? {
+                // A torn tail (or, past `limit`, writes no sync covered; or damage already
+                // reported): zero it so its stale bytes can never line up with later frames.
+                if report
+                    .damage
+                    .iter()
+                    .all(|d| d.path != path.display().to_string())
+                {
+                    report.truncated_bytes += file_len - garbage_at;
+                }
+                if repair {
+                    zero_range(&*file, data_end, file_len)?;
+                }
             }
         }
         if repair && is_last {
@@ -615,9 +649,12 @@ fn recover(
         report.data_ends.insert(*id, data_end);
         files.insert(*id, file);
     }
+    let damaged = !report.damage.is_empty();
+    // What damage took is declared Corrupted (the reservation bounds it, as for a power cut).
+    let lost = if damaged { DropReason::Corrupted } else { lost };
     let (core, recovered) =
         replay
-            .finish(now, lost)
+            .finish(now, lost, damaged)
             .map_err(|reason| SpoolError::Inconsistent {
                 dir: dir.display().to_string(),
                 reason,
@@ -643,7 +680,13 @@ fn corrupt(path: &Path, pos: u64, reason: impl Into<String>) -> SpoolError {
 }
 
 /// Replays the frames of one segment; returns the end of its data, or `None` when the last
-/// segment has no valid header (its creation was cut short).
+/// segment has no valid header and no frame (its creation was cut short).
+///
+/// The recovery rule: a torn write can only be the last write. A frame that does not check is a
+/// torn tail only in the last segment and only when no valid frame follows it; then it and
+/// everything after it is dropped (the caller zeroes it). Anything else is damage: it is
+/// reported in `report.damage` (file, byte, length), every frame that checks on either side of
+/// it is kept, and the seqs it took are declared `Corrupted` by the replay.
 fn scan_segment(
     file: &dyn DiskFile,
     path: &Path,
@@ -654,6 +697,7 @@ fn scan_segment(
     report: &mut SpoolReport,
 ) -> Result<Option<u64>, SpoolError> {
     let file_len = limit;
+    let mut damage = Vec::new();
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
     let got = file.read_at(0, &mut header)?;
     let parsed = if got < header.len() {
@@ -661,36 +705,123 @@ fn scan_segment(
     } else {
         format::parse_segment_header(&header)
     };
-    match parsed {
-        Ok(found) if found == id => {}
-        Ok(found) => return Err(corrupt(path, 0, format!("header names segment {found}"))),
-        // The header is synced before any frame is written, so a last segment shorter than its
-        // header (possibly a torn prefix of it) or still all zeros is a creation cut short.
-        Err(_) if is_last && (got < header.len() || header.iter().all(|b| *b == 0)) => {
-            return Ok(None)
-        }
-        Err(reason) => return Err(corrupt(path, 0, reason)),
-    }
+    let (header_problem, preallocated) = match parsed {
+        Ok((found, preallocated)) if found == id => (None, preallocated),
+        Ok((found, _)) => (Some(format!("header names segment {found}")), None),
+        Err(reason) => (Some(reason), None),
+    };
     let mut pos = SEGMENT_HEADER_LEN;
     let mut n_frames = 0u64;
-    while let Some(body) = read_frame(file, pos, file_len)? {
-        let len = (FRAME_HEADER_LEN + body.len()) as u64;
-        let entry = Entry::decode(&body)
-            .map_err(|e| corrupt(path, pos, format!("frame checks but does not decode: {e}")))?;
-        let loc = Loc {
-            segment: id,
-            pos,
-            len: u32::try_from(len).unwrap_or(u32::MAX),
+    loop {
+        if let Some(body) = read_frame(file, pos, file_len)? {
+            let len = (FRAME_HEADER_LEN + body.len()) as u64;
+            let entry = Entry::decode(&body).map_err(|e| {
+                corrupt(path, pos, format!("frame checks but does not decode: {e}"))
+            })?;
+            let loc = Loc {
+                segment: id,
+                pos,
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+            };
+            replay
+                .entry(loc, entry)
+                .map_err(|reason| corrupt(path, pos, reason))?;
+            pos += len;
+            n_frames += 1;
+            continue;
+        }
+        // The end of the data, or a frame that does not check: is anything valid after it?
+        let Some(bad) = first_nonzero(file, pos, file_len)? else {
+            break;
         };
-        replay
-            .entry(loc, entry)
-            .map_err(|reason| corrupt(path, pos, reason))?;
-        pos += len;
-        n_frames += 1;
+        let from = if bad == pos { pos + 1 } else { bad };
+        match next_valid_frame(file, from, file_len)? {
+            Some(next) => {
+                damage.push((pos, next - pos, "frames do not check, valid frames follow"));
+                pos = next;
+            }
+            None if is_last => break, // a torn tail
+            None => {
+                damage.push((
+                    pos,
+                    file_len - pos,
+                    "frame does not check in a closed segment",
+                ));
+                break;
+            }
+        }
+    }
+    if let Some(problem) = header_problem {
+        let cut_short = got < header.len() || header.iter().all(|b| *b == 0);
+        if is_last && n_frames == 0 && damage.is_empty() && cut_short {
+            // The header is synced before any frame is written, so a last segment shorter than
+            // its header (possibly a torn prefix of it) or still all zeros, without frames, is
+            // a creation cut short.
+            return Ok(None);
+        }
+        report.damage.push(Damage {
+            path: path.display().to_string(),
+            pos: 0,
+            len: SEGMENT_HEADER_LEN,
+            reason: problem,
+        });
+    }
+    for (at, len, reason) in damage {
+        report.damage.push(Damage {
+            path: path.display().to_string(),
+            pos: at,
+            len,
+            reason: reason.to_string(),
+        });
+    }
+    let size = file.size()?;
+    if let Some(preallocated) = preallocated.filter(|p| size < *p) {
+        if is_last
+            && n_frames == 0
+            && report
+                .damage
+                .iter()
+                .all(|d| d.path != path.display().to_string())
+        {
+            // Frames come only after the preallocation is synced: a creation cut short.
+            return Ok(None);
+        }
+        // Never a torn write: the file was preallocated before its header was synced. Frames
+        // past the cut were lost; in the last segment nothing later bounds their seqs, so the
+        // replay declares beyond the reservation as many seqs as the lost bytes could hold.
+        report.damage.push(Damage {
+            path: path.display().to_string(),
+            pos: size,
+            len: preallocated - size,
+            reason: format!(
+                "segment shorter than its preallocation ({size} of {preallocated} bytes)"
+            ),
+        });
+        if is_last {
+            replay.tail_lost(preallocated.saturating_sub(pos));
+        }
     }
     report.n_frames += n_frames;
     replay.segment(id, pos, n_frames);
     Ok(Some(pos))
+}
+
+/// The position of the first frame that checks at or after `from`, if any. Frames do not depend
+/// on where they are, so every position is tried (zero runs are skipped: a frame header starts
+/// with its nonzero length, whose nonzero bytes come within its first 4).
+fn next_valid_frame(file: &dyn DiskFile, from: u64, to: u64) -> Result<Option<u64>, DiskError> {
+    let mut pos = from;
+    while pos + FRAME_HEADER_LEN as u64 <= to {
+        let Some(nonzero) = first_nonzero(file, pos, to)? else {
+            return Ok(None);
+        };
+        pos = pos.max(nonzero.saturating_sub(3));
+        if read_frame(file, pos, to)?.is_some() {
+            return Ok(Some(pos));
+        }
+        pos += 1;
+    }
+    Ok(None)
 }
 
 /// The body of the frame at `pos`, or `None` at the end of the data or at a frame that does

@@ -507,7 +507,7 @@ fn replay_clock(spooled_at: u64, clock: (u64, i64), reopen: Now) -> (SpoolCore, 
             .unwrap();
     }
     replay.segment(0, SEGMENT_HEADER_LEN + 40, 4);
-    replay.finish(reopen, DropReason::PowerLoss).unwrap()
+    replay.finish(reopen, DropReason::PowerLoss, false).unwrap()
 }
 
 #[test]
