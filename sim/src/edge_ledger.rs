@@ -102,6 +102,10 @@ pub struct EdgeRecord {
     pub n_clean_restarts: u32,
     /// Link outages (each flap period counts).
     pub n_outages: u32,
+    /// `fdatasync` failures armed on its disk (each fires at a later sync, if one comes).
+    pub n_sync_failures_armed: u32,
+    /// Periods its disk was full.
+    pub n_disk_full: u32,
 }
 
 impl EdgeRecord {

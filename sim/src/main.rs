@@ -64,6 +64,11 @@ struct RunArgs {
     /// Do not inject fdatasync failures (each becomes a clean restart; other draws unchanged).
     #[arg(long)]
     no_sync_errors: bool,
+    /// Also inject faults on edge disks: failed `fdatasync` calls (Linux semantics) and a full
+    /// disk for a while (writes that grow a file fail with ENOSPC). Off by default until the
+    /// agent survives them.
+    #[arg(long)]
+    edge_disk_faults: bool,
     /// Plant a bug, to check that the checkers catch it.
     #[arg(long, value_enum, hide = true)]
     plant: Option<Plant>,
@@ -126,6 +131,7 @@ impl RunArgs {
             faults_max: self.faults_max,
             edges_max: self.edges_max,
             sync_errors: !self.no_sync_errors,
+            edge_disk_faults: self.edge_disk_faults,
             plant: self.plant,
         }
     }
@@ -166,6 +172,9 @@ fn settings_flags(settings: &Settings) -> Vec<String> {
     }
     if !settings.sync_errors {
         flags.push("--no-sync-errors".to_owned());
+    }
+    if settings.edge_disk_faults {
+        flags.push("--edge-disk-faults".to_owned());
     }
     if let Some(plant) = settings.plant {
         flags.push("--plant".to_owned());
@@ -249,8 +258,8 @@ fn summary_line(s: &RunSummary) -> String {
     let t = &s.edge_totals;
     let edges = format!(
         "edges {} (boots {}, power cuts {} ({} mid-io), clean restarts {}, outages {}, \
-         accepted {}, events {}, declared power-loss {} spool-full {} expired {}), \
-         jumps {} ({:.1}h)",
+         accepted {}, events {}, declared power-loss {} spool-full {} expired {}, \
+         sync failures {}, disk full {} ({} writes refused)), jumps {} ({:.1}h)",
         s.n_edges,
         s.n_edge_boots,
         s.n_edge_power_cuts,
@@ -262,6 +271,9 @@ fn summary_line(s: &RunSummary) -> String {
         t.n_power_loss,
         t.n_spool_full,
         t.n_expired,
+        s.n_edge_sync_failures,
+        s.n_edge_disk_full,
+        s.n_edge_no_space,
         s.n_jumps,
         s.jumped.as_secs_f64() / 3600.0,
     );

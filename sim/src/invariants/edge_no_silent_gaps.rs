@@ -5,7 +5,7 @@
 //!
 //! Declarations need a cause the simulator saw itself: `PowerLoss` only in the epoch of a boot
 //! whose power was cut; `SpoolFull` only from a `drop_oldest` spool whose directory reached its
-//! segment budget on the edge's disk; `Expired` only once the boot is older than the age bound.
+//! segment budget on the edge's disk, or from an edge whose disk the simulator filled; `Expired` only once the boot is older than the age bound.
 //! Once a boot's counts are final (a clean stop, or the end with its sources finished) nothing
 //! but a power-loss declaration lies beyond what it accepted, plus one seq per offer whose
 //! source was stopped before it learned the outcome (the agent may have spooled it: sources are
@@ -231,10 +231,11 @@ fn check_epoch(
                 totals.n_spool_full += n;
                 let dir = edge.spool_dirs.get(stream);
                 let files_max = dir.map_or(0, |d| edge.disk.files_max(d)) as u64;
-                if edge.policy != FullPolicy::DropOldest {
+                if edge.policy != FullPolicy::DropOldest && edge.n_disk_full == 0 {
                     return Err(fail(format!("{what}, but the spool's policy is block")));
                 }
-                if files_max + 1 < edge.n_segments_max {
+                // A full disk is a full spool too, whatever the spool's own budget.
+                if files_max + 1 < edge.n_segments_max && edge.n_disk_full == 0 {
                     return Err(fail(format!(
                         "{what}, but the spool never held more than {files_max} of its {} \
                          segments",
@@ -379,6 +380,8 @@ mod tests {
                 n_power_cuts_mid_io: 0,
                 n_clean_restarts: 0,
                 n_outages: 0,
+                n_sync_failures_armed: 0,
+                n_disk_full: 0,
             }],
         }
     }

@@ -6,7 +6,9 @@
 //! - power cuts: between tasks, or inside the `n`-th next disk operation of the edge; the disk
 //!   loses (or tears) what was not synced, the agent is dropped without closing its spools, and
 //!   a new boot (a new boot epoch) starts on the recovered disk after a downtime;
-//! - clean restarts: `Agent::stop` (spools closed), then a new boot.
+//! - clean restarts: `Agent::stop` (spools closed), then a new boot;
+//! - with `--edge-disk-faults`: a failed `fdatasync` (Linux semantics) and a full disk for a
+//!   while.
 //!
 //! Every boot, how it ended and what it had accepted go into the checkers'
 //! [`crate::edge_ledger::EdgeLedger`]. In the liveness phase the link is healed and the runner
@@ -211,6 +213,8 @@ impl EdgeRunner {
             n_power_cuts_mid_io: 0,
             n_clean_restarts: 0,
             n_outages: 0,
+            n_sync_failures_armed: 0,
+            n_disk_full: 0,
         });
         let accepts = Arc::new(AcceptLog::new(world.clone(), plan.idx));
         Self {
@@ -300,6 +304,21 @@ impl EdgeRunner {
                     tokio::time::sleep(Duration::from_millis(downtime_ms.max(1))).await;
                     self.boot().await;
                 }
+            }
+            EdgeFault::SyncFailure { after_syncs } => {
+                self.with_record(|e| e.n_sync_failures_armed += 1);
+                self.disk.arm_sync_failure(after_syncs);
+            }
+            EdgeFault::DiskFull { full_ms } => {
+                self.with_record(|e| e.n_disk_full += 1);
+                self.world
+                    .record("edge-disk-full", format!("e{} {full_ms} ms", self.plan.idx));
+                let disk = self.disk.clone();
+                disk.set_full(true);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(full_ms)).await;
+                    disk.set_full(false);
+                });
             }
         }
     }
