@@ -14,8 +14,13 @@
 //! other streams go on. Parked offers are bounded by `sink_queue_max`: beyond it the loop stops
 //! taking offers at all, so nothing grows without bound.
 //!
-//! A spool error (a failed `fdatasync`, corruption) ends the loop with an error: the process
-//! exits and its next start recovers from what the disk holds. A clean [`Agent::stop`] stops the
+//! A spool error (a full disk, a failed write or `fdatasync`, corruption) never ends the loop:
+//! that stream's spool is dropped (its files are trusted only up to its last successful sync,
+//! see `spool`), offers for the stream are refused (`spool_unavailable`, no seq issued), the
+//! other streams go on, and the spool is reopened with a capped, jittered backoff
+//! (`spool.retry_backoff_*_ms`). The reopen declares the seqs issued but not durable as
+//! `Dropped { reason: Storage }` and delivers what the disk holds. A spool that cannot be opened
+//! at start (a disk already full) starts in that state too, so the agent always starts. A clean [`Agent::stop`] stops the
 //! sources, gives requests in flight a short grace, and closes the spools (syncing and giving
 //! back seq reservations, so the next start declares nothing lost).
 
@@ -26,14 +31,15 @@ use crate::source::{
     OfferObserver, Offered, Refusal, SinkRequest, SourceContext, SourceError, SourceReading,
     SourceSink,
 };
-use crate::spool::{Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
+use crate::spool::{DurablePoint, Now, Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
 use crate::uplink::{Output, Severity, UplinkCore, UplinkLimits};
 use crate::validate::Validator;
 use ractor::{Actor, ActorRef};
+use sluice_proto::backoff::Backoff;
 use sluice_proto::env::{Connection, Disk, Env, Transport, TransportError, TransportErrorKind};
 use sluice_proto::msg::{Message, ProduceRequest, ProduceResponse};
 use sluice_proto::os::run_blocking;
-use sluice_proto::{Record, StreamName, UnixMillis};
+use sluice_proto::{Record, StreamName};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,10 +78,10 @@ pub enum EdgeError {
 
 /// Salt of the uplink's backoff RNG.
 const UPLINK_RNG_SALT: u64 = 0x5550_4c49_4e4b; // "UPLINK"
+/// Salt of the spool-reopen backoff RNGs (owner: the stream's index).
+const SPOOL_RETRY_RNG_SALT: u64 = 0x5350_4f4f_4c52; // "SPOOLR"
 /// Offers taken from the queue at once (one blocking spool call for all of them).
 const OFFERS_PER_STEP_MAX: usize = 256;
-/// The longest the loop waits before running the spools' timers again.
-const SPOOL_TIMER_MAX: Duration = Duration::from_secs(1);
 /// How often spool figures are refreshed in the metrics.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 /// How long a clean stop waits for requests in flight.
@@ -254,7 +260,23 @@ fn setup(what: &str, error: impl std::fmt::Display) -> EdgeError {
 /// The spools of every destination stream, and a cursor for round-robin sending.
 struct Spools {
     by_stream: BTreeMap<StreamName, Spool>,
+    /// Streams whose spool failed, waiting to be reopened.
+    down: BTreeMap<StreamName, Down>,
+    /// Reopen schedule per stream (reset once the reopened spool takes a reading).
+    backoffs: BTreeMap<StreamName, Backoff>,
+    disk: Arc<dyn Disk>,
+    root: PathBuf,
+    share: SpoolConfig,
     cursor: usize,
+}
+
+/// A stream whose spool failed.
+struct Down {
+    /// `Some(point)`: the spool failed while open, trust its files up to `point`
+    /// ([`Spool::reopen`]); `None`: it never opened ([`Spool::open`]).
+    after: Option<Option<DurablePoint>>,
+    retry_at: Instant,
+    error: String,
 }
 
 type SharedSpools = Arc<Mutex<Spools>>;
@@ -309,26 +331,52 @@ async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, Edg
         warn!(%stream, "spool of a stream no longer configured: delivering what it holds");
     }
     let share = spool_share(config, streams.len());
-    let mut by_stream = BTreeMap::new();
-    for stream in streams {
-        let dir = root.join(stream.as_str());
-        let disk = env.disk.clone();
-        let now = env.clock.wall();
-        let opened = run_blocking(env.blocking, move || Spool::open(disk, &dir, share, now)).await;
-        let (spool, report) = opened.map_err(|e| spool_error(&stream, e))?;
-        for declared in &report.power_loss {
-            warn!(%stream, sensor = %declared.key.sensor, epoch = %declared.key.epoch,
-                seq = declared.seq, seq_last = declared.seq_last,
-                "readings lost to a power cut declared dropped");
-        }
-        info!(%stream, epoch = %report.epoch, n_records = report.n_records,
-            truncated_bytes = report.truncated_bytes, "spool opened");
-        by_stream.insert(stream, spool);
-    }
-    Ok(Arc::new(Mutex::new(Spools {
-        by_stream,
+    let mut spools = Spools {
+        by_stream: BTreeMap::new(),
+        down: BTreeMap::new(),
+        backoffs: BTreeMap::new(),
+        disk: env.disk.clone(),
+        root,
+        share,
         cursor: 0,
-    })))
+    };
+    let (initial, max) = (
+        Duration::from_millis(share.retry_backoff_initial_ms),
+        Duration::from_millis(share.retry_backoff_max_ms),
+    );
+    for (idx, stream) in streams.into_iter().enumerate() {
+        let rng = env.rng(idx as u64, SPOOL_RETRY_RNG_SALT);
+        spools
+            .backoffs
+            .insert(stream.clone(), Backoff::new(initial, max, rng));
+        let dir = spools.root.join(stream.as_str());
+        let disk = env.disk.clone();
+        let now = Now {
+            mono: env.clock.now(),
+            wall: env.clock.wall(),
+        };
+        let opened = run_blocking(env.blocking, move || Spool::open(disk, &dir, share, now)).await;
+        match opened {
+            Ok((spool, report)) => {
+                log_opened(&stream, &report);
+                spools.by_stream.insert(stream, spool);
+            }
+            Err(error) => spools.fail(&stream, None, &error, now),
+        }
+    }
+    Ok(Arc::new(Mutex::new(spools)))
+}
+
+fn log_opened(stream: &StreamName, report: &crate::spool::SpoolReport) {
+    for declared in &report.power_loss {
+        warn!(%stream, sensor = %declared.key.sensor, epoch = %declared.key.epoch,
+            seq = declared.seq, seq_last = declared.seq_last, reason = ?declared.reason,
+            "readings lost to a power cut or a failed disk declared dropped");
+    }
+    info!(%stream, epoch = %report.epoch, n_records = report.n_records,
+        truncated_bytes = report.truncated_bytes,
+        downtime_counted_ms = report.downtime_counted_ms,
+        downtime_wall_ms = report.downtime_wall_ms, "spool opened");
 }
 
 /// What an append came to.
@@ -350,26 +398,116 @@ struct Pending {
 }
 
 impl Spools {
-    fn append(&mut self, now: UnixMillis, reading: SourceReading) -> Result<Appended, EdgeError> {
+    /// Takes the spool of `stream` out of service after `error` and schedules its reopen.
+    /// `after` says what to trust on reopen (see [`Down`]).
+    fn fail(
+        &mut self,
+        stream: &StreamName,
+        after: Option<Option<DurablePoint>>,
+        error: &SpoolError,
+        now: Now,
+    ) {
+        self.by_stream.remove(stream);
+        let wait = self.backoffs.get_mut(stream).map_or(
+            Duration::from_millis(self.share.retry_backoff_max_ms),
+            |b| b.next_delay(),
+        );
+        error!(%stream, %error, retry_in_ms = wait.as_millis() as u64,
+            "spool failed: its readings are refused until it reopens; the other streams go on");
+        // A retry keeps the first failure's durable point: nothing written since is trusted.
+        let after = match self.down.remove(stream) {
+            Some(previous) => previous.after,
+            None => after,
+        };
+        self.down.insert(
+            stream.clone(),
+            Down {
+                after,
+                retry_at: now.mono + wait,
+                error: error.to_string(),
+            },
+        );
+    }
+
+    /// Takes an open spool that just failed out of service.
+    fn failed(&mut self, stream: &StreamName, error: &SpoolError, now: Now) {
+        let point = self.by_stream.get(stream).map(|s| s.durable_point());
+        self.fail(stream, Some(point.flatten()), error, now);
+    }
+
+    /// Reopens the failed spools whose retry is due.
+    fn reopen_due(&mut self, now: Now) {
+        let due: Vec<StreamName> = self
+            .down
+            .iter()
+            .filter(|(_, d)| d.retry_at <= now.mono)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for stream in due {
+            let Some(down) = self.down.get(&stream) else {
+                continue;
+            };
+            let dir = self.root.join(stream.as_str());
+            let disk = self.disk.clone();
+            let opened = match down.after {
+                Some(point) => Spool::reopen(disk, &dir, self.share, now, point),
+                None => Spool::open(disk, &dir, self.share, now),
+            };
+            match opened {
+                Ok((spool, report)) => {
+                    self.down.remove(&stream);
+                    log_opened(&stream, &report);
+                    self.by_stream.insert(stream, spool);
+                }
+                Err(error) => self.fail(&stream, None, &error, now),
+            }
+        }
+    }
+
+    fn append(&mut self, now: Now, reading: SourceReading) -> Result<Appended, EdgeError> {
+        if let Some(down) = self.down.get(&reading.stream) {
+            return Ok(Appended::Refused(Refusal::Spool {
+                label: "spool_unavailable",
+                reason: format!(
+                    "the spool of stream {} failed ({}); it is being reopened",
+                    reading.stream, down.error
+                ),
+            }));
+        }
         let Some(spool) = self.by_stream.get_mut(&reading.stream) else {
             return Ok(Appended::Refused(Refusal::Spool {
                 label: "unknown_stream",
                 reason: format!("no spool for stream {}", reading.stream),
             }));
         };
-        let result = spool
-            .append(
-                now,
-                reading.sensor.clone(),
-                reading.device_time,
-                reading.payload.clone(),
-            )
-            .map_err(|e| spool_error(&reading.stream, e))?;
+        let result = match spool.append(
+            now,
+            reading.sensor.clone(),
+            reading.device_time,
+            reading.payload.clone(),
+        ) {
+            Ok(result) => result,
+            Err(error) => {
+                // The reading got no seq: its source is told, the others go on.
+                self.failed(&reading.stream, &error, now);
+                return Ok(Appended::Refused(Refusal::Spool {
+                    label: "spool_unavailable",
+                    reason: format!("the spool of stream {} failed: {error}", reading.stream),
+                }));
+            }
+        };
         Ok(match result {
-            Ok(a) => Appended::Accepted {
-                epoch: a.epoch.0,
-                seq: a.seq,
-            },
+            Ok(a) => {
+                if let Some(backoff) = self.backoffs.get_mut(&reading.stream) {
+                    if backoff.n_failures() > 0 {
+                        backoff.reset();
+                    }
+                }
+                Appended::Accepted {
+                    epoch: a.epoch.0,
+                    seq: a.seq,
+                }
+            }
             Err(Rejected::Full) => Appended::Full(reading),
             Err(rejected) => {
                 let (label, reason) = match rejected {
@@ -396,66 +534,104 @@ impl Spools {
     /// Durable records of the next stream (round-robin) that has any.
     fn next_batch(
         &mut self,
+        now: Now,
         records_max: u32,
         bytes_max: u64,
     ) -> Result<Option<(StreamName, Vec<Record>)>, EdgeError> {
         let n = self.by_stream.len();
+        let mut failed = Vec::new();
+        let mut found = None;
         for step in 0..n {
             let idx = (self.cursor + step) % n;
             let Some((stream, spool)) = self.by_stream.iter_mut().nth(idx) else {
                 continue;
             };
-            let records = spool
-                .next_batch(records_max, bytes_max)
-                .map_err(|e| spool_error(stream, e))?;
-            if !records.is_empty() {
-                self.cursor = idx + 1;
-                return Ok(Some((stream.clone(), records)));
+            match spool.next_batch(records_max, bytes_max) {
+                Ok(records) if !records.is_empty() => {
+                    self.cursor = idx + 1;
+                    found = Some((stream.clone(), records));
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => failed.push((stream.clone(), error)),
             }
         }
-        Ok(None)
+        for (stream, error) in failed {
+            self.failed(&stream, &error, now);
+        }
+        Ok(found)
     }
 
-    fn ack(
-        &mut self,
-        now: UnixMillis,
-        acks: &[(StreamName, StreamKey, u64)],
-    ) -> Result<u64, EdgeError> {
+    /// Applies the uplink's verdicts in order: acknowledgements, and readings the node refused
+    /// as invalid (replaced by declarations). Returns how many records the acks released.
+    fn apply(&mut self, now: Now, verdicts: &[Verdict]) -> Result<u64, EdgeError> {
         let mut n = 0;
-        for (stream, key, seq_through) in acks {
-            if let Some(spool) = self.by_stream.get_mut(stream) {
-                n += spool
-                    .ack(now, key, *seq_through)
-                    .map_err(|e| spool_error(stream, e))?;
+        for verdict in verdicts {
+            let (stream, key) = match verdict {
+                Verdict::Ack { stream, key, .. } | Verdict::Refused { stream, key, .. } => {
+                    (stream, key)
+                }
+            };
+            // A spool that failed forgets the verdicts: its records are resent after the
+            // reopen (the node deduplicates) and a refused reading is refused again.
+            let Some(spool) = self.by_stream.get_mut(stream) else {
+                continue;
+            };
+            let result = match verdict {
+                Verdict::Ack { seq_through, .. } => {
+                    spool.ack(now, key, *seq_through).map(|acked| n += acked)
+                }
+                Verdict::Refused { seq, reason, .. } => {
+                    spool.refused(now, key, *seq).map(|declared| {
+                        if declared {
+                            error!(%stream, sensor = %key.sensor, epoch = %key.epoch, seq, %reason,
+                                "node refused a reading as invalid; declared it dropped (invalid) so its sensor moves on");
+                        }
+                    })
+                }
+            };
+            if let Err(error) = result {
+                let stream = stream.clone();
+                self.failed(&stream, &error, now);
             }
         }
         Ok(n)
     }
 
-    /// Runs the timers of every spool that has one pending. The core decides what is due, so a
-    /// wall clock that stepped back cannot hold a sync back (the core syncs when `now` went
-    /// backwards).
-    fn timeout(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
+    /// Runs the timers of every spool that has one due (on the monotonic clock), and reopens
+    /// the failed spools whose retry is due.
+    fn timeout(&mut self, now: Now) -> Result<(), EdgeError> {
+        let mut failed = Vec::new();
         for (stream, spool) in self.by_stream.iter_mut() {
-            if spool.poll_timeout().is_some() {
-                spool
-                    .handle_timeout(now)
-                    .map_err(|e| spool_error(stream, e))?;
+            if spool.poll_timeout().is_some_and(|t| t <= now.mono) {
+                if let Err(error) = spool.handle_timeout(now) {
+                    failed.push((stream.clone(), error));
+                }
             }
         }
+        for (stream, error) in failed {
+            self.failed(&stream, &error, now);
+        }
+        self.reopen_due(now);
         Ok(())
     }
 
-    fn sync(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
+    fn sync(&mut self, now: Now) -> Result<(), EdgeError> {
+        let mut failed = Vec::new();
         for (stream, spool) in self.by_stream.iter_mut() {
-            spool.sync(now).map_err(|e| spool_error(stream, e))?;
+            if let Err(error) = spool.sync(now) {
+                failed.push((stream.clone(), error));
+            }
+        }
+        for (stream, error) in failed {
+            self.failed(&stream, &error, now);
         }
         Ok(())
     }
 
     /// Closes every spool (even after one failed, so the others give back their reservations);
     /// returns the first error.
-    fn close(&mut self, now: UnixMillis) -> Result<(), EdgeError> {
+    fn close(&mut self, now: Now) -> Result<(), EdgeError> {
         let by_stream = std::mem::take(&mut self.by_stream);
         let mut first = None;
         for (stream, spool) in by_stream {
@@ -470,16 +646,18 @@ impl Spools {
         self.by_stream.values().map(|s| s.stats().n_syncs).sum()
     }
 
-    fn poll_timeout(&self) -> Option<UnixMillis> {
+    fn poll_timeout(&self) -> Option<Instant> {
+        let retries = self.down.values().map(|d| d.retry_at);
         self.by_stream
             .values()
             .filter_map(|s| s.poll_timeout())
+            .chain(retries)
             .min()
     }
 
     /// The figures of every spool; `oldest_age` walks every queued item, so it is asked for on
     /// the metrics timer only (`None` leaves the age out).
-    fn status(&self, now: UnixMillis, oldest_age: bool) -> Vec<(String, SpoolStatus)> {
+    fn status(&self, now: Instant, oldest_age: bool) -> Vec<(String, SpoolStatus)> {
         self.by_stream
             .iter()
             .map(|(stream, spool)| {
@@ -489,6 +667,9 @@ impl Spools {
                     ("spool_full", stats.n_dropped_full),
                     ("expired", stats.n_dropped_expired),
                     ("power_loss", stats.n_dropped_power_loss),
+                    ("invalid", stats.n_dropped_invalid),
+                    ("storage", stats.n_dropped_storage),
+                    ("corrupted", stats.n_dropped_corrupted),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
@@ -498,16 +679,28 @@ impl Spools {
                     records: core.n_records(),
                     bytes: core.live_bytes(),
                     segments: core.n_segments(),
-                    oldest_age_ms: oldest_age
-                        .then(|| core.oldest_spooled_at())
-                        .flatten()
-                        .map(|t| u64::try_from(now.0.saturating_sub(t.0)).unwrap_or(0)),
+                    oldest_age_ms: oldest_age.then(|| core.oldest_age_ms(now)).flatten(),
                     dropped,
                 };
                 (stream.to_string(), status)
             })
             .collect()
     }
+}
+
+/// What the uplink decided about records in the spool.
+enum Verdict {
+    Ack {
+        stream: StreamName,
+        key: StreamKey,
+        seq_through: u64,
+    },
+    Refused {
+        stream: StreamName,
+        key: StreamKey,
+        seq: u64,
+        reason: String,
+    },
 }
 
 /// Something the uplink's tasks report to the loop.
@@ -610,17 +803,21 @@ impl AgentLoop {
         self.env.clock.now()
     }
 
-    fn wall(&self) -> UnixMillis {
-        self.env.clock.wall()
+    /// The time for a spool call: the monotonic clock runs its timers, the wall clock stamps.
+    fn spool_now(&self) -> Now {
+        Now {
+            mono: self.env.clock.now(),
+            wall: self.env.clock.wall(),
+        }
     }
 
     /// Runs `work` on the spools through the environment's blocking mode.
     async fn spools<R: Send + 'static>(
         &mut self,
-        work: impl FnOnce(&mut Spools, UnixMillis) -> Result<R, EdgeError> + Send + 'static,
+        work: impl FnOnce(&mut Spools, Now) -> Result<R, EdgeError> + Send + 'static,
     ) -> Result<R, EdgeError> {
         let spools = self.spools.clone();
-        let now = self.wall();
+        let now = self.spool_now();
         let (result, n_syncs) = run_blocking(self.env.blocking, move || {
             let mut guard = lock(&spools);
             let result = work(&mut guard, now);
@@ -678,15 +875,9 @@ impl AgentLoop {
         }
     }
 
-    /// The earliest of the uplink's, the spools' and the given deadlines.
+    /// The earliest of the uplink's, the spools' and the given deadlines (all monotonic).
     fn deadline(&self, now: Instant, others: [Option<Instant>; 2]) -> Instant {
-        let wall = self.wall();
-        // Spool timers are in wall time; a wall clock that steps back must not put them off, so
-        // the loop looks at least every SPOOL_TIMER_MAX.
-        let spool = lock(&self.spools).poll_timeout().map(|t| {
-            let ms = u64::try_from(t.0.saturating_sub(wall.0)).unwrap_or(0);
-            now + Duration::from_millis(ms).min(SPOOL_TIMER_MAX)
-        });
+        let spool = lock(&self.spools).poll_timeout();
         [self.uplink.poll_timeout(), spool]
             .into_iter()
             .chain(others)
@@ -716,7 +907,7 @@ impl AgentLoop {
             };
             let (records_max, bytes_max) = (self.batch_records_max, self.batch_bytes_max);
             let batch = self
-                .spools(move |s, _| s.next_batch(records_max, bytes_max))
+                .spools(move |s, now| s.next_batch(now, records_max, bytes_max))
                 .await?;
             let Some((stream, records)) = batch else {
                 self.maybe_sendable = false;
@@ -770,11 +961,26 @@ impl AgentLoop {
                     stream,
                     key,
                     seq_through,
-                } => acks.push((stream, key, seq_through)),
+                } => acks.push(Verdict::Ack {
+                    stream,
+                    key,
+                    seq_through,
+                }),
+                Output::Refused {
+                    stream,
+                    key,
+                    seq,
+                    reason,
+                } => acks.push(Verdict::Refused {
+                    stream,
+                    key,
+                    seq,
+                    reason,
+                }),
                 Output::Rewind => {
                     if !acks.is_empty() {
                         let batch = std::mem::take(&mut acks);
-                        self.spools(move |s, now| s.ack(now, &batch)).await?;
+                        self.spools(move |s, now| s.apply(now, &batch)).await?;
                     }
                     let mut spools = lock(&self.spools);
                     for spool in spools.by_stream.values_mut() {
@@ -786,7 +992,7 @@ impl AgentLoop {
             }
         }
         if !acks.is_empty() {
-            self.spools(move |s, now| s.ack(now, &acks)).await?;
+            self.spools(move |s, now| s.apply(now, &acks)).await?;
             self.maybe_sendable = true;
             self.refresh_counts();
             if !self.parked.is_empty() {
@@ -866,6 +1072,8 @@ impl AgentLoop {
                         Severity::NeedsOperator => {
                             error!(reason = label, %example, "node refuses records; they stay spooled and are retried")
                         }
+                        // Logged when the spool declares it.
+                        Severity::Declared => {}
                     }
                 }
                 self.metrics.uplink(|u| {
@@ -1019,7 +1227,7 @@ impl AgentLoop {
     /// Refreshes every spool figure (the timer's job: the oldest age walks the queues).
     fn refresh_metrics(&self) {
         self.metrics.set_offers_held(self.parked.len() as u64);
-        let status = lock(&self.spools).status(self.wall(), true);
+        let status = lock(&self.spools).status(self.now(), true);
         for (stream, spool) in status {
             self.metrics.set_spool(&stream, spool);
         }
@@ -1030,7 +1238,7 @@ impl AgentLoop {
     fn refresh_counts(&self) {
         self.metrics.set_offers_held(self.parked.len() as u64);
         let previous = self.metrics.status().spools;
-        let status = lock(&self.spools).status(self.wall(), false);
+        let status = lock(&self.spools).status(self.now(), false);
         for (stream, mut spool) in status {
             spool.oldest_age_ms = previous.get(&stream).and_then(|p| p.oldest_age_ms);
             self.metrics.set_spool(&stream, spool);

@@ -121,11 +121,11 @@ impl Default for StatusSection {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisionSection {
-    /// First wait before restarting a failed source, ms; doubled per failure in the window.
+    /// First wait before restarting a failed source, ms; doubled (with jitter) per failure.
     pub restart_backoff_initial_ms: u64,
     /// Longest wait before restarting a failed source, ms.
     pub restart_backoff_max_ms: u64,
-    /// Failures within this window count towards the backoff, ms.
+    /// A source that ran this long without failing starts again from the first wait, ms.
     pub restart_window_ms: u64,
 }
 

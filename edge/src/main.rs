@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use sluice_edge::agent::{spool_dir, spool_share, spool_streams, Agent};
 use sluice_edge::config::{self, EdgeConfig};
 use sluice_edge::metrics::Status;
-use sluice_edge::spool::Spool;
+use sluice_edge::spool::{Now, Spool};
 use sluice_proto::env::Clock;
 use sluice_proto::net::{QuicTransport, TlsMaterial};
 use sluice_proto::os::{real_env, DirLock, FsDisk, RealClock};
@@ -316,7 +316,10 @@ fn spool_check(path: PathBuf) -> anyhow::Result<()> {
     })?;
     let streams = spool_streams(&config, &FsDisk);
     let share = spool_share(&config, streams.len());
-    let now = RealClock.wall();
+    let now = Now {
+        mono: RealClock.now(),
+        wall: RealClock.wall(),
+    };
     let mut problems = 0;
     for stream in streams {
         let dir = spool_dir(&config.edge.data_dir, &stream);

@@ -19,6 +19,12 @@
 //!   the spool like any refusal, but without a backoff and without counting as a failure. The
 //!   oldest request in flight cannot be reordered, so every round stores at least one batch;
 //!   an ordering refusal of a request sent alone is real and backs off.
+//! - A reading the node refuses as `Invalid` is something the edge cannot fix by resending (the
+//!   node checks bounds the edge cannot see, such as a smaller `record_bytes_max`), and would
+//!   hold every later reading of its sensor back forever. The core asks the spool to replace it
+//!   by a `Dropped { reason: Invalid }` declaration ([`Output::Refused`]) and rewinds at once,
+//!   without a backoff: the sequence gaps the later records of that batch met are its
+//!   consequence. A declaration refused as `Invalid` stays a refusal (retried with backoff).
 //! - A connection that fails (timeout, close, protocol error) is dropped: requests in flight on
 //!   it are forgotten, the spool is rewound, and a new connection is tried after a backoff.
 //! - Backoff doubles per consecutive failure from `backoff_initial_ms` to `backoff_max_ms`,
@@ -29,7 +35,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sluice_proto::env::{TransportError, TransportErrorKind};
 use sluice_proto::msg::{ErrorCode, ProduceResponse, RecordOutcome, RecordRejection};
-use sluice_proto::{Record, StreamName};
+use sluice_proto::{Payload, Record, StreamName};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -68,6 +74,18 @@ pub enum Output {
         /// Last seq stored.
         seq_through: u64,
     },
+    /// The node refused reading `seq` of `key` as invalid: replace it by a declaration (see
+    /// `SpoolCore::handle_refused`). Comes before the [`Output::Rewind`] that resends it.
+    Refused {
+        /// The stream (which spool).
+        stream: StreamName,
+        /// The sensor stream.
+        key: StreamKey,
+        /// The refused reading's seq.
+        seq: u64,
+        /// What the node said.
+        reason: String,
+    },
     /// Everything handed out and not acknowledged must be handed out again.
     Rewind,
 }
@@ -81,6 +99,9 @@ pub enum Severity {
     Reordered,
     /// Will not pass without someone acting (ACL, certificate, a node that lost data).
     NeedsOperator,
+    /// The node refused a reading as invalid; it is declared dropped (`Invalid`) in its place,
+    /// so its sensor moves on. An operator should still learn why.
+    Declared,
 }
 
 /// What the shell should report about an answer.
@@ -106,7 +127,8 @@ enum Link {
 #[derive(Debug, Clone)]
 struct Batch {
     stream: StreamName,
-    records: Vec<(StreamKey, u64, u64)>,
+    /// `(key, seq, seq_last, is a declaration)` of each record.
+    records: Vec<(StreamKey, u64, u64, bool)>,
     /// Other requests were in flight when it was sent, so it may overtake them.
     pipelined: bool,
 }
@@ -256,7 +278,8 @@ impl UplinkCore {
                     sensor: r.sensor.clone(),
                     epoch: r.boot_epoch,
                 };
-                (key, r.seq, r.seq_last())
+                let is_drop = matches!(r.payload, Payload::Dropped { .. });
+                (key, r.seq, r.seq_last(), is_drop)
             })
             .collect();
         self.n_in_flight_records += records.len() as u64;
@@ -298,17 +321,19 @@ impl UplinkCore {
         self.n_in_flight_records -= batch.records.len() as u64;
         match result {
             Ok(response) if response.outcomes.len() == batch.records.len() => {
-                self.outcomes(&batch, &response.outcomes, &mut report);
-                let reordered = batch.pipelined
-                    && report
-                        .refusals
-                        .iter()
-                        .all(|(label, _, _)| ORDERING_LABELS.contains(label));
+                let declared = self.outcomes(&batch, &response.outcomes, &mut report);
+                // After a declared reading, the later records of its stream met a gap.
+                let reordered = (batch.pipelined || declared)
+                    && report.refusals.iter().all(|(label, severity, _)| {
+                        ORDERING_LABELS.contains(label) || *severity == Severity::Declared
+                    });
                 if report.refusals.is_empty() {
                     self.failures = 0;
                 } else if reordered {
                     for refusal in &mut report.refusals {
-                        refusal.1 = Severity::Reordered;
+                        if refusal.1 != Severity::Declared {
+                            refusal.1 = Severity::Reordered;
+                        }
                     }
                     self.hold = self.hold.max(Some(Hold::Reordered));
                 } else {
@@ -341,14 +366,31 @@ impl UplinkCore {
         report
     }
 
-    fn outcomes(&mut self, batch: &Batch, outcomes: &[RecordOutcome], report: &mut Report) {
+    /// Applies the outcomes of `batch`; returns true when a reading refused as invalid is to
+    /// be declared.
+    fn outcomes(&mut self, batch: &Batch, outcomes: &[RecordOutcome], report: &mut Report) -> bool {
         // Per sensor stream: the last seq of the stored prefix, and whether the prefix broke.
         let mut prefix: BTreeMap<&StreamKey, (Option<u64>, bool)> = BTreeMap::new();
-        for ((key, _seq, seq_last), outcome) in batch.records.iter().zip(outcomes) {
+        let mut refused = Vec::new();
+        for ((key, seq, seq_last, is_drop), outcome) in batch.records.iter().zip(outcomes) {
             let entry = prefix.entry(key).or_insert((None, false));
             let stored = match outcome {
                 RecordOutcome::Appended { .. } => true,
                 RecordOutcome::Rejected(RecordRejection::DuplicateTooOld { .. }) => true,
+                // The first record of its stream not stored in this batch: what the node said
+                // is about it, not a consequence of an earlier refusal.
+                RecordOutcome::Rejected(RecordRejection::Invalid { reason })
+                    if !is_drop && !entry.1 =>
+                {
+                    if !report.refusals.iter().any(|(l, _, _)| *l == "invalid") {
+                        let example = format!("seq {seq} of sensor {}: {reason}", key.sensor);
+                        report
+                            .refusals
+                            .push(("invalid", Severity::Declared, example));
+                    }
+                    refused.push((key.clone(), *seq, reason.clone()));
+                    false
+                }
                 RecordOutcome::Rejected(rejection) => {
                     let (label, severity) = classify_rejection(rejection);
                     if !report.refusals.iter().any(|(l, _, _)| *l == label) {
@@ -375,6 +417,16 @@ impl UplinkCore {
                 });
             }
         }
+        let declared = !refused.is_empty();
+        for (key, seq, reason) in refused {
+            self.outputs.push_back(Output::Refused {
+                stream: batch.stream.clone(),
+                key,
+                seq,
+                reason,
+            });
+        }
+        declared
     }
 
     fn refused(&mut self, now: Instant) {
@@ -472,6 +524,8 @@ pub fn classify_rejection(rejection: &RecordRejection) -> (&'static str, Severit
         R::StaleEpoch { .. } => ("stale_epoch", Severity::NeedsOperator),
         R::Invalid { .. } => ("invalid", Severity::NeedsOperator),
         R::DuplicateTooOld { .. } => ("duplicate_too_old", Severity::Transient),
+        // The node forgot this epoch of the sensor; only a new epoch (a restart) resumes it.
+        R::ProducerExpired { .. } => ("producer_expired", Severity::NeedsOperator),
     }
 }
 

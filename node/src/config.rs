@@ -66,9 +66,15 @@ pub struct TransportSection {
     /// Largest frame body accepted, in bytes.
     #[serde(default = "default_frame_bytes_max")]
     pub frame_bytes_max: u32,
-    /// Concurrent client connections.
+    /// Concurrent authenticated client connections.
     #[serde(default = "default_connections_max")]
     pub connections_max: u32,
+    /// Concurrent authenticated connections of one identity.
+    #[serde(default = "default_connections_per_identity_max")]
+    pub connections_per_identity_max: u32,
+    /// TLS handshakes in progress at once (peers not yet authenticated).
+    #[serde(default = "default_handshakes_max")]
+    pub handshakes_max: u32,
     /// Requests handled concurrently per connection; more wait in the stream.
     #[serde(default = "default_in_flight_per_connection_max")]
     pub in_flight_per_connection_max: u32,
@@ -81,6 +87,66 @@ pub struct TransportSection {
     /// TLS handshakes taking longer are abandoned.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// A frame's header, and then its body, must each arrive within this long once begun.
+    #[serde(default = "default_frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// Bytes of requests being read or handled, per connection.
+    #[serde(default = "default_request_bytes_per_connection_max")]
+    pub request_bytes_per_connection_max: u64,
+    /// Bytes of requests being read or handled, node-wide.
+    #[serde(default = "default_request_bytes_max")]
+    pub request_bytes_max: u64,
+    /// Bytes of answers not yet taken by the client, per connection; at the bound the node stops
+    /// reading that connection.
+    #[serde(default = "default_answer_bytes_per_connection_max")]
+    pub answer_bytes_per_connection_max: u64,
+    /// Bytes of answers not yet taken, node-wide.
+    #[serde(default = "default_answer_bytes_max")]
+    pub answer_bytes_max: u64,
+    /// QUIC flow-control window per connection, each way.
+    #[serde(default = "default_connection_window_bytes_max")]
+    pub connection_window_bytes_max: u64,
+}
+
+impl TransportSection {
+    /// The server's bounds, from this section.
+    pub fn server_limits(&self) -> sluice_proto::net::ServerLimits {
+        sluice_proto::net::ServerLimits {
+            frame_bytes_max: self.frame_bytes_max,
+            in_flight_per_connection_max: self.in_flight_per_connection_max,
+            connections_max: self.connections_max,
+            connections_per_identity_max: self.connections_per_identity_max,
+            handshakes_max: self.handshakes_max,
+            streams_per_connection_max: self.streams_per_connection_max,
+            idle_timeout_ms: self.idle_timeout_ms,
+            handshake_timeout_ms: self.handshake_timeout_ms,
+            frame_timeout_ms: self.frame_timeout_ms,
+            request_bytes_per_connection_max: self.request_bytes_per_connection_max,
+            request_bytes_max: self.request_bytes_max,
+            answer_bytes_per_connection_max: self.answer_bytes_per_connection_max,
+            answer_bytes_max: self.answer_bytes_max,
+            connection_window_bytes_max: self.connection_window_bytes_max,
+        }
+    }
+
+    /// Checks that what clients can make the node hold (the byte budgets, every connection's
+    /// windows and buffers) fits in `memory_bytes` of memory.
+    pub fn check_fits_memory(&self, memory_bytes: u64) -> Result<(), ConfigError> {
+        let held = self.server_limits().held_bytes_max();
+        if held <= memory_bytes {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(vec![format!(
+            "clients could make this node hold {held} bytes, more than the machine's {memory_bytes} \
+             bytes of memory: transport.request_bytes_max ({}) + transport.answer_bytes_max ({}) + \
+             transport.connections_max ({}) x (2 x transport.connection_window_bytes_max ({}) + \
+             stream buffers); lower them",
+            self.request_bytes_max,
+            self.answer_bytes_max,
+            self.connections_max,
+            self.connection_window_bytes_max,
+        )]))
+    }
 }
 
 /// `[storage]`
@@ -108,9 +174,18 @@ pub struct IngestSection {
     /// Recent records per (producer, sensor) whose offsets are remembered for retries.
     #[serde(default = "default_dedup_window_max")]
     pub dedup_window_max: u32,
-    /// (producer, sensor) pairs tracked per partition.
+    /// (producer, sensor) pairs tracked with a dedup window (live) per partition.
     #[serde(default = "default_producers_max")]
     pub producers_max: u32,
+    /// Live (producer, sensor) pairs one identity may hold per partition, so that one identity
+    /// sending many sensor ids exhausts only its own budget; it keeps as many retired pairs
+    /// (without a window) beyond those. At most `producers_max`.
+    #[serde(default = "default_producers_per_identity_max")]
+    pub producers_per_identity_max: u32,
+    /// A (producer, sensor) pair idle this long (monotonic clock, restarted at node start) is
+    /// retired: its dedup window is dropped and its live slot freed.
+    #[serde(default = "default_producer_idle_expiry_ms")]
+    pub producer_idle_expiry_ms: u64,
     /// Accepted bytes waiting for the next flush, per partition, before `Overloaded`.
     #[serde(default = "default_pending_bytes_max")]
     pub pending_bytes_max: u64,
@@ -180,6 +255,12 @@ fn default_frame_bytes_max() -> u32 {
 fn default_connections_max() -> u32 {
     1024
 }
+fn default_connections_per_identity_max() -> u32 {
+    8
+}
+fn default_handshakes_max() -> u32 {
+    64
+}
 fn default_in_flight_per_connection_max() -> u32 {
     1024
 }
@@ -190,7 +271,25 @@ fn default_idle_timeout_ms() -> u64 {
     30_000
 }
 fn default_handshake_timeout_ms() -> u64 {
+    5_000
+}
+fn default_frame_timeout_ms() -> u64 {
     10_000
+}
+fn default_request_bytes_per_connection_max() -> u64 {
+    8 << 20
+}
+fn default_request_bytes_max() -> u64 {
+    128 << 20
+}
+fn default_answer_bytes_per_connection_max() -> u64 {
+    8 << 20
+}
+fn default_answer_bytes_max() -> u64 {
+    128 << 20
+}
+fn default_connection_window_bytes_max() -> u64 {
+    512 << 10
 }
 fn default_segment_bytes_max() -> u64 {
     64 << 20
@@ -209,6 +308,12 @@ fn default_dedup_window_max() -> u32 {
 }
 fn default_producers_max() -> u32 {
     100_000
+}
+fn default_producers_per_identity_max() -> u32 {
+    10_000
+}
+fn default_producer_idle_expiry_ms() -> u64 {
+    7 * 24 * 3_600_000
 }
 fn default_pending_bytes_max() -> u64 {
     64 << 20
@@ -254,6 +359,8 @@ impl Default for IngestSection {
             record_bytes_max: default_record_bytes_max(),
             dedup_window_max: default_dedup_window_max(),
             producers_max: default_producers_max(),
+            producers_per_identity_max: default_producers_per_identity_max(),
+            producer_idle_expiry_ms: default_producer_idle_expiry_ms(),
             pending_bytes_max: default_pending_bytes_max(),
             waiting_requests_max: default_waiting_requests_max(),
             entry_events_max: default_entry_events_max(),
@@ -327,6 +434,11 @@ impl NodeConfig {
             ("transport.frame_bytes_max", u64::from(t.frame_bytes_max)),
             ("transport.connections_max", u64::from(t.connections_max)),
             (
+                "transport.connections_per_identity_max",
+                u64::from(t.connections_per_identity_max),
+            ),
+            ("transport.handshakes_max", u64::from(t.handshakes_max)),
+            (
                 "transport.in_flight_per_connection_max",
                 u64::from(t.in_flight_per_connection_max),
             ),
@@ -336,6 +448,7 @@ impl NodeConfig {
             ),
             ("transport.idle_timeout_ms", t.idle_timeout_ms),
             ("transport.handshake_timeout_ms", t.handshake_timeout_ms),
+            ("transport.frame_timeout_ms", t.frame_timeout_ms),
             (
                 "storage.index_interval_bytes",
                 self.storage.index_interval_bytes,
@@ -344,6 +457,11 @@ impl NodeConfig {
             ("ingest.record_bytes_max", u64::from(i.record_bytes_max)),
             ("ingest.dedup_window_max", u64::from(i.dedup_window_max)),
             ("ingest.producers_max", u64::from(i.producers_max)),
+            (
+                "ingest.producers_per_identity_max",
+                u64::from(i.producers_per_identity_max),
+            ),
+            ("ingest.producer_idle_expiry_ms", i.producer_idle_expiry_ms),
             ("ingest.pending_bytes_max", i.pending_bytes_max),
             (
                 "ingest.waiting_requests_max",
@@ -364,6 +482,46 @@ impl NodeConfig {
             problems.push(format!(
                 "transport.frame_bytes_max must be at most {}",
                 sluice_proto::codec::DECODE_BYTES_MAX
+            ));
+        }
+        if i.producers_per_identity_max > i.producers_max {
+            problems.push(format!(
+                "ingest.producers_per_identity_max ({}) must be at most ingest.producers_max ({})",
+                i.producers_per_identity_max, i.producers_max
+            ));
+        }
+        // One whole frame must fit each budget, and a connection's share must fit the node's.
+        let frame = u64::from(t.frame_bytes_max) + sluice_proto::frame::HEADER_LEN as u64;
+        for (per_connection, per_connection_value, node, node_value) in [
+            (
+                "transport.request_bytes_per_connection_max",
+                t.request_bytes_per_connection_max,
+                "transport.request_bytes_max",
+                t.request_bytes_max,
+            ),
+            (
+                "transport.answer_bytes_per_connection_max",
+                t.answer_bytes_per_connection_max,
+                "transport.answer_bytes_max",
+                t.answer_bytes_max,
+            ),
+        ] {
+            if per_connection_value < frame {
+                problems.push(format!(
+                    "{per_connection} ({per_connection_value}) must hold one whole frame: at least transport.frame_bytes_max + {} = {frame}",
+                    sluice_proto::frame::HEADER_LEN
+                ));
+            }
+            if node_value < per_connection_value {
+                problems.push(format!(
+                    "{node} ({node_value}) must be at least {per_connection} ({per_connection_value})"
+                ));
+            }
+        }
+        if t.connection_window_bytes_max < 16 << 10 || t.connection_window_bytes_max > 1 << 40 {
+            problems.push(format!(
+                "transport.connection_window_bytes_max must be 16384 to 1099511627776, got {}",
+                t.connection_window_bytes_max
             ));
         }
         if self.storage.segment_bytes_max < 1 << 20 {
@@ -456,6 +614,34 @@ mod tests {
     }
 
     #[test]
+    fn producer_budgets_are_validated() {
+        // Checks that the producer budgets must be positive, that an identity's budget may not
+        // exceed the partition's, and that the defaults pass.
+        let base = "[node]\nid = 1\ncluster = \"c\"\ndata_dir = \"d\"\n[transport]\nlisten = \"127.0.0.1:0\"\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let config = from_toml(base).unwrap();
+        assert_eq!(config.ingest.producers_per_identity_max, 10_000);
+        assert_eq!(config.ingest.producer_idle_expiry_ms, 604_800_000);
+        let text = format!(
+            "{base}[ingest]\nproducers_max = 10\nproducers_per_identity_max = 11\nproducer_idle_expiry_ms = 0\n"
+        );
+        let Err(ConfigError::Invalid(problems)) = from_toml(&text) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("producers_per_identity_max (11)")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("producer_idle_expiry_ms must be greater than 0")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
     fn every_problem_is_listed() {
         // Checks that validation reports all problems at once, not just the first.
         let text = r#"
@@ -479,6 +665,52 @@ mod tests {
             panic!("accepted")
         };
         assert!(problems.len() >= 5, "{problems:#?}");
+    }
+
+    #[test]
+    fn byte_budgets_must_hold_a_frame_and_fit_the_machine() {
+        // Checks that a per-connection budget below one frame, and a node-wide budget below the
+        // per-connection one, are both listed, and that the memory check refuses bounds that do
+        // not fit (naming the keys) and accepts the defaults on a machine of 4 GiB.
+        let text = r#"
+            [node]
+            id = 1
+            cluster = "c"
+            data_dir = "d"
+            [transport]
+            listen = "127.0.0.1:0"
+            ca_cert = "a"
+            cert = "b"
+            key = "c"
+            frame_bytes_max = 1048576
+            request_bytes_per_connection_max = 1048576
+            answer_bytes_max = 1048576
+        "#;
+        let Err(ConfigError::Invalid(problems)) = from_toml(text) else {
+            panic!("accepted")
+        };
+        assert!(
+            problems.iter().any(|p| p.starts_with(
+                "transport.request_bytes_per_connection_max (1048576) must hold one whole frame"
+            )),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with(
+                "transport.answer_bytes_max (1048576) must be at least transport.answer_bytes_per_connection_max"
+            )),
+            "{problems:#?}"
+        );
+        let config = from_toml(include_str!("../../deploy/node.example.toml")).unwrap();
+        config.transport.check_fits_memory(4 << 30).unwrap();
+        let Err(ConfigError::Invalid(problems)) = config.transport.check_fits_memory(256 << 20)
+        else {
+            panic!("accepted")
+        };
+        assert!(
+            problems[0].contains("transport.request_bytes_max"),
+            "{problems:#?}"
+        );
     }
 
     #[test]

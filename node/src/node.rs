@@ -12,7 +12,7 @@ use crate::service::{QuicHandler, Service};
 use crate::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use ractor::{Actor, ActorRef};
 use sluice_proto::env::Env;
-use sluice_proto::net::server::{serve, ServerLimits};
+use sluice_proto::net::server::{serve_with_gauges, ServerGauges};
 use sluice_proto::net::{self, NetError};
 use sluice_proto::{Identity, PartitionId, Role, StreamName};
 use std::net::SocketAddr;
@@ -51,6 +51,8 @@ pub struct Node {
     /// `None` once `failed` has seen the supervisor end.
     supervisor_join: Option<JoinHandle<()>>,
     server: Option<(watch::Sender<bool>, JoinHandle<()>, quinn::Endpoint)>,
+    /// What clients hold at the listener (handshakes, connections, bytes).
+    server_gauges: Arc<ServerGauges>,
 }
 
 fn partition_args(
@@ -61,6 +63,10 @@ fn partition_args(
     let core = CoreConfig {
         dedup_window_max: config.ingest.dedup_window_max,
         producers_max: config.ingest.producers_max,
+        producers_per_identity_max: config.ingest.producers_per_identity_max,
+        producer_idle_expiry: std::time::Duration::from_millis(
+            config.ingest.producer_idle_expiry_ms,
+        ),
         pending_bytes_max: config.ingest.pending_bytes_max,
         waiting_requests_max: config.ingest.waiting_requests_max,
         entry_events_max: config.ingest.entry_events_max,
@@ -131,6 +137,7 @@ impl Node {
             supervisor,
             supervisor_join: Some(supervisor_join),
             server: None,
+            server_gauges: Arc::new(ServerGauges::default()),
         })
     }
 
@@ -151,14 +158,11 @@ impl Node {
                 t.cert.display()
             )));
         }
-        let limits = ServerLimits {
-            frame_bytes_max: t.frame_bytes_max,
-            in_flight_per_connection_max: t.in_flight_per_connection_max,
-            connections_max: t.connections_max,
-            streams_per_connection_max: t.streams_per_connection_max,
-            idle_timeout_ms: t.idle_timeout_ms,
-            handshake_timeout_ms: t.handshake_timeout_ms,
-        };
+        let limits = t.server_limits();
+        if let Some(memory) = total_memory_bytes() {
+            t.check_fits_memory(memory)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        }
         let server_config = net::server_config(&material, &config.node.cluster, &limits)?;
         let endpoint =
             quinn::Endpoint::server(server_config, t.listen).map_err(|e| StartError::Bind {
@@ -173,12 +177,13 @@ impl Node {
         let handler = Arc::new(QuicHandler(self.service.clone()));
         let span = tracing::info_span!("node", node_id = config.node.id);
         let task = tokio::spawn(
-            serve(
+            serve_with_gauges(
                 endpoint.clone(),
                 config.node.cluster.clone(),
                 vec![Role::Edge, Role::Admin],
                 handler,
                 limits,
+                self.server_gauges.clone(),
                 shutdown_rx,
             )
             .instrument(span),
@@ -186,6 +191,11 @@ impl Node {
         info!(%addr, "listening");
         self.server = Some((shutdown_tx, task, endpoint));
         Ok(addr)
+    }
+
+    /// What clients hold at the listener now and at most (handshakes, connections, bytes).
+    pub fn server_gauges(&self) -> &Arc<ServerGauges> {
+        &self.server_gauges
     }
 
     /// The request service (the simulator and tests call it directly).
@@ -228,6 +238,15 @@ fn spawn_error_text(e: &ractor::SpawnErr) -> String {
         ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
         other => other.to_string(),
     }
+}
+
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`); `None` where it cannot be read,
+/// and then the start-up memory check is skipped.
+fn total_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 #[cfg(test)]

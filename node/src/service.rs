@@ -16,7 +16,7 @@ use sluice_proto::msg::{
     ErrorCode, ErrorResponse, FetchFrom, FetchRequest, FetchResponse, Message, MetadataRequest,
     MetadataResponse, ProduceRequest, ProduceResponse, RecordOutcome, RecordRejection,
 };
-use sluice_proto::{codec, Event, Identity, Offset, PartitionId, Payload, Record, StreamName};
+use sluice_proto::{codec, Event, Identity, PartitionId, Payload, Record, StreamName};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -45,6 +45,7 @@ fn error(request_id: u64, code: ErrorCode, message: impl Into<String>) -> Messag
 
 /// Why a record is refused before it reaches its partition.
 fn validate(record: &Record, record_bytes_max: u32) -> Result<(), String> {
+    record.check_seqs().map_err(|e| e.to_string())?;
     match &record.payload {
         Payload::Reading(reading) => reading.check()?,
         Payload::Json(text) => {
@@ -65,14 +66,7 @@ fn validate(record: &Record, record_bytes_max: u32) -> Result<(), String> {
                 ));
             }
         }
-        Payload::Dropped { seq_last, .. } => {
-            if *seq_last < record.seq {
-                return Err(format!(
-                    "drop range {}..={} is inverted",
-                    record.seq, seq_last
-                ));
-            }
-        }
+        Payload::Dropped { .. } => {}
     }
     Ok(())
 }
@@ -128,13 +122,33 @@ impl Service {
         }
     }
 
+    /// The partition count of `stream` if `peer` may do one of `ops` on it. The ACL is checked
+    /// first, on the name alone: an identity without permission gets the same `Forbidden`
+    /// whether or not the stream exists, so existence cannot be probed; only an identity the
+    /// ACL lets in learns that a stream is unknown.
     fn authorize(
         &self,
         peer: &Identity,
-        op: Operation,
+        ops: &[Operation],
         stream: &StreamName,
         request_id: u64,
     ) -> Result<u32, Message> {
+        if !ops.iter().any(|op| self.acl.allows(peer, *op, stream)) {
+            add(&self.metrics.acl_denied_requests_total, 1);
+            warn!(peer = %peer, ?ops, %stream, "acl denied");
+            let verbs: Vec<&str> = ops
+                .iter()
+                .map(|op| match op {
+                    Operation::Produce => "produce to",
+                    Operation::Consume => "consume from",
+                })
+                .collect();
+            return Err(error(
+                request_id,
+                ErrorCode::Forbidden,
+                format!("{peer} may not {} stream {stream}", verbs.join(" or ")),
+            ));
+        }
         let Some(n_partitions) = self.streams.get(stream).copied() else {
             return Err(error(
                 request_id,
@@ -142,27 +156,13 @@ impl Service {
                 format!("no stream named {stream}"),
             ));
         };
-        if !self.acl.allows(peer, op, stream) {
-            add(&self.metrics.acl_denied_requests_total, 1);
-            warn!(peer = %peer, ?op, %stream, "acl denied");
-            let verb = if op == Operation::Produce {
-                "produce to"
-            } else {
-                "consume from"
-            };
-            return Err(error(
-                request_id,
-                ErrorCode::Forbidden,
-                format!("{peer} may not {verb} stream {stream}"),
-            ));
-        }
         Ok(n_partitions)
     }
 
     async fn produce(&self, peer: Arc<Identity>, req: ProduceRequest) -> Message {
         add(&self.metrics.ingest_produce_requests_total, 1);
         let n_partitions =
-            match self.authorize(&peer, Operation::Produce, &req.stream, req.request_id) {
+            match self.authorize(&peer, &[Operation::Produce], &req.stream, req.request_id) {
                 Ok(n) => n,
                 Err(response) => return response,
             };
@@ -300,7 +300,7 @@ impl Service {
     async fn fetch(&self, peer: &Identity, req: FetchRequest) -> Message {
         add(&self.metrics.fetch_requests_total, 1);
         let n_partitions =
-            match self.authorize(peer, Operation::Consume, &req.stream, req.request_id) {
+            match self.authorize(peer, &[Operation::Consume], &req.stream, req.request_id) {
                 Ok(n) => n,
                 Err(response) => return response,
             };
@@ -309,9 +309,10 @@ impl Service {
                 req.request_id,
                 ErrorCode::UnknownPartition,
                 format!(
-                    "stream {} has {n_partitions} partitions, not {}",
+                    "stream {} has partitions 0 to {}, not {}",
                     req.stream,
-                    req.partition.0 + 1
+                    n_partitions.saturating_sub(1),
+                    req.partition
                 ),
             );
         }
@@ -362,7 +363,10 @@ impl Service {
         match read {
             Ok(events) => {
                 add(&self.metrics.fetch_events_total, events.len() as u64);
-                let next_offset = events.last().map_or(from, |e| Offset(e.offset.0 + 1));
+                // Events read are below the high watermark, so the offset after them exists.
+                let next_offset = events
+                    .last()
+                    .map_or(from, |e| e.offset.checked_next().unwrap_or(high_watermark));
                 debug!(stream = %req.stream, partition_id = req.partition.0, n_records = events.len(), "fetch");
                 Message::FetchResponse(FetchResponse {
                     request_id: req.request_id,
@@ -385,9 +389,12 @@ impl Service {
     }
 
     fn metadata(&self, peer: &Identity, req: MetadataRequest) -> Message {
-        let allowed = self
-            .authorize(peer, Operation::Consume, &req.stream, req.request_id)
-            .or_else(|_| self.authorize(peer, Operation::Produce, &req.stream, req.request_id));
+        let allowed = self.authorize(
+            peer,
+            &[Operation::Consume, Operation::Produce],
+            &req.stream,
+            req.request_id,
+        );
         match allowed {
             Ok(n_partitions) => Message::MetadataResponse(MetadataResponse {
                 request_id: req.request_id,
@@ -442,5 +449,45 @@ impl sluice_proto::net::server::Handler for QuicHandler {
     ) -> Pin<Box<dyn Future<Output = Message> + Send + 'static>> {
         let service = self.0.clone();
         Box::pin(async move { service.handle(peer, request).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::{BootEpoch, DropReason, SensorId, UnixMillis};
+
+    fn record(seq: u64, payload: Payload) -> Record {
+        Record {
+            sensor: SensorId::new("s").unwrap(),
+            boot_epoch: BootEpoch(1),
+            seq,
+            device_time: UnixMillis(0),
+            payload,
+        }
+    }
+
+    fn dropped(seq: u64, seq_last: u64) -> Record {
+        record(
+            seq,
+            Payload::Dropped {
+                seq_last,
+                reason: DropReason::SpoolFull,
+            },
+        )
+    }
+
+    #[test]
+    fn seq_ranges_are_checked_before_a_partition_sees_them() {
+        // Checks that the service refuses a drop range reaching u64::MAX, an inverted range and
+        // a reading at seq u64::MAX, and accepts the widest valid range.
+        for bad in [
+            dropped(0, u64::MAX),
+            dropped(9, 8),
+            record(u64::MAX, Payload::Bytes(vec![1])),
+        ] {
+            assert!(validate(&bad, 1024).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(validate(&dropped(0, sluice_proto::SEQ_MAX), 1024), Ok(()));
     }
 }

@@ -59,7 +59,7 @@ pub fn decode<T: Decode<()> + Encode>(bytes: &[u8]) -> Result<T, DecodeError> {
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError::TrailingBytes {
-            n: bytes.len() - used,
+            n: bytes.len().saturating_sub(used),
         });
     }
     let again = encode(&value).map_err(|_| DecodeError::NonCanonical)?;

@@ -91,6 +91,13 @@ pub enum DropReason {
     Expired,
     /// Readings issued but not yet synced when power was lost.
     PowerLoss,
+    /// The node refused the reading as invalid for a reason the edge cannot check (for example
+    /// a node `record_bytes_max` smaller than the edge's); declared so its sensor moves on.
+    Invalid,
+    /// The edge could not store the readings: its disk was full or refused a write or sync.
+    Storage,
+    /// The edge's stored copy was damaged on disk (it failed its checksum) and cannot be read.
+    Corrupted,
 }
 
 /// What an event carries.
@@ -135,6 +142,88 @@ impl Record {
             _ => self.seq,
         }
     }
+
+    /// Checks the seqs this record occupies (see [`check_seq_range`]); the node refuses a
+    /// record that fails as `Invalid` before it reaches a partition, and the edge refuses to
+    /// spool or recover one.
+    pub fn check_seqs(&self) -> Result<SeqRange, SeqRangeError> {
+        check_seq_range(self.seq, self.seq_last())
+    }
+}
+
+/// The largest seq a record may occupy. One more is kept free so that the seq expected after
+/// any accepted record (`seq_last + 1`) is itself a seq, and nothing wraps back to 0.
+pub const SEQ_MAX: u64 = u64::MAX - 1;
+
+/// Why the seqs of a record are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SeqRangeError {
+    /// The range ends before it starts.
+    #[error("seq range {first}..={last} is inverted")]
+    Inverted {
+        /// First seq.
+        first: u64,
+        /// Last seq.
+        last: u64,
+    },
+    /// The range reaches beyond [`SEQ_MAX`]: no seq could follow it.
+    #[error("seq range {first}..={last} goes beyond the largest seq {SEQ_MAX}")]
+    Overflow {
+        /// First seq.
+        first: u64,
+        /// Last seq.
+        last: u64,
+    },
+}
+
+/// A checked range of seqs, `first ..= last`, with `last <= SEQ_MAX`: its length and the seq
+/// after it are computed without overflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqRange {
+    first: u64,
+    last: u64,
+}
+
+impl SeqRange {
+    /// First seq.
+    pub fn first(self) -> u64 {
+        self.first
+    }
+
+    /// Last seq (inclusive).
+    pub fn last(self) -> u64 {
+        self.last
+    }
+
+    /// The seq that follows the range (`last + 1`, at most `u64::MAX`).
+    pub fn next(self) -> u64 {
+        // last <= SEQ_MAX, so this cannot overflow.
+        self.last + 1
+    }
+
+    /// How many seqs the range holds (at least 1).
+    pub fn len(self) -> u64 {
+        // last - first <= SEQ_MAX, so adding 1 cannot overflow.
+        self.last - self.first + 1
+    }
+
+    /// Always false: a range holds at least one seq.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+}
+
+/// The one check of a seq range, shared by the node (before a record reaches its partition, and
+/// in the partition core) and the edge (when it spools and recovers records): `first <= last`
+/// and `last <= SEQ_MAX`.
+pub fn check_seq_range(first: u64, last: u64) -> Result<SeqRange, SeqRangeError> {
+    if last < first {
+        return Err(SeqRangeError::Inverted { first, last });
+    }
+    if last > SEQ_MAX {
+        return Err(SeqRangeError::Overflow { first, last });
+    }
+    Ok(SeqRange { first, last })
 }
 
 /// A record as stored: stamped by the broker.
@@ -186,4 +275,63 @@ pub struct StoredEvent {
     pub offset: Offset,
     /// The event.
     pub event: Event,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dropped(seq: u64, seq_last: u64) -> Record {
+        Record {
+            sensor: SensorId::new("s").unwrap(),
+            boot_epoch: BootEpoch(1),
+            seq,
+            device_time: UnixMillis(0),
+            payload: Payload::Dropped {
+                seq_last,
+                reason: DropReason::Expired,
+            },
+        }
+    }
+
+    #[test]
+    fn drop_range_reaching_u64_max_is_refused() {
+        // Checks the exact case that once wrapped the next expected seq to 0: a declared range
+        // ending at u64::MAX is refused, and so is a reading at seq u64::MAX.
+        assert_eq!(
+            dropped(0, u64::MAX).check_seqs(),
+            Err(SeqRangeError::Overflow {
+                first: 0,
+                last: u64::MAX
+            })
+        );
+        let mut reading = dropped(u64::MAX, u64::MAX);
+        reading.payload = Payload::Bytes(vec![]);
+        assert!(matches!(
+            reading.check_seqs(),
+            Err(SeqRangeError::Overflow { .. })
+        ));
+    }
+
+    #[test]
+    fn inverted_range_is_refused() {
+        // Checks that a declared range ending before it starts is refused as inverted.
+        assert_eq!(
+            dropped(5, 4).check_seqs(),
+            Err(SeqRangeError::Inverted { first: 5, last: 4 })
+        );
+    }
+
+    #[test]
+    fn largest_range_has_a_next_seq_and_a_length() {
+        // Checks that the widest accepted range computes its length and successor without
+        // overflow, and that one seq ranges have length 1.
+        let all = check_seq_range(0, SEQ_MAX).unwrap();
+        assert_eq!((all.first(), all.last()), (0, SEQ_MAX));
+        assert_eq!(all.next(), u64::MAX);
+        assert_eq!(all.len(), u64::MAX);
+        let one = check_seq_range(7, 7).unwrap();
+        assert_eq!((one.len(), one.next()), (1, 8));
+        assert!(!one.is_empty());
+    }
 }

@@ -198,7 +198,17 @@ pub fn decode(bytes: &[u8], body_bytes_max: u32) -> Result<Message, FrameError> 
         });
     };
     let header = FrameHeader::parse(header, body_bytes_max)?;
-    let needed = HEADER_LEN + header.body_len as usize;
+    // `body_len` is at most `body_bytes_max`, but a u32 plus the header can still exceed a
+    // 32-bit usize (a Pi): such a frame cannot be held in memory at all.
+    let Some(needed) = usize::try_from(header.body_len)
+        .ok()
+        .and_then(|len| len.checked_add(HEADER_LEN))
+    else {
+        return Err(FrameError::TooLarge {
+            len: header.body_len,
+            max: body_bytes_max,
+        });
+    };
     if bytes.len() < needed {
         return Err(FrameError::Truncated {
             needed,
@@ -211,4 +221,29 @@ pub fn decode(bytes: &[u8], body_bytes_max: u32) -> Result<Message, FrameError> 
         });
     }
     decode_body(header.kind, &bytes[HEADER_LEN..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn largest_body_length_is_a_typed_error_not_an_overflow() {
+        // Checks that a header announcing a u32::MAX body under a u32::MAX bound gives a typed
+        // error (Truncated on 64-bit, TooLarge where header + body overflow usize), never an
+        // overflowing length.
+        let header = FrameHeader {
+            kind: Kind::ProduceRequest,
+            body_len: u32::MAX,
+        }
+        .to_bytes();
+        match decode(&header, u32::MAX) {
+            Err(FrameError::Truncated { needed, got }) => {
+                assert_eq!(needed as u64, u64::from(u32::MAX) + HEADER_LEN as u64);
+                assert_eq!(got, HEADER_LEN);
+            }
+            Err(FrameError::TooLarge { len, .. }) => assert_eq!(len, u32::MAX),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }

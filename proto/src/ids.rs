@@ -29,6 +29,18 @@ int_id!(
     /// The position of an event in a partition log; dense, starting at 0.
     Offset(u64)
 );
+impl Offset {
+    /// The offset after this one, or `None` when this is the last offset there can be.
+    pub fn checked_next(self) -> Option<Offset> {
+        self.0.checked_add(1).map(Offset)
+    }
+
+    /// The offset `n` after this one, or `None` beyond the last offset there can be.
+    pub fn checked_add(self, n: u64) -> Option<Offset> {
+        self.0.checked_add(n).map(Offset)
+    }
+}
+
 int_id!(
     /// A producer's incarnation: it grows every time a producer starts without its old state,
     /// and sequence numbers restart at 0 in each epoch.
@@ -324,6 +336,15 @@ impl fmt::Display for Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_do_not_wrap() {
+        // Checks that the offset after the last possible one is None rather than offset 0.
+        assert_eq!(Offset(7).checked_next(), Some(Offset(8)));
+        assert_eq!(Offset(u64::MAX).checked_next(), None);
+        assert_eq!(Offset(u64::MAX - 2).checked_add(2), Some(Offset(u64::MAX)));
+        assert_eq!(Offset(u64::MAX - 2).checked_add(3), None);
+    }
 
     #[test]
     fn identity_uri_round_trips_and_rejects_malformed() {

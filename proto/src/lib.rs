@@ -7,6 +7,7 @@
 //! clock, files, blocking pool) that nodes and edge agents run on outside the simulator.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod codec;
 pub mod env;
 pub mod event;
@@ -19,7 +20,10 @@ pub mod net;
 pub mod os;
 
 pub use codec::{DecodeError, EncodeError};
-pub use event::{DropReason, Event, Payload, Reading, Record, StoredEvent};
+pub use event::{
+    check_seq_range, DropReason, Event, Payload, Reading, Record, SeqRange, SeqRangeError,
+    StoredEvent, SEQ_MAX,
+};
 pub use frame::{FrameError, FrameHeader, Kind};
 pub use ids::{
     BootEpoch, Identity, IdentityError, NodeId, Offset, PartitionId, Role, SensorId, StreamName,

@@ -83,10 +83,12 @@ pub enum RecordRejection {
         /// What is wrong.
         reason: String,
     },
-    /// The partition tracks as many producers as its configuration allows.
-    #[error("partition tracks too many producers ({max})")]
+    /// The partition tracks as many producers as its configuration allows: for this identity
+    /// (`producers_per_identity_max`) or in all (`producers_max`). Idle state expires, so a
+    /// retry later may succeed.
+    #[error("partition tracks too many producers (bound {max})")]
     TooManyProducers {
-        /// The configured bound.
+        /// The configured bound that was reached.
         max: u32,
     },
     /// The partition could not make the record durable, so it is not acknowledged. The bytes
@@ -111,6 +113,17 @@ pub enum RecordRejection {
         partition: u32,
         /// Why.
         reason: String,
+    },
+    /// The partition no longer holds the state of this sensor in this epoch (it was idle
+    /// beyond `producer_idle_expiry_ms` and then evicted), so it cannot tell whether the record
+    /// was stored by an earlier attempt: it is not stored again. It is not stored now either;
+    /// a new boot epoch starts the sensor afresh.
+    #[error("state of sensor {sensor} in epoch {epoch} expired; a new epoch starts it afresh")]
+    ProducerExpired {
+        /// Sensor id.
+        sensor: String,
+        /// The record's epoch.
+        epoch: u64,
     },
 }
 

@@ -46,7 +46,9 @@ fn producer(role: Role) -> Identity {
 /// One payload of every `Payload`, `Reading` and `DropReason` variant, with its case name.
 ///
 /// The exhaustive matches in [`payload_name`] break the build when a variant is appended: give
-/// the new variant a payload here, then run once with `SLUICE_BLESS=1`.
+/// the new variant a payload at the end here, then run once with `SLUICE_BLESS=1` (it gets its
+/// own `event_<name>` fixture; the message fixtures keep their first
+/// [`MESSAGE_FIXTURE_PAYLOADS`] payloads).
 fn payloads() -> Vec<Payload> {
     vec![
         Payload::Reading(Reading::Temperature { celsius: 21.5 }),
@@ -70,8 +72,25 @@ fn payloads() -> Vec<Payload> {
             seq_last: 1 << 40,
             reason: DropReason::PowerLoss,
         },
+        Payload::Dropped {
+            seq_last: 0,
+            reason: DropReason::Invalid,
+        },
+        Payload::Dropped {
+            seq_last: 1_000,
+            reason: DropReason::Storage,
+        },
+        Payload::Dropped {
+            seq_last: u64::MAX - 1,
+            reason: DropReason::Corrupted,
+        },
     ]
 }
+
+/// Payloads the released message fixtures (`produce_request`, `fetch_response`) carry: the ones
+/// that existed when they were frozen. Variants appended later are frozen by their own event
+/// fixtures, so appending one never changes a released message's bytes.
+const MESSAGE_FIXTURE_PAYLOADS: usize = 8;
 
 fn payload_name(payload: &Payload) -> &'static str {
     match payload {
@@ -84,6 +103,9 @@ fn payload_name(payload: &Payload) -> &'static str {
             DropReason::SpoolFull => "dropped_spool_full",
             DropReason::Expired => "dropped_expired",
             DropReason::PowerLoss => "dropped_power_loss",
+            DropReason::Invalid => "dropped_invalid",
+            DropReason::Storage => "dropped_storage",
+            DropReason::Corrupted => "dropped_corrupted",
         },
     }
 }
@@ -123,6 +145,7 @@ fn event(idx: usize, payload: Payload) -> Event {
 fn produce_request() -> ProduceRequest {
     let records = payloads()
         .into_iter()
+        .take(MESSAGE_FIXTURE_PAYLOADS)
         .enumerate()
         .map(|(idx, p)| record(idx, p))
         .collect();
@@ -167,6 +190,10 @@ fn rejections() -> Vec<RecordRejection> {
             partition: 300,
             reason: "restarting".into(),
         },
+        RecordRejection::ProducerExpired {
+            sensor: "fridge-3/temp:0".into(),
+            epoch: 1_700_000_000_000,
+        },
     ]
 }
 
@@ -181,6 +208,7 @@ fn rejection_name(rejection: &RecordRejection) -> &'static str {
         RecordRejection::Storage { .. } => "storage",
         RecordRejection::Overloaded { .. } => "overloaded",
         RecordRejection::Unavailable { .. } => "unavailable",
+        RecordRejection::ProducerExpired { .. } => "producer_expired",
     }
 }
 
@@ -238,6 +266,7 @@ fn fetch_request(from: FetchFrom) -> FetchRequest {
 fn fetch_response() -> FetchResponse {
     let events = payloads()
         .into_iter()
+        .take(MESSAGE_FIXTURE_PAYLOADS)
         .enumerate()
         .map(|(idx, p)| StoredEvent {
             offset: Offset(1000 + idx as u64),

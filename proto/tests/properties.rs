@@ -117,7 +117,10 @@ fn drop_reason() -> impl Strategy<Value = DropReason> {
     prop_oneof![
         Just(DropReason::SpoolFull),
         Just(DropReason::Expired),
-        Just(DropReason::PowerLoss)
+        Just(DropReason::PowerLoss),
+        Just(DropReason::Invalid),
+        Just(DropReason::Storage),
+        Just(DropReason::Corrupted)
     ]
 }
 
@@ -177,6 +180,8 @@ fn rejection() -> impl Strategy<Value = RecordRejection> {
         small_u32().prop_map(|partition| RecordRejection::Overloaded { partition }),
         (small_u32(), text())
             .prop_map(|(partition, reason)| RecordRejection::Unavailable { partition, reason }),
+        (text(), varint())
+            .prop_map(|(sensor, epoch)| RecordRejection::ProducerExpired { sensor, epoch }),
     ]
 }
 

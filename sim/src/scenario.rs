@@ -459,6 +459,12 @@ fn draw_spool(rng: &mut ChaCha8Rng, n_streams: u64) -> SpoolConfig {
         seq_reserve_block: pick(rng, &[(1, 1u64), (1, 4), (1, 16), (1, 64), (1, 256)]),
         send_ahead_bytes_max: rng.random_range(256..=65_536u64),
         write_buffer_bytes_max: rng.random_range(64..=65_536u64),
+        downtime_ms_max: pick(
+            rng,
+            &[(1, 1_000u64), (2, 60_000), (2, 3_600_000), (1, DAY_MS)],
+        ),
+        retry_backoff_initial_ms: rng.random_range(10..=500u64),
+        retry_backoff_max_ms: rng.random_range(500..=5_000u64),
     }
 }
 

@@ -42,8 +42,10 @@ fn assert_remote(error: &NetError, want: ErrorCode, words: &[&str]) {
 async fn acl_denials_are_typed_forbidden_and_counted() {
     // Checks that an edge producing to a stream its ACL does not list, and consuming a stream it
     // may only produce to, each get a typed Forbidden error naming the identity and stream; that
-    // `acl_denied_requests_total` counts both; that nothing was stored; that an unknown stream is
-    // UnknownStream (not an ACL denial); and that allowed requests on the same connection work.
+    // `acl_denied_requests_total` counts both; that the ACL is checked before existence (an
+    // identity without permission gets Forbidden for an unknown stream too, so it cannot probe
+    // which streams exist, while an identity the ACL lets in learns UnknownStream); and that
+    // allowed requests on the same connection work.
     let node = TestNode::in_process().await.unwrap();
     let edge = node.edge_client("pi").await.unwrap();
     let before = node.counter("acl_denied_requests_total").unwrap();
@@ -81,20 +83,59 @@ async fn acl_denials_are_typed_forbidden_and_counted() {
         before + 2
     );
 
-    let error = within("metadata", STEP, edge.metadata(stream("nope").unwrap()))
+    // Unknown and existing streams the edge may not use get the same answer, for every request
+    // naming a stream.
+    for name in ["nope", PRIVATE] {
+        let error = within("metadata", STEP, edge.metadata(stream(name).unwrap()))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_remote(
+            &error,
+            ErrorCode::Forbidden,
+            &["sluice://itest/edge/pi", "may not", name],
+        );
+        let error = within(
+            "produce",
+            STEP,
+            edge.produce(stream(name).unwrap(), records.clone()),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert_remote(&error, ErrorCode::Forbidden, &["produce", name]);
+        let error = within("fetch", STEP, edge.fetch(fetch_request(name)))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_remote(&error, ErrorCode::Forbidden, &["consume", name]);
+    }
+    assert_eq!(
+        node.counter("acl_denied_requests_total").unwrap(),
+        before + 8
+    );
+    let admin = node.admin().await.unwrap();
+    let error = within("metadata", STEP, admin.metadata(stream("nope").unwrap()))
         .await
         .unwrap()
         .unwrap_err();
     assert_remote(&error, ErrorCode::UnknownStream, &["nope"]);
     assert_eq!(
         node.counter("acl_denied_requests_total").unwrap(),
-        before + 2
+        before + 8
     );
+    // The largest partition id is named in the refusal, not wrapped.
+    let mut request = fetch_request(SINGLE);
+    request.partition = PartitionId(u32::MAX);
+    let error = within("fetch", STEP, admin.fetch(request))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_remote(&error, ErrorCode::UnknownPartition, &["4294967295"]);
 
     // The connection is still usable for what the ACL allows.
     let acks = produce_acked(&edge, SINGLE, records).await.unwrap();
     assert_eq!(acks.len(), 3);
-    let admin = node.admin().await.unwrap();
     assert!(fetch_partition(&admin, PRIVATE, 0)
         .await
         .unwrap()
@@ -482,4 +523,60 @@ async fn bad_and_oversized_frames_do_not_hurt_the_node() {
         .sum();
     assert_eq!(events, 60);
     endpoint.close(0u32.into(), b"done");
+}
+
+#[tokio::test]
+async fn one_identity_flooding_sensor_ids_does_not_stop_another_identitys_new_sensors() {
+    // Checks the per-identity producer budget over the wire: an edge sending 5,000 distinct
+    // sensor ids to a one-partition stream whose partition tracks 1,000 producers gets exactly
+    // its budget of 200 stored and a typed TooManyProducers for the rest, its stored sensors
+    // go on, and another edge's new sensors are all stored.
+    let node = TestNode::builder()
+        .configure(|config| {
+            config.ingest.producers_max = 1_000;
+            config.ingest.producers_per_identity_max = 200;
+        })
+        .start()
+        .await
+        .unwrap();
+    let flood = node.edge_client("flood").await.unwrap();
+    let mut n_stored = 0;
+    for chunk in 0..5 {
+        let records = (0..1_000)
+            .map(|i| record(&format!("id-{chunk}-{i}"), 1, 0, Payload::Bytes(vec![1])).unwrap())
+            .collect();
+        let response = within(
+            "produce",
+            STEP,
+            flood.produce(stream(SINGLE).unwrap(), records),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        for outcome in &response.outcomes {
+            match outcome {
+                RecordOutcome::Appended { .. } => n_stored += 1,
+                RecordOutcome::Rejected(RecordRejection::TooManyProducers { max: 200 }) => {}
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+    }
+    assert_eq!(n_stored, 200);
+    // A sensor within the flooder's budget goes on.
+    let acks = produce_acked(
+        &flood,
+        SINGLE,
+        vec![record("id-0-0", 1, 1, Payload::Bytes(vec![2])).unwrap()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(acks[0].offset.0, 200);
+    // Another identity's new sensors are all stored.
+    let other = node.edge_client("other").await.unwrap();
+    let records = (0..150)
+        .map(|i| record(&format!("fresh-{i}"), 1, 0, Payload::Bytes(vec![3])).unwrap())
+        .collect();
+    let acks = produce_acked(&other, SINGLE, records).await.unwrap();
+    assert_eq!(acks.len(), 150);
+    assert!(acks.iter().all(|a| !a.duplicate));
 }

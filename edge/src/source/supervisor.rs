@@ -1,9 +1,10 @@
 //! The source supervisor: one [`SourceActor`] per configured source, started in configuration
 //! order and stopped in reverse. A source whose `run` fails (or panics) is restarted after a
-//! backoff that doubles with each failure inside `restart_window_ms`, up to
-//! `restart_backoff_max_ms`; it is never given up on, because a sensor that comes back should be
-//! read again, and one failing source never stops the others. A source whose input ended for
-//! good (`run` returned `Ok`) is not restarted.
+//! jittered backoff (`proto::backoff`) that doubles with each failure, from
+//! `restart_backoff_initial_ms` up to `restart_backoff_max_ms`, and starts again from the
+//! initial wait once a source ran `restart_window_ms` without failing; it is never given up on,
+//! because a sensor that comes back should be read again, and one failing source never stops
+//! the others. A source whose input ended for good (`run` returned `Ok`) is not restarted.
 //!
 //! The source value survives a failure (the actor hands it back), so state such as a file
 //! position carries over; after a panic it is rebuilt from its configuration.
@@ -12,12 +13,16 @@ use super::{Source, SourceContext};
 use crate::config::{SourceSpec, SupervisionSection};
 use crate::metrics::Metrics;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use sluice_proto::backoff::Backoff;
 use sluice_proto::env::Clock;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 use tracing::{error, info, warn, Instrument};
+
+/// Salt of a source's restart-backoff RNG (`env.rng(source_idx, RESTART_SALT)`).
+const RESTART_SALT: u64 = 0x5253_5441_5254; // "RSTART"
 
 /// Where a source value waits between runs.
 type Slot = Arc<Mutex<Option<Box<dyn Source>>>>;
@@ -57,7 +62,9 @@ struct Child {
     context: SourceContext,
     slot: Slot,
     actor: Option<ActorRef<SourceMsg>>,
-    failures: VecDeque<Instant>,
+    backoff: Backoff,
+    /// When it last failed; a failure more than `restart_window_ms` later resets the backoff.
+    failed_at: Option<Instant>,
 }
 
 /// State of [`SourceSupervisor`].
@@ -100,25 +107,20 @@ impl SupervisorState {
     fn failed(&mut self, myself: &ActorRef<SupervisorMsg>, idx: usize, reason: &str) {
         let now = self.clock.now();
         let window = Duration::from_millis(self.supervision.restart_window_ms);
-        let failures = &mut self.children[idx].failures;
-        while failures
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > window)
+        let child = &mut self.children[idx];
+        if child
+            .failed_at
+            .is_some_and(|t| now.saturating_duration_since(t) > window)
         {
-            failures.pop_front();
+            child.backoff.reset();
         }
-        failures.push_back(now);
-        let n = failures.len().min(32) as u32;
-        let initial = self.supervision.restart_backoff_initial_ms;
-        let delay_ms = initial
-            .saturating_mul(1u64 << (n - 1).min(20))
-            .min(self.supervision.restart_backoff_max_ms);
+        child.failed_at = Some(now);
+        let delay = child.backoff.next_delay();
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         let name = self.name(idx).to_owned();
         self.metrics.source_failed(&name, reason);
         warn!(source = %name, %reason, restart_in_ms = delay_ms, "source failed");
-        myself.send_after(Duration::from_millis(delay_ms), move || {
-            SupervisorMsg::Restart(idx)
-        });
+        myself.send_after(delay, move || SupervisorMsg::Restart(idx));
     }
 }
 
@@ -141,12 +143,22 @@ impl Actor for SourceSupervisor {
             stopping: false,
         };
         for child in args.children {
+            let rng = child
+                .context
+                .env
+                .rng(child.context.source_idx as u64, RESTART_SALT);
+            let backoff = Backoff::new(
+                Duration::from_millis(state.supervision.restart_backoff_initial_ms),
+                Duration::from_millis(state.supervision.restart_backoff_max_ms),
+                rng,
+            );
             state.children.push(Child {
                 spec: child.spec,
                 context: child.context,
                 slot: Arc::new(Mutex::new(Some(child.source))),
                 actor: None,
-                failures: VecDeque::new(),
+                backoff,
+                failed_at: None,
             });
         }
         for idx in 0..state.children.len() {

@@ -24,9 +24,15 @@ pub struct SpoolConfig {
     pub spool_bytes_max: u64,
     /// Size of one segment file; space is reclaimed a whole segment at a time.
     pub segment_bytes_max: u64,
-    /// Readings older than this (by the spool's clock at append) that were never sent are
-    /// expired and declared with `Dropped { reason: Expired }`.
+    /// Readings older than this that were never sent are expired and declared with
+    /// `Dropped { reason: Expired }`. Ages are measured on the spool clock: the monotonic clock
+    /// while the agent runs, plus at most `downtime_ms_max` per restart (see `spool::core`).
     pub record_age_ms_max: u64,
+    /// Across a restart, record ages grow by the time the wall clock says the agent was down,
+    /// but by at most this much: a wall clock stepped forward by NTP (a Pi without a
+    /// battery-backed clock) must not expire every unsent reading at once. A wall clock that
+    /// went back counts nothing. Downtime beyond this bound is not counted towards ages.
+    pub downtime_ms_max: u64,
     /// Appended readings are made durable (`fdatasync`) at most this long after their append;
     /// a power cut loses at most this interval of readings, and declares them. 0 syncs every
     /// append.
@@ -47,6 +53,11 @@ pub struct SpoolConfig {
     pub send_ahead_bytes_max: u64,
     /// Buffered frames are written (not synced) once they reach this size.
     pub write_buffer_bytes_max: u64,
+    /// After its disk failed (full, or a write or sync refused), a spool is reopened after this
+    /// wait, doubling per consecutive failure (with jitter) up to `retry_backoff_max_ms`.
+    pub retry_backoff_initial_ms: u64,
+    /// Longest wait between two reopen attempts of a failed spool.
+    pub retry_backoff_max_ms: u64,
 }
 
 impl Default for SpoolConfig {
@@ -55,6 +66,9 @@ impl Default for SpoolConfig {
             spool_bytes_max: 64 << 20,
             segment_bytes_max: 1 << 20,
             record_age_ms_max: 7 * 24 * 3600 * 1000,
+            downtime_ms_max: 3600 * 1000,
+            retry_backoff_initial_ms: 1000,
+            retry_backoff_max_ms: 60_000,
             sync_interval_ms: 1000,
             policy: FullPolicy::DropOldest,
             record_bytes_max: 128 << 10,
@@ -105,10 +119,17 @@ impl SpoolConfig {
             ("send_ahead_bytes_max", self.send_ahead_bytes_max),
             ("write_buffer_bytes_max", self.write_buffer_bytes_max),
             ("sensors_max", u64::from(self.sensors_max)),
+            ("retry_backoff_initial_ms", self.retry_backoff_initial_ms),
         ] {
             if value == 0 {
                 problems.push(format!("spool.{name} must be positive"));
             }
+        }
+        if self.retry_backoff_max_ms < self.retry_backoff_initial_ms {
+            problems.push(format!(
+                "spool.retry_backoff_max_ms ({}) must be at least retry_backoff_initial_ms ({})",
+                self.retry_backoff_max_ms, self.retry_backoff_initial_ms
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -14,12 +14,43 @@
 //! An item is *pinned* once handed to the uplink (or, after a crash, if it lies below the
 //! stream's durable send mark, which always covers what was handed out): a pinned item is never
 //! evicted or expired, because declaring it dropped could overlap a delivery the broker holds.
+//!
+//! Time. Every input carries a [`Now`]: the monotonic clock (`Clock::now`) and the wall clock.
+//! Timers (the sync interval, expiry) and record ages run on the *spool clock*, a count of
+//! milliseconds that only moves forward:
+//! - within one open it advances exactly with the monotonic clock, so a wall clock stepped by
+//!   NTP (a Pi without a battery-backed clock jumps by hours when it first syncs) neither
+//!   expires every unsent reading at once nor holds a sync back;
+//! - it is persisted at every sync (`Entry::Clock`: the spool clock and the wall clock at that
+//!   moment), and records carry their spool-clock time (`spooled_at`), so ages survive a
+//!   restart;
+//! - at open it resumes from the last persisted value plus the downtime the wall clock shows
+//!   since then, counted only within `[0, downtime_ms_max]`: a wall clock that stepped back
+//!   (or was never set) counts nothing, one that stepped forward by hours counts at most the
+//!   bound. Ages can therefore be undercounted (a record is kept longer than
+//!   `record_age_ms_max`), never overcounted, and never negative;
+//! - a new spool starts its clock at the wall clock, so stamps written by spools older than the
+//!   spool clock (which used the wall clock) read as spool-clock times.
+//!
+//! The wall clock only stamps data: declarations' `device_time`, boot epochs, and the wall
+//! half of `Entry::Clock`.
 
 use super::config::{FullPolicy, SpoolConfig};
 use super::format::{self, Entry, StreamMark, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use sluice_proto::{BootEpoch, DropReason, Payload, Record, SensorId, UnixMillis};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// The time of one input: the monotonic clock runs every timer and age, the wall clock only
+/// stamps data (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// `Clock::now`.
+    pub mono: Instant,
+    /// `Clock::wall`.
+    pub wall: UnixMillis,
+}
 
 /// One stream of seqs: a sensor within one boot epoch.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -150,6 +181,12 @@ pub struct SpoolStats {
     pub n_dropped_expired: u64,
     /// Seqs declared `PowerLoss` at open.
     pub n_dropped_power_loss: u64,
+    /// Readings the node refused as invalid, declared `Invalid`.
+    pub n_dropped_invalid: u64,
+    /// Seqs declared `Storage` (issued, but the disk failed before they were durable).
+    pub n_dropped_storage: u64,
+    /// Seqs declared `Corrupted` (damaged on disk).
+    pub n_dropped_corrupted: u64,
     /// `fdatasync`s of the log.
     pub n_syncs: u64,
     /// Segments removed.
@@ -177,7 +214,8 @@ struct Item {
     /// `Some` for a drop declaration.
     reason: Option<DropReason>,
     loc: Loc,
-    spooled_at: UnixMillis,
+    /// Spool-clock ms when it was written.
+    spooled_at: u64,
     /// Delivery order across streams (oldest first); per stream, seq order rules.
     order: u64,
     /// Durable once below the core's `durable_log_idx`.
@@ -249,8 +287,17 @@ pub struct SpoolCore {
     buffer_pos: u64,
     next_log_idx: u64,
     durable_log_idx: u64,
-    now: UnixMillis,
-    dirty_since: Option<UnixMillis>,
+    /// The monotonic time of the latest input.
+    now: Instant,
+    /// The wall time of the latest input (stamps only).
+    wall: UnixMillis,
+    /// The spool clock: `base_ms` at the monotonic instant `base`.
+    clock_base: (Instant, u64),
+    /// The spool clock at the latest input, ms.
+    spool_ms: u64,
+    /// The spool clock last written in an `Entry::Clock`.
+    clock_written_ms: Option<u64>,
+    dirty_since: Option<Instant>,
     pending_acks: BTreeMap<StreamKey, u64>,
     live_bytes: u64,
     next_order: u64,
@@ -258,16 +305,18 @@ pub struct SpoolCore {
     stats: SpoolStats,
 }
 
-fn age_ms(now: UnixMillis, then: UnixMillis) -> u64 {
-    u64::try_from(now.0.saturating_sub(then.0)).unwrap_or(0)
+/// A wall-clock or on-disk time as a spool-clock value (times before 1970 count as 0).
+pub(crate) fn to_spool_ms(t: UnixMillis) -> u64 {
+    u64::try_from(t.0).unwrap_or(0)
 }
 
-fn plus_ms(t: UnixMillis, ms: u64) -> UnixMillis {
-    UnixMillis(t.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+/// A spool-clock value as the `UnixMillis` field it is stored in.
+fn from_spool_ms(ms: u64) -> UnixMillis {
+    UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 impl SpoolCore {
-    fn empty(config: SpoolConfig, epoch: BootEpoch, now: UnixMillis) -> SpoolCore {
+    fn empty(config: SpoolConfig, epoch: BootEpoch, now: Now, spool_ms: u64) -> SpoolCore {
         SpoolCore {
             config,
             epoch,
@@ -281,7 +330,11 @@ impl SpoolCore {
             buffer_pos: SEGMENT_HEADER_LEN,
             next_log_idx: 1,
             durable_log_idx: 1,
-            now,
+            now: now.mono,
+            wall: now.wall,
+            clock_base: (now.mono, spool_ms),
+            spool_ms,
+            clock_written_ms: None,
             dirty_since: None,
             pending_acks: BTreeMap::new(),
             live_bytes: 0,
@@ -323,12 +376,44 @@ impl SpoolCore {
         self.streams.len() as u64
     }
 
-    /// Spool time of the oldest queued item.
-    pub fn oldest_spooled_at(&self) -> Option<UnixMillis> {
+    /// Age of the oldest queued item at monotonic time `now`, by the spool clock.
+    pub fn oldest_age_ms(&self, now: Instant) -> Option<u64> {
+        let spool_ms = self.spool_ms.max(self.spool_ms_at(now));
         self.streams
             .values()
             .flat_map(|s| s.items.iter().map(|i| i.spooled_at))
             .min()
+            .map(|t| spool_ms.saturating_sub(t))
+    }
+
+    /// The spool clock at the latest input, ms.
+    pub fn spool_ms(&self) -> u64 {
+        self.spool_ms
+    }
+
+    /// The spool clock at monotonic time `t` (never before its base).
+    fn spool_ms_at(&self, t: Instant) -> u64 {
+        let (base, base_ms) = self.clock_base;
+        let elapsed =
+            u64::try_from(t.saturating_duration_since(base).as_millis()).unwrap_or(u64::MAX);
+        base_ms.saturating_add(elapsed)
+    }
+
+    /// The monotonic instant the spool clock reaches `ms` (now, if it already has).
+    fn instant_at(&self, ms: u64) -> Option<Instant> {
+        let (base, base_ms) = self.clock_base;
+        let ahead = ms.saturating_sub(base_ms);
+        // A deadline beyond what `Instant` can hold never comes.
+        base.checked_add(Duration::from_millis(ahead))
+            .map(|t| t.max(self.now))
+    }
+
+    /// Takes the time of an input: the monotonic clock moves the spool clock; the wall clock
+    /// is only remembered for stamps.
+    fn set_now(&mut self, now: Now) {
+        self.now = self.now.max(now.mono);
+        self.wall = now.wall;
+        self.spool_ms = self.spool_ms.max(self.spool_ms_at(self.now));
     }
 
     /// `(acked_end, issued_end)` of a stream: every seq below `acked_end` was delivered, and the
@@ -360,18 +445,22 @@ impl SpoolCore {
         self.outputs.pop_front()
     }
 
-    /// When [`SpoolCore::handle_timeout`] is next due: a sync, or an expiry.
-    pub fn poll_timeout(&self) -> Option<UnixMillis> {
-        let sync = self
-            .dirty_since
-            .map(|t| plus_ms(t, self.config.sync_interval_ms));
-        match (sync, self.next_expiry()) {
+    /// When [`SpoolCore::handle_timeout`] is next due, on the monotonic clock: a sync, or an
+    /// expiry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sync = self.dirty_since.map(|t| {
+            t.checked_add(Duration::from_millis(self.config.sync_interval_ms))
+                .unwrap_or(t)
+        });
+        let expiry = self.next_expiry().and_then(|ms| self.instant_at(ms));
+        match (sync, expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    fn next_expiry(&self) -> Option<UnixMillis> {
+    /// The spool-clock time of the next expiry.
+    fn next_expiry(&self) -> Option<u64> {
         self.streams
             .values()
             .filter_map(|s| {
@@ -380,7 +469,7 @@ impl SpoolCore {
                     .filter(|i| !i.is_pinned())
                     .find(|i| i.reason.is_none())
             })
-            .map(|i| plus_ms(i.spooled_at, self.config.record_age_ms_max))
+            .map(|i| i.spooled_at.saturating_add(self.config.record_age_ms_max))
             .min()
     }
 
@@ -390,12 +479,12 @@ impl SpoolCore {
     /// within `sync_interval_ms`; its seq was reserved durably before being issued.
     pub fn handle_append(
         &mut self,
-        now: UnixMillis,
+        now: Now,
         sensor: SensorId,
         device_time: UnixMillis,
         payload: Payload,
     ) -> Result<Appended, Rejected> {
-        self.now = now;
+        self.set_now(now);
         self.expire_if_due();
         let result = self.append(sensor, device_time, payload);
         if self.sync_due() {
@@ -434,7 +523,7 @@ impl SpoolCore {
             payload,
         };
         let body = Entry::Record {
-            spooled_at: self.now,
+            spooled_at: from_spool_ms(self.spool_ms),
             record,
         }
         .encode();
@@ -461,7 +550,7 @@ impl SpoolCore {
             seq_last: seq,
             reason: None,
             loc,
-            spooled_at: self.now,
+            spooled_at: self.spool_ms,
             order: self.take_order(),
             log_idx,
             send: SendState::Unsent,
@@ -479,8 +568,8 @@ impl SpoolCore {
 
     /// The uplink reports every record of `key` up to `seq_through` delivered. Only items handed
     /// out by [`SpoolCore::next_batch`] are acknowledged; returns how many.
-    pub fn handle_ack(&mut self, now: UnixMillis, key: &StreamKey, seq_through: u64) -> u64 {
-        self.now = now;
+    pub fn handle_ack(&mut self, now: Now, key: &StreamKey, seq_through: u64) -> u64 {
+        self.set_now(now);
         let mut acked = Vec::new();
         if let Some(stream) = self.streams.get_mut(key) {
             while let Some(front) = stream.items.front() {
@@ -500,7 +589,7 @@ impl SpoolCore {
             self.remove_live(item);
         }
         if !acked.is_empty() {
-            self.dirty_since.get_or_insert(now);
+            self.dirty_since.get_or_insert(self.now);
         }
         if self.sync_due() {
             self.sync();
@@ -591,6 +680,43 @@ impl SpoolCore {
         out
     }
 
+    /// The node refused reading `seq` of `key` as invalid for a reason the spool cannot check
+    /// (a node `record_bytes_max` smaller than the edge's, say). Resending it would be refused
+    /// forever and hold every later reading of its sensor back, so it is replaced by a
+    /// `Dropped { reason: Invalid }` declaration of that one seq, synced before this returns and
+    /// sent in its place. The declaration stays pinned like the reading was: should an earlier
+    /// attempt have stored the reading after all, the node answers the declaration (same seq
+    /// range) as a duplicate, so nothing is stored twice. Returns false, changing nothing, when
+    /// `seq` is not a reading handed to the uplink.
+    pub fn handle_refused(&mut self, now: Now, key: &StreamKey, seq: u64) -> bool {
+        self.set_now(now);
+        let Some(stream) = self.streams.get(key) else {
+            return false;
+        };
+        let idx = stream.items.partition_point(|i| i.seq_last < seq);
+        let Some(old) = stream.items.get(idx).cloned() else {
+            return false;
+        };
+        if old.seq != seq || old.reason.is_some() || !old.is_pinned() {
+            return false;
+        }
+        let declared = self.declare(key, seq, seq, DropReason::Invalid, old.order);
+        let item = Item {
+            send: old.send,
+            ..declared
+        };
+        self.remove_live(&old);
+        if let Some(slot) = self.streams.get_mut(key).and_then(|s| s.items.get_mut(idx)) {
+            *slot = item;
+        }
+        self.count_dropped(DropReason::Invalid, 1);
+        // Pinned items are durable: the declaration is, before anything hands it out.
+        self.sync();
+        self.compact_if_over();
+        self.check_invariants();
+        true
+    }
+
     /// The uplink lost its connection: everything handed out and not acknowledged must be sent
     /// again (and stays pinned: it may have been delivered).
     pub fn handle_rewind(&mut self) {
@@ -605,8 +731,8 @@ impl SpoolCore {
     }
 
     /// Time passed: expire old readings, sync when due.
-    pub fn handle_timeout(&mut self, now: UnixMillis) {
-        self.now = now;
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.set_now(now);
         self.expire_if_due();
         if self.sync_due() {
             self.sync();
@@ -616,8 +742,8 @@ impl SpoolCore {
     }
 
     /// Makes everything appended so far durable now (shutdown, or a caller that cannot wait).
-    pub fn handle_sync(&mut self, now: UnixMillis) {
-        self.now = now;
+    pub fn handle_sync(&mut self, now: Now) {
+        self.set_now(now);
         if self.dirty_since.is_some() || !self.buffer.is_empty() {
             self.sync();
         }
@@ -627,8 +753,8 @@ impl SpoolCore {
 
     /// Clean shutdown: gives back the unused reservations (so the next open declares nothing
     /// lost) and syncs. The core stays usable; a later append reserves again.
-    pub fn handle_close(&mut self, now: UnixMillis) {
-        self.now = now;
+    pub fn handle_close(&mut self, now: Now) {
+        self.set_now(now);
         let epoch = self.epoch;
         for (_, stream) in self.streams.iter_mut().filter(|(k, _)| k.epoch == epoch) {
             stream.reserved_end = stream.issued_end;
@@ -675,8 +801,8 @@ impl SpoolCore {
 
     fn sync_due(&self) -> bool {
         self.dirty_since.is_some_and(|t| {
-            // A clock that went backwards must not postpone the sync.
-            self.now < t || age_ms(self.now, t) >= self.config.sync_interval_ms
+            self.now.saturating_duration_since(t)
+                >= Duration::from_millis(self.config.sync_interval_ms)
         })
     }
 
@@ -794,6 +920,14 @@ impl SpoolCore {
                 epoch: key.epoch,
                 seq_end,
             });
+        }
+        if self.clock_written_ms != Some(self.spool_ms) {
+            // The spool clock goes into the log with what this sync makes durable.
+            self.write_entry(&Entry::Clock {
+                spool_ms: self.spool_ms,
+                wall: self.wall,
+            });
+            self.clock_written_ms = Some(self.spool_ms);
         }
         self.flush_buffer();
         self.outputs.push_back(Output::Sync {
@@ -973,12 +1107,12 @@ impl SpoolCore {
     }
 
     fn expire_if_due(&mut self) {
-        if self.next_expiry().is_none_or(|t| self.now < t) {
+        if self.next_expiry().is_none_or(|t| self.spool_ms < t) {
             return;
         }
         let age_max = self.config.record_age_ms_max;
-        let now = self.now;
-        let expired = |item: &Item| age_ms(now, item.spooled_at) >= age_max;
+        let now = self.spool_ms;
+        let expired = |item: &Item| now.saturating_sub(item.spooled_at) >= age_max;
         let mut due = Vec::new();
         for (key, stream) in &self.streams {
             // Expire the leading run of unsent readings that are too old (declarations in it
@@ -1032,11 +1166,7 @@ impl SpoolCore {
                     for item in &removed {
                         self.remove_live(item);
                         if item.reason.is_none() {
-                            match reason {
-                                DropReason::SpoolFull => self.stats.n_dropped_full += 1,
-                                DropReason::Expired => self.stats.n_dropped_expired += 1,
-                                DropReason::PowerLoss => self.stats.n_dropped_power_loss += 1,
-                            }
+                            self.count_dropped(reason, 1);
                         }
                     }
                     items.push_back(self.declare(key, seq, seq_last, reason, order));
@@ -1044,6 +1174,18 @@ impl SpoolCore {
             }
         }
         self.stream_mut(key).items = items;
+    }
+
+    fn count_dropped(&mut self, reason: DropReason, n: u64) {
+        let counter = match reason {
+            DropReason::SpoolFull => &mut self.stats.n_dropped_full,
+            DropReason::Expired => &mut self.stats.n_dropped_expired,
+            DropReason::PowerLoss => &mut self.stats.n_dropped_power_loss,
+            DropReason::Invalid => &mut self.stats.n_dropped_invalid,
+            DropReason::Storage => &mut self.stats.n_dropped_storage,
+            DropReason::Corrupted => &mut self.stats.n_dropped_corrupted,
+        };
+        *counter += n;
     }
 
     /// Writes a declaration record and returns its (live) item.
@@ -1059,11 +1201,11 @@ impl SpoolCore {
             sensor: key.sensor.clone(),
             boot_epoch: key.epoch,
             seq,
-            device_time: self.now,
+            device_time: self.wall,
             payload: Payload::Dropped { seq_last, reason },
         };
         let (loc, log_idx) = self.write_entry(&Entry::Record {
-            spooled_at: self.now,
+            spooled_at: from_spool_ms(self.spool_ms),
             record,
         });
         let item = Item {
@@ -1071,7 +1213,7 @@ impl SpoolCore {
             seq_last,
             reason: Some(reason),
             loc,
-            spooled_at: self.now,
+            spooled_at: self.spool_ms,
             order,
             log_idx,
             send: SendState::Unsent,
@@ -1244,6 +1386,10 @@ pub(crate) struct Replay {
     next_order: u64,
     /// `(data end, frames)` of each segment.
     segments: BTreeMap<u64, (u64, u64)>,
+    /// The last `Entry::Clock` in log order: `(spool_ms, wall)`.
+    clock: Option<(u64, UnixMillis)>,
+    /// The latest `spooled_at` of any record.
+    spooled_max: Option<u64>,
 }
 
 /// What recovery decided.
@@ -1251,6 +1397,10 @@ pub(crate) struct Replay {
 pub(crate) struct Recovered {
     /// Ranges of the previous epochs declared lost to the power cut.
     pub(crate) power_loss: Vec<Declared>,
+    /// Downtime the spool clock counted since it was last persisted, ms.
+    pub(crate) downtime_counted_ms: u64,
+    /// What the wall clock claims passed since then (negative: it went back), ms.
+    pub(crate) downtime_wall_ms: i64,
 }
 
 impl Replay {
@@ -1261,6 +1411,8 @@ impl Replay {
             epoch_max: BootEpoch(0),
             next_order: 0,
             segments: BTreeMap::new(),
+            clock: None,
+            spooled_max: None,
         }
     }
 
@@ -1311,6 +1463,10 @@ impl Replay {
                 self.epoch_max = self.epoch_max.max(epoch);
                 Ok(())
             }
+            Entry::Clock { spool_ms, wall } => {
+                self.clock = Some((spool_ms, wall));
+                Ok(())
+            }
         }
     }
 
@@ -1340,19 +1496,20 @@ impl Replay {
     }
 
     fn record(&mut self, loc: Loc, spooled_at: UnixMillis, record: Record) -> Result<(), String> {
+        let spooled_at = to_spool_ms(spooled_at);
+        self.spooled_max = self.spooled_max.max(Some(spooled_at));
         let key = StreamKey {
             sensor: record.sensor.clone(),
             epoch: record.boot_epoch,
         };
         self.epoch_max = self.epoch_max.max(key.epoch);
         let (seq, seq_last) = (record.seq, record.seq_last());
+        // The node's own range check (values are also bounded by `check_ranges`).
+        record.check_seqs().map_err(|e| format!("{key:?}: {e}"))?;
         let reason = match record.payload {
             Payload::Dropped { reason, .. } => Some(reason),
             _ => None,
         };
-        if seq_last < seq {
-            return Err(format!("{key:?}: inverted range {seq}..={seq_last}"));
-        }
         let order = self.next_order;
         self.next_order += 1;
         let stream = self.streams.entry(key.clone()).or_default();
@@ -1411,16 +1568,40 @@ impl Replay {
         Ok(())
     }
 
-    /// Checks that every stream tiles, declares what the power cut may have taken, opens the new
-    /// epoch (durably, with a checkpoint) and returns the core and what it declared.
-    pub(crate) fn finish(self, now: UnixMillis) -> Result<(SpoolCore, Recovered), String> {
+    /// Checks that every stream tiles, declares what the power cut (or a failed disk: `lost`)
+    /// may have taken, opens the new epoch (durably, with a checkpoint) and returns the core and
+    /// what it declared.
+    pub(crate) fn finish(
+        self,
+        now: Now,
+        lost: DropReason,
+    ) -> Result<(SpoolCore, Recovered), String> {
         // Epochs follow the wall clock (ms) when it is ahead of the spool's own count, so an
         // agent whose spool was wiped (a new SD card) still starts an epoch newer than the one
         // the cluster last saw from it, which it would otherwise refuse as stale.
-        let epoch = BootEpoch((self.epoch_max.0 + 1).max(u64::try_from(now.0).unwrap_or(0)));
-        let mut core = SpoolCore::empty(self.config, epoch, now);
-        core.next_order = self.next_order;
+        let epoch = BootEpoch((self.epoch_max.0 + 1).max(to_spool_ms(now.wall)));
         let mut recovered = Recovered::default();
+        // The spool clock resumes where it was persisted, plus the downtime the wall clock
+        // shows, within [0, downtime_ms_max]. A spool without a clock entry stamped its records
+        // with the wall clock, so its latest stamp stands for both clocks.
+        let last = self
+            .clock
+            .or(self.spooled_max.map(|ms| (ms, from_spool_ms(ms))));
+        let spool_ms = match last {
+            Some((spool_ms, wall)) => {
+                let wall_ms = now.wall.0.saturating_sub(wall.0);
+                let counted = u64::try_from(wall_ms)
+                    .unwrap_or(0)
+                    .min(self.config.downtime_ms_max);
+                recovered.downtime_wall_ms = wall_ms;
+                recovered.downtime_counted_ms = counted;
+                spool_ms.saturating_add(counted)
+            }
+            None => to_spool_ms(now.wall),
+        };
+        let spool_ms = spool_ms.max(self.spooled_max.unwrap_or(0));
+        let mut core = SpoolCore::empty(self.config, epoch, now, spool_ms);
+        core.next_order = self.next_order;
         let mut streams = self.streams;
         for (key, stream) in streams.iter_mut() {
             let mut expect = stream.acked_end;
@@ -1442,7 +1623,7 @@ impl Replay {
                     key: key.clone(),
                     seq: expect,
                     seq_last: stream.reserved_end - 1,
-                    reason: DropReason::PowerLoss,
+                    reason: lost,
                 });
             }
             stream.issued_end = stream.reserved_end;
@@ -1486,10 +1667,10 @@ impl Replay {
                 &declared.key,
                 declared.seq,
                 declared.seq_last,
-                DropReason::PowerLoss,
+                declared.reason,
                 order,
             );
-            core.stats.n_dropped_power_loss += item.n_seqs();
+            core.count_dropped(declared.reason, item.n_seqs());
             core.stream_mut(&declared.key).items.push_back(item);
         }
         core.sync();
@@ -1519,6 +1700,7 @@ fn check_ranges(entry: &Entry) -> Result<(), String> {
             }
         }
         Entry::Open { epoch } => values.push(epoch.0),
+        Entry::Clock { spool_ms, .. } => values.push(*spool_ms),
     }
     match values.into_iter().find(|v| *v > REPLAY_VALUE_MAX) {
         Some(v) => Err(format!("value {v} out of range")),
@@ -1561,10 +1743,10 @@ fn acknowledge(stream: &mut Stream, seq_end: u64) -> Result<(), String> {
 impl SpoolCore {
     /// A fresh core, as recovery of an empty directory builds it (for tests and simulations
     /// that drive the core without a disk). `Err` lists the configuration's problems.
-    pub fn new_empty(config: SpoolConfig, now: UnixMillis) -> Result<SpoolCore, Vec<String>> {
+    pub fn new_empty(config: SpoolConfig, now: Now) -> Result<SpoolCore, Vec<String>> {
         config.validate()?;
         Replay::new(config)
-            .finish(now)
+            .finish(now, DropReason::PowerLoss)
             .map(|(core, _)| core)
             .map_err(|reason| vec![reason])
     }

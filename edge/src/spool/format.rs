@@ -8,6 +8,11 @@
 //!
 //! A body is one [`Entry`]: a kind byte followed by the codec encoding of the entry's fields
 //! (`proto::codec`, so this crate never calls bincode itself).
+//!
+//! Times in entries are on the *spool clock* (milliseconds, see `core.rs`), not the wall clock:
+//! `Entry::Record::spooled_at` and `Entry::Clock::spool_ms`. Spools written before the spool
+//! clock existed stamped records with the wall clock; the spool clock starts from the wall clock,
+//! so those stamps read as spool-clock times.
 
 use sluice_proto::{codec, BootEpoch, DecodeError, Record, SensorId, UnixMillis};
 
@@ -26,6 +31,7 @@ const KIND_RESERVE: u8 = 3;
 const KIND_CHECKPOINT: u8 = 4;
 const KIND_SENT: u8 = 5;
 const KIND_OPEN: u8 = 6;
+const KIND_CLOCK: u8 = 7;
 
 /// The name of segment `id`.
 pub(crate) fn segment_name(id: u64) -> String {
@@ -133,7 +139,7 @@ pub(crate) struct StreamMark {
 /// One spool entry: the body of one frame.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Entry {
-    /// A reading or a drop declaration (`Payload::Dropped`), with the spool's time at writing.
+    /// A reading or a drop declaration (`Payload::Dropped`), with the spool clock at writing.
     Record {
         spooled_at: UnixMillis,
         record: Record,
@@ -164,6 +170,9 @@ pub(crate) enum Entry {
     },
     /// The spool was opened in this boot epoch (synced before its first seq is issued).
     Open { epoch: BootEpoch },
+    /// The spool clock read `spool_ms` when the wall clock read `wall` (written at syncs, so the
+    /// next open knows how old every record is and when the agent stopped).
+    Clock { spool_ms: u64, wall: UnixMillis },
 }
 
 type MarkTuple = (SensorId, BootEpoch, u64, u64, u64);
@@ -204,6 +213,10 @@ impl Entry {
             Entry::Open { epoch } => {
                 out.push(KIND_OPEN);
                 codec::encode_into(epoch, &mut out).unwrap_or_else(failed);
+            }
+            Entry::Clock { spool_ms, wall } => {
+                out.push(KIND_CLOCK);
+                codec::encode_into(&(*spool_ms, *wall), &mut out).unwrap_or_else(failed);
             }
             Entry::Checkpoint { epoch, streams } => {
                 out.push(KIND_CHECKPOINT);
@@ -274,6 +287,10 @@ impl Entry {
             KIND_OPEN => Ok(Entry::Open {
                 epoch: codec::decode(rest)?,
             }),
+            KIND_CLOCK => {
+                let (spool_ms, wall): (u64, UnixMillis) = codec::decode(rest)?;
+                Ok(Entry::Clock { spool_ms, wall })
+            }
             other => Err(DecodeError::Malformed(format!(
                 "unknown entry kind {other}"
             ))),
@@ -340,6 +357,10 @@ mod tests {
             },
             Entry::Open {
                 epoch: BootEpoch(5),
+            },
+            Entry::Clock {
+                spool_ms: 1_700_000_000_123,
+                wall: UnixMillis(-5),
             },
         ]
     }

@@ -9,7 +9,8 @@
 //! - For every `(sensor, boot_epoch)`, acknowledged ∪ queued ∪ declared-dropped is every seq
 //!   issued: a reading leaves the queue only when acknowledged; eviction (`SpoolFull`), expiry
 //!   (`Expired`) and power cuts (`PowerLoss`) replace readings by `Payload::Dropped` records,
-//!   which are spooled, delivered and acknowledged like readings.
+//!   which are spooled, delivered and acknowledged like readings; so is a reading the node
+//!   refused as invalid, replaced by an `Invalid` declaration ([`Spool::refused`]).
 //! - Writes are buffered and synced every `sync_interval_ms`; only synced records are handed to
 //!   the uplink. Before a seq is issued, a reservation covering it is durable, so after a power
 //!   cut recovery declares `[last durable seq + 1, reserved end)` lost (an upper bound: it may
@@ -23,12 +24,27 @@
 //! - Every open starts a new boot epoch, durably, before the first seq of it is issued.
 //! - Recovery zeroes a torn tail of the last segment and reports it; a frame that does not check
 //!   in a closed segment, or a log that does not replay consistently, is a typed error.
+//! - Timers and record ages run on the monotonic clock (a spool clock persisted at every sync;
+//!   across a restart it counts the wall clock's downtime only within `[0, downtime_ms_max]`),
+//!   so a wall clock stepped by NTP neither expires readings nor holds syncs back. See
+//!   `core.rs`.
+//!
+//! Disk failures. A failed write, `fdatasync`, allocation or removal fences the spool: after a
+//! failed `fdatasync` the page cache cannot be trusted (Linux marks the unwritten pages clean:
+//! they stay readable but never reach the disk), so the in-memory state and whatever the disk
+//! shows past the last successful sync are thrown away. The caller reopens with
+//! [`Spool::reopen`], passing [`Spool::durable_point`]: recovery reads only up to that point,
+//! zeroes the rest, and declares every seq issued past it (they lie under a durable
+//! reservation) as `Dropped { reason: Storage }`. A segment whose creation failed (a full disk
+//! refusing the preallocation) is removed at once, so no partial preallocation stays behind.
 //!
 //! Not here: the uplink (sending, matching broker acks to [`Spool::ack`]), sources, and the real
 //! filesystem `Disk` (it is `sluice_proto::os::FsDisk`).
 
 mod config;
 mod core;
+#[cfg(test)]
+mod faulty;
 mod format;
 #[cfg(test)]
 mod testing;
@@ -37,17 +53,18 @@ mod tests;
 
 pub use self::config::{FullPolicy, SpoolConfig, SEGMENT_BYTES_MIN};
 pub use self::core::{
-    Appended, Declared, Loc, Outgoing, Output, Rejected, SpoolCore, SpoolStats, StreamKey,
+    Appended, Declared, Loc, Now, Outgoing, Output, Rejected, SpoolCore, SpoolStats, StreamKey,
 };
 
 use self::core::Replay;
 use self::format::{Entry, FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use sluice_proto::env::{Disk, DiskError, DiskFile};
-use sluice_proto::{codec, BootEpoch, Payload, Record, SensorId, UnixMillis};
+use sluice_proto::{codec, BootEpoch, DropReason, Payload, Record, SensorId, UnixMillis};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A spool operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,14 +118,22 @@ pub struct SpoolReport {
     pub live_bytes: u64,
     /// Bytes of the segment files found.
     pub disk_bytes: u64,
-    /// Age of the oldest waiting record, by the spool's clock.
+    /// Age of the oldest waiting record, by the spool clock.
     pub oldest_age_ms: Option<u64>,
+    /// Downtime since the spool clock was last persisted that the open counted towards record
+    /// ages (the wall clock's difference, within `[0, downtime_ms_max]`), ms.
+    pub downtime_counted_ms: u64,
+    /// What the wall clock claimed passed since then (negative when it went back), ms.
+    pub downtime_wall_ms: i64,
     /// Bytes of torn tails discarded (zeroed), never synced.
     pub truncated_bytes: u64,
     /// Segment files whose creation was cut short, discarded.
     pub n_segments_discarded: u64,
-    /// Seq ranges declared lost to the power cut.
+    /// Seq ranges declared lost to the power cut (`PowerLoss`), or, for [`Spool::reopen`], to
+    /// the failed disk (`Storage`).
     pub power_loss: Vec<Declared>,
+    /// The end of the data recovered in each segment.
+    pub data_ends: BTreeMap<u64, u64>,
 }
 
 impl fmt::Display for SpoolReport {
@@ -131,6 +156,11 @@ impl fmt::Display for SpoolReport {
         }
         writeln!(
             f,
+            "downtime counted  {} ms (wall clock: {} ms)",
+            self.downtime_counted_ms, self.downtime_wall_ms
+        )?;
+        writeln!(
+            f,
             "torn tail         {} bytes discarded",
             self.truncated_bytes
         )?;
@@ -139,12 +169,22 @@ impl fmt::Display for SpoolReport {
         for d in &self.power_loss {
             writeln!(
                 f,
-                "  sensor {} epoch {}: seqs {}..={}",
-                d.key.sensor, d.key.epoch, d.seq, d.seq_last
+                "  sensor {} epoch {}: seqs {}..={} ({:?})",
+                d.key.sensor, d.key.epoch, d.seq, d.seq_last, d.reason
             )?;
         }
         Ok(())
     }
+}
+
+/// The end of what a spool last made durable: segment `segment` up to byte `pos`. A spool whose
+/// disk failed vouches for nothing beyond it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurablePoint {
+    /// The segment id.
+    pub segment: u64,
+    /// The end of its synced data.
+    pub pos: u64,
 }
 
 /// The durable spool: a [`SpoolCore`] and the segment files it describes.
@@ -155,6 +195,10 @@ pub struct Spool {
     core: SpoolCore,
     files: BTreeMap<u64, Arc<dyn DiskFile>>,
     fenced: bool,
+    /// The end of the data written to each segment (not necessarily synced).
+    written_end: BTreeMap<u64, u64>,
+    /// The end of the last successful sync.
+    durable: Option<DurablePoint>,
 }
 
 impl fmt::Debug for Spool {
@@ -174,9 +218,38 @@ impl Spool {
         disk: Arc<dyn Disk>,
         dir: &Path,
         config: SpoolConfig,
-        now: UnixMillis,
+        now: Now,
     ) -> Result<(Spool, SpoolReport), SpoolError> {
-        let (core, files, mut report) = recover(&*disk, dir, config, now, true)?;
+        Self::open_from(disk, dir, config, now, None)
+    }
+
+    /// Reopens a spool whose disk failed (see the module documentation): trusts the files only
+    /// up to `durable` (from [`Spool::durable_point`] of the failed spool; `None` trusts what
+    /// they hold, as [`Spool::open`] does) and declares the seqs issued beyond it `Storage`.
+    pub fn reopen(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: SpoolConfig,
+        now: Now,
+        durable: Option<DurablePoint>,
+    ) -> Result<(Spool, SpoolReport), SpoolError> {
+        Self::open_from(disk, dir, config, now, Some(durable))
+    }
+
+    fn open_from(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: SpoolConfig,
+        now: Now,
+        after_failure: Option<Option<DurablePoint>>,
+    ) -> Result<(Spool, SpoolReport), SpoolError> {
+        let trust = after_failure.flatten();
+        let lost = if after_failure.is_some() {
+            DropReason::Storage
+        } else {
+            DropReason::PowerLoss
+        };
+        let (core, files, mut report) = recover(&*disk, dir, config, now, true, trust, lost)?;
         let mut spool = Spool {
             disk,
             dir: dir.to_path_buf(),
@@ -184,10 +257,22 @@ impl Spool {
             core,
             files,
             fenced: false,
+            written_end: report.data_ends.clone(),
+            durable: None,
         };
         spool.execute()?;
         report.n_segments = spool.core.n_segments();
         Ok((spool, report))
+    }
+
+    /// The end of the last successful sync, for [`Spool::reopen`] after a failure.
+    pub fn durable_point(&self) -> Option<DurablePoint> {
+        self.durable
+    }
+
+    /// True once a disk operation failed: every call but [`Spool::durable_point`] is refused.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
     }
 
     /// What [`Spool::open`] would find and do, without writing anything (`spool check`).
@@ -195,9 +280,10 @@ impl Spool {
         disk: &dyn Disk,
         dir: &Path,
         config: SpoolConfig,
-        now: UnixMillis,
+        now: Now,
     ) -> Result<SpoolReport, SpoolError> {
-        recover(disk, dir, config, now, false).map(|(_, _, report)| report)
+        recover(disk, dir, config, now, false, None, DropReason::PowerLoss)
+            .map(|(_, _, report)| report)
     }
 
     /// The core, for its getters and invariants.
@@ -219,7 +305,7 @@ impl Spool {
     /// `Err` means the disk failed and the spool is fenced.
     pub fn append(
         &mut self,
-        now: UnixMillis,
+        now: Now,
         sensor: SensorId,
         device_time: UnixMillis,
         payload: Payload,
@@ -257,16 +343,21 @@ impl Spool {
 
     /// The broker holds every record of `key` up to `seq_through`; returns how many records
     /// that released.
-    pub fn ack(
-        &mut self,
-        now: UnixMillis,
-        key: &StreamKey,
-        seq_through: u64,
-    ) -> Result<u64, SpoolError> {
+    pub fn ack(&mut self, now: Now, key: &StreamKey, seq_through: u64) -> Result<u64, SpoolError> {
         self.live()?;
         let n = self.core.handle_ack(now, key, seq_through);
         self.execute()?;
         Ok(n)
+    }
+
+    /// The node refused reading `seq` of `key` as invalid: it is replaced, durably, by a
+    /// `Dropped { reason: Invalid }` declaration sent in its place (see
+    /// [`SpoolCore::handle_refused`]). Returns false when `seq` is not a reading handed out.
+    pub fn refused(&mut self, now: Now, key: &StreamKey, seq: u64) -> Result<bool, SpoolError> {
+        self.live()?;
+        let declared = self.core.handle_refused(now, key, seq);
+        self.execute()?;
+        Ok(declared)
     }
 
     /// The uplink lost its connection: unacknowledged records will be handed out again.
@@ -274,20 +365,20 @@ impl Spool {
         self.core.handle_rewind();
     }
 
-    /// When [`Spool::handle_timeout`] is next due.
-    pub fn poll_timeout(&self) -> Option<UnixMillis> {
+    /// When [`Spool::handle_timeout`] is next due, on the monotonic clock.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.core.poll_timeout()
     }
 
     /// Syncs and expires when due.
-    pub fn handle_timeout(&mut self, now: UnixMillis) -> Result<(), SpoolError> {
+    pub fn handle_timeout(&mut self, now: Now) -> Result<(), SpoolError> {
         self.live()?;
         self.core.handle_timeout(now);
         self.execute()
     }
 
     /// Makes everything appended so far durable now.
-    pub fn sync(&mut self, now: UnixMillis) -> Result<(), SpoolError> {
+    pub fn sync(&mut self, now: Now) -> Result<(), SpoolError> {
         self.live()?;
         self.core.handle_sync(now);
         self.execute()
@@ -295,7 +386,7 @@ impl Spool {
 
     /// Clean shutdown: syncs and gives back unused seq reservations, so the next open declares
     /// nothing lost.
-    pub fn close(mut self, now: UnixMillis) -> Result<(), SpoolError> {
+    pub fn close(mut self, now: Now) -> Result<(), SpoolError> {
         self.live()?;
         self.core.handle_close(now);
         self.execute()
@@ -324,18 +415,35 @@ impl Spool {
             Output::CreateSegment { id } => {
                 let path = self.dir.join(format::segment_name(id));
                 let file = self.disk.open(&path, true)?;
-                file.truncate(0)?;
-                file.write_at(0, &format::segment_header(id))?;
-                file.allocate(self.segment_bytes_max)?;
-                file.sync_data()?;
-                self.disk.sync_dir(&self.dir)?;
+                let created = (|| {
+                    file.truncate(0)?;
+                    file.write_at(0, &format::segment_header(id))?;
+                    file.allocate(self.segment_bytes_max)?;
+                    file.sync_data()?;
+                    self.disk.sync_dir(&self.dir)
+                })();
+                if let Err(error) = created {
+                    // Never leave a partial preallocation behind (a full disk stays full).
+                    // Best effort: recovery discards a segment without a durable header anyway.
+                    let _ = self.disk.remove(&path);
+                    let _ = self.disk.sync_dir(&self.dir);
+                    return Err(error.into());
+                }
                 self.files.insert(id, file);
+                self.written_end.insert(id, SEGMENT_HEADER_LEN);
+                self.durable = Some(DurablePoint {
+                    segment: id,
+                    pos: SEGMENT_HEADER_LEN,
+                });
             }
             Output::Write {
                 segment,
                 pos,
                 bytes,
-            } => self.file(segment)?.write_at(pos, &bytes)?,
+            } => {
+                self.file(segment)?.write_at(pos, &bytes)?;
+                self.wrote(segment, pos + bytes.len() as u64);
+            }
             Output::Copy { from, segment, pos } => {
                 let mut frame = vec![0u8; from.len as usize];
                 if self.file(from.segment)?.read_at(from.pos, &mut frame)? < frame.len() {
@@ -343,15 +451,27 @@ impl Spool {
                     return Err(corrupt(&path, from.pos, "frame to relocate is cut short"));
                 }
                 self.file(segment)?.write_at(pos, &frame)?;
+                self.wrote(segment, pos + frame.len() as u64);
             }
-            Output::Sync { segment } => self.file(segment)?.sync_data()?,
+            Output::Sync { segment } => {
+                self.file(segment)?.sync_data()?;
+                if let Some(end) = self.written_end.get(&segment) {
+                    self.durable = Some(DurablePoint { segment, pos: *end });
+                }
+            }
             Output::RemoveSegment { id } => {
                 self.files.remove(&id);
+                self.written_end.remove(&id);
                 self.disk.remove(&self.dir.join(format::segment_name(id)))?;
                 self.disk.sync_dir(&self.dir)?;
             }
         }
         Ok(())
+    }
+
+    fn wrote(&mut self, segment: u64, end: u64) {
+        let known = self.written_end.entry(segment).or_insert(end);
+        *known = (*known).max(end);
     }
 
     fn file(&self, id: u64) -> Result<Arc<dyn DiskFile>, SpoolError> {
@@ -399,13 +519,17 @@ impl Spool {
 type Recovery = (SpoolCore, BTreeMap<u64, Arc<dyn DiskFile>>, SpoolReport);
 
 /// Scans and replays the directory. With `repair`, discards aborted segments and zeroes torn
-/// tails on disk; without, only reports them.
+/// tails on disk; without, only reports them. With `trust`, nothing beyond that point is read
+/// (later segments are discarded, the rest of its segment zeroed). Seqs issued beyond what was
+/// recovered are declared with `lost`.
 fn recover(
     disk: &dyn Disk,
     dir: &Path,
     config: SpoolConfig,
-    now: UnixMillis,
+    now: Now,
     repair: bool,
+    trust: Option<DurablePoint>,
+    lost: DropReason,
 ) -> Result<Recovery, SpoolError> {
     config
         .validate()
@@ -421,21 +545,45 @@ fn recover(
         }) if !repair => Vec::new(),
         Err(error) => return Err(error.into()),
     };
-    let ids: Vec<u64> = names
+    let mut ids: Vec<u64> = names
         .iter()
         .filter_map(|n| format::parse_segment_name(n))
         .collect();
+    let mut untrusted = Vec::new();
+    if let Some(point) = trust {
+        // Segments created after the last successful sync hold nothing durable.
+        untrusted = ids
+            .iter()
+            .copied()
+            .filter(|id| *id > point.segment)
+            .collect();
+        ids.retain(|id| *id <= point.segment);
+    }
     let mut replay = Replay::new(config);
     let mut report = SpoolReport::default();
     let mut files = BTreeMap::new();
+    for id in untrusted {
+        let path = dir.join(format::segment_name(id));
+        report.truncated_bytes += disk.open(&path, false)?.size()?;
+        report.n_segments_discarded += 1;
+        if repair {
+            disk.remove(&path)?;
+            disk.sync_dir(dir)?;
+        }
+    }
     for (i, id) in ids.iter().enumerate() {
         let is_last = i + 1 == ids.len();
         let path = dir.join(format::segment_name(*id));
         let file = disk.open(&path, false)?;
         let file_len = file.size()?;
         report.disk_bytes += file_len;
-        let Some(data_end) = scan_segment(&*file, &path, *id, is_last, &mut replay, &mut report)?
-        else {
+        // Of the segment of the last successful sync, only what that sync covered.
+        let limit = match trust {
+            Some(point) if point.segment == *id => point.pos.min(file_len),
+            _ => file_len,
+        };
+        let scanned = scan_segment(&*file, &path, *id, is_last, limit, &mut replay, &mut report)?;
+        let Some(data_end) = scanned else {
             // A segment whose creation was cut short: its header never became durable.
             report.truncated_bytes += file_len;
             report.n_segments_discarded += 1;
@@ -464,22 +612,24 @@ fn recover(
             // What recovery adopts may exist only in the page cache: make it durable first.
             file.sync_data()?;
         }
+        report.data_ends.insert(*id, data_end);
         files.insert(*id, file);
     }
-    let (core, recovered) = replay
-        .finish(now)
-        .map_err(|reason| SpoolError::Inconsistent {
-            dir: dir.display().to_string(),
-            reason,
-        })?;
+    let (core, recovered) =
+        replay
+            .finish(now, lost)
+            .map_err(|reason| SpoolError::Inconsistent {
+                dir: dir.display().to_string(),
+                reason,
+            })?;
     report.epoch = core.epoch();
     report.n_segments = core.n_segments();
     report.n_records = core.n_records();
     report.n_streams = core.n_streams();
     report.live_bytes = core.live_bytes();
-    report.oldest_age_ms = core
-        .oldest_spooled_at()
-        .map(|t| u64::try_from(now.0.saturating_sub(t.0)).unwrap_or(0));
+    report.oldest_age_ms = core.oldest_age_ms(now.mono);
+    report.downtime_counted_ms = recovered.downtime_counted_ms;
+    report.downtime_wall_ms = recovered.downtime_wall_ms;
     report.power_loss = recovered.power_loss;
     Ok((core, files, report))
 }
@@ -499,10 +649,11 @@ fn scan_segment(
     path: &Path,
     id: u64,
     is_last: bool,
+    limit: u64,
     replay: &mut Replay,
     report: &mut SpoolReport,
 ) -> Result<Option<u64>, SpoolError> {
-    let file_len = file.size()?;
+    let file_len = limit;
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
     let got = file.read_at(0, &mut header)?;
     let parsed = if got < header.len() {

@@ -20,6 +20,24 @@ fn config() -> SpoolConfig {
         seq_reserve_block: 16,
         send_ahead_bytes_max: 4096,
         write_buffer_bytes_max: 1 << 20,
+        downtime_ms_max: 3_600_000,
+        retry_backoff_initial_ms: 1000,
+        retry_backoff_max_ms: 60_000,
+    }
+}
+
+/// The monotonic origin of every test (`Instant` has no constructor but `now`).
+fn origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    #[allow(clippy::disallowed_methods)]
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// `ms` after the origin on the monotonic clock, and `ms` on the wall clock.
+fn t(ms: i64) -> Now {
+    Now {
+        mono: origin() + std::time::Duration::from_millis(ms.max(0) as u64),
+        wall: UnixMillis(ms),
     }
 }
 
@@ -40,12 +58,12 @@ fn value(seq: u64) -> Payload {
 }
 
 fn open(disk: &MemDisk, config: SpoolConfig, now: i64) -> (Spool, SpoolReport) {
-    Spool::open(Arc::new(disk.mount()), &dir(), config, UnixMillis(now)).unwrap()
+    Spool::open(Arc::new(disk.mount()), &dir(), config, t(now)).unwrap()
 }
 
 fn append(spool: &mut Spool, name: &str, seq: u64) -> Appended {
     spool
-        .append(UnixMillis(0), sensor(name), UnixMillis(0), value(seq))
+        .append(t(0), sensor(name), UnixMillis(0), value(seq))
         .unwrap()
         .unwrap()
 }
@@ -54,7 +72,7 @@ fn append(spool: &mut Spool, name: &str, seq: u64) -> Appended {
 fn drain(spool: &mut Spool) -> Vec<Record> {
     let mut out = Vec::new();
     for round in 0..1000 {
-        spool.sync(UnixMillis(round)).unwrap();
+        spool.sync(t(round)).unwrap();
         let batch = spool.next_batch(64, 1 << 20).unwrap();
         if batch.is_empty() && spool.core().n_records() == 0 {
             return out;
@@ -64,9 +82,7 @@ fn drain(spool: &mut Spool) -> Vec<Record> {
                 sensor: record.sensor.clone(),
                 epoch: record.boot_epoch,
             };
-            spool
-                .ack(UnixMillis(round), &key, record.seq_last())
-                .unwrap();
+            spool.ack(t(round), &key, record.seq_last()).unwrap();
             out.push(record);
         }
     }
@@ -93,7 +109,7 @@ fn every_open_starts_a_new_boot_epoch() {
                     seq: 0
                 }
             );
-            spool.sync(UnixMillis(0)).unwrap();
+            spool.sync(t(0)).unwrap();
         }
     }
 }
@@ -107,7 +123,7 @@ fn readings_survive_a_clean_restart_and_nothing_is_declared() {
     for seq in 0..40 {
         append(&mut spool, if seq % 2 == 0 { "a" } else { "b" }, seq / 2);
     }
-    spool.close(UnixMillis(0)).unwrap();
+    spool.close(t(0)).unwrap();
     let (mut spool, report) = open(&disk, config(), 0);
     assert_eq!(report.n_records, 40);
     assert!(report.power_loss.is_empty());
@@ -137,7 +153,7 @@ fn a_power_cut_declares_the_unsynced_seqs_up_to_the_reservation() {
     for seq in 0..10 {
         append(&mut spool, "a", seq);
     }
-    spool.sync(UnixMillis(0)).unwrap();
+    spool.sync(t(0)).unwrap();
     for seq in 10..15 {
         append(&mut spool, "a", seq);
     }
@@ -177,7 +193,7 @@ fn a_torn_tail_is_zeroed_and_does_not_come_back() {
     for seq in 0..10 {
         append(&mut spool, "a", seq);
     }
-    spool.sync(UnixMillis(0)).unwrap();
+    spool.sync(t(0)).unwrap();
     drop(spool);
     let path = segment_paths(&disk).pop().unwrap();
     let mut bytes = disk.bytes(&path).unwrap();
@@ -186,14 +202,14 @@ fn a_torn_tail_is_zeroed_and_does_not_come_back() {
     bytes[end..end + 4].copy_from_slice(&200u32.to_le_bytes());
     bytes[end + 4..end + 100].fill(0xab);
     disk.set_bytes(&path, bytes);
-    let check = Spool::check(&disk.mount(), &dir(), config(), UnixMillis(0)).unwrap();
+    let check = Spool::check(&disk.mount(), &dir(), config(), t(0)).unwrap();
     let (mut spool, report) = open(&disk, config(), 0);
     assert_eq!(report.truncated_bytes, (4096 - end) as u64);
     assert_eq!(check.truncated_bytes, report.truncated_bytes);
     // Open wrote its checkpoint where the garbage was; none of the garbage is left.
     let after = disk.bytes(&path).unwrap();
     assert!(!after.windows(96).any(|w| w.iter().all(|b| *b == 0xab)));
-    spool.sync(UnixMillis(0)).unwrap();
+    spool.sync(t(0)).unwrap();
     drop(spool);
     let (mut spool, report) = open(&disk, config(), 0);
     assert_eq!(report.truncated_bytes, 0);
@@ -213,7 +229,7 @@ fn damage_in_a_closed_segment_is_a_typed_error() {
     for seq in 0..300 {
         append(&mut spool, "a", seq);
     }
-    spool.sync(UnixMillis(0)).unwrap();
+    spool.sync(t(0)).unwrap();
     drop(spool);
     let paths = segment_paths(&disk);
     assert!(paths.len() >= 2);
@@ -221,8 +237,8 @@ fn damage_in_a_closed_segment_is_a_typed_error() {
     bytes[200] ^= 0x10;
     disk.set_bytes(&paths[0], bytes);
     for result in [
-        Spool::check(&disk.mount(), &dir(), config(), UnixMillis(0)),
-        Spool::open(Arc::new(disk.mount()), &dir(), config(), UnixMillis(0)).map(|(_, r)| r),
+        Spool::check(&disk.mount(), &dir(), config(), t(0)),
+        Spool::open(Arc::new(disk.mount()), &dir(), config(), t(0)).map(|(_, r)| r),
     ] {
         match result {
             Err(SpoolError::Corrupt { path, .. }) => {
@@ -244,7 +260,7 @@ fn random_damage_never_panics() {
         for seq in 0..rng.random_range(1..400u64) {
             append(&mut spool, if seq % 3 == 0 { "a" } else { "b" }, seq);
         }
-        spool.sync(UnixMillis(0)).unwrap();
+        spool.sync(t(0)).unwrap();
         drop(spool);
         for _ in 0..rng.random_range(1..4) {
             let paths = segment_paths(&disk);
@@ -254,8 +270,8 @@ fn random_damage_never_panics() {
             bytes[at] = rng.random();
             disk.set_bytes(path, bytes);
         }
-        let _ = Spool::check(&disk.mount(), &dir(), config(), UnixMillis(0));
-        let _ = Spool::open(Arc::new(disk.mount()), &dir(), config(), UnixMillis(0));
+        let _ = Spool::check(&disk.mount(), &dir(), config(), t(0));
+        let _ = Spool::open(Arc::new(disk.mount()), &dir(), config(), t(0));
     }
 }
 
@@ -268,12 +284,12 @@ fn check_writes_nothing_and_predicts_open() {
     for seq in 0..30 {
         append(&mut spool, "a", seq);
     }
-    spool.sync(UnixMillis(0)).unwrap();
+    spool.sync(t(0)).unwrap();
     append(&mut spool, "a", 30);
     drop(spool);
     disk.crash(&mut ChaCha8Rng::seed_from_u64(3));
     let before = disk.snapshot();
-    let check = Spool::check(&disk.mount(), &dir(), config(), UnixMillis(5)).unwrap();
+    let check = Spool::check(&disk.mount(), &dir(), config(), t(5)).unwrap();
     assert_eq!(disk.snapshot(), before);
     let (_, report) = open(&disk, config(), 5);
     assert_eq!(
@@ -281,12 +297,7 @@ fn check_writes_nothing_and_predicts_open() {
         (report.epoch, &report.power_loss)
     );
     assert_eq!(check.n_records, report.n_records);
-    let missing = Spool::check(
-        &disk.mount(),
-        Path::new("/nowhere"),
-        config(),
-        UnixMillis(0),
-    );
+    let missing = Spool::check(&disk.mount(), Path::new("/nowhere"), config(), t(0));
     assert_eq!(missing.map(|r| r.n_records), Ok(0));
 }
 
@@ -300,11 +311,11 @@ fn an_older_epoch_is_delivered_before_a_newer_one() {
     for seq in 0..3 {
         append(&mut spool, "a", seq);
     }
-    spool.sync(UnixMillis(0)).unwrap();
+    spool.sync(t(0)).unwrap();
     drop(spool);
     let (mut spool, _) = open(&disk, config(), 0);
     assert_eq!(append(&mut spool, "a", 0).epoch, BootEpoch(2));
-    spool.sync(UnixMillis(0)).unwrap();
+    spool.sync(t(0)).unwrap();
     let first = spool.next_batch(100, 1 << 20).unwrap();
     assert_eq!(
         first.len(),
@@ -316,9 +327,9 @@ fn an_older_epoch_is_delivered_before_a_newer_one() {
         sensor: sensor("a"),
         epoch: BootEpoch(1),
     };
-    spool.ack(UnixMillis(0), &key, 2).unwrap();
+    spool.ack(t(0), &key, 2).unwrap();
     assert!(spool.next_batch(100, 1 << 20).unwrap().is_empty());
-    spool.ack(UnixMillis(0), &key, first[3].seq_last()).unwrap();
+    spool.ack(t(0), &key, first[3].seq_last()).unwrap();
     let second = spool.next_batch(100, 1 << 20).unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!((second[0].boot_epoch, second[0].seq), (BootEpoch(2), 0));
@@ -445,7 +456,7 @@ impl Run {
                 Arc::new(self.disk.mount()),
                 &dir(),
                 self.config,
-                UnixMillis(self.now),
+                t(self.now),
             ) {
                 Ok((spool, report)) => {
                     assert!(report.epoch > self.model.epoch, "epoch did not grow");
@@ -468,11 +479,8 @@ impl Run {
     }
 
     /// Runs one spool call; a disk error means an armed crash fired: recover.
-    fn step<T>(
-        &mut self,
-        f: impl FnOnce(&mut Spool, UnixMillis) -> Result<T, SpoolError>,
-    ) -> Option<T> {
-        let now = UnixMillis(self.now);
+    fn step<T>(&mut self, f: impl FnOnce(&mut Spool, Now) -> Result<T, SpoolError>) -> Option<T> {
+        let now = t(self.now);
         let spool = self.spool.as_mut()?;
         match f(spool, now) {
             Ok(value) => Some(value),
@@ -489,7 +497,7 @@ impl Run {
         let key = self.key(idx);
         let seq = self.model.issued.get(&key).copied().unwrap_or(0);
         let sensor = key.sensor.clone();
-        let result = self.step(|s, now| s.append(now, sensor, now, value(seq)));
+        let result = self.step(|s, now| s.append(now, sensor, now.wall, value(seq)));
         match result {
             Some(Ok(appended)) => {
                 assert_eq!(
@@ -586,7 +594,7 @@ impl Run {
             }
             193 => {
                 if let Some(spool) = self.spool.take() {
-                    if spool.close(UnixMillis(self.now)).is_ok() {
+                    if spool.close(t(self.now)).is_ok() {
                         self.sync_all_current();
                     }
                 }
@@ -658,6 +666,9 @@ fn random_config(rng: &mut ChaCha8Rng) -> SpoolConfig {
         seq_reserve_block: rng.random_range(1..32),
         send_ahead_bytes_max: rng.random_range(64..4096),
         write_buffer_bytes_max: rng.random_range(1..4096),
+        downtime_ms_max: rng.random_range(0..5000),
+        retry_backoff_initial_ms: 1000,
+        retry_backoff_max_ms: 60_000,
     }
 }
 
@@ -727,11 +738,227 @@ fn epochs_follow_the_wall_clock_and_never_go_back() {
     let disk = MemDisk::default();
     let (spool, report) = open(&disk, config(), 1_700_000_000_000);
     assert_eq!(report.epoch, BootEpoch(1_700_000_000_000));
-    spool.close(UnixMillis(1_700_000_000_000)).unwrap();
+    spool.close(t(1_700_000_000_000)).unwrap();
     let (spool, report) = open(&disk, config(), 5);
     assert_eq!(report.epoch, BootEpoch(1_700_000_000_001));
     drop(spool);
     let wiped = MemDisk::default();
     let (_, report) = open(&wiped, config(), 1_800_000_000_000);
     assert!(report.epoch > BootEpoch(1_700_000_000_001));
+}
+
+#[test]
+fn record_ages_survive_restarts_and_wall_clock_steps() {
+    // Checks, through the disk, that a record's age survives a restart on a new monotonic
+    // origin: the spool clock is persisted at syncs, the downtime the wall clock shows is
+    // counted (within downtime_ms_max), a wall clock stepped hours ahead counts only that bound,
+    // and one stepped back counts nothing; expiry then follows the counted age.
+    let config = SpoolConfig {
+        record_age_ms_max: 10_000,
+        downtime_ms_max: 4_000,
+        ..config()
+    };
+    let boot = |mono_ms: u64, wall: i64| Now {
+        mono: origin() + std::time::Duration::from_millis(mono_ms),
+        wall: UnixMillis(wall),
+    };
+    let disk = MemDisk::default();
+    let (mut spool, _) =
+        Spool::open(Arc::new(disk.mount()), &dir(), config, boot(0, 1_000_000)).unwrap();
+    spool
+        .append(boot(0, 1_000_000), sensor("a"), UnixMillis(0), value(0))
+        .unwrap()
+        .unwrap();
+    // 1 s later by both clocks, then a clean stop.
+    spool.close(boot(1_000, 1_001_000)).unwrap();
+    // Down 2 s by the wall clock; the monotonic clock restarts near its origin.
+    let (spool, report) =
+        Spool::open(Arc::new(disk.mount()), &dir(), config, boot(5, 1_003_000)).unwrap();
+    assert_eq!(report.downtime_counted_ms, 2_000);
+    assert_eq!(report.oldest_age_ms, Some(3_000));
+    drop(spool);
+    // NTP then put the wall clock five hours ahead while the agent was down: 4 s counted.
+    let (spool, report) = Spool::open(
+        Arc::new(disk.mount()),
+        &dir(),
+        config,
+        boot(9, 1_003_000 + 5 * 3_600_000),
+    )
+    .unwrap();
+    assert_eq!(report.downtime_counted_ms, 4_000);
+    assert_eq!(report.oldest_age_ms, Some(7_000));
+    drop(spool);
+    // The next boot starts with the wall clock five hours back: nothing counted.
+    let (mut spool, report) =
+        Spool::open(Arc::new(disk.mount()), &dir(), config, boot(3, 1_000)).unwrap();
+    assert_eq!(report.downtime_counted_ms, 0);
+    assert!(report.downtime_wall_ms < 0);
+    assert_eq!(report.oldest_age_ms, Some(7_000));
+    // Expiry follows the counted age on the monotonic clock: 3 s more, whatever the wall says.
+    assert_eq!(
+        spool.poll_timeout(),
+        Some(origin() + std::time::Duration::from_millis(3_003))
+    );
+    spool.handle_timeout(boot(3_002, 9_000_000_000)).unwrap();
+    assert!(spool
+        .core()
+        .declared()
+        .iter()
+        .all(|d| d.reason != DropReason::Expired));
+    spool.handle_timeout(boot(3_003, 0)).unwrap();
+    let expired: Vec<_> = spool
+        .core()
+        .declared()
+        .into_iter()
+        .filter(|d| d.reason == DropReason::Expired)
+        .collect();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!((expired[0].seq, expired[0].seq_last), (0, 0));
+}
+
+#[test]
+fn a_refused_reading_stays_declared_after_a_crash() {
+    // Checks that the Invalid declaration replacing a refused reading is durable: after a power
+    // cut, recovery delivers it in the reading's place, and the refused reading never comes
+    // back.
+    let disk = MemDisk::default();
+    let (mut spool, _) = open(&disk, config(), 0);
+    for seq in 0..3 {
+        append(&mut spool, "a", seq);
+    }
+    spool.sync(t(0)).unwrap();
+    let key = StreamKey {
+        sensor: sensor("a"),
+        epoch: BootEpoch(1),
+    };
+    assert_eq!(spool.next_batch(64, 1 << 20).unwrap().len(), 3);
+    assert!(spool.refused(t(1), &key, 1).unwrap());
+    drop(spool);
+    disk.crash(&mut ChaCha8Rng::seed_from_u64(5));
+    let (mut spool, _) = open(&disk, config(), 2);
+    let got: Vec<(u64, u64, bool)> = drain(&mut spool)
+        .into_iter()
+        .filter(|r| r.boot_epoch == BootEpoch(1))
+        .map(|r| {
+            let invalid = matches!(
+                r.payload,
+                Payload::Dropped {
+                    reason: DropReason::Invalid,
+                    ..
+                }
+            );
+            (r.seq, r.seq_last(), invalid)
+        })
+        .collect();
+    assert_eq!(got[..3], [(0, 0, false), (1, 1, true), (2, 2, false)]);
+}
+
+/// Checks that `records` (of epoch 1, sensor "a") tile `0..n` exactly: each seq delivered as a
+/// reading or inside one declaration, none twice. Returns the declared ranges.
+fn tiles(records: &[Record], n: u64) -> Vec<(u64, u64, DropReason)> {
+    let mut expect = 0;
+    let mut declared = Vec::new();
+    for r in records
+        .iter()
+        .filter(|r| r.boot_epoch == BootEpoch(1) && r.sensor == sensor("a"))
+    {
+        assert_eq!(r.seq, expect, "gap or overlap at {}: {records:?}", r.seq);
+        if let Payload::Dropped { seq_last, reason } = r.payload {
+            declared.push((r.seq, seq_last, reason));
+        }
+        expect = r.seq_last() + 1;
+    }
+    assert!(
+        expect >= n,
+        "seqs {expect}..{n} neither delivered nor declared"
+    );
+    declared
+}
+
+#[test]
+fn a_failed_sync_declares_what_was_not_durable_and_never_trusts_the_page_cache() {
+    // Checks that after an fdatasync failure the spool is fenced, and that reopening it from
+    // its durable point delivers the synced readings, declares every later issued seq Storage,
+    // and never delivers the readings that only the page cache held.
+    let memory = MemDisk::default();
+    let disk = super::faulty::FaultyDisk::new(Arc::new(memory.mount()));
+    let (mut spool, _) = Spool::open(Arc::new(disk.clone()), &dir(), config(), t(0)).unwrap();
+    for seq in 0..5 {
+        append(&mut spool, "a", seq);
+    }
+    spool.sync(t(1)).unwrap();
+    for seq in 5..10 {
+        append(&mut spool, "a", seq);
+    }
+    disk.set_syncs_broken(true);
+    assert!(matches!(spool.sync(t(2)), Err(SpoolError::Disk(_))));
+    assert!(spool.is_fenced());
+    assert_eq!(spool.sync(t(2)), Err(SpoolError::Fenced));
+    let point = spool.durable_point();
+    drop(spool);
+    disk.set_syncs_broken(false);
+    let (mut spool, report) =
+        Spool::reopen(Arc::new(disk.clone()), &dir(), config(), t(3), point).unwrap();
+    assert_eq!(report.power_loss.len(), 1, "{report:?}");
+    assert_eq!(report.power_loss[0].reason, DropReason::Storage);
+    assert_eq!(report.power_loss[0].seq, 5);
+    let got = drain(&mut spool);
+    let declared = tiles(&got, 10);
+    assert_eq!(declared, [(5, 15, DropReason::Storage)]);
+    assert_eq!(spool.stats().n_dropped_storage, 11);
+}
+
+#[test]
+fn a_full_disk_leaves_no_partial_segment_and_the_spool_resumes_when_space_returns() {
+    // Checks that a segment whose preallocation a full disk refuses is removed at once, that a
+    // reopen fails while the disk stays full, and that once space returns the reopened spool
+    // delivers every reading accepted and declares (Storage) every seq it could not keep.
+    let memory = MemDisk::default();
+    let disk = super::faulty::FaultyDisk::new(Arc::new(memory.mount()));
+    let (mut spool, _) = Spool::open(Arc::new(disk.clone()), &dir(), config(), t(0)).unwrap();
+    disk.set_full(true);
+    let n_files = memory.n_files();
+    let mut accepted = 0;
+    let error = loop {
+        match spool.append(t(0), sensor("a"), UnixMillis(0), value(accepted)) {
+            Ok(Ok(a)) => {
+                assert_eq!(a.seq, accepted);
+                accepted += 1;
+            }
+            Ok(Err(rejected)) => panic!("{rejected:?}"),
+            Err(error) => break error,
+        }
+        assert!(accepted < 10_000, "the disk never filled");
+    };
+    assert!(
+        matches!(&error, SpoolError::Disk(e) if e.is_no_space()),
+        "{error:?}"
+    );
+    assert_eq!(memory.n_files(), n_files, "no partial segment left");
+    let point = spool.durable_point();
+    drop(spool);
+    let still_full = Spool::reopen(Arc::new(disk.clone()), &dir(), config(), t(1), point);
+    assert!(
+        still_full.is_err(),
+        "reopened on a full disk: {still_full:?}"
+    );
+    assert_eq!(memory.n_files(), n_files, "no partial segment left");
+    disk.set_full(false);
+    let (mut spool, _) =
+        Spool::reopen(Arc::new(disk.clone()), &dir(), config(), t(2), point).unwrap();
+    let got = drain(&mut spool);
+    tiles(&got, accepted);
+    let readings = got
+        .iter()
+        .filter(|r| !matches!(r.payload, Payload::Dropped { .. }))
+        .count() as u64;
+    assert!(
+        readings + 16 >= accepted,
+        "{readings} of {accepted} delivered"
+    );
+    assert_eq!(
+        append(&mut spool, "a", 0).seq,
+        0,
+        "spooling again, in a new epoch"
+    );
 }

@@ -311,3 +311,59 @@ fn a_gap_in_a_request_sent_alone_backs_off() {
     assert!(!core.can_send(t0));
     assert_eq!(core.failures(), 1);
 }
+
+fn invalid() -> RecordOutcome {
+    rejected(RecordRejection::Invalid {
+        reason: "record of 900 bytes exceeds record_bytes_max 512".into(),
+    })
+}
+
+#[test]
+fn a_reading_refused_as_invalid_is_declared_and_resent_at_once() {
+    // Checks that a reading the node refuses as Invalid asks the spool to declare it
+    // (Output::Refused) after acking the stored prefix, that the gaps the later records of its
+    // sensor met do not count as failures, and that the spool is rewound without a backoff.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 0), record("a", 1), record("a", 2)],
+    );
+    let report = core.handle_response(t0, 1, 1, response(vec![appended(), invalid(), gap(1, 2)]));
+    assert_eq!(report.n_delivered, 1);
+    assert!(report
+        .refusals
+        .iter()
+        .any(|(label, severity, _)| *label == "invalid" && *severity == Severity::Declared));
+    let out = outputs(&mut core);
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out[0], ack("a", 0));
+    assert!(
+        matches!(&out[1], Output::Refused { key: k, seq: 1, .. } if *k == key("a")),
+        "{out:?}"
+    );
+    assert_eq!(out[2], Output::Rewind);
+    assert_eq!(core.failures(), 0);
+    assert!(core.can_send(t0), "no backoff");
+}
+
+#[test]
+fn a_declaration_refused_as_invalid_backs_off_and_is_not_redeclared() {
+    // Checks that an Invalid refusal of a Dropped record (which the spool cannot replace) is an
+    // ordinary refusal: no Output::Refused, a failure counted, a backoff before resending.
+    let t0 = origin();
+    let mut core = connected(t0);
+    let mut drop = record("a", 0);
+    drop.payload = Payload::Dropped {
+        seq_last: 4,
+        reason: sluice_proto::DropReason::Invalid,
+    };
+    core.handle_sent(t0, stream(), &[drop]);
+    let report = core.handle_response(t0, 1, 1, response(vec![invalid()]));
+    assert_eq!(report.refusals[0].1, Severity::NeedsOperator);
+    let out = outputs(&mut core);
+    assert_eq!(out, [Output::Rewind]);
+    assert_eq!(core.failures(), 1);
+    assert!(!core.can_send(t0), "backing off");
+}

@@ -7,7 +7,7 @@ use super::core::{CoreConfig, Input, Output, PartitionCore, ProduceItem};
 use crate::env::run_blocking;
 use crate::log::{LogConfig, LogError, LogReader, LogWriter, PendingEntry};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use sluice_proto::env::{BlockingMode, Env};
+use sluice_proto::env::{BlockingMode, Clock, Env};
 use sluice_proto::msg::RecordOutcome;
 use sluice_proto::{Identity, Offset, PartitionId, StreamName};
 use std::collections::{BTreeMap, HashMap};
@@ -115,6 +115,7 @@ pub struct PartitionState {
     log_guard: Arc<Mutex<()>>,
     durable_mark: Arc<std::sync::Mutex<Option<Offset>>>,
     blocking: BlockingMode,
+    clock: Arc<dyn Clock>,
 }
 
 /// The partition actor.
@@ -124,12 +125,13 @@ pub struct PartitionActor;
 fn open_partition(args: &PartitionArgs) -> Result<(PartitionCore, LogWriter, LogReader), LogError> {
     let mut core = PartitionCore::new(args.partition, args.core, Offset(0));
     let durable_end = *args.durable_mark.lock().unwrap_or_else(|p| p.into_inner());
+    let now = args.env.clock.now();
     let (writer, reader, recovery) = LogWriter::open(
         args.env.disk.clone(),
         &args.dir,
         args.log,
         durable_end,
-        |offset, event| core.recover_event(offset, &event),
+        |offset, event| core.recover_event(now, offset, &event),
     )?;
     core.finish_recovery(recovery.next_offset);
     *args.durable_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(recovery.next_offset);
@@ -184,6 +186,7 @@ impl Actor for PartitionActor {
             log_guard: args.log_guard.clone(),
             durable_mark: args.durable_mark.clone(),
             blocking: args.env.blocking,
+            clock: args.env.clock.clone(),
         })
     }
 
@@ -213,7 +216,7 @@ impl Actor for PartitionActor {
                 Input::Flushed(result)
             }
         };
-        state.core.handle(input);
+        state.core.handle(state.clock.now(), input);
         self.execute(&myself, state)
     }
 }

@@ -7,10 +7,14 @@
 //! one, so a single `fdatasync` covers every request that arrived during the previous flush.
 
 use crate::log::PendingEntry;
+use producers::{Full, Known, ProducerBounds, ProducerState, ProducerTable};
 use sluice_proto::msg::{Durability, RecordOutcome, RecordRejection};
-use sluice_proto::{BootEpoch, Event, Identity, Offset, PartitionId, SensorId};
-use std::collections::{HashMap, VecDeque};
+use sluice_proto::{check_seq_range, BootEpoch, Event, Identity, Offset, PartitionId, SensorId};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod producers;
 
 /// Bounds of one partition core.
 #[derive(Debug, Clone, Copy)]
@@ -18,8 +22,13 @@ pub struct CoreConfig {
     /// Deduplication window: how many recent records of one `(producer, sensor)` remember their
     /// offsets, so that a retry returns the original offsets.
     pub dedup_window_max: u32,
-    /// How many `(producer, sensor)` pairs one partition tracks.
+    /// How many `(producer, sensor)` pairs one partition tracks with a dedup window (live).
     pub producers_max: u32,
+    /// How many live `(producer, sensor)` pairs one identity may hold in one partition, and how
+    /// many retired ones (without a window) it keeps beyond those.
+    pub producers_per_identity_max: u32,
+    /// A live pair idle this long (monotonic clock) is retired: its window is dropped.
+    pub producer_idle_expiry: Duration,
     /// Bytes of accepted but not yet flushed entries beyond which new records are refused with
     /// `Overloaded`.
     pub pending_bytes_max: u64,
@@ -79,15 +88,6 @@ pub enum Output {
     Fenced(String),
 }
 
-/// The record of one `(producer, sensor)`.
-#[derive(Debug, Clone)]
-struct ProducerState {
-    epoch: BootEpoch,
-    next_seq: u64,
-    /// Recent records: `(epoch, seq, seq_last, offset)`, oldest first.
-    window: VecDeque<(BootEpoch, u64, u64, Offset)>,
-}
-
 /// A request waiting for its offsets to become durable.
 #[derive(Debug)]
 struct Waiter {
@@ -102,8 +102,7 @@ struct Waiter {
 pub struct PartitionCore {
     partition: PartitionId,
     config: CoreConfig,
-    producers: HashMap<Identity, HashMap<SensorId, ProducerState>>,
-    n_producers: u32,
+    producers: ProducerTable,
     next_offset: Offset,
     durable: Offset,
     pending: Vec<PendingEntry>,
@@ -121,8 +120,12 @@ impl PartitionCore {
         Self {
             partition,
             config,
-            producers: HashMap::new(),
-            n_producers: 0,
+            producers: ProducerTable::new(ProducerBounds {
+                producers_max: config.producers_max,
+                per_identity_max: config.producers_per_identity_max,
+                idle_expiry: config.producer_idle_expiry,
+                window_max: config.dedup_window_max,
+            }),
             next_offset,
             durable: next_offset,
             pending: Vec::new(),
@@ -134,33 +137,20 @@ impl PartitionCore {
         }
     }
 
-    /// Replays a recovered event so duplicate detection survives restarts.
-    pub fn recover_event(&mut self, offset: Offset, event: &Event) {
-        let window_max = self.config.dedup_window_max as usize;
-        let state = match self
-            .producers
-            .get_mut(&event.producer)
-            .and_then(|m| m.get_mut(&event.sensor))
-        {
-            Some(state) => state,
-            None => {
-                self.n_producers += 1;
-                self.producers
-                    .entry(event.producer.clone())
-                    .or_default()
-                    .entry(event.sensor.clone())
-                    .or_insert(ProducerState {
-                        epoch: event.boot_epoch,
-                        next_seq: 0,
-                        window: VecDeque::new(),
-                    })
-            }
-        };
-        state.epoch = event.boot_epoch;
-        state.next_seq = event.seq_last().saturating_add(1);
-        push_window(
-            state,
-            window_max,
+    /// Replays a recovered event so duplicate detection survives restarts. `now` is the
+    /// monotonic time of recovery: every replayed producer state counts as active then (see
+    /// `producers`).
+    pub fn recover_event(&mut self, now: Instant, offset: Offset, event: &Event) {
+        // Records are checked before they are stored (`check_seq_range`), so `seq_last + 1` does
+        // not overflow; saturating keeps a range an older build stored from wrapping to 0 (the
+        // sensor then accepts nothing more in that epoch, which is safe).
+        let next_seq = event.seq_last().saturating_add(1);
+        self.producers.recover(
+            now,
+            &event.producer,
+            &event.sensor,
+            event.boot_epoch,
+            next_seq,
             (event.boot_epoch, event.seq, event.seq_last(), offset),
         );
     }
@@ -185,14 +175,28 @@ impl PartitionCore {
         self.durable
     }
 
-    /// Feeds one input.
-    pub fn handle(&mut self, input: Input) {
+    /// Live producer states (with a dedup window) in the partition.
+    pub fn n_live_producers(&self) -> usize {
+        self.producers.n_live()
+    }
+
+    /// Producer states retired (idle beyond the expiry, or over the bounds at recovery) and
+    /// forgotten (beyond the retired bound) since start.
+    pub fn n_expired_producers(&self) -> (u64, u64) {
+        (
+            self.producers.n_retired_total(),
+            self.producers.n_forgotten_total(),
+        )
+    }
+
+    /// Feeds one input at monotonic time `now`.
+    pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::Produce {
                 ticket,
                 producer,
                 items,
-            } => self.handle_produce(ticket, &producer, items),
+            } => self.handle_produce(now, ticket, &producer, items),
             Input::Flushed(result) => self.handle_flushed(result),
         }
         self.check_invariants();
@@ -203,7 +207,13 @@ impl PartitionCore {
         self.outputs.pop_front()
     }
 
-    fn handle_produce(&mut self, ticket: u64, producer: &Identity, items: Vec<ProduceItem>) {
+    fn handle_produce(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        producer: &Identity,
+        items: Vec<ProduceItem>,
+    ) {
         if let Some(reason) = &self.fenced {
             let outcome = RecordOutcome::Rejected(RecordRejection::Storage {
                 reason: reason.clone(),
@@ -226,22 +236,28 @@ impl PartitionCore {
             });
             return;
         }
+        self.producers.expire(now);
         let mut need = Offset(0);
         let mut outcomes = Vec::with_capacity(items.len());
         let mut entry = EntryBuilder::default();
         for item in items {
             let outcome = match self.judge(producer, &item) {
-                Judgement::New => {
-                    let offset = self.accept(producer, &item);
-                    if entry.count as u32 >= self.config.entry_events_max {
-                        self.push_entry(std::mem::take(&mut entry));
+                Judgement::New(next_seq) => match self.next_offset.checked_next() {
+                    Some(after) => {
+                        let offset = self.accept(now, producer, &item, next_seq, after);
+                        if entry.count as u32 >= self.config.entry_events_max {
+                            self.push_entry(std::mem::take(&mut entry));
+                        }
+                        entry.add(offset, item.encoded);
+                        need = need.max(after);
+                        self.appended(offset, false)
                     }
-                    entry.add(offset, item.encoded);
-                    need = need.max(Offset(offset.0 + 1));
-                    self.appended(offset, false)
-                }
+                    None => RecordOutcome::Rejected(RecordRejection::Storage {
+                        reason: format!("partition {} has no offsets left", self.partition),
+                    }),
+                },
                 Judgement::Duplicate(offset) => {
-                    need = need.max(Offset(offset.0 + 1));
+                    need = need.max(after(offset));
                     self.appended(offset, true)
                 }
                 Judgement::Reject(rejection) => RecordOutcome::Rejected(rejection),
@@ -271,115 +287,66 @@ impl PartitionCore {
     }
 
     fn judge(&self, producer: &Identity, item: &ProduceItem) -> Judgement {
-        let sensor = || item.sensor.to_string();
-        if item.seq_last < item.seq {
-            return Judgement::Reject(RecordRejection::Invalid {
-                reason: format!("drop range {}..={} is inverted", item.seq, item.seq_last),
-            });
-        }
-        let Some(state) = self
-            .producers
-            .get(producer)
-            .and_then(|m| m.get(&item.sensor))
-        else {
-            if self.n_producers >= self.config.producers_max {
-                return Judgement::Reject(RecordRejection::TooManyProducers {
-                    max: self.config.producers_max,
-                });
+        let next_seq = match check_seq_range(item.seq, item.seq_last) {
+            Ok(range) => range.next(),
+            Err(e) => {
+                return Judgement::Reject(RecordRejection::Invalid {
+                    reason: e.to_string(),
+                })
             }
-            if item.seq != 0 {
-                return Judgement::Reject(RecordRejection::EpochStart {
-                    sensor: sensor(),
-                    epoch: item.boot_epoch.0,
-                    got: item.seq,
-                });
-            }
-            return Judgement::New;
         };
-        // The common case first: the next seq of the current epoch can be in no window.
-        if item.boot_epoch == state.epoch && item.seq >= state.next_seq {
-            if item.seq > state.next_seq {
-                return Judgement::Reject(RecordRejection::SequenceGap {
-                    sensor: sensor(),
-                    expected: state.next_seq,
-                    got: item.seq,
-                });
+        let state = match self.producers.get(producer, &item.sensor) {
+            Known::State(state) => state,
+            Known::Unknown { floor } => {
+                if floor.is_some_and(|floor| item.boot_epoch <= floor) {
+                    // This sensor's state in this epoch may have been forgotten: a retry of a
+                    // stored record cannot be told from a new one.
+                    return Judgement::Reject(RecordRejection::ProducerExpired {
+                        sensor: item.sensor.to_string(),
+                        epoch: item.boot_epoch.0,
+                    });
+                }
+                if let Err(full) = self.producers.room_for(producer, &item.sensor) {
+                    return Judgement::Reject(too_many(full));
+                }
+                if item.seq != 0 {
+                    return Judgement::Reject(RecordRejection::EpochStart {
+                        sensor: item.sensor.to_string(),
+                        epoch: item.boot_epoch.0,
+                        got: item.seq,
+                    });
+                }
+                return Judgement::New(next_seq);
             }
-            return Judgement::New;
-        }
-        let known = state.window.iter().rev().find(|(e, first, last, _)| {
-            *e == item.boot_epoch && *first <= item.seq && item.seq <= *last
-        });
-        if let Some((_, first, last, offset)) = known {
-            if *first == item.seq && *last == item.seq_last {
-                return Judgement::Duplicate(*offset);
+        };
+        let judgement = judge_known(state, item, next_seq);
+        if matches!(judgement, Judgement::New(_)) && !state.is_live() {
+            // A retired state resuming needs a live slot again.
+            if let Err(full) = self.producers.room_for(producer, &item.sensor) {
+                return Judgement::Reject(too_many(full));
             }
-            return Judgement::Reject(RecordRejection::Invalid {
-                reason: format!(
-                    "seqs {}..={} overlap an earlier record {}..={} of sensor {}",
-                    item.seq, item.seq_last, first, last, item.sensor
-                ),
-            });
         }
-        if item.boot_epoch < state.epoch {
-            return Judgement::Reject(RecordRejection::StaleEpoch {
-                sensor: sensor(),
-                epoch: item.boot_epoch.0,
-                current: state.epoch.0,
-            });
-        }
-        if item.boot_epoch > state.epoch {
-            if item.seq != 0 {
-                return Judgement::Reject(RecordRejection::EpochStart {
-                    sensor: sensor(),
-                    epoch: item.boot_epoch.0,
-                    got: item.seq,
-                });
-            }
-            return Judgement::New;
-        }
-        if item.seq < state.next_seq {
-            return Judgement::Reject(RecordRejection::DuplicateTooOld {
-                sensor: sensor(),
-                seq: item.seq,
-            });
-        }
-        if item.seq > state.next_seq {
-            return Judgement::Reject(RecordRejection::SequenceGap {
-                sensor: sensor(),
-                expected: state.next_seq,
-                got: item.seq,
-            });
-        }
-        Judgement::New
+        judgement
     }
 
-    fn accept(&mut self, producer: &Identity, item: &ProduceItem) -> Offset {
+    /// Records `item` as accepted at the next offset; `next_seq` is the seq after it and
+    /// `after` the offset after it, both checked by the caller.
+    fn accept(
+        &mut self,
+        now: Instant,
+        producer: &Identity,
+        item: &ProduceItem,
+        next_seq: u64,
+        after: Offset,
+    ) -> Offset {
         let offset = self.next_offset;
-        self.next_offset = Offset(offset.0 + 1);
-        let window_max = self.config.dedup_window_max as usize;
-        let by_sensor = match self.producers.get_mut(producer) {
-            Some(m) => m,
-            None => self.producers.entry(producer.clone()).or_default(),
-        };
-        let state = match by_sensor.get_mut(&item.sensor) {
-            Some(state) => state,
-            None => {
-                self.n_producers += 1;
-                by_sensor
-                    .entry(item.sensor.clone())
-                    .or_insert(ProducerState {
-                        epoch: item.boot_epoch,
-                        next_seq: 0,
-                        window: VecDeque::new(),
-                    })
-            }
-        };
-        state.epoch = item.boot_epoch;
-        state.next_seq = item.seq_last + 1;
-        push_window(
-            state,
-            window_max,
+        self.next_offset = after;
+        self.producers.accept(
+            now,
+            producer,
+            &item.sensor,
+            item.boot_epoch,
+            next_seq,
             (item.boot_epoch, item.seq, item.seq_last, offset),
         );
         offset
@@ -387,7 +354,7 @@ impl PartitionCore {
 
     fn push_entry(&mut self, entry: EntryBuilder) {
         if let Some(pending) = entry.finish() {
-            self.pending_bytes += pending.body.len() as u64;
+            self.pending_bytes = self.pending_bytes.saturating_add(pending.body.len() as u64);
             self.pending.push(pending);
         }
     }
@@ -398,9 +365,7 @@ impl PartitionCore {
         }
         let entries = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        self.in_flight = entries
-            .last()
-            .map(|e| Offset(e.base.0 + u64::from(e.count)));
+        self.in_flight = entries.last().map(entry_end);
         self.outputs.push_back(Output::Persist(entries));
     }
 
@@ -472,10 +437,11 @@ impl PartitionCore {
             assert!(self.durable < end && end <= self.next_offset);
         }
         if cfg!(debug_assertions) {
+            self.producers.check_invariants();
             let mut expect = self.in_flight.unwrap_or(self.durable);
             for entry in &self.pending {
                 assert_eq!(entry.base, expect, "pending entries must be contiguous");
-                expect = Offset(entry.base.0 + u64::from(entry.count));
+                expect = entry_end(entry);
             }
             if self.fenced.is_none() {
                 assert_eq!(
@@ -487,15 +453,90 @@ impl PartitionCore {
     }
 }
 
-fn push_window(state: &mut ProducerState, window_max: usize, item: (BootEpoch, u64, u64, Offset)) {
-    state.window.push_back(item);
-    while state.window.len() > window_max.max(1) {
-        state.window.pop_front();
+/// Judges a record of a sensor whose state is known (live or retired: a retired state has no
+/// window, so an older seq is `DuplicateTooOld`).
+fn judge_known(state: &ProducerState, item: &ProduceItem, next_seq: u64) -> Judgement {
+    let sensor = || item.sensor.to_string();
+    // The common case first: the next seq of the current epoch can be in no window.
+    if item.boot_epoch == state.epoch && item.seq >= state.next_seq {
+        if item.seq > state.next_seq {
+            return Judgement::Reject(RecordRejection::SequenceGap {
+                sensor: sensor(),
+                expected: state.next_seq,
+                got: item.seq,
+            });
+        }
+        return Judgement::New(next_seq);
     }
+    let known = state.window.iter().rev().find(|(e, first, last, _)| {
+        *e == item.boot_epoch && *first <= item.seq && item.seq <= *last
+    });
+    if let Some((_, first, last, offset)) = known {
+        if *first == item.seq && *last == item.seq_last {
+            return Judgement::Duplicate(*offset);
+        }
+        return Judgement::Reject(RecordRejection::Invalid {
+            reason: format!(
+                "seqs {}..={} overlap an earlier record {}..={} of sensor {}",
+                item.seq, item.seq_last, first, last, item.sensor
+            ),
+        });
+    }
+    if item.boot_epoch < state.epoch {
+        return Judgement::Reject(RecordRejection::StaleEpoch {
+            sensor: sensor(),
+            epoch: item.boot_epoch.0,
+            current: state.epoch.0,
+        });
+    }
+    if item.boot_epoch > state.epoch {
+        if item.seq != 0 {
+            return Judgement::Reject(RecordRejection::EpochStart {
+                sensor: sensor(),
+                epoch: item.boot_epoch.0,
+                got: item.seq,
+            });
+        }
+        return Judgement::New(next_seq);
+    }
+    if item.seq < state.next_seq {
+        return Judgement::Reject(RecordRejection::DuplicateTooOld {
+            sensor: sensor(),
+            seq: item.seq,
+        });
+    }
+    if item.seq > state.next_seq {
+        return Judgement::Reject(RecordRejection::SequenceGap {
+            sensor: sensor(),
+            expected: state.next_seq,
+            got: item.seq,
+        });
+    }
+    Judgement::New(next_seq)
+}
+
+fn too_many(full: Full) -> RecordRejection {
+    let max = match full {
+        Full::Identity(max) | Full::Partition(max) => max,
+    };
+    RecordRejection::TooManyProducers { max }
+}
+
+/// The offset after `offset`, one the core handed out: it is below `next_offset`, so this never
+/// saturates.
+fn after(offset: Offset) -> Offset {
+    Offset(offset.0.saturating_add(1))
+}
+
+/// One past the last offset of an entry the core built (its offsets were handed out, so the
+/// sum is at most `next_offset`).
+fn entry_end(entry: &PendingEntry) -> Offset {
+    Offset(entry.base.0.saturating_add(u64::from(entry.count)))
 }
 
 enum Judgement {
-    New,
+    /// Accept it; the sensor's next seq is then this.
+    New(u64),
     Duplicate(Offset),
     Reject(RecordRejection),
 }
@@ -510,7 +551,7 @@ struct EntryBuilder {
 impl EntryBuilder {
     fn add(&mut self, offset: Offset, encoded: Vec<u8>) {
         let base = *self.base.get_or_insert(offset);
-        debug_assert_eq!(base.0 + self.count as u64, offset.0);
+        debug_assert_eq!(base.0.checked_add(self.count as u64), Some(offset.0));
         if self.body.is_empty() {
             self.body = encoded;
         } else {
@@ -534,10 +575,18 @@ mod tests {
     use super::*;
     use sluice_proto::{Payload, Reading, Role, UnixMillis};
 
+    /// Some monotonic instant; tests measure from it.
+    fn origin() -> Instant {
+        #[allow(clippy::disallowed_methods)] // a fixed origin for scripted times
+        Instant::now()
+    }
+
     fn config() -> CoreConfig {
         CoreConfig {
             dedup_window_max: 4,
             producers_max: 3,
+            producers_per_identity_max: 3,
+            producer_idle_expiry: Duration::from_secs(3600),
             pending_bytes_max: 1 << 20,
             waiting_requests_max: 100,
             entry_events_max: 100,
@@ -567,15 +616,31 @@ mod tests {
         }
     }
 
+    fn dropped(sensor: &str, epoch: u64, seq: u64, seq_last: u64) -> ProduceItem {
+        ProduceItem {
+            seq_last,
+            ..item(sensor, epoch, seq)
+        }
+    }
+
     /// Runs the core like a shell whose flushes all succeed; returns the replies by ticket.
     fn drive(core: &mut PartitionCore, inputs: Vec<Input>) -> Vec<(u64, Vec<RecordOutcome>)> {
+        drive_at(core, origin(), inputs)
+    }
+
+    /// [`drive`] with every input fed at `now`.
+    fn drive_at(
+        core: &mut PartitionCore,
+        now: Instant,
+        inputs: Vec<Input>,
+    ) -> Vec<(u64, Vec<RecordOutcome>)> {
         let mut replies = Vec::new();
         let mut queue: VecDeque<Input> = inputs.into();
         for _ in 0..10_000 {
             let Some(input) = queue.pop_front() else {
                 return replies;
             };
-            core.handle(input);
+            core.handle(now, input);
             while let Some(output) = core.poll_output() {
                 match output {
                     Output::Persist(_) => queue.push_back(Input::Flushed(Ok(()))),
@@ -753,16 +818,16 @@ mod tests {
         // Checks group commit: requests arriving while a flush runs share the next flush, and no
         // reply is released before its offsets are durable.
         let mut core = PartitionCore::new(PartitionId(0), config(), Offset(0));
-        core.handle(produce(1, "a", vec![item("s", 1, 0)]));
+        core.handle(origin(), produce(1, "a", vec![item("s", 1, 0)]));
         assert!(matches!(core.poll_output(), Some(Output::Persist(e)) if e.len() == 1));
         assert!(core.poll_output().is_none());
-        core.handle(produce(2, "a", vec![item("s", 1, 1)]));
-        core.handle(produce(3, "b", vec![item("s", 1, 0)]));
+        core.handle(origin(), produce(2, "a", vec![item("s", 1, 1)]));
+        core.handle(origin(), produce(3, "b", vec![item("s", 1, 0)]));
         assert!(
             core.poll_output().is_none(),
             "no second flush while one is in flight, no early reply"
         );
-        core.handle(Input::Flushed(Ok(())));
+        core.handle(origin(), Input::Flushed(Ok(())));
         assert!(matches!(
             core.poll_output(),
             Some(Output::Durable(Offset(1)))
@@ -772,7 +837,7 @@ mod tests {
             Some(Output::Reply { ticket: 1, .. })
         ));
         assert!(matches!(core.poll_output(), Some(Output::Persist(e)) if e.len() == 2));
-        core.handle(Input::Flushed(Ok(())));
+        core.handle(origin(), Input::Flushed(Ok(())));
         assert!(matches!(
             core.poll_output(),
             Some(Output::Durable(Offset(3)))
@@ -792,9 +857,9 @@ mod tests {
         // Checks that after a failed fsync no waiting record is acknowledged and the partition
         // refuses further writes until it is restarted.
         let mut core = PartitionCore::new(PartitionId(0), config(), Offset(0));
-        core.handle(produce(1, "a", vec![item("s", 1, 0)]));
+        core.handle(origin(), produce(1, "a", vec![item("s", 1, 0)]));
         assert!(matches!(core.poll_output(), Some(Output::Persist(_))));
-        core.handle(Input::Flushed(Err("fdatasync: EIO".into())));
+        core.handle(origin(), Input::Flushed(Err("fdatasync: EIO".into())));
         let Some(Output::Reply { outcomes, .. }) = core.poll_output() else {
             panic!("no reply")
         };
@@ -803,7 +868,7 @@ mod tests {
             RecordOutcome::Rejected(RecordRejection::Storage { .. })
         ));
         assert!(matches!(core.poll_output(), Some(Output::Fenced(_))));
-        core.handle(produce(2, "a", vec![item("s", 1, 1)]));
+        core.handle(origin(), produce(2, "a", vec![item("s", 1, 1)]));
         let Some(Output::Reply { outcomes, .. }) = core.poll_output() else {
             panic!("no reply")
         };
@@ -814,11 +879,340 @@ mod tests {
     }
 
     #[test]
+    fn drop_range_to_u64_max_is_refused_and_seq_0_is_not_appended_again() {
+        // Checks the exact case that broke exactly-once: `Dropped{seq_last = u64::MAX}` once
+        // wrapped the next expected seq to 0, so seq 0 was appended a second time. Now the range
+        // is refused as invalid and the retried seq 0 is a duplicate of its first offset.
+        let invalid = Err(RecordRejection::Invalid {
+            reason: sluice_proto::SeqRangeError::Overflow {
+                first: 1,
+                last: u64::MAX,
+            }
+            .to_string(),
+        });
+        check(
+            vec![
+                produce(1, "a", vec![item("s", 1, 0)]),
+                produce(2, "a", vec![dropped("s", 1, 1, u64::MAX), item("s", 1, 0)]),
+                produce(3, "a", vec![item("s", 1, 1)]),
+            ],
+            vec![
+                vec![Ok((0, false))],
+                vec![invalid, Ok((0, true))],
+                vec![Ok((1, false))],
+            ],
+        );
+    }
+
+    #[test]
+    fn widest_drop_range_is_accepted_and_nothing_follows_it() {
+        // Checks that a range up to SEQ_MAX is stored, that the sensor then expects u64::MAX,
+        // which no record may carry, and that seq 0 is still a duplicate.
+        let mut core = PartitionCore::new(PartitionId(0), config(), Offset(0));
+        let replies = drive(
+            &mut core,
+            vec![produce(
+                1,
+                "a",
+                vec![
+                    dropped("s", 1, 0, sluice_proto::SEQ_MAX),
+                    item("s", 1, u64::MAX),
+                    dropped("s", 1, 0, sluice_proto::SEQ_MAX),
+                ],
+            )],
+        );
+        let got = offsets(&replies[0].1);
+        assert_eq!(got[0], Ok((0, false)));
+        assert!(matches!(&got[1], Err(RecordRejection::Invalid { .. })));
+        assert_eq!(got[2], Ok((0, true)));
+        assert_eq!(core.next_offset(), Offset(1));
+    }
+
+    #[test]
+    fn inverted_range_is_refused() {
+        // Checks that a drop range ending before it starts is refused and not stored.
+        let mut core = PartitionCore::new(PartitionId(0), config(), Offset(0));
+        let replies = drive(
+            &mut core,
+            vec![produce(1, "a", vec![dropped("s", 1, 3, 2)])],
+        );
+        assert!(matches!(
+            offsets(&replies[0].1)[0],
+            Err(RecordRejection::Invalid { .. })
+        ));
+        assert_eq!(core.next_offset(), Offset(0));
+    }
+
+    #[test]
+    fn last_offset_is_never_handed_out_twice() {
+        // Checks that a partition at the end of the offset space refuses new records with a
+        // typed error instead of wrapping its next offset to 0.
+        let mut core = PartitionCore::new(PartitionId(0), config(), Offset(u64::MAX - 1));
+        let replies = drive(
+            &mut core,
+            vec![produce(1, "a", vec![item("s", 1, 0), item("s", 1, 1)])],
+        );
+        let got = offsets(&replies[0].1);
+        assert_eq!(got[0], Ok((u64::MAX - 1, false)));
+        assert!(matches!(&got[1], Err(RecordRejection::Storage { .. })));
+        assert_eq!(core.next_offset(), Offset(u64::MAX));
+    }
+
+    #[test]
+    fn recovered_range_to_u64_max_does_not_wrap() {
+        // Checks that a range reaching u64::MAX found in the log (stored by an older build)
+        // leaves the sensor expecting nothing more rather than seq 0 again.
+        let mut event = sluice_proto::codec::decode::<Event>(&item("s", 1, 0).encoded).unwrap();
+        event.payload = Payload::Dropped {
+            seq_last: u64::MAX,
+            reason: sluice_proto::DropReason::PowerLoss,
+        };
+        let mut core = PartitionCore::new(PartitionId(0), config(), Offset(1));
+        core.recover_event(origin(), Offset(0), &event);
+        core.finish_recovery(Offset(1));
+        let replies = drive(&mut core, vec![produce(1, "p", vec![item("s", 1, 0)])]);
+        assert!(matches!(
+            offsets(&replies[0].1)[0],
+            Err(RecordRejection::Invalid { .. })
+        ));
+        assert_eq!(core.next_offset(), Offset(1));
+    }
+
+    /// Per identity 2 live pairs, 10 in the partition, expiry after 60 s.
+    fn budgets() -> CoreConfig {
+        CoreConfig {
+            producers_max: 10,
+            producers_per_identity_max: 2,
+            producer_idle_expiry: Duration::from_secs(60),
+            ..config()
+        }
+    }
+
+    fn secs(t0: Instant, s: u64) -> Instant {
+        t0 + Duration::from_secs(s)
+    }
+
+    /// One record through a core at `now`: its outcome as in [`offsets`].
+    fn one(
+        core: &mut PartitionCore,
+        now: Instant,
+        who: &str,
+        item: ProduceItem,
+    ) -> Result<(u64, bool), RecordRejection> {
+        let replies = drive_at(core, now, vec![produce(0, who, vec![item])]);
+        offsets(&replies[0].1).remove(0)
+    }
+
+    fn too_many(max: u32) -> Result<(u64, bool), RecordRejection> {
+        Err(RecordRejection::TooManyProducers { max })
+    }
+
+    fn too_old(sensor: &str, seq: u64) -> Result<(u64, bool), RecordRejection> {
+        Err(RecordRejection::DuplicateTooOld {
+            sensor: sensor.into(),
+            seq,
+        })
+    }
+
+    fn expired(sensor: &str, epoch: u64) -> Result<(u64, bool), RecordRejection> {
+        Err(RecordRejection::ProducerExpired {
+            sensor: sensor.into(),
+            epoch,
+        })
+    }
+
+    #[test]
+    fn one_identity_exhausts_only_its_own_budget() {
+        // Checks that an identity past producers_per_identity_max gets TooManyProducers for its
+        // new sensors while another identity's new sensors are accepted, and that the first
+        // identity's known sensors go on.
+        let t0 = origin();
+        let mut core = PartitionCore::new(PartitionId(0), budgets(), Offset(0));
+        assert_eq!(one(&mut core, t0, "a", item("s1", 1, 0)), Ok((0, false)));
+        assert_eq!(one(&mut core, t0, "a", item("s2", 1, 0)), Ok((1, false)));
+        assert_eq!(one(&mut core, t0, "a", item("s3", 1, 0)), too_many(2));
+        assert_eq!(one(&mut core, t0, "b", item("s3", 1, 0)), Ok((2, false)));
+        assert_eq!(one(&mut core, t0, "b", item("s4", 1, 0)), Ok((3, false)));
+        assert_eq!(one(&mut core, t0, "b", item("s5", 1, 0)), too_many(2));
+        assert_eq!(one(&mut core, t0, "a", item("s1", 1, 1)), Ok((4, false)));
+        assert_eq!(one(&mut core, t0, "c", item("s1", 1, 0)), Ok((5, false)));
+        assert_eq!(core.n_live_producers(), 5);
+    }
+
+    #[test]
+    fn partition_bound_holds_across_identities() {
+        // Checks that producers_max still bounds the partition when every identity is within
+        // its own budget.
+        let t0 = origin();
+        let config = CoreConfig {
+            producers_max: 3,
+            ..budgets()
+        };
+        let mut core = PartitionCore::new(PartitionId(0), config, Offset(0));
+        assert_eq!(one(&mut core, t0, "a", item("s1", 1, 0)), Ok((0, false)));
+        assert_eq!(one(&mut core, t0, "a", item("s2", 1, 0)), Ok((1, false)));
+        assert_eq!(one(&mut core, t0, "b", item("s1", 1, 0)), Ok((2, false)));
+        assert_eq!(one(&mut core, t0, "b", item("s2", 1, 0)), too_many(3));
+    }
+
+    #[test]
+    fn idle_state_expires_and_frees_the_budget() {
+        // Checks that state idle for the expiry is retired (its slot freed for a new sensor),
+        // that a retired sensor resumes at its next seq, and that a retry of its older record
+        // is refused DuplicateTooOld, never appended again.
+        let t0 = origin();
+        let mut core = PartitionCore::new(PartitionId(0), budgets(), Offset(0));
+        assert_eq!(one(&mut core, t0, "a", item("s1", 1, 0)), Ok((0, false)));
+        assert_eq!(one(&mut core, t0, "a", item("s2", 1, 0)), Ok((1, false)));
+        assert_eq!(
+            one(&mut core, secs(t0, 59), "a", item("s3", 1, 0)),
+            too_many(2)
+        );
+        // Accepted records are activity (a duplicate is not): s1 is touched at 59 s.
+        assert_eq!(
+            one(&mut core, secs(t0, 59), "a", item("s1", 1, 1)),
+            Ok((2, false))
+        );
+        // At 60 s only s2 has been idle for the expiry.
+        assert_eq!(
+            one(&mut core, secs(t0, 60), "a", item("s3", 1, 0)),
+            Ok((3, false))
+        );
+        assert_eq!(
+            one(&mut core, secs(t0, 60), "a", item("s2", 1, 0)),
+            too_old("s2", 0)
+        );
+        assert_eq!(
+            one(&mut core, secs(t0, 60), "a", item("s2", 1, 1)),
+            too_many(2)
+        );
+        // At 119 s s1 has been idle for 60 s, s3 for 59 s.
+        assert_eq!(
+            one(&mut core, secs(t0, 119), "a", item("s2", 1, 1)),
+            Ok((4, false))
+        );
+        assert_eq!(
+            one(&mut core, secs(t0, 119), "a", item("s2", 1, 1)),
+            Ok((4, true))
+        );
+        assert_eq!(
+            one(&mut core, secs(t0, 119), "a", item("s3", 1, 0)),
+            Ok((3, true))
+        );
+        assert_eq!(core.next_offset(), Offset(5));
+        assert_eq!(core.n_expired_producers(), (2, 0));
+    }
+
+    #[test]
+    fn retry_after_expiry_is_never_a_second_append() {
+        // Checks that a record retried after its state expired gets a typed refusal and leaves
+        // the log as it was, for readings and for drop ranges.
+        let t0 = origin();
+        let mut core = PartitionCore::new(PartitionId(0), budgets(), Offset(0));
+        assert_eq!(one(&mut core, t0, "a", item("s", 1, 0)), Ok((0, false)));
+        assert_eq!(
+            one(&mut core, t0, "a", dropped("s", 1, 1, 9)),
+            Ok((1, false))
+        );
+        let later = secs(t0, 3600);
+        assert_eq!(one(&mut core, later, "a", item("s", 1, 0)), too_old("s", 0));
+        assert_eq!(
+            one(&mut core, later, "a", dropped("s", 1, 1, 9)),
+            too_old("s", 1)
+        );
+        assert_eq!(core.next_offset(), Offset(2));
+        assert_eq!(one(&mut core, later, "a", item("s", 1, 10)), Ok((2, false)));
+    }
+
+    #[test]
+    fn forgotten_state_refuses_its_epoch_and_a_new_epoch_starts_afresh() {
+        // Checks that once retired state is pushed out by newer retired state, a record of that
+        // identity in an epoch up to the forgotten one is refused ProducerExpired (it might be a
+        // retry), that sensors still retired resume, and that a newer epoch is accepted.
+        let t0 = origin();
+        let mut core = PartitionCore::new(PartitionId(0), budgets(), Offset(0));
+        for (n, sensor) in ["s1", "s2"].into_iter().enumerate() {
+            assert_eq!(
+                one(&mut core, t0, "a", item(sensor, 1, 0)),
+                Ok((n as u64, false))
+            );
+        }
+        for (n, sensor) in ["s3", "s4"].into_iter().enumerate() {
+            assert_eq!(
+                one(&mut core, secs(t0, 60), "a", item(sensor, 1, 0)),
+                Ok((2 + n as u64, false))
+            );
+        }
+        let t = secs(t0, 120);
+        // s3 and s4 retire now and push s1 and s2 out of the retired bound.
+        assert_eq!(one(&mut core, t, "a", item("s1", 1, 0)), expired("s1", 1));
+        assert_eq!(core.n_expired_producers(), (4, 2));
+        assert_eq!(one(&mut core, t, "a", item("s9", 1, 0)), expired("s9", 1));
+        assert_eq!(one(&mut core, t, "a", item("s3", 1, 0)), too_old("s3", 0));
+        assert_eq!(one(&mut core, t, "a", item("s3", 1, 1)), Ok((4, false)));
+        assert_eq!(one(&mut core, t, "a", item("s1", 2, 0)), Ok((5, false)));
+        assert_eq!(one(&mut core, t, "b", item("s1", 1, 0)), Ok((6, false)));
+        assert_eq!(core.next_offset(), Offset(7));
+    }
+
+    #[test]
+    fn recovery_rebuilds_within_budgets_and_restarts_idle_clocks() {
+        // Checks that replaying more sensors of one identity than its budget keeps the most
+        // recently written live, retires the older ones (a retry of theirs is DuplicateTooOld,
+        // a retry of a live one gets its offset back), forgets beyond the retired bound, and
+        // that idle time counts from recovery, not from the log's wall-clock stamps.
+        let t_recovery = origin();
+        let mut core = PartitionCore::new(PartitionId(0), budgets(), Offset(0));
+        for (n, sensor) in ["s1", "s2", "s3", "s4", "s5"].into_iter().enumerate() {
+            let event = sluice_proto::codec::decode::<Event>(&item(sensor, 1, 0).encoded).unwrap();
+            core.recover_event(t_recovery, Offset(n as u64), &event);
+        }
+        core.finish_recovery(Offset(5));
+        assert_eq!(core.n_live_producers(), 2);
+        assert_eq!(core.n_expired_producers(), (3, 1));
+        let t = secs(t_recovery, 59);
+        assert_eq!(one(&mut core, t, "p", item("s1", 1, 0)), expired("s1", 1));
+        assert_eq!(one(&mut core, t, "p", item("s2", 1, 0)), too_old("s2", 0));
+        assert_eq!(one(&mut core, t, "p", item("s3", 1, 0)), too_old("s3", 0));
+        assert_eq!(one(&mut core, t, "p", item("s4", 1, 0)), Ok((3, true)));
+        assert_eq!(one(&mut core, t, "p", item("s5", 1, 0)), Ok((4, true)));
+        assert_eq!(one(&mut core, t, "p", item("s2", 1, 1)), too_many(2));
+        // At 60 s after recovery s4 and s5 retire, pushing s2 and s3 out.
+        let t = secs(t_recovery, 60);
+        assert_eq!(one(&mut core, t, "p", item("s5", 1, 0)), too_old("s5", 0));
+        assert_eq!(core.n_expired_producers(), (5, 3));
+        assert_eq!(one(&mut core, t, "p", item("s2", 1, 1)), expired("s2", 1));
+        assert_eq!(one(&mut core, t, "p", item("s5", 1, 1)), Ok((5, false)));
+        assert_eq!(core.next_offset(), Offset(6));
+    }
+
+    #[test]
+    fn recovery_never_refuses_past_the_partition_bound() {
+        // Checks that a log holding more producers than producers_max replays completely, the
+        // least recently written retired, so nothing stored can be appended again.
+        let t0 = origin();
+        let config = CoreConfig {
+            producers_max: 2,
+            ..budgets()
+        };
+        let mut core = PartitionCore::new(PartitionId(0), config, Offset(0));
+        let mut event = sluice_proto::codec::decode::<Event>(&item("s", 1, 0).encoded).unwrap();
+        for (n, who) in ["a", "b", "c"].into_iter().enumerate() {
+            event.producer = Identity::new("test", Role::Edge, who).unwrap();
+            core.recover_event(t0, Offset(n as u64), &event);
+        }
+        core.finish_recovery(Offset(3));
+        assert_eq!(core.n_live_producers(), 2);
+        assert_eq!(one(&mut core, t0, "a", item("s", 1, 0)), too_old("s", 0));
+        assert_eq!(one(&mut core, t0, "c", item("s", 1, 0)), Ok((2, true)));
+    }
+
+    #[test]
     fn recovered_state_deduplicates_after_restart() {
         // Checks that replaying the log into a fresh core restores duplicate detection.
         let event = sluice_proto::codec::decode::<Event>(&item("s", 1, 0).encoded).unwrap();
         let mut core = PartitionCore::new(PartitionId(0), config(), Offset(8));
-        core.recover_event(Offset(7), &event);
+        core.recover_event(origin(), Offset(7), &event);
         let replies = drive(
             &mut core,
             vec![produce(1, "p", vec![item("s", 1, 0), item("s", 1, 1)])],

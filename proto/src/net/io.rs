@@ -1,5 +1,7 @@
 //! Frame IO over QUIC streams. A frame is read as its 12-byte header first; the body length is
-//! checked against the caller's bound before the body is allocated. A frame is written with one
+//! checked against the caller's bound before the body is allocated, and the server reserves it
+//! from its byte budgets in between ([`read_header`], [`read_body`], each with an optional
+//! deadline). A frame is written with one
 //! write call, so header and body never travel in separate writes.
 //!
 //! This module does not buffer: wrap a [`quinn::RecvStream`] in a [`tokio::io::BufReader`] when
@@ -10,6 +12,7 @@ use crate::codec;
 use crate::frame::{self, FrameError, FrameHeader, HEADER_LEN};
 use crate::msg::Message;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Reads one frame. Returns `Ok(None)` when the stream ends cleanly at a frame boundary, and
@@ -18,11 +21,41 @@ pub async fn read_frame<R>(reader: &mut R, body_bytes_max: u32) -> Result<Option
 where
     R: AsyncRead + Unpin + ?Sized,
 {
+    let Some(header) = read_header(reader, body_bytes_max, None).await? else {
+        return Ok(None);
+    };
+    read_body(reader, &header, None).await.map(Some)
+}
+
+/// Reads and checks one frame header; `Ok(None)` when the stream ends cleanly before it. Waiting
+/// for its first byte has no deadline; once it has come, the rest of the header must arrive
+/// within `deadline`.
+pub(crate) async fn read_header<R>(
+    reader: &mut R,
+    body_bytes_max: u32,
+    deadline: Option<Duration>,
+) -> Result<Option<FrameHeader>, NetError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let mut header = [0u8; HEADER_LEN];
-    let got = read_full(reader, &mut header).await?;
-    if got == 0 {
+    let first = loop {
+        match reader.read(&mut header).await {
+            Ok(n) => break n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(read_error(error)),
+        }
+    };
+    if first == 0 {
         return Ok(None);
     }
+    let got = first
+        + within(
+            deadline,
+            "a frame header",
+            read_full(reader, &mut header[first..]),
+        )
+        .await??;
     if got < HEADER_LEN {
         return Err(FrameError::Truncated {
             needed: HEADER_LEN,
@@ -30,9 +63,21 @@ where
         }
         .into());
     }
-    let header = FrameHeader::parse(&header, body_bytes_max)?;
+    Ok(Some(FrameHeader::parse(&header, body_bytes_max)?))
+}
+
+/// Reads the body announced by `header` within `deadline` and decodes it. The body is allocated
+/// at the announced length, which the header's parse checked against the caller's bound.
+pub(crate) async fn read_body<R>(
+    reader: &mut R,
+    header: &FrameHeader,
+    deadline: Option<Duration>,
+) -> Result<Message, NetError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let mut body = vec![0u8; header.body_len as usize];
-    let got = read_full(reader, &mut body).await?;
+    let got = within(deadline, "a frame body", read_full(reader, &mut body)).await??;
     if got < body.len() {
         return Err(FrameError::Truncated {
             needed: HEADER_LEN + body.len(),
@@ -40,7 +85,23 @@ where
         }
         .into());
     }
-    Ok(Some(frame::decode_body(header.kind, &body)?))
+    Ok(frame::decode_body(header.kind, &body)?)
+}
+
+/// Runs `future` within `deadline`, if there is one.
+async fn within<F: std::future::Future>(
+    deadline: Option<Duration>,
+    what: &str,
+    future: F,
+) -> Result<F::Output, NetError> {
+    match deadline {
+        None => Ok(future.await),
+        Some(limit) => tokio::time::timeout(limit, future)
+            .await
+            .map_err(|_| NetError::Timeout {
+                what: format!("{what} did not arrive within {} ms", limit.as_millis()),
+            }),
+    }
 }
 
 /// Writes one message as one frame, in one write call.

@@ -4,8 +4,9 @@
 //!   ALPN [`crate::ALPN`], no 0-RTT, client certificates required and checked against the
 //!   cluster CA, and servers required to present a `node` identity of the same cluster.
 //! - [`io`] reads and writes frames on QUIC streams, checking the body length before allocating.
-//! - [`server`] accepts connections, authenticates the peer's identity and role, and runs a
-//!   [`server::Handler`] for every request, pipelined per stream.
+//! - [`server`] accepts connections (handshakes in progress bounded apart from authenticated
+//!   connections, which are bounded per node and per identity), authenticates the peer's
+//!   identity and role, and runs a [`server::Handler`] for every request, pipelined per stream.
 //! - [`client`] connects to the first reachable node and pipelines requests over one stream.
 //! - [`transport`] is the real [`crate::env::Transport`]: a client per connection, rotating
 //!   through the node addresses on reconnect.
@@ -22,12 +23,13 @@ pub mod transport;
 
 pub use client::{Client, ClientSettings};
 pub use io::{read_frame, write_frame};
-pub use server::{serve, Handler, ServerLimits};
+pub use server::{serve, serve_with_gauges, Handler, ServerGauges, ServerLimits, ServerStats};
 pub use tls::{client_config, peer_identity, server_config, TlsMaterial};
 pub use transport::QuicTransport;
 
 use crate::frame::FrameError;
 use crate::msg::ErrorCode;
+pub use rustls::AlertDescription;
 use std::sync::Arc;
 
 /// Application close code: the connection ended normally (the client is done).
@@ -40,6 +42,10 @@ pub const CLOSE_ROLE_NOT_ALLOWED: u32 = 2;
 pub const CLOSE_WRONG_CLUSTER: u32 = 3;
 /// Application close code: the peer's certificate carries no usable identity.
 pub const CLOSE_BAD_IDENTITY: u32 = 4;
+/// Application close code: the node serves `connections_max` connections already.
+pub const CLOSE_BUSY: u32 = 5;
+/// Application close code: the peer's identity holds `connections_per_identity_max` already.
+pub const CLOSE_IDENTITY_LIMIT: u32 = 6;
 /// Stream error code (reset or stop) after a frame error.
 pub const STREAM_FRAME_ERROR: u32 = 1;
 
@@ -66,7 +72,19 @@ pub enum NetError {
         /// What is wrong with it.
         reason: String,
     },
-    /// No connection could be made, or the handshake failed (the TLS alert is in `reason`).
+    /// The TLS handshake failed with an alert: a certificate was refused, by the peer or by us.
+    #[error("connect to {addr}: {}", describe_alert(*.alert, *.by_peer, .reason))]
+    Handshake {
+        /// The address tried.
+        addr: String,
+        /// The TLS alert.
+        alert: AlertDescription,
+        /// True when the peer sent the alert (it refused us), false when we refused the peer.
+        by_peer: bool,
+        /// rustls's reason, as the close carried it.
+        reason: String,
+    },
+    /// No connection could be made, or the handshake failed without a TLS alert.
     #[error("connect to {addr}: {reason}")]
     Connect {
         /// The address (or addresses) tried.
@@ -136,56 +154,70 @@ pub(crate) fn frame_error_code(error: &FrameError) -> ErrorCode {
     }
 }
 
-/// A TLS alert's name as the RFCs spell it, for error messages.
-fn alert_name(alert: u8) -> String {
-    let name = match alert {
-        10 => "unexpected message",
-        40 => "handshake failure",
-        42 => "bad certificate",
-        43 => "unsupported certificate",
-        44 => "certificate revoked",
-        45 => "certificate expired or not yet valid",
-        46 => "certificate unknown",
-        47 => "illegal parameter",
-        48 => "unknown ca",
-        49 => "access denied",
-        50 => "decode error",
-        51 => "decrypt error",
-        70 => "protocol version",
-        80 => "internal error",
-        109 => "missing extension",
-        116 => "certificate required",
-        120 => "no application protocol",
-        _ => return format!("alert {alert}"),
-    };
-    name.to_owned()
+/// The TLS alert a QUIC crypto error code (0x100 + alert) carries, if it is one.
+fn tls_alert(code: quinn::TransportErrorCode) -> Option<AlertDescription> {
+    let raw = u64::from(code);
+    (0x100..0x200)
+        .contains(&raw)
+        .then(|| AlertDescription::from((raw & 0xff) as u8))
 }
 
-/// Describes a transport error code, naming the TLS alert for handshake failures.
-fn describe_code(code: quinn::TransportErrorCode) -> String {
-    let raw = u64::from(code);
-    if (0x100..0x200).contains(&raw) {
-        // The low byte of a QUIC crypto error is the TLS alert.
-        format!("tls alert {}", alert_name((raw & 0xff) as u8))
-    } else if code == quinn::TransportErrorCode::CONNECTION_REFUSED {
-        "server refused the connection (connection limit reached or shutting down)".to_owned()
+/// What an alert means for a user, for the alerts rustls sends when a certificate check fails.
+fn alert_hint(alert: AlertDescription) -> Option<&'static str> {
+    use rustls::CertificateError as C;
+    // A chain that ends at an unknown issuer, or at a same-named CA whose signature does not
+    // verify (two clusters both initialised as "prod"), both mean "another CA".
+    let hint = if alert == AlertDescription::from(C::UnknownIssuer)
+        || alert == AlertDescription::from(C::BadSignature)
+    {
+        "the certificate was not issued by this cluster's ca"
+    } else if alert == AlertDescription::from(C::Expired) {
+        "certificate expired or not yet valid"
+    } else if alert == AlertDescription::from(C::NotValidForName) {
+        "the certificate is malformed or does not name this server"
+    } else if alert == AlertDescription::from(C::InvalidPurpose) {
+        "the certificate is not for this use (extended key usage)"
+    } else if alert == AlertDescription::from(C::Revoked) {
+        "the certificate is revoked"
+    } else if alert == AlertDescription::CertificateRequired {
+        "a client certificate is required"
+    } else if alert == AlertDescription::NoApplicationProtocol {
+        "the peer does not speak this protocol version (alpn)"
     } else {
-        code.to_string()
+        return None;
+    };
+    Some(hint)
+}
+
+/// Describes a handshake that ended in a TLS alert.
+fn describe_alert(alert: AlertDescription, by_peer: bool, reason: &str) -> String {
+    let who = if by_peer {
+        "refused by peer with"
+    } else {
+        "refused here with"
+    };
+    let hint = alert_hint(alert)
+        .map(|hint| format!(": {hint}"))
+        .unwrap_or_default();
+    match reason.is_empty() {
+        true => format!("{who} tls alert {alert:?}{hint}"),
+        false => format!("{who} tls alert {alert:?}{hint} ({reason})"),
     }
 }
 
-/// Describes a transport close: the code, rustls's reason, and a hint for the common cause.
-fn describe_close(code: quinn::TransportErrorCode, reason: &str) -> String {
-    // A chain that ends at an unknown issuer, or at a same-named CA whose signature does not
-    // verify (two clusters both initialised as "prod"), both mean "another CA".
-    let hint = if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
-        "; the certificate was not issued by this cluster's ca"
+/// Describes a transport close: the TLS alert for handshake failures, or the code.
+fn describe_close(code: quinn::TransportErrorCode, reason: &str, by_peer: bool) -> String {
+    if let Some(alert) = tls_alert(code) {
+        return describe_alert(alert, by_peer, reason);
+    }
+    let code = if code == quinn::TransportErrorCode::CONNECTION_REFUSED {
+        "server refused the connection (connection limit reached or shutting down)".to_owned()
     } else {
-        ""
+        code.to_string()
     };
     match reason.is_empty() {
-        true => describe_code(code),
-        false => format!("{} ({reason}{hint})", describe_code(code)),
+        true => code,
+        false => format!("{code} ({reason})"),
     }
 }
 
@@ -193,11 +225,12 @@ fn describe_close(code: quinn::TransportErrorCode, reason: &str) -> String {
 pub(crate) fn describe_connection_error(error: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     match error {
-        E::TransportError(e) => describe_close(e.code, &e.reason),
+        E::TransportError(e) => describe_close(e.code, &e.reason, false),
         E::ConnectionClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
             format!(
                 "closed by peer: {}",
-                describe_close(close.error_code, &String::from_utf8_lossy(&close.reason))
+                describe_close(close.error_code, &reason, true)
             )
         }
         E::ApplicationClosed(close) => {
@@ -218,6 +251,22 @@ pub(crate) fn describe_connection_error(error: &quinn::ConnectionError) -> Strin
 /// Maps a connection error to a [`NetError`]; `addr` names the peer for handshake failures.
 pub(crate) fn connection_error(addr: &str, error: &quinn::ConnectionError) -> NetError {
     use quinn::ConnectionError as E;
+    let alert = match error {
+        E::TransportError(e) => tls_alert(e.code).map(|alert| (alert, false, e.reason.clone())),
+        E::ConnectionClosed(close) => tls_alert(close.error_code).map(|alert| {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            (alert, true, reason)
+        }),
+        _ => None,
+    };
+    if let Some((alert, by_peer, reason)) = alert {
+        return NetError::Handshake {
+            addr: addr.to_owned(),
+            alert,
+            by_peer,
+            reason,
+        };
+    }
     match error {
         E::ApplicationClosed(close) => NetError::Refused {
             code: close.error_code.into_inner(),
@@ -229,6 +278,7 @@ pub(crate) fn connection_error(addr: &str, error: &quinn::ConnectionError) -> Ne
         E::TimedOut => NetError::Timeout {
             what: format!("connection to {addr} (peer unreachable or idle)"),
         },
+
         _ => NetError::Connect {
             addr: addr.to_owned(),
             reason: describe_connection_error(error),

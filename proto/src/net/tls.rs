@@ -218,6 +218,14 @@ pub(crate) fn transport(
     Ok(transport)
 }
 
+/// Bytes quinn buffers for one connection attempt beyond its first packet, until it is placed.
+pub(crate) const INCOMING_BUFFER_BYTES: u64 = 16 << 10;
+
+/// Connection attempts quinn may hold before the accept loop places them.
+pub(crate) fn incoming_max(handshakes_max: u32) -> usize {
+    (handshakes_max as usize).saturating_mul(4).max(64)
+}
+
 /// A server configuration: this node's certificate, client certificates required and verified
 /// against the cluster CA, transport limits from `limits`. The own certificate must carry an
 /// identity of `cluster`, which catches a node started with another cluster's files.
@@ -254,10 +262,22 @@ pub fn server_config(
             }
         })?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport(
-        limits.streams_per_connection_max,
-        limits.idle_timeout_ms,
-    )?));
+    let mut transport = transport(limits.streams_per_connection_max, limits.idle_timeout_ms)?;
+    // Bytes quinn buffers per connection, each way, beside the server's byte budgets.
+    let window = limits.connection_window_bytes_max;
+    let window_varint = quinn::VarInt::from_u64(window).map_err(|_| NetError::Tls {
+        reason: format!("connection window of {window} bytes is too large"),
+    })?;
+    transport.stream_receive_window(window_varint);
+    transport.receive_window(window_varint);
+    transport.send_window(window);
+    config.transport_config(Arc::new(transport));
+    // Connection attempts quinn holds until the accept loop places them (it does at once);
+    // beyond this quinn refuses statelessly. Handshake packets after the first are small.
+    let incoming_max = incoming_max(limits.handshakes_max);
+    config.max_incoming(incoming_max);
+    config.incoming_buffer_size(INCOMING_BUFFER_BYTES);
+    config.incoming_buffer_size_total(INCOMING_BUFFER_BYTES.saturating_mul(incoming_max as u64));
     Ok(config)
 }
 

@@ -110,9 +110,11 @@ pub fn transport_error(error: &NetError, connecting: bool) -> TransportError {
         NetError::Certificate { .. } | NetError::Tls { .. } | NetError::Encode { .. } => K::Local,
         // A node shutting down closes its connections: come back later, or to another node.
         NetError::Refused { code, .. } if *code == u64::from(super::CLOSE_SHUTDOWN) => K::Closed,
+        // A busy node may have room later, and another node may have room now.
+        NetError::Refused { code, .. } if *code == u64::from(super::CLOSE_BUSY) => K::Unreachable,
         NetError::Identity { .. } | NetError::Refused { .. } => K::Refused,
         // A handshake that ended in a TLS alert is a refusal of our certificate (or theirs).
-        NetError::Connect { reason, .. } if reason.contains("tls alert") => K::Refused,
+        NetError::Handshake { .. } => K::Refused,
         NetError::Connect { .. } | NetError::Io { .. } => K::Unreachable,
         NetError::Timeout { .. } if connecting => K::Unreachable,
         NetError::Timeout { .. } => K::Timeout,

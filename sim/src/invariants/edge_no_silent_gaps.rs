@@ -254,6 +254,13 @@ fn check_epoch(
                     )));
                 }
             }
+            DropReason::Invalid | DropReason::Storage | DropReason::Corrupted => {
+                // The simulated node refuses nothing an honest edge sends as invalid, and edge
+                // disks here neither fail writes nor flip bits: such a declaration is a lie.
+                return Err(fail(format!(
+                    "{what}, but nothing in this run refuses, fails or damages an edge's records"
+                )));
+            }
         }
     }
     let counts_final = boot.end == BootEnd::Clean || (at_end && boot.end == BootEnd::Running);

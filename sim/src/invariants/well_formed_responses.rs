@@ -47,7 +47,8 @@ pub fn check_rejection(
         | RecordRejection::Unavailable { .. } => Ok(()),
         RecordRejection::StaleEpoch { .. }
         | RecordRejection::Invalid { .. }
-        | RecordRejection::TooManyProducers { .. } => Err(fail(format!(
+        | RecordRejection::TooManyProducers { .. }
+        | RecordRejection::ProducerExpired { .. } => Err(fail(format!(
             "{producer}: request {request_id}: unexpected rejection: {rejection}"
         ))),
     }

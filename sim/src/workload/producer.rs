@@ -400,6 +400,7 @@ fn rejection_name(rejection: &RecordRejection) -> &'static str {
         RecordRejection::Storage { .. } => "storage",
         RecordRejection::Overloaded { .. } => "overloaded",
         RecordRejection::Unavailable { .. } => "unavailable",
+        RecordRejection::ProducerExpired { .. } => "producer-expired",
     }
 }
 

@@ -28,10 +28,10 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use sluice_edge::spool::{Spool, SpoolConfig, StreamKey};
+use sluice_edge::spool::{Now, Spool, SpoolConfig, StreamKey};
 use sluice_proto::env::Clock;
 use sluice_proto::os::RealClock;
-use sluice_proto::{Payload, Reading, SensorId, UnixMillis};
+use sluice_proto::{Payload, Reading, SensorId};
 use sluice_tests::edge::TestEdge;
 use sluice_tests::measure::{
     fsync_reference, load_average, ms, n_cpus, percentiles, pid_cpu_seconds, CountingDisk,
@@ -118,7 +118,7 @@ fn sensors() -> Result<Vec<SensorId>> {
 
 /// Takes every durable record the spool hands out and acknowledges each sensor's highest seq,
 /// as the uplink does when the node answers; returns the records delivered.
-fn deliver(spool: &mut Spool, now: UnixMillis) -> Result<u64> {
+fn deliver(spool: &mut Spool, now: Now) -> Result<u64> {
     let mut n = 0u64;
     for _ in 0..BATCHES_PER_ROUND_MAX {
         let records = spool.next_batch(BATCH_RECORDS_MAX, BATCH_BYTES_MAX)?;
@@ -154,7 +154,11 @@ fn spool_run(parent: &Path, sync_interval_ms: u64, seconds: u64) -> Result<Spool
         ..SpoolConfig::default()
     };
     let clock = RealClock;
-    let (mut spool, _) = Spool::open(Arc::new(disk), dir.path(), config, clock.wall())?;
+    let at = |clock: &RealClock| Now {
+        mono: clock.now(),
+        wall: clock.wall(),
+    };
+    let (mut spool, _) = Spool::open(Arc::new(disk), dir.path(), config, at(&clock))?;
     let sensors = sensors()?;
     let stats_before = spool.stats();
     let (disk_syncs_before, bytes_before) = counters.snapshot();
@@ -170,14 +174,14 @@ fn spool_run(parent: &Path, sync_interval_ms: u64, seconds: u64) -> Result<Spool
         if t >= end {
             break;
         }
-        let now = clock.wall();
-        if spool.poll_timeout().is_some_and(|due| due <= now) {
+        let now = at(&clock);
+        if spool.poll_timeout().is_some_and(|due| due <= now.mono) {
             spool.handle_timeout(now)?;
         }
         let sensor = sensors[(n_steps % N_SENSORS as u64) as usize].clone();
         let celsius = 20.0 + (n_steps % 50) as f64 * 0.1;
         let reading = Payload::Reading(Reading::Temperature { celsius });
-        match spool.append(now, sensor, now, reading)? {
+        match spool.append(now, sensor, now.wall, reading)? {
             Ok(_) => n_appended += 1,
             Err(_) => n_rejected += 1,
         }
@@ -195,7 +199,7 @@ fn spool_run(parent: &Path, sync_interval_ms: u64, seconds: u64) -> Result<Spool
     let (cpu_seconds, other_cpu_seconds) = CpuSnapshot::take().since(&cpu_before);
     let stats = spool.stats();
     let (disk_syncs, bytes) = counters.snapshot();
-    spool.close(clock.wall())?;
+    spool.close(at(&clock))?;
     Ok(SpoolRun {
         sync_interval_ms,
         n_appended,

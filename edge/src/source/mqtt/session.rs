@@ -18,12 +18,11 @@
 use super::route::Router;
 use super::{subscriptions, MqttSource};
 use crate::source::{Offered, SinkClosed, SourceContext, SourceError, SourceReading};
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, NetworkOptions, Outgoing, Packet, Publish, QoS,
     Request, StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, Unsubscribe,
 };
+use sluice_proto::backoff::Backoff;
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -84,49 +83,6 @@ struct Pending {
     id: u64,
     reading: SourceReading,
     ack: Option<AckToken>,
-}
-
-/// Capped exponential backoff with jitter: the n-th consecutive failure waits a uniformly
-/// random time in `[d/2, d]` where `d = min(initial * 2^(n-1), max)`.
-#[derive(Debug)]
-pub(super) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    n_failures: u32,
-    rng: ChaCha8Rng,
-}
-
-impl Backoff {
-    pub(super) fn new(initial: Duration, max: Duration, rng: ChaCha8Rng) -> Self {
-        Self {
-            initial,
-            max,
-            n_failures: 0,
-            rng,
-        }
-    }
-
-    /// The wait after one more failure.
-    pub(super) fn next_delay(&mut self) -> Duration {
-        let doublings = self.n_failures.min(32);
-        self.n_failures = self.n_failures.saturating_add(1);
-        let ceiling = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(doublings))
-            .min(self.max);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(self.rng.random_range(ceiling_ms / 2..=ceiling_ms))
-    }
-
-    /// Consecutive failures so far.
-    pub(super) fn n_failures(&self) -> u32 {
-        self.n_failures
-    }
-
-    /// Forgets the failures (after a successful connection).
-    pub(super) fn reset(&mut self) {
-        self.n_failures = 0;
-    }
 }
 
 /// Runs the source until the agent stops; see the module doc.
@@ -494,64 +450,5 @@ async fn until_done<T>(slot: &mut Option<Pin<Box<dyn Future<Output = T> + Send +
     match slot {
         Some(future) => future.as_mut().await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::SeedableRng;
-
-    fn backoff() -> Backoff {
-        Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_millis(1_000),
-            ChaCha8Rng::seed_from_u64(7),
-        )
-    }
-
-    fn check_delays(backoff: &mut Backoff, ceilings_ms: &[u64]) {
-        for ceiling in ceilings_ms {
-            let delay = backoff.next_delay().as_millis() as u64;
-            assert!(
-                (ceiling / 2..=*ceiling).contains(&delay),
-                "{delay} not in [{}, {ceiling}]",
-                ceiling / 2
-            );
-        }
-    }
-
-    // Delays double from the initial value up to the cap, each jittered into [d/2, d].
-    #[test]
-    fn backoff_doubles_to_the_cap() {
-        check_delays(&mut backoff(), &[100, 200, 400, 800, 1_000, 1_000, 1_000]);
-    }
-
-    // A reset (after a CONNACK) starts again from the initial delay.
-    #[test]
-    fn backoff_resets() {
-        let mut b = backoff();
-        check_delays(&mut b, &[100, 200, 400]);
-        b.reset();
-        assert_eq!(b.n_failures(), 0);
-        check_delays(&mut b, &[100, 200]);
-    }
-
-    // Many failures neither overflow nor exceed the cap.
-    #[test]
-    fn backoff_survives_many_failures() {
-        let mut b = backoff();
-        for _ in 0..100 {
-            assert!(b.next_delay() <= Duration::from_millis(1_000));
-        }
-    }
-
-    // The same seed gives the same delays (replayable runs).
-    #[test]
-    fn backoff_is_seeded() {
-        let (mut a, mut b) = (backoff(), backoff());
-        for _ in 0..10 {
-            assert_eq!(a.next_delay(), b.next_delay());
-        }
     }
 }

@@ -2,6 +2,30 @@
 
 use super::*;
 use sluice_proto::Reading;
+use std::sync::OnceLock;
+
+/// The monotonic origin of every test (`Instant` has no constructor but `now`).
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    #[allow(clippy::disallowed_methods)]
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// `ms` after the origin, on both clocks (the wall clock offset by `wall_offset_ms`).
+fn at_offset(ms: i64, wall_offset_ms: i64) -> Now {
+    Now {
+        mono: origin() + Duration::from_millis(ms as u64),
+        wall: UnixMillis(ms + wall_offset_ms),
+    }
+}
+
+fn at(ms: i64) -> Now {
+    at_offset(ms, 0)
+}
+
+fn mono(ms: u64) -> Instant {
+    origin() + Duration::from_millis(ms)
+}
 
 fn config() -> SpoolConfig {
     SpoolConfig {
@@ -15,6 +39,9 @@ fn config() -> SpoolConfig {
         seq_reserve_block: 16,
         send_ahead_bytes_max: 1 << 20,
         write_buffer_bytes_max: 1 << 20,
+        downtime_ms_max: 3_600_000,
+        retry_backoff_initial_ms: 1000,
+        retry_backoff_max_ms: 60_000,
     }
 }
 
@@ -27,14 +54,25 @@ fn key(name: &str) -> StreamKey {
 
 struct Driver {
     core: SpoolCore,
+    /// Monotonic ms since the origin.
     now: i64,
+    /// How far the wall clock is from the monotonic one (an NTP step changes it).
+    wall_offset: i64,
 }
 
 impl Driver {
     fn new(config: SpoolConfig) -> Driver {
-        let mut core = SpoolCore::new_empty(config, UnixMillis(0)).unwrap();
+        let mut core = SpoolCore::new_empty(config, at(0)).unwrap();
         while core.poll_output().is_some() {}
-        Driver { core, now: 0 }
+        Driver {
+            core,
+            now: 0,
+            wall_offset: 0,
+        }
+    }
+
+    fn time(&self) -> Now {
+        at_offset(self.now, self.wall_offset)
     }
 
     fn outputs(&mut self) -> Vec<Output> {
@@ -44,20 +82,23 @@ impl Driver {
     fn append(&mut self, name: &str) -> Result<Appended, Rejected> {
         let payload = Payload::Reading(Reading::Temperature { celsius: 20.5 });
         let sensor = SensorId::new(name).unwrap();
-        self.core
-            .handle_append(UnixMillis(self.now), sensor, UnixMillis(self.now), payload)
+        let now = self.time();
+        self.core.handle_append(now, sensor, now.wall, payload)
     }
 
     fn sync(&mut self) {
-        self.core.handle_sync(UnixMillis(self.now));
+        self.core.handle_sync(self.time());
+    }
+
+    fn timeout(&mut self) {
+        self.core.handle_timeout(self.time());
     }
 
     /// Hands out everything durable and acknowledges it.
     fn deliver_all(&mut self) -> u64 {
         let batch = self.core.next_batch(u32::MAX, u64::MAX);
         for out in &batch {
-            self.core
-                .handle_ack(UnixMillis(self.now), &out.key, out.seq_last);
+            self.core.handle_ack(self.time(), &out.key, out.seq_last);
         }
         batch.len() as u64
     }
@@ -131,15 +172,15 @@ fn syncs_are_batched_by_the_interval() {
     d.outputs();
     d.now = 40;
     d.append("a").unwrap();
-    assert_eq!(d.core.poll_timeout(), Some(UnixMillis(100)));
-    d.core.handle_timeout(UnixMillis(99));
+    assert_eq!(d.core.poll_timeout(), Some(mono(100)));
+    d.core.handle_timeout(at(99));
     assert_eq!(count(&d.outputs(), is_sync), 0);
-    d.core.handle_timeout(UnixMillis(100));
+    d.core.handle_timeout(at(100));
     let out = d.outputs();
     assert_eq!(count(&out, is_sync), 1);
     assert_eq!(
         d.core.poll_timeout(),
-        Some(UnixMillis(1_000_000)),
+        Some(mono(1_000_000)),
         "only the expiry is left"
     );
 }
@@ -274,15 +315,15 @@ fn expiry_declares_old_unsent_readings_but_never_pinned_ones() {
     for _ in 0..3 {
         d.append("a").unwrap();
     }
-    assert_eq!(d.core.poll_timeout(), Some(UnixMillis(700)), "sync first");
-    d.core.handle_timeout(UnixMillis(700));
+    assert_eq!(d.core.poll_timeout(), Some(mono(700)), "sync first");
+    d.core.handle_timeout(at(700));
     assert_eq!(
         d.core.poll_timeout(),
-        Some(UnixMillis(1000)),
+        Some(mono(1000)),
         "then expiry of seq 2"
     );
     d.now = 1000;
-    d.core.handle_timeout(UnixMillis(1000));
+    d.core.handle_timeout(at(1000));
     let expired = |first, last| Declared {
         key: key("a"),
         seq: first,
@@ -291,7 +332,7 @@ fn expiry_declares_old_unsent_readings_but_never_pinned_ones() {
     };
     assert_eq!(d.core.declared(), vec![expired(2, 4)]);
     assert_eq!(d.core.n_records(), 2 + 1 + 3);
-    d.core.handle_timeout(UnixMillis(1600));
+    d.core.handle_timeout(at(1600));
     assert_eq!(d.core.declared(), vec![expired(2, 7)]);
     assert_eq!(d.core.stats().n_dropped_expired, 6);
     assert_eq!(d.core.stream_ends(&key("a")), Some((0, 8)));
@@ -306,15 +347,15 @@ fn sources_cannot_declare_drops_and_sensors_are_bounded() {
         seq_last: 3,
         reason: DropReason::PowerLoss,
     };
-    let now = UnixMillis(0);
+    let now = at(0);
     let sensor = SensorId::new("a").unwrap();
     assert_eq!(
-        d.core.handle_append(now, sensor.clone(), now, dropped),
+        d.core.handle_append(now, sensor.clone(), now.wall, dropped),
         Err(Rejected::DropIsReserved)
     );
     let big = Payload::Bytes(vec![7; 600]);
     assert!(matches!(
-        d.core.handle_append(now, sensor, now, big),
+        d.core.handle_append(now, sensor, now.wall, big),
         Err(Rejected::TooLarge { max: 512, .. })
     ));
     for name in ["a", "b", "c", "d"] {
@@ -341,7 +382,7 @@ fn block_compacts_a_fragmented_spool_instead_of_refusing() {
     d.outputs();
     let batch = d.core.next_batch(u32::MAX, u64::MAX);
     for out in batch.iter().filter(|o| o.key == key("b")) {
-        d.core.handle_ack(UnixMillis(0), &out.key, out.seq_last);
+        d.core.handle_ack(at(0), &out.key, out.seq_last);
     }
     d.core.handle_rewind();
     d.sync();
@@ -350,4 +391,228 @@ fn block_compacts_a_fragmented_spool_instead_of_refusing() {
     assert!(count(&d.outputs(), |o| matches!(o, Output::Copy { .. })) > 0);
     assert!(d.core.declared().is_empty());
     assert!(d.core.n_segments() <= 4);
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+#[test]
+fn a_wall_clock_stepped_forward_expires_nothing_early() {
+    // Checks that a wall clock jumping five hours ahead (NTP reaching a Pi without a clock)
+    // neither expires unsent readings nor moves the sync deadline: both stay on the monotonic
+    // clock, and expiry comes exactly record_age_ms_max after the append by that clock.
+    let mut d = Driver::new(SpoolConfig {
+        record_age_ms_max: 10_000,
+        ..config()
+    });
+    for _ in 0..3 {
+        d.append("a").unwrap();
+    }
+    d.sync();
+    d.now = 50;
+    d.wall_offset = 5 * HOUR_MS;
+    d.append("a").unwrap();
+    assert_eq!(d.core.poll_timeout(), Some(mono(150)), "sync 100 ms later");
+    d.now = 149;
+    d.timeout();
+    assert!(d.core.declared().is_empty(), "{:?}", d.core.declared());
+    d.outputs();
+    d.now = 150;
+    d.timeout();
+    assert_eq!(count(&d.outputs(), is_sync), 1);
+    assert_eq!(d.core.poll_timeout(), Some(mono(10_000)));
+    d.now = 9_999;
+    d.timeout();
+    assert!(d.core.declared().is_empty());
+    d.now = 10_000;
+    d.timeout();
+    let declared = d.core.declared();
+    assert_eq!(declared.len(), 1, "{declared:?}");
+    assert_eq!(
+        (declared[0].seq, declared[0].seq_last, declared[0].reason),
+        (0, 2, DropReason::Expired)
+    );
+    assert_eq!(
+        d.core.oldest_age_ms(mono(10_000)),
+        Some(9_950),
+        "seq 3 is left"
+    );
+}
+
+#[test]
+fn a_wall_clock_stepped_back_holds_no_sync_or_expiry_back() {
+    // Checks that a wall clock jumping five hours back changes neither the sync deadline nor
+    // the expiry: the sync comes sync_interval_ms after the first unsynced append and expiry
+    // record_age_ms_max after the append, by the monotonic clock.
+    let mut d = Driver::new(SpoolConfig {
+        record_age_ms_max: 10_000,
+        ..config()
+    });
+    d.append("a").unwrap();
+    d.sync();
+    d.outputs();
+    d.now = 10;
+    d.append("a").unwrap();
+    d.wall_offset = -5 * HOUR_MS;
+    d.now = 20;
+    d.append("a").unwrap();
+    assert_eq!(d.core.poll_timeout(), Some(mono(110)));
+    d.now = 110;
+    d.timeout();
+    assert_eq!(count(&d.outputs(), is_sync), 1, "synced on time");
+    assert_eq!(d.core.poll_timeout(), Some(mono(10_000)));
+    d.now = 10_010;
+    d.timeout();
+    let declared = d.core.declared();
+    assert_eq!(declared.len(), 1, "{declared:?}");
+    assert_eq!((declared[0].seq, declared[0].seq_last), (0, 1));
+}
+
+/// The spool clock a replay of `[checkpoint, reading at spooled_at, clock entry]` resumes at
+/// when reopened at `reopen` (and the downtime it counted).
+fn replay_clock(spooled_at: u64, clock: (u64, i64), reopen: Now) -> (SpoolCore, Recovered) {
+    let mut replay = Replay::new(config());
+    let loc = |pos| Loc {
+        segment: 0,
+        pos,
+        len: 10,
+    };
+    let entries = [
+        Entry::Checkpoint {
+            epoch: BootEpoch(1),
+            streams: Vec::new(),
+        },
+        Entry::Reserve {
+            sensor: key("a").sensor,
+            epoch: BootEpoch(1),
+            seq_end: 16,
+        },
+        Entry::Record {
+            spooled_at: UnixMillis(spooled_at as i64),
+            record: Record {
+                sensor: key("a").sensor,
+                boot_epoch: BootEpoch(1),
+                seq: 0,
+                device_time: UnixMillis(0),
+                payload: Payload::Reading(Reading::Temperature { celsius: 1.0 }),
+            },
+        },
+        Entry::Clock {
+            spool_ms: clock.0,
+            wall: UnixMillis(clock.1),
+        },
+    ];
+    for (i, entry) in entries.into_iter().enumerate() {
+        replay
+            .entry(loc(SEGMENT_HEADER_LEN + 10 * i as u64), entry)
+            .unwrap();
+    }
+    replay.segment(0, SEGMENT_HEADER_LEN + 40, 4);
+    replay.finish(reopen, DropReason::PowerLoss).unwrap()
+}
+
+#[test]
+fn ages_survive_a_restart_counting_only_plausible_downtime() {
+    // Checks how the spool clock resumes after a restart (a new monotonic origin): it counts
+    // the wall clock's downtime since the last persisted clock entry when that is small, at most
+    // downtime_ms_max when the wall clock jumped ahead by hours, and nothing when the wall clock
+    // went back (never a negative age); record ages follow.
+    let last = (5_000u64, 1_000_000i64); // spool clock 5 s when the wall clock read 1000 s
+    let reopen = |wall: i64| Now {
+        mono: mono(77),
+        wall: UnixMillis(wall),
+    };
+    // Down 30 s by the wall clock: counted in full.
+    let (core, rec) = replay_clock(2_000, last, reopen(1_030_000));
+    assert_eq!(
+        (rec.downtime_counted_ms, rec.downtime_wall_ms),
+        (30_000, 30_000)
+    );
+    assert_eq!(core.spool_ms(), 35_000);
+    assert_eq!(core.oldest_age_ms(mono(77)), Some(33_000));
+    assert_eq!(
+        core.oldest_age_ms(mono(1_077)),
+        Some(34_000),
+        "then monotonic"
+    );
+    // The wall clock is five hours ahead (NTP stepped it): at most downtime_ms_max counted.
+    let (core, rec) = replay_clock(2_000, last, reopen(1_000_000 + 5 * HOUR_MS));
+    assert_eq!(rec.downtime_counted_ms, config().downtime_ms_max);
+    assert_eq!(core.spool_ms(), 5_000 + config().downtime_ms_max);
+    // The wall clock went back five hours (not set yet): nothing counted, nothing negative.
+    let (core, rec) = replay_clock(2_000, last, reopen(1_000_000 - 5 * HOUR_MS));
+    assert_eq!(
+        (rec.downtime_counted_ms, rec.downtime_wall_ms),
+        (0, -5 * HOUR_MS)
+    );
+    assert_eq!(core.spool_ms(), 5_000);
+    assert_eq!(core.oldest_age_ms(mono(77)), Some(3_000));
+    // A wall clock before 1970 at reopen changes nothing either.
+    let (core, _) = replay_clock(2_000, last, reopen(-1));
+    assert_eq!(core.spool_ms(), 5_000);
+}
+
+#[test]
+fn a_reading_the_node_refuses_is_replaced_by_a_durable_declaration() {
+    // Checks that handle_refused replaces a handed-out reading by a synced Invalid declaration
+    // of exactly its seq, which is handed out in its place (after a rewind) and acknowledged
+    // like a reading, while the stream still tiles; and that unsent readings, declarations and
+    // unknown seqs are left alone.
+    let mut d = Driver::new(config());
+    for _ in 0..4 {
+        d.append("a").unwrap();
+    }
+    d.sync();
+    d.outputs();
+    assert!(
+        !d.core.handle_refused(d.time(), &key("a"), 1),
+        "not handed out yet"
+    );
+    let batch = d.core.next_batch(u32::MAX, u64::MAX);
+    assert_eq!(batch.len(), 4);
+    d.core.handle_ack(d.time(), &key("a"), 0);
+    d.outputs();
+    assert!(d.core.handle_refused(d.time(), &key("a"), 1));
+    let out = d.outputs();
+    assert_eq!(count(&out, is_sync), 1, "durable at once: {out:?}");
+    let written: Vec<Entry> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Write { bytes, .. } => Some(frames(bytes)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        written
+            .iter()
+            .any(|e| matches!(e, Entry::Record { record, .. }
+            if record.seq == 1 && record.payload == Payload::Dropped {
+                seq_last: 1, reason: DropReason::Invalid })),
+        "{written:?}"
+    );
+    assert_eq!(
+        d.core.declared(),
+        vec![Declared {
+            key: key("a"),
+            seq: 1,
+            seq_last: 1,
+            reason: DropReason::Invalid,
+        }]
+    );
+    assert_eq!(d.core.stats().n_dropped_invalid, 1);
+    assert!(
+        !d.core.handle_refused(d.time(), &key("a"), 1),
+        "already declared"
+    );
+    assert!(
+        !d.core.handle_refused(d.time(), &key("a"), 9),
+        "never issued"
+    );
+    d.core.handle_rewind();
+    let again = d.core.next_batch(u32::MAX, u64::MAX);
+    let seqs: Vec<(u64, u64)> = again.iter().map(|o| (o.seq, o.seq_last)).collect();
+    assert_eq!(seqs, [(1, 1), (2, 2), (3, 3)]);
+    d.core.handle_ack(d.time(), &key("a"), 3);
+    assert_eq!(d.core.n_records(), 0);
+    assert_eq!(d.core.stream_ends(&key("a")), Some((4, 4)));
 }
