@@ -5,7 +5,8 @@
 //!
 //! Declarations need a cause the simulator saw itself: `PowerLoss` only in the epoch of a boot
 //! whose power was cut; `SpoolFull` only from a `drop_oldest` spool whose directory reached its
-//! segment budget on the edge's disk, or from an edge whose disk the simulator filled; `Expired` only once the boot is older than the age bound.
+//! segment budget on the edge's disk; `Storage` only from an edge whose disk the simulator
+//! filled or failed an `fdatasync` on, `Corrupted` only after such a failed sync; `Expired` only once the boot is older than the age bound.
 //! Once a boot's counts are final (a clean stop, or the end with its sources finished) nothing
 //! but a power-loss declaration lies beyond what it accepted, plus one seq per offer whose
 //! source was stopped before it learned the outcome (the agent may have spooled it: sources are
@@ -214,6 +215,7 @@ fn check_epoch(
             edge.boots.iter().map(|b| &b.epochs).collect::<Vec<_>>()
         )));
     };
+    let n_sync_failures = edge.disk.stats().n_sync_failures;
     for &(seq, seq_last, reason) in &tiles.drops {
         let n = seq_last - seq + 1;
         let what = format!("{name}: seqs {seq}..={seq_last} declared {reason:?}");
@@ -231,11 +233,10 @@ fn check_epoch(
                 totals.n_spool_full += n;
                 let dir = edge.spool_dirs.get(stream);
                 let files_max = dir.map_or(0, |d| edge.disk.files_max(d)) as u64;
-                if edge.policy != FullPolicy::DropOldest && edge.n_disk_full == 0 {
+                if edge.policy != FullPolicy::DropOldest {
                     return Err(fail(format!("{what}, but the spool's policy is block")));
                 }
-                // A full disk is a full spool too, whatever the spool's own budget.
-                if files_max + 1 < edge.n_segments_max && edge.n_disk_full == 0 {
+                if files_max + 1 < edge.n_segments_max {
                     return Err(fail(format!(
                         "{what}, but the spool never held more than {files_max} of its {} \
                          segments",
@@ -254,11 +255,19 @@ fn check_epoch(
                     )));
                 }
             }
+            DropReason::Storage if edge.n_disk_full > 0 || n_sync_failures > 0 => {}
+            DropReason::Corrupted if n_sync_failures > 0 => {
+                // A failed fdatasync drops pages below what the spool had made durable before;
+                // a later power cut can leave that as damage.
+            }
             DropReason::Invalid | DropReason::Storage | DropReason::Corrupted => {
-                // The simulated node refuses nothing an honest edge sends as invalid, and edge
-                // disks here neither fail writes nor flip bits: such a declaration is a lie.
+                // The simulated node refuses nothing an honest edge sends as invalid; only the
+                // simulator's own disk faults (`--edge-disk-faults`) fail or damage an edge's
+                // records: any other such declaration is a lie.
                 return Err(fail(format!(
-                    "{what}, but nothing in this run refuses, fails or damages an edge's records"
+                    "{what}, but nothing in this run refuses, fails or damages an edge's records \
+                     (disk full {} times, {n_sync_failures} failed syncs)",
+                    edge.n_disk_full
                 )));
             }
         }
