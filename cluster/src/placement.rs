@@ -26,17 +26,31 @@ mod tests {
 
     #[test]
     fn placement_is_frozen() {
-        // Checks that placement never changes for known keys (it decides where data lives), and
-        // that keys spread over partitions.
-        let p = |s: &str| partition_for(&SensorId::new(s).unwrap(), 8).0;
+        // Checks that placement never changes for known keys (it decides where data lives):
+        // the hash against FNV-1a's published test vector, and the partitions of a list of
+        // sensor ids at several partition counts against values computed once by an
+        // independent FNV-1a implementation and written down here. Then that keys spread
+        // over partitions.
+        let p = |s: &str, n: u32| partition_for(&SensorId::new(s).unwrap(), n).0;
         assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
-        assert_eq!(
-            [p("fridge-1"), p("fridge-2"), p("door/lobby")],
-            [p("fridge-1"), p("fridge-2"), p("door/lobby")]
-        );
+        assert_eq!(fnv1a(b"fridge-1"), 0xc2353478aade4c3e);
+        // Partition counts 1, 2, 3, 4, 7, 8, 16 and 64.
+        let frozen: [(&str, [u32; 8]); 7] = [
+            ("fridge-1", [0, 0, 1, 2, 6, 6, 14, 62]),
+            ("fridge-2", [0, 1, 0, 3, 3, 3, 11, 11]),
+            ("door/lobby", [0, 0, 2, 2, 6, 2, 2, 2]),
+            ("greenhouse/north/temperature", [0, 1, 0, 1, 3, 1, 9, 9]),
+            ("e0-d0-0/temperature", [0, 1, 2, 3, 5, 7, 7, 55]),
+            ("p3/sensor-5", [0, 1, 0, 1, 1, 1, 9, 57]),
+            ("pi-kitchen/humidity", [0, 1, 1, 1, 5, 5, 13, 29]),
+        ];
+        for (sensor, expected) in frozen {
+            let actual = [1, 2, 3, 4, 7, 8, 16, 64].map(|n| p(sensor, n));
+            assert_eq!(actual, expected, "{sensor}");
+        }
         let mut counts = [0u32; 8];
         for i in 0..8000 {
-            counts[p(&format!("sensor-{i}")) as usize] += 1;
+            counts[p(&format!("sensor-{i}"), 8) as usize] += 1;
         }
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
     }

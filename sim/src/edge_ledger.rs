@@ -7,6 +7,8 @@
 //! Accepted counts are the checkers' own: an observer given to `Agent::start_observed` records
 //! every `Offered::Accepted { epoch, seq }` as the source is told it, and fails the run at once
 //! if a sensor's seqs in an epoch do not come 0, 1, 2, …; so a count `n` stands for seqs `0..n`.
+//! Offers whose source never learned the outcome (a stop ended the source first) are counted
+//! too: the agent may have spooled them, so they widen the upper bound, never the lower one.
 //! They are final when a boot ends (after the power is cut, before the agent is dropped; after a
 //! clean stop returns). Only the spools' boot epochs are taken from the agent's report; boots,
 //! their ends and the spool directories' sizes are the simulator's own observations.
@@ -43,6 +45,10 @@ pub struct Boot {
     /// Readings accepted per sensor: seqs `0..n` of the sensor's stream in this boot's epoch.
     /// Final once the boot ended, or once its sources finished.
     pub accepted: BTreeMap<SensorId, u64>,
+    /// Offers per sensor whose source never learned the outcome (it was stopped with the offer
+    /// queued or its answer on the way). The agent may have spooled each of them, so a boot's
+    /// seqs of a sensor end somewhere in `accepted..=accepted + unanswered`.
+    pub unanswered: BTreeMap<SensorId, u64>,
 }
 
 impl Boot {
@@ -96,6 +102,10 @@ pub struct EdgeRecord {
     pub n_clean_restarts: u32,
     /// Link outages (each flap period counts).
     pub n_outages: u32,
+    /// `fdatasync` failures armed on its disk (each fires at a later sync, if one comes).
+    pub n_sync_failures_armed: u32,
+    /// Periods its disk was full.
+    pub n_disk_full: u32,
 }
 
 impl EdgeRecord {

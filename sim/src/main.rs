@@ -22,9 +22,30 @@ struct Cli {
     /// Run a range of seeds: `A..B` (B excluded) or `A..=B`.
     #[arg(long, conflicts_with = "replay_file")]
     seeds: Option<String>,
-    /// Run the seeds listed in a file: one per line, `#` starts a comment.
+    /// Run the seeds listed in a file: one per line, `#` starts a comment. A seed may be
+    /// followed by settings flags of its own (`7141 --edges-max 6`), applied over the command
+    /// line's.
     #[arg(long)]
     replay_file: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Seeds run in parallel, each on its own thread and runtime (default: the number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Log at debug level.
+    #[arg(long)]
+    verbose: bool,
+    /// Log filter, `EnvFilter` syntax (overrides --verbose), e.g. `sluice_node=debug`.
+    #[arg(long)]
+    log: Option<String>,
+    /// Print every seed's trace hash (to compare runs across processes).
+    #[arg(long)]
+    print_hash: bool,
+}
+
+/// The settings of a run, as flags (on the command line, or after a seed in a replay file).
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
     /// Simulated length of the safety phase (workload and faults), in ms.
     #[arg(long, default_value_t = Settings::default().safety_ms)]
     safety_ms: u64,
@@ -43,21 +64,22 @@ struct Cli {
     /// Do not inject fdatasync failures (each becomes a clean restart; other draws unchanged).
     #[arg(long)]
     no_sync_errors: bool,
-    /// Seeds run in parallel, each on its own thread and runtime (default: the number of cores).
+    /// Also inject faults on edge disks: failed `fdatasync` calls (Linux semantics) and a full
+    /// disk for a while (writes that grow a file fail with ENOSPC). Off by default until the
+    /// agent survives them.
     #[arg(long)]
-    jobs: Option<usize>,
-    /// Log at debug level.
-    #[arg(long)]
-    verbose: bool,
-    /// Log filter, `EnvFilter` syntax (overrides --verbose), e.g. `sluice_node=debug`.
-    #[arg(long)]
-    log: Option<String>,
-    /// Print every seed's trace hash (to compare runs across processes).
-    #[arg(long)]
-    print_hash: bool,
+    edge_disk_faults: bool,
     /// Plant a bug, to check that the checkers catch it.
     #[arg(long, value_enum, hide = true)]
     plant: Option<Plant>,
+}
+
+/// One line of a replay file: the settings flags after its seed.
+#[derive(Debug, Parser)]
+#[command(name = "replay line", no_binary_name = true, args_override_self = true)]
+struct LineArgs {
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 fn parse_seeds(text: &str) -> Result<Vec<u64>> {
@@ -75,24 +97,32 @@ fn parse_seeds(text: &str) -> Result<Vec<u64>> {
     Ok(vec![number(text)?])
 }
 
-fn read_seed_file(path: &PathBuf) -> Result<Vec<u64>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+/// The seeds of a replay file, each with its settings: `base` with the line's flags over it.
+fn parse_seed_file(text: &str, name: &str, base: &RunArgs) -> Result<Vec<(u64, Settings)>> {
     let mut seeds = Vec::new();
     for (idx, line) in text.lines().enumerate() {
         let content = line.split('#').next().unwrap_or("").trim();
-        if content.is_empty() {
+        let mut words = content.split_whitespace();
+        let Some(first) = words.next() else {
             continue;
-        }
-        let seed = content.parse::<u64>().with_context(|| {
-            format!("{}:{}: {content:?} is not a seed", path.display(), idx + 1)
-        })?;
-        seeds.push(seed);
+        };
+        let at = || format!("{name}:{}", idx + 1);
+        let seed = first
+            .parse::<u64>()
+            .with_context(|| format!("{}: {first:?} is not a seed", at()))?;
+        let args: Vec<String> = base
+            .flags()
+            .into_iter()
+            .chain(words.map(str::to_owned))
+            .collect();
+        let line_args = LineArgs::try_parse_from(&args)
+            .map_err(|e| anyhow::anyhow!("{}: {}", at(), e.render()))?;
+        seeds.push((seed, line_args.run.settings()));
     }
     Ok(seeds)
 }
 
-impl Cli {
+impl RunArgs {
     fn settings(&self) -> Settings {
         Settings {
             safety_ms: self.safety_ms,
@@ -101,55 +131,85 @@ impl Cli {
             faults_max: self.faults_max,
             edges_max: self.edges_max,
             sync_errors: !self.no_sync_errors,
+            edge_disk_faults: self.edge_disk_faults,
             plant: self.plant,
         }
     }
 
-    fn seeds(&self) -> Result<Vec<u64>> {
+    /// These settings as flags, leaving out defaults.
+    fn flags(&self) -> Vec<String> {
+        settings_flags(&self.settings())
+    }
+}
+
+/// `settings` as `sluice-sim` flags, leaving out defaults.
+fn settings_flags(settings: &Settings) -> Vec<String> {
+    let defaults = Settings::default();
+    let mut flags = Vec::new();
+    for (flag, value, default) in [
+        ("--safety-ms", settings.safety_ms, defaults.safety_ms),
+        ("--liveness-ms", settings.liveness_ms, defaults.liveness_ms),
+        (
+            "--producers-max",
+            u64::from(settings.producers_max),
+            u64::from(defaults.producers_max),
+        ),
+        (
+            "--faults-max",
+            u64::from(settings.faults_max),
+            u64::from(defaults.faults_max),
+        ),
+        (
+            "--edges-max",
+            u64::from(settings.edges_max),
+            u64::from(defaults.edges_max),
+        ),
+    ] {
+        if value != default {
+            flags.push(flag.to_owned());
+            flags.push(value.to_string());
+        }
+    }
+    if !settings.sync_errors {
+        flags.push("--no-sync-errors".to_owned());
+    }
+    if settings.edge_disk_faults {
+        flags.push("--edge-disk-faults".to_owned());
+    }
+    if let Some(plant) = settings.plant {
+        flags.push("--plant".to_owned());
+        flags.push(plant.flag().to_owned());
+    }
+    flags
+}
+
+/// The command that replays `seed` with `settings`.
+fn replay_command(seed: u64, settings: &Settings) -> String {
+    let mut command = format!("cargo run -p sluice-sim --release -- --seed {seed}");
+    for flag in settings_flags(settings) {
+        command.push(' ');
+        command.push_str(&flag);
+    }
+    command
+}
+
+impl Cli {
+    /// Every seed to run, with its settings.
+    fn seeds(&self) -> Result<Vec<(u64, Settings)>> {
+        let settings = self.run.settings();
+        let with = |seeds: Vec<u64>| seeds.into_iter().map(|s| (s, settings.clone())).collect();
         match (&self.seed, &self.seeds, &self.replay_file) {
-            (Some(seed), _, _) => Ok(vec![*seed]),
-            (_, Some(range), _) => parse_seeds(range),
-            (_, _, Some(path)) => read_seed_file(path),
+            (Some(seed), _, _) => Ok(with(vec![*seed])),
+            (_, Some(range), _) => Ok(with(parse_seeds(range)?)),
+            (_, _, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                parse_seed_file(&text, &path.display().to_string(), &self.run)
+            }
             _ => bail!(
                 "say which seeds to run: --seed N, --seeds A..B or --replay-file sim/seeds.txt"
             ),
         }
-    }
-
-    /// The command that replays `seed` with these settings.
-    fn replay_command(&self, seed: u64) -> String {
-        let defaults = Settings::default();
-        let mut command = format!("cargo run -p sluice-sim --release -- --seed {seed}");
-        for (flag, value, default) in [
-            ("--safety-ms", self.safety_ms, defaults.safety_ms),
-            ("--liveness-ms", self.liveness_ms, defaults.liveness_ms),
-            (
-                "--producers-max",
-                u64::from(self.producers_max),
-                u64::from(defaults.producers_max),
-            ),
-            (
-                "--faults-max",
-                u64::from(self.faults_max),
-                u64::from(defaults.faults_max),
-            ),
-            (
-                "--edges-max",
-                u64::from(self.edges_max),
-                u64::from(defaults.edges_max),
-            ),
-        ] {
-            if value != default {
-                command.push_str(&format!(" {flag} {value}"));
-            }
-        }
-        if self.no_sync_errors {
-            command.push_str(" --no-sync-errors");
-        }
-        if let Some(plant) = self.plant {
-            command.push_str(&format!(" --plant {}", plant.flag()));
-        }
-        command
     }
 }
 
@@ -168,7 +228,7 @@ fn progress_bar(n: usize, interactive: bool) -> ProgressBar {
     bar
 }
 
-fn report_failure(cli: &Cli, outcome: &RunOutcome, log: &str) -> String {
+fn report_failure(outcome: &RunOutcome, settings: &Settings, log: &str) -> String {
     let seed = outcome.summary.seed;
     let mut text = String::new();
     if let Some(violation) = &outcome.failure {
@@ -177,7 +237,7 @@ fn report_failure(cli: &Cli, outcome: &RunOutcome, log: &str) -> String {
             outcome.summary.sim_time.as_secs_f64()
         ));
     }
-    text.push_str(&format!("  replay: {}\n", cli.replay_command(seed)));
+    text.push_str(&format!("  replay: {}\n", replay_command(seed, settings)));
     let tail: Vec<&str> = log.lines().rev().take(30).collect();
     if !tail.is_empty() {
         text.push_str("  last log lines:\n");
@@ -185,7 +245,11 @@ fn report_failure(cli: &Cli, outcome: &RunOutcome, log: &str) -> String {
             text.push_str(&format!("    {line}\n"));
         }
     }
-    text.push_str(&format!("  keep it: add {seed} to sim/seeds.txt\n"));
+    let line = std::iter::once(seed.to_string())
+        .chain(settings_flags(settings))
+        .collect::<Vec<_>>()
+        .join(" ");
+    text.push_str(&format!("  keep it: add `{line}` to sim/seeds.txt\n"));
     text
 }
 
@@ -194,8 +258,8 @@ fn summary_line(s: &RunSummary) -> String {
     let t = &s.edge_totals;
     let edges = format!(
         "edges {} (boots {}, power cuts {} ({} mid-io), clean restarts {}, outages {}, \
-         accepted {}, events {}, declared power-loss {} spool-full {} expired {}), \
-         jumps {} ({:.1}h)",
+         accepted {}, events {}, declared power-loss {} spool-full {} expired {}, \
+         sync failures {}, disk full {} ({} writes refused)), jumps {} ({:.1}h)",
         s.n_edges,
         s.n_edge_boots,
         s.n_edge_power_cuts,
@@ -207,6 +271,9 @@ fn summary_line(s: &RunSummary) -> String {
         t.n_power_loss,
         t.n_spool_full,
         t.n_expired,
+        s.n_edge_sync_failures,
+        s.n_edge_disk_full,
+        s.n_edge_no_space,
         s.n_jumps,
         s.jumped.as_secs_f64() / 3600.0,
     );
@@ -234,33 +301,29 @@ fn summary_line(s: &RunSummary) -> String {
     )
 }
 
-/// Runs `seeds` on `jobs` worker threads (each seed on its own runtime), sending each outcome
-/// and its captured log (when several seeds run) to `results`.
+/// Runs `seeds` (each with its settings) on `jobs` worker threads (each seed on its own
+/// runtime), sending each outcome, its settings and its captured log (when several seeds run)
+/// to `results`.
 fn run_workers(
-    seeds: &[u64],
-    settings: &Settings,
+    seeds: &[(u64, Settings)],
     jobs: usize,
-    results: mpsc::Sender<(RunOutcome, String)>,
+    results: mpsc::Sender<(RunOutcome, Settings, String)>,
 ) {
     let next = Arc::new(AtomicUsize::new(0));
     let capture = seeds.len() > 1;
+    let seeds: Arc<[(u64, Settings)]> = seeds.into();
     for _ in 0..jobs {
-        let (results, next, seeds, settings) = (
-            results.clone(),
-            next.clone(),
-            seeds.to_vec(),
-            settings.clone(),
-        );
+        let (results, next, seeds) = (results.clone(), next.clone(), seeds.clone());
         std::thread::spawn(move || loop {
-            let Some(seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)).copied() else {
+            let Some((seed, settings)) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) else {
                 return;
             };
             if capture {
                 logging::capture_start();
             }
-            let outcome = run_seed(seed, &settings);
+            let outcome = run_seed(*seed, settings);
             let log = logging::capture_take();
-            if results.send((outcome, log)).is_err() {
+            if results.send((outcome, settings.clone(), log)).is_err() {
                 return;
             }
         });
@@ -285,8 +348,8 @@ fn main() -> Result<()> {
     let bar = progress_bar(seeds.len(), interactive);
     let (mut n_done, mut n_failed, mut n_records) = (0usize, 0usize, 0usize);
     let (results_tx, results) = mpsc::channel();
-    run_workers(&seeds, &cli.settings(), jobs, results_tx);
-    for (outcome, log) in results {
+    run_workers(&seeds, jobs, results_tx);
+    for (outcome, settings, log) in results {
         n_done += 1;
         n_records += outcome.summary.n_records;
         if cli.print_hash || single {
@@ -294,7 +357,7 @@ fn main() -> Result<()> {
         }
         if outcome.failure.is_some() {
             n_failed += 1;
-            let text = report_failure(&cli, &outcome, &log);
+            let text = report_failure(&outcome, &settings, &log);
             bar.suspend(|| eprint!("{text}"));
             bar.set_message(format!("{n_failed} failed"));
         }
@@ -330,5 +393,22 @@ mod tests {
         assert_eq!(parse_seeds("42").unwrap(), vec![42]);
         assert!(parse_seeds("1..x").is_err());
         assert!(parse_seeds("").is_err());
+    }
+
+    #[test]
+    fn replay_lines_carry_their_own_settings() {
+        // Checks replay files: a bare seed takes the command line's settings, flags after a
+        // seed override them for that seed only, and a bad flag names the file and line.
+        let base = Cli::parse_from(["sluice-sim", "--seed", "1", "--edges-max", "5"]).run;
+        let text = "# a comment\n4\n\n7141 --producers-max 8 --edges-max 6  # found x\n";
+        let seeds = parse_seed_file(text, "seeds.txt", &base).unwrap();
+        assert_eq!(seeds.len(), 2);
+        assert_eq!((seeds[0].0, seeds[0].1.edges_max), (4, 5));
+        assert_eq!(seeds[0].1.producers_max, Settings::default().producers_max);
+        assert_eq!((seeds[1].0, seeds[1].1.edges_max), (7141, 6));
+        assert_eq!(seeds[1].1.producers_max, 8);
+        let error = parse_seed_file("9 --edges-maxx 2\n", "seeds.txt", &base).unwrap_err();
+        assert!(error.to_string().contains("seeds.txt:1"), "{error}");
+        assert!(parse_seed_file("x\n", "seeds.txt", &base).is_err());
     }
 }

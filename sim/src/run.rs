@@ -89,6 +89,12 @@ pub struct RunSummary {
     pub n_edge_clean_restarts: u32,
     /// Edge link outages (each flap counts).
     pub n_edge_outages: u32,
+    /// `fdatasync` failures that fired on edge disks.
+    pub n_edge_sync_failures: u64,
+    /// Periods an edge disk was full.
+    pub n_edge_disk_full: u32,
+    /// Edge writes refused with ENOSPC.
+    pub n_edge_no_space: u64,
     /// Readings edge agents accepted into their spools.
     pub n_edge_accepted: u64,
     /// Seqs declared dropped in the final log, by reason, and edge events in it.
@@ -240,6 +246,10 @@ fn add_edge_counts(ledger: &EdgeLedger, summary: &mut RunSummary) {
         summary.n_edge_power_cuts_mid_io += edge.n_power_cuts_mid_io;
         summary.n_edge_clean_restarts += edge.n_clean_restarts;
         summary.n_edge_outages += edge.n_outages;
+        let disk = edge.disk.stats();
+        summary.n_edge_sync_failures += disk.n_sync_failures;
+        summary.n_edge_disk_full += edge.n_disk_full;
+        summary.n_edge_no_space += disk.n_no_space;
         summary.n_edge_accepted += edge
             .boots
             .iter()

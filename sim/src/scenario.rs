@@ -43,6 +43,9 @@ pub const SALT_EDGE: u64 = 0xed9e_0000;
 pub const SALT_EDGE_LINK: u64 = 0xed9e_714c;
 /// Salt of an edge's fault schedule (outages, flaps, power cuts, clean restarts).
 pub const SALT_EDGE_FAULTS: u64 = 0xed9e_fa17;
+/// Salt of an edge's disk faults (failed syncs, full disk), drawn only with
+/// `Settings::edge_disk_faults`.
+pub const SALT_EDGE_DISK_FAULTS: u64 = 0xed9e_d15c;
 /// Salt of the crash outcomes of an edge's `k`-th power cut is `SALT_EDGE_CRASH + k`.
 pub const SALT_EDGE_CRASH: u64 = 0xed9e_c000_0000;
 /// Salt of the seed an edge agent's own RNGs (uplink backoff, sim sensors) derive from.
@@ -172,6 +175,18 @@ pub enum EdgeFault {
         /// Simulated ms until the next boot.
         downtime_ms: u64,
     },
+    /// One later `fdatasync` on the edge's disk fails with `EIO`, Linux style (the unsynced
+    /// pages are dropped from the write-back queue; reads still see them until a power cut).
+    SyncFailure {
+        /// Syncs that succeed before the failing one.
+        after_syncs: u32,
+    },
+    /// The edge's disk is full for `full_ms`: every write or allocation that would grow a file
+    /// fails with ENOSPC; then the space returns.
+    DiskFull {
+        /// How long, simulated ms.
+        full_ms: u64,
+    },
 }
 
 /// One edge agent of the run.
@@ -251,13 +266,19 @@ impl EdgePlan {
         let spool = draw_spool(&mut rng, n_streams);
         let uplink = draw_uplink(&mut rng);
         let link = link_faults(&mut rng);
+        let mut faults = draw_edge_faults(&mut rng_for(seed, owner, SALT_EDGE_FAULTS), settings);
+        if settings.edge_disk_faults {
+            let mut rng = rng_for(seed, owner, SALT_EDGE_DISK_FAULTS);
+            faults.extend(draw_edge_disk_faults(&mut rng, settings));
+            faults.sort_by_key(|(at_ms, _)| *at_ms);
+        }
         EdgePlan {
             idx,
             sensors,
             spool,
             uplink,
             link,
-            faults: draw_edge_faults(&mut rng_for(seed, owner, SALT_EDGE_FAULTS), settings),
+            faults,
             env_seed: rng_for(seed, owner, SALT_EDGE_ENV).random(),
         }
     }
@@ -493,6 +514,27 @@ fn draw_edge_faults(rng: &mut ChaCha8Rng, settings: &Settings) -> Vec<(u64, Edge
                 _ => EdgeFault::CleanRestart {
                     downtime_ms: rng.random_range(1..=1_000u64),
                 },
+            };
+            (at_ms, fault)
+        })
+        .collect()
+}
+
+/// An edge's disk faults: 1 to 3 failed syncs or full-disk periods, at seeded times of the
+/// safety phase.
+fn draw_edge_disk_faults(rng: &mut ChaCha8Rng, settings: &Settings) -> Vec<(u64, EdgeFault)> {
+    let safety_ms = settings.safety_ms.max(10);
+    (0..rng.random_range(1..=3u32))
+        .map(|_| {
+            let at_ms = rng.random_range(safety_ms / 10..=safety_ms * 9 / 10);
+            let fault = if rng.random_bool(0.5) {
+                EdgeFault::SyncFailure {
+                    after_syncs: rng.random_range(0..=20u32),
+                }
+            } else {
+                EdgeFault::DiskFull {
+                    full_ms: rng.random_range(100..=5_000u64),
+                }
             };
             (at_ms, fault)
         })

@@ -40,6 +40,9 @@ pub struct Settings {
     /// Inject `fdatasync` failures (Linux semantics). Turning them off replaces each one with a
     /// clean restart and leaves every other draw of the seed unchanged.
     pub sync_errors: bool,
+    /// Also fail `fdatasync` calls and fill the disk on edge disks (seeded, from RNGs of their
+    /// own, so every other draw of the seed is unchanged). Off by default: see `--help`.
+    pub edge_disk_faults: bool,
     /// A planted bug, if any.
     pub plant: Option<Plant>,
 }
@@ -53,6 +56,7 @@ impl Default for Settings {
             faults_max: 6,
             edges_max: 3,
             sync_errors: true,
+            edge_disk_faults: false,
             plant: None,
         }
     }

@@ -178,6 +178,10 @@ pub(crate) enum SinkRequest {
 /// Sees what every source was told about every offer. The simulator's checkers keep their own
 /// record of accepted seqs this way instead of trusting the agent's counters.
 pub trait OfferObserver: Send + Sync + 'static {
+    /// Source `source` is about to offer a reading of `sensor` for `stream`. An offer whose
+    /// source stops before it learns the outcome (a source task ended by a stop) may still have
+    /// been spooled: it is seen here and never in [`OfferObserver::offered`].
+    fn offering(&self, _source: &str, _stream: &StreamName, _sensor: &SensorId) {}
     /// Source `source` offered a reading of `sensor` for `stream` and was told `offered`.
     fn offered(&self, source: &str, stream: &StreamName, sensor: &SensorId, offered: &Offered);
 }
@@ -242,6 +246,9 @@ impl SourceSink {
             .observer
             .as_ref()
             .map(|o| (o.clone(), reading.stream.clone(), reading.sensor.clone()));
+        if let Some((observer, stream, sensor)) = &observed {
+            observer.offering(&self.name, stream, sensor);
+        }
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(SinkRequest::Offer {

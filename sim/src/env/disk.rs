@@ -13,6 +13,9 @@
 //! operation ([`SimDisk::arm_crash`]), so it can fall between a write and its `fdatasync`.
 //! [`SimDisk::arm_sync_failure`] fails one `fdatasync` the way Linux does: the unsynced pages
 //! are dropped from the write-back queue while reads keep returning them until the next crash.
+//! [`SimDisk::set_full`] fills the disk: from then on, until it is cleared, every write or
+//! allocation that would grow a file fails with ENOSPC (`ErrorKind::StorageFull`) and changes
+//! nothing; writes inside a file's current size (preallocated space) still succeed.
 //!
 //! The disk outlives the processes that use it. Each process mounts it ([`SimDisk::mount`]);
 //! a crash or a process exit ([`SimDisk::close_all`]) bumps the disk's generation, and every
@@ -89,6 +92,8 @@ pub struct DiskStats {
     pub n_entries_reverted: u64,
     /// `fdatasync` calls that failed with a simulated media error.
     pub n_sync_failures: u64,
+    /// Writes and allocations refused with ENOSPC while the disk was full.
+    pub n_no_space: u64,
     /// Operations attempted through a handle of a process that had exited cleanly
     /// ([`SimDisk::close_all`]): work still in flight when the process was declared stopped.
     pub n_ops_after_exit: u64,
@@ -124,6 +129,8 @@ struct State {
     sync_failure_in: Option<u32>,
     /// Directories whose most files at once are tracked, with that count.
     files_max: BTreeMap<PathBuf, usize>,
+    /// The disk is full: writes and allocations that would grow a file fail with ENOSPC.
+    full: bool,
     stats: DiskStats,
 }
 
@@ -153,6 +160,17 @@ fn not_found(op: &'static str, path: &Path) -> DiskError {
         op,
         path,
         std::io::Error::new(ErrorKind::NotFound, "no such file or directory"),
+    )
+}
+
+fn no_space(op: &'static str, path: &Path) -> DiskError {
+    DiskError::io(
+        op,
+        path,
+        std::io::Error::new(
+            ErrorKind::StorageFull,
+            "ENOSPC: no space left on device (simulated full disk)",
+        ),
     )
 }
 
@@ -264,6 +282,11 @@ impl SimDisk {
     /// Cancels a planned sync failure; true when one was pending.
     pub fn disarm_sync_failure(&self) -> bool {
         self.lock().sync_failure_in.take().is_some()
+    }
+
+    /// Fills the disk (`true`) or frees space again (`false`); see the module docs.
+    pub fn set_full(&self, full: bool) {
+        self.lock().full = full;
     }
 
     /// Starts tracking the most files `dir` ever holds at once (see [`SimDisk::files_max`]).
@@ -531,6 +554,21 @@ impl SimFile {
         }
     }
 
+    /// Fails with ENOSPC when the disk is full and the file would grow past `end`.
+    fn check_space(&self, name: &'static str, end: u64) -> Result<(), DiskError> {
+        let mut state = self.disk.lock();
+        self.disk.check_alive(&mut state, name, &self.path)?;
+        let size = state
+            .inodes
+            .get(&self.inode)
+            .map_or(0, |inode| inode.current.len() as u64);
+        if state.full && end > size {
+            state.stats.n_no_space += 1;
+            return Err(no_space(name, &self.path));
+        }
+        Ok(())
+    }
+
     /// Records a mutating operation; fails with `EIO` when an armed crash fires on it.
     /// `apply_first` says whether the operation happens before the crash (a write) or not.
     fn mutate(&self, name: &'static str, op: Op, apply_first: bool) -> Result<(), DiskError> {
@@ -577,6 +615,7 @@ impl DiskFile for SimFile {
 
     fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
         self.disk.lock().stats.n_writes += 1;
+        self.check_space("write", pos.saturating_add(data.len() as u64))?;
         self.mutate(
             "write",
             Op::Write {
@@ -589,6 +628,7 @@ impl DiskFile for SimFile {
 
     fn allocate(&self, len: u64) -> Result<(), DiskError> {
         let size = self.size()?;
+        self.check_space("fallocate", len)?;
         let op = Op::SetLen(len.max(size));
         self.mutate("fallocate", op, false)
     }
@@ -770,5 +810,23 @@ mod tests {
         disk.crash(&mut rng(3));
         let after = read_all(&*disk.mount().open(Path::new("/d/f"), false).unwrap());
         assert_eq!(after, b"synced\0\0\0\0\0\0\0later".to_vec());
+    }
+
+    #[test]
+    fn a_full_disk_refuses_growth_until_space_returns() {
+        // Checks the full-disk model: growing a file fails with ENOSPC and changes nothing,
+        // writes inside the file's size still work, and clearing it lets the file grow again.
+        let (disk, file) = setup();
+        file.allocate(8).unwrap();
+        disk.set_full(true);
+        let error = file.write_at(6, b"abcd").unwrap_err();
+        assert!(error.is_no_space(), "{error}");
+        assert!(file.allocate(64).is_err());
+        assert_eq!(file.size().unwrap(), 8);
+        file.write_at(0, b"inside").unwrap();
+        disk.set_full(false);
+        file.write_at(6, b"abcd").unwrap();
+        assert_eq!(read_all(&*file), b"insideabcd".to_vec());
+        assert_eq!(disk.stats().n_no_space, 2);
     }
 }

@@ -6,7 +6,9 @@
 //! - power cuts: between tasks, or inside the `n`-th next disk operation of the edge; the disk
 //!   loses (or tears) what was not synced, the agent is dropped without closing its spools, and
 //!   a new boot (a new boot epoch) starts on the recovered disk after a downtime;
-//! - clean restarts: `Agent::stop` (spools closed), then a new boot.
+//! - clean restarts: `Agent::stop` (spools closed), then a new boot;
+//! - with `--edge-disk-faults`: a failed `fdatasync` (Linux semantics) and a full disk for a
+//!   while.
 //!
 //! Every boot, how it ended and what it had accepted go into the checkers'
 //! [`crate::edge_ledger::EdgeLedger`]. In the liveness phase the link is healed and the runner
@@ -66,11 +68,22 @@ pub struct EdgeRunner {
 
 /// The checkers' own record of what an edge's sources were told: per sensor and boot epoch, the
 /// seqs of `Offered::Accepted`. They must come 0, 1, 2, … (a seq is issued only to an accepted
-/// reading); anything else is a violation at once.
+/// reading); anything else is a violation at once. It also counts the offers whose outcome the
+/// source never learned (made, never answered): a stop can end a source while its offer is
+/// queued or its answer is on the way, and the agent may have spooled that reading (sources
+/// are at-least-once into the spool), so each of them may account for one more seq.
 struct AcceptLog {
     world: Arc<World>,
     edge_idx: u32,
-    next: std::sync::Mutex<BTreeMap<(SensorId, u64), u64>>,
+    state: std::sync::Mutex<Offers>,
+}
+
+#[derive(Default)]
+struct Offers {
+    /// Per `(sensor, epoch)`: the next seq a source should be told.
+    next: BTreeMap<(SensorId, u64), u64>,
+    /// Per sensor: offers made minus offers answered.
+    unanswered: BTreeMap<SensorId, u64>,
 }
 
 impl AcceptLog {
@@ -78,20 +91,24 @@ impl AcceptLog {
         Self {
             world,
             edge_idx,
-            next: std::sync::Mutex::new(BTreeMap::new()),
+            state: std::sync::Mutex::new(Offers::default()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Offers> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Readings accepted per sensor (the seqs `0..n` of its epoch in this boot).
     fn accepted(&self, plan: &EdgePlan) -> BTreeMap<SensorId, u64> {
-        let next = self
-            .next
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.lock();
         plan.sensors
             .iter()
             .map(|s| {
-                let n = next
+                let n = state
+                    .next
                     .iter()
                     .filter(|((sensor, _), _)| *sensor == s.sensor)
                     .map(|(_, n)| *n)
@@ -100,18 +117,32 @@ impl AcceptLog {
             })
             .collect()
     }
+
+    /// Offers per sensor whose source has not been told their outcome.
+    fn unanswered(&self) -> BTreeMap<SensorId, u64> {
+        self.lock()
+            .unanswered
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| (s.clone(), *n))
+            .collect()
+    }
 }
 
 impl OfferObserver for AcceptLog {
+    fn offering(&self, _source: &str, _stream: &StreamName, sensor: &SensorId) {
+        *self.lock().unanswered.entry(sensor.clone()).or_default() += 1;
+    }
+
     fn offered(&self, _source: &str, _stream: &StreamName, sensor: &SensorId, offered: &Offered) {
+        let mut state = self.lock();
+        if let Some(n) = state.unanswered.get_mut(sensor) {
+            *n = n.saturating_sub(1);
+        }
         let Offered::Accepted { epoch, seq } = offered else {
             return;
         };
-        let mut next = self
-            .next
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let expected = next.entry((sensor.clone(), *epoch)).or_default();
+        let expected = state.next.entry((sensor.clone(), *epoch)).or_default();
         if *seq != *expected {
             self.world.fail(Violation::new(
                 "edge_no_silent_gaps",
@@ -182,6 +213,8 @@ impl EdgeRunner {
             n_power_cuts_mid_io: 0,
             n_clean_restarts: 0,
             n_outages: 0,
+            n_sync_failures_armed: 0,
+            n_disk_full: 0,
         });
         let accepts = Arc::new(AcceptLog::new(world.clone(), plan.idx));
         Self {
@@ -272,6 +305,21 @@ impl EdgeRunner {
                     self.boot().await;
                 }
             }
+            EdgeFault::SyncFailure { after_syncs } => {
+                self.with_record(|e| e.n_sync_failures_armed += 1);
+                self.disk.arm_sync_failure(after_syncs);
+            }
+            EdgeFault::DiskFull { full_ms } => {
+                self.with_record(|e| e.n_disk_full += 1);
+                self.world
+                    .record("edge-disk-full", format!("e{} {full_ms} ms", self.plan.idx));
+                let disk = self.disk.clone();
+                disk.set_full(true);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(full_ms)).await;
+                    disk.set_full(false);
+                });
+            }
         }
     }
 
@@ -341,6 +389,7 @@ impl EdgeRunner {
                 epochs,
                 end: BootEnd::Running,
                 accepted: BTreeMap::new(),
+                unanswered: BTreeMap::new(),
             });
         });
         for _ in 0..START_YIELDS_MAX {
@@ -369,10 +418,12 @@ impl EdgeRunner {
     fn end_boot(&self, agent: &Agent, end: BootEnd) {
         let reported = read_epochs(agent);
         let accepted = self.accepts.accepted(&self.plan);
+        let unanswered = self.accepts.unanswered();
         self.with_record(|e| {
             if let Some(boot) = e.running() {
                 boot.epochs.extend(reported);
                 boot.accepted = accepted;
+                boot.unanswered = unanswered;
                 boot.end = end;
             }
         });
@@ -434,9 +485,11 @@ impl EdgeRunner {
         self.disk.close_all();
         self.alive.store(false, Ordering::Relaxed);
         let accepted = self.accepts.accepted(&self.plan);
+        let unanswered = self.accepts.unanswered();
         self.with_record(|e| {
             if let Some(boot) = e.running() {
                 boot.accepted = accepted;
+                boot.unanswered = unanswered;
                 boot.end = BootEnd::Clean;
             }
             e.n_clean_restarts += 1;
@@ -481,9 +534,11 @@ impl EdgeRunner {
             status.uplink.last_error
         );
         let accepted = self.accepts.accepted(&self.plan);
+        let unanswered = self.accepts.unanswered();
         self.with_record(|e| {
             if let Some(boot) = e.running() {
                 boot.accepted = accepted;
+                boot.unanswered = unanswered;
             }
             e.set_progress(now, drained, detail);
         });
