@@ -260,6 +260,11 @@ fn check_epoch(
                 // A failed fdatasync drops pages below what the spool had made durable before;
                 // a later power cut can leave that as damage.
             }
+            DropReason::Corrupted if edge.boots.iter().any(|b| b.end == BootEnd::PowerCut) => {
+                // A power cut inside a write may persist its sectors out of order (the simulated
+                // disk tears at sector boundaries): a bad frame then a valid one, which the
+                // spool's rule cannot tell from damage, so it declares it (found by seed 173).
+            }
             DropReason::Invalid | DropReason::Storage | DropReason::Corrupted => {
                 // The simulated node refuses nothing an honest edge sends as invalid; only the
                 // simulator's own disk faults (`--edge-disk-faults`) fail or damage an edge's
