@@ -27,12 +27,13 @@
 //!   consequence. A declaration refused as `Invalid` stays a refusal (retried with backoff).
 //! - A connection that fails (timeout, close, protocol error) is dropped: requests in flight on
 //!   it are forgotten, the spool is rewound, and a new connection is tried after a backoff.
-//! - Backoff doubles per consecutive failure from `backoff_initial_ms` to `backoff_max_ms`,
-//!   with jitter (a factor in 0.5..1 from a seeded RNG); a fully stored batch resets it.
+//! - Backoff is the project's one schedule, [`sluice_proto::backoff::Backoff`]: it doubles per
+//!   consecutive failure from `backoff_initial_ms` to `backoff_max_ms`, with jitter seeded from
+//!   the RNG the shell hands in (derived from `Env::rng`); a fully stored batch resets it.
 
 use crate::spool::StreamKey;
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use sluice_proto::backoff::Backoff;
 use sluice_proto::env::{TransportError, TransportErrorKind};
 use sluice_proto::msg::{ErrorCode, ProduceResponse, RecordOutcome, RecordRejection};
 use sluice_proto::{Payload, Record, StreamName};
@@ -146,13 +147,12 @@ enum Hold {
 #[derive(Debug)]
 pub struct UplinkCore {
     limits: UplinkLimits,
-    rng: ChaCha8Rng,
+    backoff: Backoff,
     link: Link,
     attempts: u64,
     in_flight: BTreeMap<u64, Batch>,
     n_in_flight_records: u64,
     next_batch_id: u64,
-    failures: u32,
     /// A refusal happened: no new sends until the in-flight requests answered and the spool
     /// was rewound.
     hold: Option<Hold>,
@@ -166,13 +166,12 @@ impl UplinkCore {
     pub fn new(limits: UplinkLimits, now: Instant, rng: ChaCha8Rng) -> Self {
         Self {
             limits,
-            rng,
+            backoff: Backoff::new(limits.backoff_initial, limits.backoff_max, rng),
             link: Link::Down { retry_at: now },
             attempts: 0,
             in_flight: BTreeMap::new(),
             n_in_flight_records: 0,
             next_batch_id: 1,
-            failures: 0,
             hold: None,
             resume_at: None,
             outputs: VecDeque::new(),
@@ -201,7 +200,7 @@ impl UplinkCore {
 
     /// Consecutive failures (the backoff exponent).
     pub fn failures(&self) -> u32 {
-        self.failures
+        self.backoff.n_failures()
     }
 
     /// True when a new request may be sent now.
@@ -259,9 +258,8 @@ impl UplinkCore {
     /// Connection attempt `attempt` failed.
     pub fn handle_connect_failed(&mut self, now: Instant, attempt: u64) {
         if self.link == (Link::Connecting { attempt }) {
-            self.failures = self.failures.saturating_add(1);
             self.link = Link::Down {
-                retry_at: now + self.backoff(),
+                retry_at: now + self.backoff.next_delay(),
             };
         }
         self.check_invariants();
@@ -328,7 +326,7 @@ impl UplinkCore {
                         ORDERING_LABELS.contains(label) || *severity == Severity::Declared
                     });
                 if report.refusals.is_empty() {
-                    self.failures = 0;
+                    self.backoff.reset();
                 } else if reordered {
                     for refusal in &mut report.refusals {
                         if refusal.1 != Severity::Declared {
@@ -430,13 +428,11 @@ impl UplinkCore {
     }
 
     fn refused(&mut self, now: Instant) {
-        self.failures = self.failures.saturating_add(1);
         self.hold = Some(Hold::Refused);
-        self.resume_at = Some(now + self.backoff());
+        self.resume_at = Some(now + self.backoff.next_delay());
     }
 
     fn connection_lost(&mut self, now: Instant) {
-        self.failures = self.failures.saturating_add(1);
         self.outputs.push_back(Output::Disconnect);
         self.in_flight.clear();
         self.n_in_flight_records = 0;
@@ -444,7 +440,7 @@ impl UplinkCore {
         self.hold = None;
         self.resume_at = None;
         self.link = Link::Down {
-            retry_at: now + self.backoff(),
+            retry_at: now + self.backoff.next_delay(),
         };
     }
 
@@ -470,19 +466,10 @@ impl UplinkCore {
             Some(Hold::Refused) => {
                 self.outputs.push_back(Output::Rewind);
                 if self.resume_at.is_none() {
-                    self.resume_at = Some(now + self.backoff());
+                    self.resume_at = Some(now + self.backoff.next_delay());
                 }
             }
         }
-    }
-
-    fn backoff(&mut self) -> Duration {
-        let exponent = self.failures.saturating_sub(1).min(20);
-        let initial = self.limits.backoff_initial.as_millis() as u64;
-        let max = self.limits.backoff_max.as_millis() as u64;
-        let full = initial.saturating_mul(1u64 << exponent).min(max);
-        let jitter = self.rng.random_range(0.5..=1.0);
-        Duration::from_millis(((full as f64) * jitter) as u64)
     }
 
     /// Cheap consistency checks; run at the end of every input.
