@@ -16,11 +16,13 @@
 //! only removed together with the addition of its replacement, and kept when no replacement
 //! exists. This module plans; it does not track moves in flight (the rebalance driver does).
 
+use bincode::{Decode, Encode};
 use sluice_proto::{NodeId, PartitionId, StreamName};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Where a node is in its life in the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Where a node is in its life in the cluster. Encoded in metadata commands: variants are
+/// append-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
 pub enum NodeState {
     /// Registered, not yet given replicas.
     Joining,
@@ -44,7 +46,7 @@ pub struct NodePlacement {
 }
 
 /// A partition of a stream: the unit that has a replica set (and, later, a raft group).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
 pub struct PartitionKey {
     /// The stream.
     pub stream: StreamName,
