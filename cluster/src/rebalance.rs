@@ -284,4 +284,107 @@ mod tests {
             partition: PartitionId(3),
         }));
     }
+
+    /// A cluster of `n_old` active nodes over `n_sites` sites with a stream of `n_partitions`
+    /// of factor `factor`, then `n_new` more nodes made active.
+    fn grown(
+        n_sites: u64,
+        n_old: u64,
+        n_new: u64,
+        n_partitions: u32,
+        factor: u32,
+    ) -> MetadataState {
+        let mut state = MetadataState::default();
+        let activate = |state: &mut MetadataState, id: u64| {
+            let add = Command::AddNode {
+                node: NodeId(id),
+                address: format!("n{id}:7000"),
+                site: format!("s{}", id % n_sites),
+                rack: None,
+                storage_incarnation: 1,
+            };
+            state.apply(&add).unwrap();
+            let active = Command::SetNodeState {
+                node: NodeId(id),
+                state: NodeState::Active,
+            };
+            state.apply(&active).unwrap();
+        };
+        for id in 1..=n_old {
+            activate(&mut state, id);
+        }
+        let name = StreamName::new("s").unwrap();
+        let create = Command::CreateStream {
+            name: name.clone(),
+            factor,
+            retention: Retention::default(),
+            replicas: state.place_new_stream(&name, n_partitions, factor),
+        };
+        state.apply(&create).unwrap();
+        for id in n_old + 1..=n_old + n_new {
+            activate(&mut state, id);
+        }
+        state
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn moves_never_promote_a_learner_that_is_behind(
+            n_sites in 1u64..=3, n_old in 3u64..=5, n_new in 1u64..=3, n_partitions in 1u32..=12,
+            factor in 1u32..=3, obey in proptest::collection::vec(proptest::bool::ANY, 64),
+            moves_in_flight_max in 1usize..=3,
+        ) {
+            // Checks, with groups that carry out each action or not at random (a leader that is
+            // slow or lost the request), and learners that catch up only on some rounds: every
+            // membership change names final voters that include the added node only once it
+            // caught up, every proposed command is accepted by the state machine, moves in
+            // flight stay within the bound, and once groups obey the cluster converges to an
+            // empty plan.
+            let mut state = grown(n_sites, n_old, n_new, n_partitions, factor);
+            let mut progress = settled(&state);
+            for round in 0..400usize {
+                let actions = next_actions(&state, &progress, moves_in_flight_max);
+                // Nothing to do while a learner catches up is waiting, not the end.
+                if actions.is_empty() && state.partitions.values().all(|p| p.moving.is_none()) {
+                    break;
+                }
+                for (idx, action) in actions.into_iter().enumerate() {
+                    let obeys = round >= 64 || obey[(round + idx) % obey.len()];
+                    match action {
+                        Action::Propose(command) => {
+                            proptest::prop_assert!(state.apply(&command).is_ok(), "{:?}", command);
+                        }
+                        Action::AddLearner { partition, node } => {
+                            if obeys {
+                                progress.get_mut(&partition).unwrap().learners.insert(node);
+                            }
+                        }
+                        Action::ChangeMembership { partition, voters } => {
+                            let report = progress.get_mut(&partition).unwrap();
+                            let moving = state.partitions[&partition].moving.unwrap();
+                            if let Some(add) = moving.add {
+                                proptest::prop_assert!(report.caught_up.contains(&add));
+                                proptest::prop_assert!(voters.contains(&add));
+                            }
+                            if obeys {
+                                report.learners.retain(|l| !voters.contains(l));
+                                report.voters = voters;
+                            }
+                        }
+                    }
+                }
+                // Learners catch up on some rounds only.
+                if round >= 64 || obey[round % obey.len()] {
+                    for report in progress.values_mut() {
+                        let learners = report.learners.clone();
+                        report.caught_up.extend(learners);
+                    }
+                }
+                let n_moving = state.partitions.values().filter(|p| p.moving.is_some()).count();
+                proptest::prop_assert!(n_moving <= moves_in_flight_max);
+            }
+            proptest::prop_assert!(next_actions(&state, &progress, moves_in_flight_max).is_empty());
+            proptest::prop_assert!(crate::replicas::plan(&state.cluster_view()).is_empty());
+        }
+    }
 }
