@@ -160,6 +160,12 @@ pub struct StorageSection {
     /// One sparse index point per this many bytes.
     #[serde(default = "default_index_interval_bytes")]
     pub index_interval_bytes: u64,
+    /// First wait before a partition that cannot write (full disk, write error) tries again.
+    #[serde(default = "default_write_retry_initial_ms")]
+    pub write_retry_initial_ms: u64,
+    /// Longest wait between those attempts (the waits double up to it, jittered).
+    #[serde(default = "default_write_retry_max_ms")]
+    pub write_retry_max_ms: u64,
 }
 
 /// `[ingest]`
@@ -295,6 +301,12 @@ fn default_connection_window_bytes_max() -> u64 {
 fn default_segment_bytes_max() -> u64 {
     64 << 20
 }
+fn default_write_retry_initial_ms() -> u64 {
+    100
+}
+fn default_write_retry_max_ms() -> u64 {
+    30_000
+}
 fn default_index_interval_bytes() -> u64 {
     64 << 10
 }
@@ -349,6 +361,8 @@ impl Default for StorageSection {
         Self {
             segment_bytes_max: default_segment_bytes_max(),
             index_interval_bytes: default_index_interval_bytes(),
+            write_retry_initial_ms: default_write_retry_initial_ms(),
+            write_retry_max_ms: default_write_retry_max_ms(),
         }
     }
 }
@@ -454,6 +468,10 @@ impl NodeConfig {
                 "storage.index_interval_bytes",
                 self.storage.index_interval_bytes,
             ),
+            (
+                "storage.write_retry_initial_ms",
+                self.storage.write_retry_initial_ms,
+            ),
             ("ingest.batch_records_max", u64::from(i.batch_records_max)),
             ("ingest.record_bytes_max", u64::from(i.record_bytes_max)),
             ("ingest.dedup_window_max", u64::from(i.dedup_window_max)),
@@ -486,6 +504,11 @@ impl NodeConfig {
             ));
         }
         self.validate_fetch_answer(&mut problems);
+        if self.storage.write_retry_max_ms < self.storage.write_retry_initial_ms {
+            problems.push(
+                "storage.write_retry_max_ms must be at least storage.write_retry_initial_ms".into(),
+            );
+        }
         if i.producers_per_identity_max > i.producers_max {
             problems.push(format!(
                 "ingest.producers_per_identity_max ({}) must be at most ingest.producers_max ({})",

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod service;
+pub mod storage_cli;
 pub mod supervisor;
 
 pub use node::{Node, StartError};

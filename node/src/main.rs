@@ -40,6 +40,20 @@ enum Command {
     Tail(TailArgs),
     /// Run the local demo: a node, edge agents on simulated sensors, an outage, a restart.
     Demo(DemoArgs),
+    /// Inspect the node's storage.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Check every partition log under a data directory (read-only; not beside a running
+    /// node): prints each as ok or CORRUPT with the file and byte; exits 1 if any is corrupt.
+    Check {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -55,6 +69,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Certs(command) => certs::run(command),
+        Command::Storage(StorageCommand::Check { data_dir }) => {
+            match sluice_node::storage_cli::run_check(data_dir) {
+                Ok(true) => Ok(()),
+                Ok(false) => return std::process::ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
         other => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -89,7 +110,7 @@ async fn run_async(command: &Command) -> anyhow::Result<()> {
             init_tracing("error");
             demo::run(args).await
         }
-        Command::Certs(_) => Ok(()),
+        Command::Certs(_) | Command::Storage(_) => Ok(()),
     }
 }
 
@@ -112,7 +133,7 @@ async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
     let outcome = tokio::select! {
         biased;
         _ = shutdown_signal() => { info!("shutting down"); Ok(()) }
-        () = node.failed() => { error!("a partition exhausted its restart budget"); Err(anyhow::anyhow!("node failed")) }
+        () = node.failed() => { error!("the node supervisor stopped"); Err(anyhow::anyhow!("node failed")) }
     };
     if let Some(task) = stats {
         task.abort();

@@ -4,9 +4,9 @@
 //! `Node::start` with its own environment and talks to the service directly.
 
 use crate::config::NodeConfig;
-use crate::log::LogConfig;
+use crate::log::{LogConfig, LogPaths};
 use crate::metrics::Metrics;
-use crate::partition::actor::{PartitionArgs, Registry};
+use crate::partition::actor::{PartitionArgs, Registry, RetryConfig};
 use crate::partition::core::CoreConfig;
 use crate::service::{QuicHandler, Service};
 use crate::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
@@ -82,6 +82,10 @@ fn partition_args(
         index_interval_bytes: config.storage.index_interval_bytes,
         entry_bytes_max: config.storage.segment_bytes_max.min(u64::from(u32::MAX)) as u32,
     };
+    let retry = RetryConfig {
+        initial: Duration::from_millis(config.storage.write_retry_initial_ms),
+        max: Duration::from_millis(config.storage.write_retry_max_ms),
+    };
     let mut out = Vec::new();
     for stream in &config.streams {
         let name =
@@ -90,15 +94,11 @@ fn partition_args(
             out.push(PartitionArgs {
                 stream: name.clone(),
                 partition: PartitionId(partition),
-                dir: config
-                    .node
-                    .data_dir
-                    .join("streams")
-                    .join(name.as_str())
-                    .join(partition.to_string()),
+                paths: partition_paths(&config.node.data_dir, &name, partition),
                 env: env.clone(),
                 core,
                 log,
+                retry,
                 registry: registry.clone(),
                 log_guard: Arc::new(Mutex::new(())),
                 durable_mark: Arc::new(std::sync::Mutex::new(None)),
@@ -106,6 +106,26 @@ fn partition_args(
         }
     }
     Ok(out)
+}
+
+/// Where partition `partition` of `stream` keeps its log under `data_dir`: segments in
+/// `streams/<stream>/<partition>/`, the manifest in `manifests/<stream>/<partition>.manifest`
+/// (apart, so that losing the segment directory is detected).
+pub fn partition_paths(
+    data_dir: &std::path::Path,
+    stream: &StreamName,
+    partition: u32,
+) -> LogPaths {
+    LogPaths {
+        dir: data_dir
+            .join("streams")
+            .join(stream.as_str())
+            .join(partition.to_string()),
+        manifest: data_dir
+            .join("manifests")
+            .join(stream.as_str())
+            .join(format!("{partition}.manifest")),
+    }
 }
 
 impl Node {
@@ -209,7 +229,8 @@ impl Node {
         &self.service
     }
 
-    /// Waits until the node fails on its own (a partition spent its restart budget).
+    /// Waits until the node fails on its own (its supervisor stopped). Storage faults never do
+    /// this: they degrade the partition they concern.
     pub async fn failed(&mut self) {
         match self.supervisor_join.as_mut() {
             Some(join) => {
@@ -266,16 +287,26 @@ mod tests {
     use sluice_proto::Identity;
     use sluice_proto::{BootEpoch, Payload, Reading, Record, SensorId, UnixMillis};
     use std::path::Path;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-    /// A real disk whose `fdatasync` fails while `fail_syncs` is above zero.
+    /// A real disk whose `fdatasync` fails while `fail_syncs` is above zero, and which is full
+    /// (every write, allocation and free-space query says `ENOSPC`) while `full` is set.
     struct FlakyDisk {
         inner: FsDisk,
         fail_syncs: Arc<AtomicU32>,
+        full: Arc<AtomicBool>,
     }
     struct FlakyFile {
         inner: Arc<dyn DiskFile>,
         fail_syncs: Arc<AtomicU32>,
+        full: Arc<AtomicBool>,
+    }
+    fn no_space(op: &'static str) -> DiskError {
+        DiskError::io(
+            op,
+            Path::new("flaky"),
+            std::io::Error::new(std::io::ErrorKind::StorageFull, "injected ENOSPC"),
+        )
     }
     impl DiskFile for FlakyFile {
         fn size(&self) -> Result<u64, DiskError> {
@@ -285,9 +316,15 @@ mod tests {
             self.inner.read_at(pos, buf)
         }
         fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(no_space("write"));
+            }
             self.inner.write_at(pos, data)
         }
         fn allocate(&self, len: u64) -> Result<(), DiskError> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(no_space("fallocate"));
+            }
             self.inner.allocate(len)
         }
         fn truncate(&self, len: u64) -> Result<(), DiskError> {
@@ -316,6 +353,7 @@ mod tests {
             Ok(Arc::new(FlakyFile {
                 inner: self.inner.open(path, create)?,
                 fail_syncs: self.fail_syncs.clone(),
+                full: self.full.clone(),
             }))
         }
         fn remove(&self, path: &Path) -> Result<(), DiskError> {
@@ -324,11 +362,41 @@ mod tests {
         fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
             self.inner.sync_dir(dir)
         }
+        fn available_bytes(&self, dir: &Path) -> Result<Option<u64>, DiskError> {
+            if self.full.load(Ordering::SeqCst) {
+                return Ok(Some(0));
+            }
+            self.inner.available_bytes(dir)
+        }
+    }
+
+    struct Faults {
+        fail_syncs: Arc<AtomicU32>,
+        full: Arc<AtomicBool>,
+    }
+
+    fn flaky_env() -> (Env, Faults) {
+        let faults = Faults {
+            fail_syncs: Arc::new(AtomicU32::new(0)),
+            full: Arc::new(AtomicBool::new(false)),
+        };
+        let disk = Arc::new(FlakyDisk {
+            inner: FsDisk,
+            fail_syncs: faults.fail_syncs.clone(),
+            full: faults.full.clone(),
+        });
+        let env = Env {
+            clock: Arc::new(RealClock),
+            disk,
+            blocking: BlockingMode::ThreadPool,
+            seed: 1,
+        };
+        (env, faults)
     }
 
     fn config(dir: &Path) -> NodeConfig {
         crate::config::from_toml(&format!(
-            "[node]\nid = 1\ncluster = \"t\"\ndata_dir = \"{}\"\n[transport]\nlisten = \"127.0.0.1:0\"\nca_cert = \"x\"\ncert = \"x\"\nkey = \"x\"\n[supervision]\nrestarts_max = 3\n[[streams]]\nname = \"s\"\npartitions = 1\n[[acl]]\nidentity = \"sluice://t/edge/*\"\nproduce = [\"s\"]\nconsume = [\"s\"]\n",
+            "[node]\nid = 1\ncluster = \"t\"\ndata_dir = \"{}\"\n[transport]\nlisten = \"127.0.0.1:0\"\nca_cert = \"x\"\ncert = \"x\"\nkey = \"x\"\n[storage]\nwrite_retry_initial_ms = 10\nwrite_retry_max_ms = 50\n[supervision]\nrestarts_max = 3\n[[streams]]\nname = \"s\"\npartitions = 1\n[[streams]]\nname = \"t\"\npartitions = 1\n[[acl]]\nidentity = \"sluice://t/edge/*\"\nproduce = [\"s\", \"t\"]\nconsume = [\"s\", \"t\"]\n",
             dir.display()
         ))
         .unwrap()
@@ -344,11 +412,11 @@ mod tests {
         }
     }
 
-    async fn produce(node: &Node, seq: u64) -> RecordOutcome {
+    async fn produce_to(node: &Node, stream: &str, seq: u64) -> RecordOutcome {
         let peer = Arc::new(Identity::new("t", Role::Edge, "e").unwrap());
         let request = Message::ProduceRequest(ProduceRequest {
             request_id: 1,
-            stream: StreamName::new("s").unwrap(),
+            stream: StreamName::new(stream).unwrap(),
             records: vec![record(seq)],
         });
         match node.service().handle(peer, request).await {
@@ -357,80 +425,251 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn failed_fsync_fences_the_partition_and_the_supervisor_restarts_it() {
-        // Checks the fsync-failure path end to end: the record whose flush failed is not
-        // acknowledged, the partition stops and is restarted by the supervisor, recovery keeps
-        // what was acknowledged before, and the producer's retry of the failed record succeeds.
-        let dir = tempfile::tempdir().unwrap();
-        let fail_syncs = Arc::new(AtomicU32::new(0));
-        let disk = Arc::new(FlakyDisk {
-            inner: FsDisk,
-            fail_syncs: fail_syncs.clone(),
+    async fn produce(node: &Node, seq: u64) -> RecordOutcome {
+        produce_to(node, "s", seq).await
+    }
+
+    /// `(offset, seq)` of everything fetchable from stream `stream`.
+    async fn fetch_all(node: &Node, stream: &str) -> Vec<(u64, u64)> {
+        let peer = Arc::new(Identity::new("t", Role::Edge, "e").unwrap());
+        let fetch = Message::FetchRequest(FetchRequest {
+            request_id: 2,
+            stream: StreamName::new(stream).unwrap(),
+            partition: PartitionId(0),
+            from: FetchFrom::Earliest,
+            events_max: 1000,
+            bytes_max: 1 << 20,
+            wait_ms: 0,
         });
-        let env = Env {
-            clock: Arc::new(RealClock),
-            disk,
-            blocking: BlockingMode::ThreadPool,
-            seed: 1,
+        match node.service().handle(peer, fetch).await {
+            Message::FetchResponse(read) => read
+                .events
+                .iter()
+                .map(|e| (e.offset.0, e.event.seq))
+                .collect(),
+            other => panic!("fetch failed: {other:?}"),
+        }
+    }
+
+    fn is_storage(outcome: &RecordOutcome) -> bool {
+        matches!(
+            outcome,
+            RecordOutcome::Rejected(RecordRejection::Storage { .. })
+        )
+    }
+
+    /// Produces `seq` until it is no longer refused for storage or availability, within 20 s.
+    async fn produce_until_stored(node: &Node, seq: u64) -> RecordOutcome {
+        let retry = async {
+            loop {
+                let outcome = produce(node, seq).await;
+                if !is_storage(&outcome)
+                    && !matches!(
+                        outcome,
+                        RecordOutcome::Rejected(RecordRejection::Unavailable { .. })
+                    )
+                {
+                    return outcome;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         };
+        tokio::time::timeout(Duration::from_secs(20), retry)
+            .await
+            .expect("partition did not take writes again within 20 s")
+    }
+
+    #[tokio::test]
+    async fn failed_fsync_degrades_the_partition_until_it_recovers_from_disk() {
+        // Checks the fsync-failure path end to end: the record whose flush failed is not
+        // acknowledged, the partition refuses writes with a Storage error while reads go on,
+        // it reopens from disk by itself, recovery keeps what was acknowledged before, and the
+        // producer's retry of the failed record lands at offset 1 exactly once.
+        let dir = tempfile::tempdir().unwrap();
+        let (env, faults) = flaky_env();
         let node = Node::start(&config(dir.path()), env).await.unwrap();
         assert!(
             matches!(produce(&node, 0).await, RecordOutcome::Appended { offset, .. } if offset.0 == 0)
         );
-        fail_syncs.store(1, Ordering::SeqCst);
+        faults.fail_syncs.store(1, Ordering::SeqCst);
         let failed = produce(&node, 1).await;
-        assert!(
-            matches!(
-                failed,
-                RecordOutcome::Rejected(RecordRejection::Storage { .. })
-            ),
-            "{failed:?}"
-        );
-        // The retry may reach the partition while it restarts: retry until the deadline.
-        let retry = async {
-            loop {
-                let outcome = produce(&node, 1).await;
-                if !matches!(
-                    outcome,
-                    RecordOutcome::Rejected(
-                        RecordRejection::Unavailable { .. } | RecordRejection::Storage { .. }
-                    )
-                ) {
-                    return outcome;
-                }
-                tokio::task::yield_now().await;
-            }
-        };
-        let outcome = tokio::time::timeout(Duration::from_secs(20), retry)
-            .await
-            .expect("partition did not come back within 20 s");
+        assert!(is_storage(&failed), "{failed:?}");
+        assert_eq!(fetch_all(&node, "s").await, vec![(0, 0)]);
+        let outcome = produce_until_stored(&node, 1).await;
         // Recovery may have adopted (and made durable) the bytes whose first fdatasync failed;
         // then the retry is a duplicate. Either way the record is at offset 1 exactly once.
         assert!(
             matches!(outcome, RecordOutcome::Appended { offset, .. } if offset.0 == 1),
             "{outcome:?}"
         );
+        assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1)]);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_when_space_returns() {
+        // Checks the full-disk path: with every write failing ENOSPC the node stays up, produces
+        // are refused with a Storage error, fetches still return what was acknowledged, and once
+        // space returns the partition takes writes again without a restart.
+        let dir = tempfile::tempdir().unwrap();
+        let (env, faults) = flaky_env();
+        let node = Node::start(&config(dir.path()), env).await.unwrap();
+        for seq in 0..3 {
+            assert!(matches!(
+                produce(&node, seq).await,
+                RecordOutcome::Appended { .. }
+            ));
+        }
+        faults.full.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            let refused = produce(&node, 3).await;
+            assert!(is_storage(&refused), "{refused:?}");
+            assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1), (2, 2)]);
+        }
+        faults.full.store(false, Ordering::SeqCst);
+        let outcome = produce_until_stored(&node, 3).await;
+        assert!(
+            matches!(outcome, RecordOutcome::Appended { offset, .. } if offset.0 == 3),
+            "{outcome:?}"
+        );
+        assert_eq!(fetch_all(&node, "s").await.len(), 4);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_started_on_a_full_disk_serves_what_it_has() {
+        // Checks that a node whose disk is full at start-up starts, serves the acknowledged
+        // records, refuses produces with a Storage error, and takes them once space returns.
+        let dir = tempfile::tempdir().unwrap();
+        let (env, faults) = flaky_env();
+        let node = Node::start(&config(dir.path()), env.clone()).await.unwrap();
+        for seq in 0..2 {
+            assert!(matches!(
+                produce(&node, seq).await,
+                RecordOutcome::Appended { .. }
+            ));
+        }
+        node.stop().await;
+        faults.full.store(true, Ordering::SeqCst);
+        let node = Node::start(&config(dir.path()), env).await.unwrap();
+        assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1)]);
+        let refused = produce(&node, 2).await;
+        assert!(is_storage(&refused), "{refused:?}");
+        // Stream t never had a segment: it cannot preallocate one, and says so.
+        let refused = produce_to(&node, "t", 0).await;
+        assert!(is_storage(&refused), "{refused:?}");
+        faults.full.store(false, Ordering::SeqCst);
+        let outcome = produce_until_stored(&node, 2).await;
+        assert!(
+            matches!(outcome, RecordOutcome::Appended { offset, .. } if offset.0 == 2),
+            "{outcome:?}"
+        );
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_partition_is_read_only_and_the_rest_of_the_node_goes_on() {
+        // Checks the reported bug at node level: a flipped bit in an acknowledged entry in the
+        // middle of the active segment makes that partition refuse produces with a Storage
+        // error naming the file and byte, its prefix stays fetchable, no later offset is handed
+        // to a new record, and another stream on the same node works as before.
+        let dir = tempfile::tempdir().unwrap();
+        let (env, _faults) = flaky_env();
+        let node = Node::start(&config(dir.path()), env.clone()).await.unwrap();
+        for seq in 0..6 {
+            assert!(matches!(
+                produce(&node, seq).await,
+                RecordOutcome::Appended { .. }
+            ));
+        }
+        node.stop().await;
+        let segment = partition_paths(dir.path(), &StreamName::new("s").unwrap(), 0)
+            .dir
+            .join("00000000000000000000.log");
+        let mut bytes = std::fs::read(&segment).unwrap();
+        // Entry 3 of 6 (one record per entry): skip the segment header and three entries.
+        let mut pos = 64usize;
+        for _ in 0..3 {
+            pos += 8 + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        }
+        bytes[pos + 16] ^= 0x08;
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let node = Node::start(&config(dir.path()), env).await.unwrap();
+        assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1), (2, 2)]);
+        for seq in [3, 6] {
+            let RecordOutcome::Rejected(RecordRejection::Storage { reason }) =
+                produce(&node, seq).await
+            else {
+                panic!("corrupt partition took a write");
+            };
+            assert!(
+                reason.contains(segment.to_str().unwrap())
+                    && reason.contains(&format!("byte {pos}")),
+                "{reason}"
+            );
+        }
+        assert!(matches!(
+            produce_to(&node, "t", 0).await,
+            RecordOutcome::Appended { offset, .. } if offset.0 == 0
+        ));
+        assert_eq!(fetch_all(&node, "t").await, vec![(0, 0)]);
+        node.stop().await;
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            bytes,
+            "corruption was repaired"
+        );
+    }
+
+    #[tokio::test]
+    async fn damage_a_fetch_meets_while_running_stops_writes() {
+        // Checks that an entry damaged under a running node is reported by the fetch that meets
+        // it (an error, never a short answer) and that the partition then refuses produces with
+        // a Storage error naming the file and byte, while another stream goes on.
+        let dir = tempfile::tempdir().unwrap();
+        let (env, _faults) = flaky_env();
+        let node = Node::start(&config(dir.path()), env).await.unwrap();
+        for seq in 0..4 {
+            assert!(matches!(
+                produce(&node, seq).await,
+                RecordOutcome::Appended { .. }
+            ));
+        }
+        let segment = partition_paths(dir.path(), &StreamName::new("s").unwrap(), 0)
+            .dir
+            .join("00000000000000000000.log");
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let pos = 64 + 8 + u32::from_le_bytes(bytes[64..68].try_into().unwrap()) as usize;
+        bytes[pos + 16] ^= 0x08;
+        std::fs::write(&segment, &bytes).unwrap();
         let peer = Arc::new(Identity::new("t", Role::Edge, "e").unwrap());
         let fetch = Message::FetchRequest(FetchRequest {
             request_id: 2,
             stream: StreamName::new("s").unwrap(),
             partition: PartitionId(0),
             from: FetchFrom::Earliest,
-            events_max: 10,
+            events_max: 1000,
             bytes_max: 1 << 20,
             wait_ms: 0,
         });
-        let Message::FetchResponse(read) = node.service().handle(peer, fetch).await else {
-            panic!("fetch failed")
-        };
-        assert_eq!(
-            read.events
-                .iter()
-                .map(|e| (e.offset.0, e.event.seq))
-                .collect::<Vec<_>>(),
-            vec![(0, 0), (1, 1)]
+        let answer = node.service().handle(peer, fetch).await;
+        assert!(
+            !matches!(answer, Message::FetchResponse(_)),
+            "damaged read answered: {answer:?}"
         );
+        let RecordOutcome::Rejected(RecordRejection::Storage { reason }) = produce(&node, 4).await
+        else {
+            panic!("damaged partition took a write");
+        };
+        assert!(
+            reason.contains(segment.to_str().unwrap()) && reason.contains(&format!("byte {pos}")),
+            "{reason}"
+        );
+        assert!(matches!(
+            produce_to(&node, "t", 0).await,
+            RecordOutcome::Appended { .. }
+        ));
         node.stop().await;
     }
 }

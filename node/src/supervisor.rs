@@ -1,7 +1,11 @@
 //! The node supervisor: starts the partition actors in a fixed order (streams as configured,
 //! partitions ascending), restarts a failed one within a bounded budget (`restarts_max` per
-//! `restart_window_ms`), and gives up — failing itself, which stops the node — beyond it. It stops
-//! its children in the reverse order.
+//! `restart_window_ms`), and beyond it leaves that partition stopped (its requests are answered
+//! `Unavailable`) while the rest of the node goes on. It stops its children in the reverse order.
+//!
+//! Storage faults do not reach it: a partition that cannot write or whose log is corrupt stays
+//! up, degraded or read-only (see `partition::actor`). What it restarts is a partition actor that
+//! failed for another reason (a bug).
 
 use crate::config::SupervisionSection;
 use crate::partition::actor::{PartitionActor, PartitionArgs, PartitionMsg};
@@ -148,18 +152,21 @@ impl Actor for NodeSupervisor {
         }
         let (stream, partition) = (child.args.stream.clone(), child.args.partition.0);
         if child.restarts.len() >= state.supervision.restarts_max as usize {
-            error!(%stream, partition_id = partition, %reason, restarts = child.restarts.len(), "partition keeps failing; restart budget spent, stopping the node");
-            return Err(format!(
-                "partition {stream}/{partition} exceeded its restart budget: {reason}"
-            )
-            .into());
+            error!(%stream, partition_id = partition, %reason, restarts = child.restarts.len(), "partition keeps failing; restart budget spent, leaving it stopped");
+            return Ok(());
         }
         child.restarts.push_back(now);
         warn!(%stream, partition_id = partition, %reason, "partition stopped; restarting");
-        let actor = spawn_child(&myself.get_cell(), child.args.clone()).await?;
-        state.by_id.insert(actor.get_id(), idx);
-        state.children[idx].actor = Some(actor);
-        info!(%stream, partition_id = partition, "partition restarted");
+        match spawn_child(&myself.get_cell(), child.args.clone()).await {
+            Ok(actor) => {
+                state.by_id.insert(actor.get_id(), idx);
+                state.children[idx].actor = Some(actor);
+                info!(%stream, partition_id = partition, "partition restarted");
+            }
+            Err(error) => {
+                error!(%stream, partition_id = partition, %error, "partition could not be restarted; leaving it stopped");
+            }
+        }
         Ok(())
     }
 }

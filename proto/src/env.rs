@@ -98,6 +98,12 @@ pub trait Disk: Send + Sync + 'static {
     fn remove(&self, path: &Path) -> Result<(), DiskError>;
     /// Makes the directory's entries (created or removed files) durable.
     fn sync_dir(&self, dir: &Path) -> Result<(), DiskError>;
+    /// Bytes an unprivileged writer may still allocate on the filesystem holding `dir`, or
+    /// `None` when the disk cannot tell (then only the allocation itself finds a full disk).
+    fn available_bytes(&self, dir: &Path) -> Result<Option<u64>, DiskError> {
+        let _ = dir;
+        Ok(None)
+    }
 }
 
 /// How blocking work (fsync, sensor reads) runs: on tokio's blocking pool in production, inline

@@ -1,6 +1,7 @@
 //! Sluice's shared vocabulary: ids, events, request and response messages, the frame format and
-//! the codec (the only place bincode is called), and the environment traits (`env`) that node and
-//! edge code are written against so the simulator can run the same code.
+//! the codec (the only place bincode is called), the environment traits (`env`) that node and
+//! edge code are written against so the simulator can run the same code, and the checksummed
+//! segment layer (`segment`) every append-only file is written with.
 //!
 //! Without features this crate does no IO and has no async runtime. `net` adds the QUIC + mutual
 //! TLS connection layer that nodes, edges and the CLI share; `os` adds the real environment (OS
@@ -20,6 +21,7 @@ pub mod msg;
 pub mod net;
 #[cfg(feature = "os")]
 pub mod os;
+pub mod segment;
 
 pub use codec::{DecodeError, EncodeError};
 pub use event::{

@@ -140,6 +140,11 @@ impl Disk for FsDisk {
             .and_then(|d| d.sync_all())
             .map_err(|e| DiskError::io("fsync dir", dir, e))
     }
+
+    fn available_bytes(&self, dir: &Path) -> Result<Option<u64>, DiskError> {
+        let stat = rustix::fs::statvfs(dir).map_err(|e| DiskError::io("statvfs", dir, e.into()))?;
+        Ok(Some(stat.f_bavail.saturating_mul(stat.f_frsize)))
+    }
 }
 
 /// The production environment.

@@ -60,10 +60,10 @@ pub const PRIVATE: &str = "private";
 /// The default deadline of one step (connect, a request, a node start).
 pub const STEP: Duration = Duration::from_secs(30);
 
-/// Bytes of a segment file header (see `node/src/log/format.rs`).
-pub const SEGMENT_HEADER_LEN: u64 = 32;
-/// Bytes of an entry header (see `node/src/log/format.rs`).
-pub const ENTRY_HEADER_LEN: u64 = 20;
+/// Bytes of a segment file header (the shared layer, `proto::segment`).
+pub const SEGMENT_HEADER_LEN: u64 = sluice_proto::segment::SEGMENT_HEADER_LEN;
+/// Bytes of an entry header (the shared layer, `proto::segment`).
+pub const ENTRY_HEADER_LEN: u64 = sluice_proto::segment::ENTRY_HEADER_LEN;
 
 /// Runs `future`, failing with an error naming `what` if it takes longer than `limit`.
 pub async fn within<F: Future>(what: &str, limit: Duration, future: F) -> Result<F::Output> {
@@ -1020,8 +1020,7 @@ pub fn segment_files(partition_dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The byte position where the data of a segment file ends: entries are walked from the header
-/// by their body lengths until a zero length (the preallocated zeros). See
-/// `node/src/log/format.rs`.
+/// by their body lengths until a zero length (the preallocated zeros). See `proto::segment`.
 pub fn segment_data_end(bytes: &[u8]) -> Result<u64> {
     let mut pos = SEGMENT_HEADER_LEN;
     loop {

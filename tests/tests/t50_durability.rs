@@ -304,8 +304,8 @@ async fn torn_tail_is_discarded_on_restart_and_appends_continue() {
     assert_log_is(&node.admin().await.unwrap(), &sent).await;
     node.stop().await.unwrap();
 
-    // A torn copy of the next entry: the last entry's header with the next base offset, and half
-    // of its body.
+    // A torn copy of the next entry: the last entry with the next base offset in its payload,
+    // and half of its body.
     let (path, bytes, end) = last_segment(&node);
     let mut last_start = sluice_tests::SEGMENT_HEADER_LEN;
     while last_start < end {

@@ -1,105 +1,136 @@
-//! On-disk layout of partition log segments.
+//! On-disk layout of a partition log, on top of [`sluice_proto::segment`].
 //!
-//! A segment file `<base_offset:020>.log` starts with a 32-byte header (magic, format version,
-//! base offset, CRC32C of those) and is preallocated to `segment_bytes_max` bytes of zeros.
-//! Entries follow back to back. An entry is a 20-byte header — body length (u32), CRC32C of the
-//! rest of the header and the body (u32), base offset (u64), event count (u32), little endian —
-//! and a body of `count` canonically encoded events. A zero body length marks the end of the data.
+//! Segment files are `<base_offset:020>.log`, of kind [`SEGMENT_KIND`] (magic `SLUICESG`) with the
+//! base offset as the segment id. Each segment entry's payload is one log entry: its base offset
+//! (u64), its event count (u32, little endian), then `count` canonically encoded events.
+//!
+//! The partition's manifest is a small file of two [`MANIFEST_SLOT_LEN`]-byte slots, one per
+//! page ([`MANIFEST_SLOT_STRIDE`] apart), written alternately and each checked by its own CRC32C,
+//! so one torn write never loses the previous state. A slot holds a sequence number (the higher
+//! valid one wins), the base offsets of the first and last segments, and the durable end of the
+//! last segment as an offset and a byte position.
 
+use sluice_proto::segment::SegmentKind;
 use sluice_proto::Offset;
 
-/// First bytes of every segment file.
-pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"SLUICESG";
-/// Segment layout version.
-pub(crate) const SEGMENT_FORMAT_VERSION: u32 = 1;
-/// Bytes before the first entry.
-pub(crate) const SEGMENT_HEADER_LEN: u64 = 32;
-/// Bytes of an entry header.
-pub(crate) const ENTRY_HEADER_LEN: usize = 20;
+/// The kind of node log segments.
+pub(crate) const SEGMENT_KIND: SegmentKind = SegmentKind {
+    magic: *b"SLUICESG",
+    version: 2,
+};
 
-/// The header of a new segment.
-pub(crate) fn segment_header(base: Offset) -> [u8; SEGMENT_HEADER_LEN as usize] {
-    let mut out = [0u8; SEGMENT_HEADER_LEN as usize];
-    out[..8].copy_from_slice(&SEGMENT_MAGIC);
-    out[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
-    out[16..24].copy_from_slice(&base.0.to_le_bytes());
-    let crc = crc32c::crc32c(&out[..24]);
-    out[24..28].copy_from_slice(&crc.to_le_bytes());
-    out
+/// Bytes before the events of an entry payload.
+pub(crate) const ENTRY_PREFIX_LEN: usize = 12;
+
+/// The name of the segment starting at `base`.
+pub(crate) fn segment_name(base: Offset) -> String {
+    format!("{:020}.log", base.0)
 }
 
-/// Checks a segment header and returns its base offset.
-pub(crate) fn parse_segment_header(
-    bytes: &[u8; SEGMENT_HEADER_LEN as usize],
-) -> Result<Offset, String> {
-    if bytes[..8] != SEGMENT_MAGIC {
-        return Err("bad segment magic".into());
+/// The base offset a segment file name stands for, or `None` for any other file.
+pub(crate) fn parse_segment_name(name: &str) -> Option<Offset> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    let crc = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
-    if crc != crc32c::crc32c(&bytes[..24]) {
-        return Err("segment header checksum mismatch".into());
-    }
-    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != SEGMENT_FORMAT_VERSION {
-        return Err(format!("unsupported segment format version {version}"));
-    }
-    let mut base = [0u8; 8];
-    base.copy_from_slice(&bytes[16..24]);
-    Ok(Offset(u64::from_le_bytes(base)))
+    digits.parse().ok().map(Offset)
 }
 
-/// Appends one entry (header and body) to `out`.
-pub(crate) fn encode_entry(base: Offset, count: u32, body: &[u8], out: &mut Vec<u8>) {
-    let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    assert!(
-        body_len < u32::MAX && body_len > 0,
-        "entry body of {} bytes",
-        body.len()
-    );
-    let start = out.len();
-    out.extend_from_slice(&body_len.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
+/// The payload of one log entry.
+pub(crate) fn encode_entry(base: Offset, count: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENTRY_PREFIX_LEN + body.len());
     out.extend_from_slice(&base.0.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
     out.extend_from_slice(body);
-    let crc = crc32c::crc32c(&out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out
 }
 
-/// A parsed entry header, not yet checked against its body.
+/// Splits an entry payload into its base offset, event count and events.
+pub(crate) fn decode_entry(payload: &[u8]) -> Result<(Offset, u32, &[u8]), String> {
+    if payload.len() <= ENTRY_PREFIX_LEN {
+        return Err(format!(
+            "log entry of {} bytes has no events",
+            payload.len()
+        ));
+    }
+    let mut base = [0u8; 8];
+    base.copy_from_slice(&payload[..8]);
+    let mut count = [0u8; 4];
+    count.copy_from_slice(&payload[8..12]);
+    let count = u32::from_le_bytes(count);
+    if count == 0 {
+        return Err("log entry with zero events".into());
+    }
+    Ok((
+        Offset(u64::from_le_bytes(base)),
+        count,
+        &payload[ENTRY_PREFIX_LEN..],
+    ))
+}
+
+/// First bytes of a manifest slot.
+const MANIFEST_MAGIC: [u8; 8] = *b"SLUICEMF";
+/// Manifest layout version.
+const MANIFEST_VERSION: u32 = 1;
+/// Bytes of one manifest slot.
+pub(crate) const MANIFEST_SLOT_LEN: usize = 64;
+/// Distance between the two slots (one page each, so a torn write touches only one).
+pub(crate) const MANIFEST_SLOT_STRIDE: u64 = 4096;
+
+/// What a partition must hold, as its manifest records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct EntryHeader {
-    pub(crate) body_len: u32,
-    pub(crate) crc: u32,
-    pub(crate) base: Offset,
-    pub(crate) count: u32,
+pub(crate) struct ManifestState {
+    /// Base offset of the first segment.
+    pub(crate) first: Offset,
+    /// Base offset of the last segment.
+    pub(crate) last: Offset,
+    /// Every offset below this one is durable.
+    pub(crate) durable_offset: Offset,
+    /// Byte position in the last segment up to which it is durable.
+    pub(crate) durable_pos: u64,
 }
 
-impl EntryHeader {
-    /// Parses the header; `None` marks the end of the data (a zero body length).
-    pub(crate) fn parse(bytes: &[u8; ENTRY_HEADER_LEN]) -> Option<EntryHeader> {
-        let u32_at =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let body_len = u32_at(0);
-        if body_len == 0 {
-            return None;
-        }
-        let mut base = [0u8; 8];
-        base.copy_from_slice(&bytes[8..16]);
-        Some(EntryHeader {
-            body_len,
-            crc: u32_at(4),
-            base: Offset(u64::from_le_bytes(base)),
-            count: u32_at(16),
-        })
-    }
+/// One manifest slot's bytes.
+pub(crate) fn encode_manifest(seq: u64, state: &ManifestState) -> [u8; MANIFEST_SLOT_LEN] {
+    let mut out = [0u8; MANIFEST_SLOT_LEN];
+    out[..8].copy_from_slice(&MANIFEST_MAGIC);
+    out[8..12].copy_from_slice(&MANIFEST_VERSION.to_le_bytes());
+    out[16..24].copy_from_slice(&seq.to_le_bytes());
+    out[24..32].copy_from_slice(&state.first.0.to_le_bytes());
+    out[32..40].copy_from_slice(&state.last.0.to_le_bytes());
+    out[40..48].copy_from_slice(&state.durable_offset.0.to_le_bytes());
+    out[48..56].copy_from_slice(&state.durable_pos.to_le_bytes());
+    let crc = crc32c::crc32c(&out[..60]);
+    out[60..64].copy_from_slice(&crc.to_le_bytes());
+    out
+}
 
-    /// True when the header and body match the checksum.
-    pub(crate) fn checks(&self, header: &[u8; ENTRY_HEADER_LEN], body: &[u8]) -> bool {
-        let mut crc = crc32c::crc32c(&header[8..]);
-        crc = crc32c::crc32c_append(crc, body);
-        crc == self.crc
+/// A checked manifest slot: its sequence number and state; `None` when it does not check.
+pub(crate) fn decode_manifest(bytes: &[u8; MANIFEST_SLOT_LEN]) -> Option<(u64, ManifestState)> {
+    let u64_at = |i: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[i..i + 8]);
+        u64::from_le_bytes(word)
+    };
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&bytes[60..64]);
+    if bytes[..8] != MANIFEST_MAGIC || u32::from_le_bytes(crc) != crc32c::crc32c(&bytes[..60]) {
+        return None;
     }
+    let mut version = [0u8; 4];
+    version.copy_from_slice(&bytes[8..12]);
+    if u32::from_le_bytes(version) != MANIFEST_VERSION {
+        return None;
+    }
+    Some((
+        u64_at(16),
+        ManifestState {
+            first: Offset(u64_at(24)),
+            last: Offset(u64_at(32)),
+            durable_offset: Offset(u64_at(40)),
+            durable_pos: u64_at(48),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -107,37 +138,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_round_trips_and_detects_flips() {
-        // Checks that an encoded entry parses back and that flipping any single bit of it is
-        // caught by the header checks or the checksum.
-        let mut out = Vec::new();
-        encode_entry(Offset(42), 3, b"hello world", &mut out);
-        let header: [u8; ENTRY_HEADER_LEN] = out[..ENTRY_HEADER_LEN].try_into().unwrap();
-        let parsed = EntryHeader::parse(&header).unwrap();
-        assert_eq!(
-            (parsed.base, parsed.count, parsed.body_len),
-            (Offset(42), 3, 11)
-        );
-        assert!(parsed.checks(&header, &out[ENTRY_HEADER_LEN..]));
-        for bit in 0..out.len() * 8 {
-            let mut flipped = out.clone();
+    fn entry_payload_round_trips_and_refuses_empty_entries() {
+        // Checks the entry payload layout and that entries without events are refused.
+        let payload = encode_entry(Offset(42), 3, b"events");
+        assert_eq!(decode_entry(&payload), Ok((Offset(42), 3, &b"events"[..])));
+        assert!(decode_entry(&encode_entry(Offset(1), 0, b"x")).is_err());
+        assert!(decode_entry(&payload[..ENTRY_PREFIX_LEN]).is_err());
+    }
+
+    #[test]
+    fn manifest_slot_round_trips_and_any_flip_is_refused() {
+        // Checks the manifest slot layout and that flipping any bit makes the slot not check.
+        let state = ManifestState {
+            first: Offset(0),
+            last: Offset(1000),
+            durable_offset: Offset(1234),
+            durable_pos: 5678,
+        };
+        let slot = encode_manifest(7, &state);
+        assert_eq!(decode_manifest(&slot), Some((7, state)));
+        for bit in 0..MANIFEST_SLOT_LEN * 8 {
+            let mut flipped = slot;
             flipped[bit / 8] ^= 1 << (bit % 8);
-            let header: [u8; ENTRY_HEADER_LEN] = flipped[..ENTRY_HEADER_LEN].try_into().unwrap();
-            let ok = match EntryHeader::parse(&header) {
-                None => false,
-                Some(h) => h.body_len == 11 && h.checks(&header, &flipped[ENTRY_HEADER_LEN..]),
-            };
-            assert!(!ok, "flip of bit {bit} not detected");
+            assert_eq!(decode_manifest(&flipped), None, "flip of bit {bit}");
         }
     }
 
     #[test]
-    fn segment_header_round_trips() {
-        // Checks the segment header format and that corruption of it is refused.
-        let h = segment_header(Offset(7));
-        assert_eq!(parse_segment_header(&h), Ok(Offset(7)));
-        let mut bad = h;
-        bad[17] ^= 1;
-        assert!(parse_segment_header(&bad).is_err());
+    fn segment_names_round_trip() {
+        // Checks segment file names and that other files are not taken for segments.
+        assert_eq!(
+            parse_segment_name(&segment_name(Offset(9))),
+            Some(Offset(9))
+        );
+        assert_eq!(parse_segment_name("9.log"), None);
+        assert_eq!(parse_segment_name("00000000000000000009.tmp"), None);
     }
 }

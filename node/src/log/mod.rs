@@ -1,5 +1,16 @@
-//! A partition log: checksummed, preallocated segment files written with `fdatasync`, read by
-//! offset through a sparse in-memory index that is rebuilt from the files at start-up.
+//! A partition log: segment files of the shared checksummed layer ([`sluice_proto::segment`]),
+//! written with `fdatasync`, read by offset through a sparse in-memory index rebuilt from the
+//! files at start-up, and a manifest recording what the partition must hold.
+//!
+//! [`open`] recovers a partition in two phases. Reading: the manifest says which segments must
+//! exist (first and last base offset) and how far the last one is known durable; every segment
+//! is scanned under the layer's recovery rule, its events replayed. Corruption anywhere (a
+//! damaged entry, a missing segment or directory, a truncated file, segments without a manifest)
+//! stops the scan there: what precedes it is readable through the [`LogReader`], and the log
+//! stays read-only ([`Opened::writer`] is the corruption). Writing: otherwise the last segment's
+//! torn tail (and anything past the caller's durable mark) is zeroed and synced and the manifest
+//! rewritten with the recovered end, so later damage below it is caught; a failure here (a full
+//! disk) leaves the log readable and the caller may open it again later.
 //!
 //! [`LogWriter`] is owned by one flusher at a time (the partition actor hands it to the blocking
 //! pool for each group commit); [`LogReader`] is shared by fetches. The log holds only what was
@@ -9,8 +20,12 @@
 
 pub(crate) mod format;
 
-use format::{EntryHeader, ENTRY_HEADER_LEN, SEGMENT_HEADER_LEN};
+use format::{ManifestState, MANIFEST_SLOT_LEN, MANIFEST_SLOT_STRIDE, SEGMENT_KIND};
 use sluice_proto::env::{Disk, DiskError, DiskFile};
+use sluice_proto::segment::{
+    self, Corruption, CorruptionKind, ScanExpect, SegmentError, SegmentHeader, SegmentWriter,
+    SEGMENT_HEADER_LEN,
+};
 use sluice_proto::{codec, Event, Offset, StoredEvent};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -22,8 +37,17 @@ pub struct LogConfig {
     pub segment_bytes_max: u64,
     /// One sparse index point per this many bytes of entries.
     pub index_interval_bytes: u64,
-    /// The largest entry body accepted on recovery and on read.
+    /// The largest entry payload accepted on recovery and on read.
     pub entry_bytes_max: u32,
+}
+
+/// Where a partition's log lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPaths {
+    /// The directory of the segment files.
+    pub dir: PathBuf,
+    /// The manifest file, outside `dir` so that losing the directory is detected.
+    pub manifest: PathBuf,
 }
 
 /// A log operation failed.
@@ -32,28 +56,51 @@ pub enum LogError {
     /// The disk refused.
     #[error(transparent)]
     Disk(#[from] DiskError),
-    /// Data that was once durable is damaged; the log refuses to guess.
-    #[error("corrupt log {path} at byte {pos}: {reason}")]
-    Corrupt {
-        /// The segment file.
-        path: String,
-        /// Byte position in it.
-        pos: u64,
-        /// What is wrong.
-        reason: String,
+    /// A segment operation failed (a full disk at preallocation, a broken writer, …).
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// Data that was once durable is damaged or gone; the log is read-only.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+    /// An entry larger than an empty segment can hold.
+    #[error("entry of {len} bytes cannot fit in a segment of {segment_bytes_max} bytes")]
+    EntryTooLarge {
+        /// Bytes of the entry.
+        len: u64,
+        /// The configured segment size.
+        segment_bytes_max: u64,
     },
+}
+
+impl LogError {
+    /// The corruption, when this error is one.
+    pub fn corruption(&self) -> Option<&Corruption> {
+        match self {
+            LogError::Corrupt(c) | LogError::Segment(SegmentError::Corrupt(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// True when the disk is full.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            LogError::Disk(e) => e.is_no_space(),
+            LogError::Segment(e) => e.is_no_space(),
+            _ => false,
+        }
+    }
 }
 
 /// What recovery found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
-    /// Segment files found.
+    /// Segment files recovered.
     pub n_segments: u32,
     /// Entries found intact.
     pub n_entries: u64,
-    /// The offset the next event will get.
+    /// The offset the next event will get (one past the readable prefix when corrupt).
     pub next_offset: Offset,
-    /// Bytes of a torn or partial tail that were discarded (never acknowledged).
+    /// Bytes of a torn, unacknowledged tail, or past the durable mark, that were discarded.
     pub truncated_bytes: u64,
 }
 
@@ -81,15 +128,100 @@ struct SegmentView {
     end_pos: u64,
 }
 
+/// The manifest file: two slots written alternately.
+struct Manifest {
+    file: Arc<dyn DiskFile>,
+    seq: u64,
+    state: ManifestState,
+}
+
+impl Manifest {
+    /// Reads the manifest: `None` when the file does not exist; corruption when neither slot
+    /// checks.
+    fn read(disk: &dyn Disk, path: &Path) -> Result<Option<Manifest>, LogError> {
+        let file = match disk.open(path, false) {
+            Ok(file) => file,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut best: Option<(u64, ManifestState)> = None;
+        for slot in 0..2u64 {
+            let mut bytes = [0u8; MANIFEST_SLOT_LEN];
+            let got = file.read_at(slot * MANIFEST_SLOT_STRIDE, &mut bytes)?;
+            if got < MANIFEST_SLOT_LEN {
+                continue;
+            }
+            if let Some((seq, state)) = format::decode_manifest(&bytes) {
+                if best.is_none_or(|(s, _)| seq > s) {
+                    best = Some((seq, state));
+                }
+            }
+        }
+        let Some((seq, state)) = best else {
+            return Err(Corruption::new(
+                path,
+                0,
+                CorruptionKind::Missing("no manifest slot checks".into()),
+            )
+            .into());
+        };
+        Ok(Some(Manifest { file, seq, state }))
+    }
+
+    /// Creates the manifest with its first state and makes it and its directory entry durable.
+    fn create(disk: &dyn Disk, path: &Path, state: ManifestState) -> Result<Manifest, LogError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        disk.create_dir_all(dir)?;
+        let file = disk.open(path, true)?;
+        file.truncate(0)?;
+        file.allocate(2 * MANIFEST_SLOT_STRIDE)?;
+        let mut manifest = Manifest {
+            file,
+            seq: 0,
+            state,
+        };
+        manifest.write(state)?;
+        disk.sync_dir(dir)?;
+        Ok(manifest)
+    }
+
+    /// Records a new state in the older slot and syncs it.
+    fn write(&mut self, state: ManifestState) -> Result<(), LogError> {
+        let seq = self.seq + 1;
+        let slot = seq % 2;
+        self.file.write_at(
+            slot * MANIFEST_SLOT_STRIDE,
+            &format::encode_manifest(seq, &state),
+        )?;
+        self.file.sync_data()?;
+        self.seq = seq;
+        self.state = state;
+        Ok(())
+    }
+}
+
+fn is_not_found(e: &DiskError) -> bool {
+    matches!(
+        e,
+        DiskError::Io {
+            kind: std::io::ErrorKind::NotFound,
+            ..
+        }
+    )
+}
+
 /// Appends to a partition log. Not shared: one owner at a time.
 pub struct LogWriter {
-    dir: PathBuf,
+    paths: LogPaths,
     disk: Arc<dyn Disk>,
     config: LogConfig,
+    manifest: Manifest,
     segments: Arc<RwLock<Vec<SegmentView>>>,
     active: SegmentView,
+    writer: SegmentWriter,
     last_index_pos: u64,
-    buffer: Vec<u8>,
+    /// One past the last offset made durable.
+    durable: Offset,
 }
 
 /// Reads a partition log by offset. Cheap to clone.
@@ -97,223 +229,374 @@ pub struct LogWriter {
 pub struct LogReader {
     segments: Arc<RwLock<Vec<SegmentView>>>,
     entry_bytes_max: u32,
+    /// The first damage a read met (data below the durable end that no longer checks).
+    damage: Arc<std::sync::Mutex<Option<Corruption>>>,
 }
 
-fn segment_name(base: Offset) -> String {
-    format!("{:020}.log", base.0)
+/// A recovered log.
+pub struct Opened {
+    /// Reads what was recovered (the prefix before any corruption).
+    pub reader: LogReader,
+    /// What recovery found.
+    pub recovery: Recovery,
+    /// The writer; or why the log cannot be written: [`LogError::corruption`] for damage (the
+    /// log stays read-only), another error (a full disk) when opening again later may succeed.
+    pub writer: Result<LogWriter, LogError>,
 }
 
-fn corrupt(path: &Path, pos: u64, reason: impl Into<String>) -> LogError {
-    LogError::Corrupt {
-        path: path.display().to_string(),
-        pos,
-        reason: reason.into(),
-    }
-}
-
-/// Decodes the events of one entry body, calling `each` with each event's offset.
-fn decode_body(
-    path: &Path,
-    pos: u64,
-    header: &EntryHeader,
-    body: &[u8],
+/// Decodes the events of one entry payload checked against the offset it must start at,
+/// calling `each` with each event's offset and encoded length.
+fn decode_events(
+    payload: &[u8],
+    expected: Option<Offset>,
     mut each: impl FnMut(Offset, Event, usize),
-) -> Result<(), LogError> {
+) -> Result<(Offset, u32), String> {
+    let (base, count, body) = format::decode_entry(payload)?;
+    if let Some(expected) = expected.filter(|e| *e != base) {
+        return Err(format!(
+            "entry starts at offset {base}, expected {expected}"
+        ));
+    }
     let mut rest = body;
-    for i in 0..header.count {
+    for i in 0..count {
         let (event, used) = codec::decode_prefix::<Event>(rest)
-            .map_err(|e| corrupt(path, pos, format!("event {i} of entry: {e}")))?;
+            .map_err(|e| format!("event {i} of the entry at offset {base}: {e}"))?;
         rest = &rest[used..];
-        each(Offset(header.base.0 + u64::from(i)), event, used);
+        each(Offset(base.0 + u64::from(i)), event, used);
     }
     if !rest.is_empty() {
-        return Err(corrupt(path, pos, "entry body longer than its events"));
+        return Err(format!("entry at offset {base} is longer than its events"));
     }
-    Ok(())
+    Ok((base, count))
 }
 
-/// Reads the entry at `pos`: `Ok(None)` at the end of data or at an entry that does not check
-/// (torn), else its header and body.
-fn read_entry(
-    file: &dyn DiskFile,
-    pos: u64,
-    file_len: u64,
-    entry_bytes_max: u32,
-) -> Result<Option<(EntryHeader, Vec<u8>)>, DiskError> {
-    let mut header_bytes = [0u8; ENTRY_HEADER_LEN];
-    if pos + ENTRY_HEADER_LEN as u64 > file_len
-        || file.read_at(pos, &mut header_bytes)? < ENTRY_HEADER_LEN
-    {
-        return Ok(None);
+/// The segment files of `dir` by base offset; `None` when the directory does not exist.
+fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Option<Vec<Offset>>, LogError> {
+    match disk.list(dir) {
+        Ok(names) => Ok(Some(
+            names
+                .iter()
+                .filter_map(|n| format::parse_segment_name(n))
+                .collect(),
+        )),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    let Some(header) = EntryHeader::parse(&header_bytes) else {
-        return Ok(None);
+}
+
+/// What the reading phase leaves for the writing phase.
+struct Scanned {
+    views: Vec<SegmentView>,
+    manifest: Option<Manifest>,
+    /// The last segment's scan and where to resume it (nothing past the durable mark).
+    last: Option<(segment::Scan, u64)>,
+    /// Segment files after the manifest's last one, left by a roll cut short.
+    leftovers: Vec<Offset>,
+    corruption: Option<Corruption>,
+    recovery: Recovery,
+}
+
+fn missing(path: &Path, what: String) -> Corruption {
+    Corruption::new(path, 0, CorruptionKind::Missing(what))
+}
+
+/// The reading phase: manifest, segments, replay. Changes nothing on disk.
+fn recover(
+    disk: &dyn Disk,
+    paths: &LogPaths,
+    config: &LogConfig,
+    durable_mark: Option<Offset>,
+    each: &mut impl FnMut(Offset, Event),
+) -> Result<Scanned, LogError> {
+    let mut out = Scanned {
+        views: Vec::new(),
+        manifest: None,
+        last: None,
+        leftovers: Vec::new(),
+        corruption: None,
+        recovery: Recovery::default(),
     };
-    let body_end = pos + ENTRY_HEADER_LEN as u64 + u64::from(header.body_len);
-    if header.body_len > entry_bytes_max || header.count == 0 || body_end > file_len {
-        return Ok(None);
+    // A manifest none of whose slots checks is corruption, unless the partition's creation was
+    // cut short while writing it (decided below, like a missing manifest).
+    let (manifest, damaged_manifest) = match Manifest::read(disk, &paths.manifest) {
+        Ok(m) => (m, None),
+        Err(LogError::Corrupt(c)) => (None, Some(c)),
+        Err(e) => return Err(e),
+    };
+    let listed = list_segments(disk, &paths.dir)?;
+    let bases = listed.clone().unwrap_or_default();
+    let (first, last, durable) = match &manifest {
+        Some(m) => {
+            if listed.is_none() {
+                out.corruption = Some(missing(
+                    &paths.dir,
+                    format!(
+                        "the partition directory is gone, but its manifest {} records segments {}..={}",
+                        paths.manifest.display(),
+                        m.state.first,
+                        m.state.last
+                    ),
+                ));
+                return Ok(out);
+            }
+            (m.state.first, m.state.last, Some(m.state))
+        }
+        None => match (bases.first(), bases.last()) {
+            (None, _) | (_, None) => {
+                // Segment 0 is created before the manifest: a manifest without any segment
+                // means the segments were lost.
+                out.corruption = damaged_manifest;
+                return Ok(out);
+            }
+            (Some(first), Some(last)) => (*first, *last, None),
+        },
+    };
+    out.leftovers = bases.iter().copied().filter(|b| *b > last).collect();
+    let mut expected = first;
+    for base in bases.iter().copied().filter(|b| *b >= first && *b <= last) {
+        let path = paths.dir.join(format::segment_name(base));
+        if base != expected {
+            out.corruption = Some(missing(
+                &paths.dir.join(format::segment_name(expected)),
+                format!("segment of offsets {expected}..{base} is gone"),
+            ));
+            return Ok(out);
+        }
+        let is_last = base == last;
+        let file = disk.open(&path, false)?;
+        let expect = ScanExpect {
+            id: Some(base.0),
+            durable_end: match durable {
+                Some(state) if is_last => state.durable_pos,
+                _ => 0,
+            },
+            sealed: !is_last,
+            entry_bytes_max: config.entry_bytes_max,
+        };
+        let mut view = SegmentView {
+            base,
+            path: path.clone(),
+            file: file.clone(),
+            index: Vec::new(),
+            end: base,
+            end_pos: SEGMENT_HEADER_LEN,
+        };
+        // Entries from the durable mark on are not adopted: after a failed fdatasync their bytes
+        // may exist only in the page cache (only the last segment can hold such entries).
+        let mut cut: Option<u64> = None;
+        let mut last_index_pos = 0u64;
+        let mut n_entries = 0u64;
+        let scan = segment::scan(&*file, &path, SEGMENT_KIND, &expect, |pos, payload| {
+            let (entry_base, _, _) = format::decode_entry(payload)?;
+            let adopt = !is_last || durable_mark.is_none_or(|m| entry_base < m);
+            if cut.is_some() || !adopt {
+                cut.get_or_insert(pos);
+                return Ok(());
+            }
+            let (entry_base, count) =
+                decode_events(payload, Some(view.end), |offset, event, _| {
+                    each(offset, event)
+                })?;
+            if view.index.is_empty()
+                || pos >= last_index_pos.saturating_add(config.index_interval_bytes)
+            {
+                view.index.push((entry_base, pos));
+                last_index_pos = pos;
+            }
+            view.end = Offset(entry_base.0 + u64::from(count));
+            view.end_pos = pos + segment::entry_len(payload.len());
+            n_entries += 1;
+            Ok(())
+        })?;
+        out.recovery.n_segments += 1;
+        out.recovery.n_entries += n_entries;
+        out.recovery.next_offset = view.end;
+        expected = view.end;
+        out.views.push(view);
+        if let Some(corruption) = scan.corruption {
+            out.corruption = Some(corruption);
+            return Ok(out);
+        }
+        if is_last {
+            let resume_at = cut.unwrap_or(scan.data_end);
+            let dirty_end = scan
+                .torn
+                .map_or(scan.data_end, |t| t.end.max(scan.data_end));
+            out.recovery.truncated_bytes = dirty_end - resume_at;
+            if let Some(state) = durable.filter(|s| expected < s.durable_offset) {
+                out.corruption = Some(Corruption::new(
+                    &path,
+                    resume_at,
+                    CorruptionKind::Missing(format!(
+                        "offsets {expected}..{} recorded durable",
+                        state.durable_offset
+                    )),
+                ));
+                return Ok(out);
+            }
+            out.last = Some((scan, resume_at));
+        }
     }
-    let mut body = vec![0u8; header.body_len as usize];
-    if file.read_at(pos + ENTRY_HEADER_LEN as u64, &mut body)? < body.len() {
-        return Ok(None);
+    if out.views.last().map(|v| v.base) != Some(last) {
+        let path = paths.dir.join(format::segment_name(last));
+        out.corruption = Some(missing(
+            &path,
+            format!(
+                "the last segment recorded by the manifest {} is gone",
+                paths.manifest.display()
+            ),
+        ));
+        return Ok(out);
     }
-    if !header.checks(&header_bytes, &body) {
-        return Ok(None);
+    match manifest {
+        Some(m) => out.manifest = Some(m),
+        None => {
+            // Segments without a manifest are a partition whose creation was cut short (one
+            // empty first segment) or one whose manifest was lost.
+            let fresh = out.views.len() == 1 && out.recovery.n_entries == 0 && first == Offset(0);
+            if !fresh {
+                out.corruption = Some(damaged_manifest.unwrap_or_else(|| {
+                    missing(
+                        &paths.manifest,
+                        format!(
+                            "the manifest is gone, but {} holds segments",
+                            paths.dir.display()
+                        ),
+                    )
+                }));
+            }
+        }
     }
-    Ok(Some((header, body)))
+    Ok(out)
 }
 
-impl LogWriter {
-    /// Opens (or creates) the log in `dir`, recovering every segment: entries are checked in
-    /// order; in the last segment the first entry that does not check ends the log (a torn write
-    /// that was never acknowledged) and the bytes after it are zeroed so they can never come back;
-    /// anywhere else it is corruption. `each` sees every recovered event, to rebuild state.
-    ///
-    /// `durable_end`, when known, is one past the last offset this process saw made durable.
-    /// After a failed `fdatasync`, Linux marks the unwritten pages clean: they stay readable but
-    /// never reach the disk, and a later fsync does not write them. Recovery must not adopt them,
-    /// so everything from `durable_end` on is cut (later segments removed, the rest zeroed and
-    /// synced anew).
-    pub fn open(
-        disk: Arc<dyn Disk>,
-        dir: &Path,
-        config: LogConfig,
-        durable_end: Option<Offset>,
-        mut each: impl FnMut(Offset, Event),
-    ) -> Result<(LogWriter, LogReader, Recovery), LogError> {
-        disk.create_dir_all(dir)?;
-        let mut names: Vec<String> = disk
-            .list(dir)?
-            .into_iter()
-            .filter(|n| n.ends_with(".log"))
-            .collect();
-        let mut recovery = Recovery::default();
-        if let Some(limit) = durable_end {
-            let before = names.len();
-            let mut kept = Vec::with_capacity(names.len());
-            for name in names {
-                let base = name.trim_end_matches(".log").parse::<u64>().ok();
-                if base.is_some_and(|b| b >= limit.0) {
-                    // Created at or after the last durable point: nothing in it is durable.
-                    disk.remove(&dir.join(&name))?;
-                } else {
-                    kept.push(name);
-                }
-            }
-            if kept.len() != before {
-                disk.sync_dir(dir)?;
-            }
-            names = kept;
-        }
-        recovery.n_segments = names.len() as u32;
-        let mut segments = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            let is_last = i + 1 == names.len();
-            let view = recover_segment(
-                &*disk,
-                &dir.join(name),
-                &config,
-                SegmentPlace {
-                    expected_base: recovery.next_offset,
-                    is_last,
-                    stop_at: durable_end,
-                },
-                &mut recovery,
-                &mut each,
-            )?;
-            recovery.next_offset = view.end;
-            segments.push(view);
-        }
-        let active = match segments.pop() {
-            Some(view) => view,
-            None => create_segment(&*disk, dir, Offset(0), &config)?,
+/// Opens (or creates) the log at `paths`, recovering every segment (see the module doc). `each`
+/// sees every recovered event, to rebuild state. `durable_mark`, when known, is one past the
+/// last offset this process saw made durable: after a failed `fdatasync` the unwritten pages
+/// stay readable but may never reach the disk, so recovery does not adopt anything from it on.
+///
+/// `Err` only when the disk cannot even be read; corruption and a log that cannot be made
+/// writable are reported in [`Opened::writer`].
+pub fn open(
+    disk: Arc<dyn Disk>,
+    paths: &LogPaths,
+    config: LogConfig,
+    durable_mark: Option<Offset>,
+    mut each: impl FnMut(Offset, Event),
+) -> Result<Opened, LogError> {
+    let scanned = recover(&*disk, paths, &config, durable_mark, &mut each)?;
+    let recovery = scanned.recovery.clone();
+    let segments = Arc::new(RwLock::new(scanned.views.clone()));
+    let reader = LogReader {
+        segments: segments.clone(),
+        entry_bytes_max: config.entry_bytes_max,
+        damage: Arc::default(),
+    };
+    let writer = match scanned.corruption.clone() {
+        Some(corruption) => Err(LogError::Corrupt(corruption)),
+        None => make_writable(disk, paths, config, scanned, segments),
+    };
+    Ok(Opened {
+        reader,
+        recovery,
+        writer,
+    })
+}
+
+/// Checks a log without changing anything: what [`open`] would recover and the corruption it
+/// would report, if any.
+pub fn check(
+    disk: &dyn Disk,
+    paths: &LogPaths,
+    config: LogConfig,
+) -> Result<(Recovery, Option<Corruption>), LogError> {
+    let scanned = recover(disk, paths, &config, None, &mut |_, _| {})?;
+    Ok((scanned.recovery, scanned.corruption))
+}
+
+/// The writing phase: cut the tail, drop leftovers of a cut roll, record the recovered end.
+fn make_writable(
+    disk: Arc<dyn Disk>,
+    paths: &LogPaths,
+    config: LogConfig,
+    scanned: Scanned,
+    segments: Arc<RwLock<Vec<SegmentView>>>,
+) -> Result<LogWriter, LogError> {
+    let Scanned {
+        mut views,
+        manifest,
+        last,
+        leftovers,
+        ..
+    } = scanned;
+    for base in leftovers {
+        // A roll cut short: created and synced, never recorded, so never written to. Refuse to
+        // remove one that holds anything.
+        let path = paths.dir.join(format::segment_name(base));
+        let file = disk.open(&path, false)?;
+        let expect = ScanExpect {
+            id: Some(base.0),
+            durable_end: 0,
+            sealed: false,
+            entry_bytes_max: config.entry_bytes_max,
         };
-        let last_index_pos = active.index.last().map_or(0, |(_, pos)| *pos);
-        segments.push(active.clone());
-        let shared = Arc::new(RwLock::new(segments));
-        let writer = LogWriter {
-            dir: dir.to_path_buf(),
-            disk,
-            config,
-            segments: shared.clone(),
-            active,
-            last_index_pos,
-            buffer: Vec::new(),
-        };
-        Ok((
-            writer,
-            LogReader {
-                segments: shared,
-                entry_bytes_max: config.entry_bytes_max,
-            },
-            recovery,
-        ))
-    }
-
-    /// The offset the next event gets.
-    pub fn next_offset(&self) -> Offset {
-        self.active.end
-    }
-
-    /// Writes entries and makes them durable (`fdatasync`) before returning: one call is one
-    /// group commit, whatever the number of entries.
-    pub fn append(&mut self, entries: &[PendingEntry]) -> Result<(), LogError> {
-        let mut index_points = Vec::new();
-        self.buffer.clear();
-        let mut buffer_start = self.active.end_pos;
-        for entry in entries {
-            assert_eq!(entry.base, self.active.end, "entries must be contiguous");
-            let len = (ENTRY_HEADER_LEN + entry.body.len()) as u64;
-            let pos = buffer_start + self.buffer.len() as u64;
-            if pos > SEGMENT_HEADER_LEN && pos + len > self.config.segment_bytes_max {
-                self.flush_buffer(buffer_start, &mut index_points)?;
-                self.roll()?;
-                buffer_start = self.active.end_pos;
-            }
-            let pos = buffer_start + self.buffer.len() as u64;
-            if self.active.index.is_empty() && index_points.is_empty()
-                || pos >= self.last_index_pos + self.config.index_interval_bytes
-            {
-                index_points.push((entry.base, pos));
-                self.last_index_pos = pos;
-            }
-            format::encode_entry(entry.base, entry.count, &entry.body, &mut self.buffer);
-            self.active.end = Offset(entry.base.0 + u64::from(entry.count));
+        let scan = segment::scan(&*file, &path, SEGMENT_KIND, &expect, |_, _| Ok(()))?;
+        if scan.n_entries > 0 || scan.torn.is_some() || scan.corruption.is_some() {
+            return Err(Corruption::new(
+                &path,
+                SEGMENT_HEADER_LEN,
+                CorruptionKind::Missing(format!(
+                    "segment after the last one recorded by {} holds data",
+                    paths.manifest.display()
+                )),
+            )
+            .into());
         }
-        self.flush_buffer(buffer_start, &mut index_points)
+        drop(file);
+        disk.remove(&path)?;
+        disk.sync_dir(&paths.dir)?;
     }
-
-    fn flush_buffer(
-        &mut self,
-        start: u64,
-        index_points: &mut Vec<(Offset, u64)>,
-    ) -> Result<(), LogError> {
-        if !self.buffer.is_empty() {
-            self.active.file.write_at(start, &self.buffer)?;
-            self.active.file.sync_data()?;
-            self.active.end_pos = start + self.buffer.len() as u64;
-            self.buffer.clear();
+    let (active, writer) = match (views.pop(), last) {
+        (Some(view), Some((scan, resume_at))) => {
+            // With a durable mark the view already stops at `resume_at`.
+            let writer = SegmentWriter::resume(&view.path, view.file.clone(), &scan, resume_at)?;
+            (view, writer)
         }
-        self.active.index.extend_from_slice(index_points);
-        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(last) = segments.last_mut() {
-            last.index.append(index_points);
-            last.end = self.active.end;
-            last.end_pos = self.active.end_pos;
+        _ => {
+            disk.create_dir_all(&paths.dir)?;
+            let (view, writer) = create_segment(&*disk, &paths.dir, Offset(0), &config)?;
+            segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(view.clone());
+            (view, writer)
         }
-        Ok(())
-    }
-
-    fn roll(&mut self) -> Result<(), LogError> {
-        let view = create_segment(&*self.disk, &self.dir, self.active.end, &self.config)?;
-        self.active = view.clone();
-        self.last_index_pos = 0;
-        self.segments
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(view);
-        Ok(())
-    }
+    };
+    let state = ManifestState {
+        first: views.first().map_or(active.base, |v| v.base),
+        last: active.base,
+        durable_offset: active.end,
+        durable_pos: active.end_pos,
+    };
+    let manifest = match manifest {
+        Some(mut m) => {
+            m.write(state)?;
+            m
+        }
+        None => Manifest::create(&*disk, &paths.manifest, state)?,
+    };
+    let last_index_pos = active.index.last().map_or(0, |(_, pos)| *pos);
+    Ok(LogWriter {
+        paths: paths.clone(),
+        disk,
+        config,
+        manifest,
+        segments,
+        durable: active.end,
+        active,
+        writer,
+        last_index_pos,
+    })
 }
 
 fn create_segment(
@@ -321,178 +604,196 @@ fn create_segment(
     dir: &Path,
     base: Offset,
     config: &LogConfig,
-) -> Result<SegmentView, LogError> {
-    let path = dir.join(segment_name(base));
-    let file = disk.open(&path, true)?;
-    file.truncate(0)?;
-    file.write_at(0, &format::segment_header(base))?;
-    file.allocate(config.segment_bytes_max.max(SEGMENT_HEADER_LEN))?;
-    file.sync_data()?;
-    disk.sync_dir(dir)?;
-    Ok(SegmentView {
+) -> Result<(SegmentView, SegmentWriter), LogError> {
+    let path = dir.join(format::segment_name(base));
+    let header = SegmentHeader {
+        kind: SEGMENT_KIND,
+        id: base.0,
+        preallocated: config.segment_bytes_max.max(SEGMENT_HEADER_LEN),
+    };
+    let writer = SegmentWriter::create(disk, &path, header)?;
+    let view = SegmentView {
         base,
         path,
-        file,
-        index: Vec::new(),
-        end: base,
-        end_pos: SEGMENT_HEADER_LEN,
-    })
-}
-
-/// Where a segment sits in the log being recovered.
-struct SegmentPlace {
-    /// The offset its first entry must have.
-    expected_base: Offset,
-    /// True for the newest segment, the only one that may end in a torn write.
-    is_last: bool,
-    /// Entries from this offset on are not adopted (see `LogWriter::open`).
-    stop_at: Option<Offset>,
-}
-
-fn recover_segment(
-    disk: &dyn Disk,
-    path: &Path,
-    config: &LogConfig,
-    place: SegmentPlace,
-    recovery: &mut Recovery,
-    each: &mut impl FnMut(Offset, Event),
-) -> Result<SegmentView, LogError> {
-    let SegmentPlace {
-        expected_base,
-        is_last,
-        stop_at,
-    } = place;
-    let file = disk.open(path, false)?;
-    let file_len = file.size()?;
-    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    if file.read_at(0, &mut header)? < header.len() {
-        if is_last && recovery.n_segments > 0 {
-            // A segment whose creation was cut short: its header never became durable.
-            return rebuild_fresh_segment(disk, path, expected_base, config, recovery, file_len);
-        }
-        return Err(corrupt(path, 0, "segment shorter than its header"));
-    }
-    let base = match format::parse_segment_header(&header) {
-        Ok(base) => base,
-        Err(_) if is_last && header.iter().all(|b| *b == 0) => {
-            return rebuild_fresh_segment(disk, path, expected_base, config, recovery, file_len);
-        }
-        Err(reason) => return Err(corrupt(path, 0, reason)),
-    };
-    if base != expected_base {
-        return Err(corrupt(
-            path,
-            0,
-            format!("segment starts at offset {base}, expected {expected_base}"),
-        ));
-    }
-    let mut view = SegmentView {
-        base,
-        path: path.to_path_buf(),
-        file: file.clone(),
+        file: writer.file().clone(),
         index: Vec::new(),
         end: base,
         end_pos: SEGMENT_HEADER_LEN,
     };
-    let mut last_index_pos = 0u64;
-    loop {
-        let pos = view.end_pos;
-        let Some((entry, body)) = read_entry(&*file, pos, file_len, config.entry_bytes_max)? else {
-            break;
-        };
-        if entry.base != view.end || stop_at.is_some_and(|limit| entry.base >= limit) {
-            break;
-        }
-        decode_body(path, pos, &entry, &body, |offset, event, _| {
-            each(offset, event)
-        })?;
-        if view.index.is_empty() || pos >= last_index_pos + config.index_interval_bytes {
-            view.index.push((entry.base, pos));
-            last_index_pos = pos;
-        }
-        view.end = Offset(entry.base.0 + u64::from(entry.count));
-        view.end_pos = pos + (ENTRY_HEADER_LEN as u64) + u64::from(entry.body_len);
-        recovery.n_entries += 1;
+    Ok((view, writer))
+}
+
+impl LogWriter {
+    /// The offset the next event gets.
+    pub fn next_offset(&self) -> Offset {
+        self.active.end
     }
-    if is_last {
-        // What recovery adopts may exist only in the page cache (a write whose fdatasync failed
-        // or never ran): make it durable before anything, a duplicate's ack included, relies on it.
-        file.sync_data()?;
+
+    /// One past the last offset made durable (after a failed append, what did reach the disk).
+    pub fn durable_offset(&self) -> Offset {
+        self.durable
     }
-    let tail = file_len.saturating_sub(view.end_pos);
-    if tail > 0 {
-        let zeros = first_nonzero(&*file, view.end_pos, file_len)?;
-        if let Some(garbage_at) = zeros {
-            if !is_last {
-                return Err(corrupt(
-                    path,
-                    view.end_pos,
-                    "entry does not check in a closed segment",
-                ));
+
+    /// Writes entries and makes them durable (`fdatasync`) before returning: one call is one
+    /// group commit, whatever the number of entries (one more sync per segment rolled).
+    pub fn append(&mut self, entries: &[PendingEntry]) -> Result<(), LogError> {
+        let mut batch: Vec<(Offset, u32, Vec<u8>)> = Vec::new();
+        let mut batch_len = 0u64;
+        let mut expected = self.active.end;
+        for entry in entries {
+            assert_eq!(entry.base, expected, "entries must be contiguous");
+            expected = Offset(entry.base.0 + u64::from(entry.count));
+            let payload = format::encode_entry(entry.base, entry.count, &entry.body);
+            let len = segment::entry_len(payload.len());
+            if len
+                > self
+                    .config
+                    .segment_bytes_max
+                    .saturating_sub(SEGMENT_HEADER_LEN)
+            {
+                return Err(LogError::EntryTooLarge {
+                    len,
+                    segment_bytes_max: self.config.segment_bytes_max,
+                });
             }
-            // The tail of a group commit that never completed: zero it so that stale bytes can
-            // never line up with later writes and be read back as entries.
-            recovery.truncated_bytes += file_len - garbage_at;
-            zero_range(&*file, view.end_pos, file_len)?;
-            file.sync_data()?;
+            if batch_len + len > self.writer.room() {
+                self.write_batch(&batch)?;
+                self.roll()?;
+                batch.clear();
+                batch_len = 0;
+            }
+            batch_len += len;
+            batch.push((entry.base, entry.count, payload));
         }
+        self.write_batch(&batch)
     }
-    Ok(view)
-}
 
-fn rebuild_fresh_segment(
-    disk: &dyn Disk,
-    path: &Path,
-    base: Offset,
-    config: &LogConfig,
-    recovery: &mut Recovery,
-    file_len: u64,
-) -> Result<SegmentView, LogError> {
-    recovery.truncated_bytes += file_len;
-    disk.remove(path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_segment(disk, dir, base, config)
-}
-
-/// Position of the first nonzero byte in `[from, to)`, if any.
-fn first_nonzero(file: &dyn DiskFile, from: u64, to: u64) -> Result<Option<u64>, DiskError> {
-    let mut buf = vec![0u8; 1 << 16];
-    let mut pos = from;
-    while pos < to {
-        let n = ((to - pos) as usize).min(buf.len());
-        let got = file.read_at(pos, &mut buf[..n])?;
-        if got == 0 {
-            break;
+    /// Writes and syncs entries into the active segment, then publishes them to readers.
+    fn write_batch(&mut self, batch: &[(Offset, u32, Vec<u8>)]) -> Result<(), LogError> {
+        if batch.is_empty() {
+            return Ok(());
         }
-        if let Some(i) = buf[..got].iter().position(|b| *b != 0) {
-            return Ok(Some(pos + i as u64));
+        let payloads: Vec<&[u8]> = batch.iter().map(|(_, _, p)| p.as_slice()).collect();
+        let positions = self.writer.append(&payloads)?;
+        self.writer.sync()?;
+        let mut index_points = Vec::new();
+        for (pos, (base, count, _)) in positions.iter().zip(batch) {
+            if self.active.index.is_empty() && index_points.is_empty()
+                || *pos
+                    >= self
+                        .last_index_pos
+                        .saturating_add(self.config.index_interval_bytes)
+            {
+                index_points.push((*base, *pos));
+                self.last_index_pos = *pos;
+            }
+            self.active.end = Offset(base.0 + u64::from(*count));
         }
-        pos += got as u64;
+        self.active.end_pos = self.writer.end();
+        self.durable = self.active.end;
+        self.active.index.extend_from_slice(&index_points);
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = segments.last_mut() {
+            last.index.append(&mut index_points);
+            last.end = self.active.end;
+            last.end_pos = self.active.end_pos;
+        }
+        Ok(())
     }
-    Ok(None)
-}
 
-fn zero_range(file: &dyn DiskFile, from: u64, to: u64) -> Result<(), DiskError> {
-    let zeros = vec![0u8; 1 << 16];
-    let mut pos = from;
-    while pos < to {
-        let n = ((to - pos) as usize).min(zeros.len());
-        file.write_at(pos, &zeros[..n])?;
-        pos += n as u64;
+    /// Closes the active segment and starts the next: created and synced, then recorded in the
+    /// manifest, and only then written to (so an unrecorded segment never holds data).
+    fn roll(&mut self) -> Result<(), LogError> {
+        let (view, writer) =
+            create_segment(&*self.disk, &self.paths.dir, self.active.end, &self.config)?;
+        let state = ManifestState {
+            first: self.manifest.state.first,
+            last: view.base,
+            durable_offset: view.base,
+            durable_pos: SEGMENT_HEADER_LEN,
+        };
+        if let Err(e) = self.manifest.write(state) {
+            // Unrecorded and empty: remove it so the next open does not meet it.
+            drop(writer);
+            let _ = self.disk.remove(&view.path);
+            return Err(e);
+        }
+        self.active = view.clone();
+        self.writer = writer;
+        self.last_index_pos = 0;
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(view);
+        Ok(())
     }
-    Ok(())
+
+    /// Records the exact durable end in the manifest (a clean stop), so that damage to the last
+    /// entries is caught at the next start instead of being taken for a torn write.
+    pub fn close(mut self) -> Result<(), LogError> {
+        let state = ManifestState {
+            first: self.manifest.state.first,
+            last: self.active.base,
+            durable_offset: self.active.end,
+            durable_pos: self.active.end_pos,
+        };
+        if state != self.manifest.state && self.writer.durable_end() == self.active.end_pos {
+            self.manifest.write(state)?;
+        }
+        Ok(())
+    }
 }
 
 impl LogReader {
+    /// A reader of nothing, for a partition whose disk could not be read yet.
+    pub fn empty(entry_bytes_max: u32) -> LogReader {
+        LogReader {
+            segments: Arc::new(RwLock::new(Vec::new())),
+            entry_bytes_max,
+            damage: Arc::default(),
+        }
+    }
+
+    /// The first corruption a read of this log met, if any: data below the durable end that
+    /// checked at recovery and no longer does. The partition stops taking writes on it.
+    pub fn damage(&self) -> Option<Corruption> {
+        self.damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The first offset stored.
     pub fn start(&self) -> Offset {
         let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
         segments.first().map_or(Offset(0), |s| s.base)
     }
 
+    /// One past the last offset readable.
+    pub fn end(&self) -> Offset {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        segments.last().map_or(Offset(0), |s| s.end)
+    }
+
     /// Reads events from `from` up to (not including) `end`: at most `events_max` of them, and
-    /// at most `bytes_max` bytes of encoded events (but always at least one event).
+    /// at most `bytes_max` bytes of encoded events (but always at least one event). Damage met
+    /// on the way is an error, and is remembered ([`LogReader::damage`]).
     pub fn read(
+        &self,
+        from: Offset,
+        end: Offset,
+        events_max: u32,
+        bytes_max: u32,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let read = self.read_inner(from, end, events_max, bytes_max);
+        if let Err(Some(c)) = read.as_ref().map_err(LogError::corruption) {
+            let mut damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+            damage.get_or_insert_with(|| c.clone());
+        }
+        read
+    }
+
+    fn read_inner(
         &self,
         from: Offset,
         end: Offset,
@@ -506,25 +807,26 @@ impl LogReader {
             let Some((view, mut pos)) = self.locate(next) else {
                 break;
             };
-            let file_len = view.end_pos;
             let mut advanced = false;
             while pos < view.end_pos
                 && next < end
                 && (out.len() as u32) < events_max
                 && bytes < u64::from(bytes_max)
             {
-                let Some((header, body)) =
-                    read_entry(&*view.file, pos, file_len, self.entry_bytes_max)?
-                else {
-                    return Err(corrupt(
-                        &view.path,
-                        pos,
-                        "entry below the end of data does not check",
-                    ));
-                };
-                let entry_end = Offset(header.base.0 + u64::from(header.count));
+                let (payload, after) = segment::read_entry(
+                    &*view.file,
+                    &view.path,
+                    view.base.0,
+                    pos,
+                    view.end_pos,
+                    self.entry_bytes_max,
+                )?;
+                let (base, count, _) = format::decode_entry(&payload).map_err(|reason| {
+                    Corruption::new(&view.path, pos, CorruptionKind::Payload(reason))
+                })?;
+                let entry_end = Offset(base.0 + u64::from(count));
                 if entry_end > next {
-                    decode_body(&view.path, pos, &header, &body, |offset, event, used| {
+                    decode_events(&payload, None, |offset, event, used| {
                         let room = out.is_empty() || bytes + used as u64 <= u64::from(bytes_max);
                         if offset >= next && offset < end && (out.len() as u32) < events_max && room
                         {
@@ -533,6 +835,9 @@ impl LogReader {
                         } else if offset >= next {
                             bytes = u64::from(bytes_max);
                         }
+                    })
+                    .map_err(|reason| {
+                        Corruption::new(&view.path, pos, CorruptionKind::Payload(reason))
                     })?;
                     next = out
                         .last()
@@ -540,7 +845,7 @@ impl LogReader {
                         .max(next);
                     advanced = true;
                 }
-                pos += (ENTRY_HEADER_LEN as u64) + u64::from(header.body_len);
+                pos = after;
             }
             if !advanced {
                 break;
@@ -568,187 +873,4 @@ impl LogReader {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::env::FsDisk;
-    use sluice_proto::{BootEpoch, Identity, Payload, Role, SensorId, UnixMillis};
-
-    fn config() -> LogConfig {
-        LogConfig {
-            segment_bytes_max: 4096,
-            index_interval_bytes: 256,
-            entry_bytes_max: 1 << 20,
-        }
-    }
-
-    fn event(seq: u64) -> Event {
-        Event {
-            producer: Identity::new("t", Role::Edge, "p").unwrap(),
-            sensor: SensorId::new("s").unwrap(),
-            boot_epoch: BootEpoch(1),
-            seq,
-            device_time: UnixMillis(0),
-            received_time: UnixMillis(0),
-            payload: Payload::Json(format!("{{\"n\":{seq}}}")),
-        }
-    }
-
-    fn entry(base: u64, count: u64) -> PendingEntry {
-        let mut body = Vec::new();
-        for seq in base..base + count {
-            codec::encode_into(&event(seq), &mut body).unwrap();
-        }
-        PendingEntry {
-            base: Offset(base),
-            count: count as u32,
-            body,
-        }
-    }
-
-    fn open(dir: &Path) -> (LogWriter, LogReader, Recovery, Vec<u64>) {
-        let mut seen = Vec::new();
-        let (w, r, rec) = LogWriter::open(Arc::new(FsDisk), dir, config(), None, |o, e| {
-            assert_eq!(o.0, e.seq, "event at the wrong offset");
-            seen.push(o.0);
-        })
-        .unwrap();
-        (w, r, rec, seen)
-    }
-
-    fn write_some(dir: &Path, n_entries: u64, per_entry: u64) {
-        let (mut w, ..) = open(dir);
-        for i in 0..n_entries {
-            w.append(&[entry(i * per_entry, per_entry)]).unwrap();
-        }
-    }
-
-    #[test]
-    fn appends_roll_segments_and_read_back_after_reopen() {
-        // Checks that entries spanning several segments are recovered in full on reopen and read
-        // back in order from any offset, honouring the event and byte limits.
-        let dir = tempfile::tempdir().unwrap();
-        write_some(dir.path(), 200, 5);
-        let (w, r, rec, seen) = open(dir.path());
-        assert!(rec.n_segments > 3, "segments did not roll: {rec:?}");
-        assert_eq!(rec.next_offset, Offset(1000));
-        assert_eq!(w.next_offset(), Offset(1000));
-        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
-        for from in [0u64, 1, 7, 123, 499, 999] {
-            let got = r.read(Offset(from), Offset(1000), 300, 1 << 20).unwrap();
-            let want: Vec<u64> = (from..(from + 300).min(1000)).collect();
-            assert_eq!(got.iter().map(|e| e.offset.0).collect::<Vec<_>>(), want);
-            assert!(got.iter().all(|e| e.event == event(e.offset.0)));
-        }
-        let small = r.read(Offset(0), Offset(1000), 1000, 10).unwrap();
-        assert_eq!(small.len(), 1, "byte limit still returns one event");
-        assert!(r.read(Offset(10), Offset(10), 10, 1000).unwrap().is_empty());
-    }
-
-    fn last_segment(dir: &Path) -> PathBuf {
-        let mut names: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        names.pop().unwrap()
-    }
-
-    fn data_end(path: &Path) -> usize {
-        let bytes = std::fs::read(path).unwrap();
-        let mut pos = SEGMENT_HEADER_LEN as usize;
-        loop {
-            let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-            if len == 0 {
-                return pos;
-            }
-            pos += ENTRY_HEADER_LEN + len;
-        }
-    }
-
-    #[test]
-    fn torn_tail_is_truncated_and_cannot_resurface() {
-        // Checks that a half-written entry at the end of the last segment is discarded on
-        // recovery, that the bytes after it are zeroed, and that later appends and reopens see
-        // exactly the acknowledged data plus the new entries.
-        let dir = tempfile::tempdir().unwrap();
-        write_some(dir.path(), 3, 4);
-        let path = last_segment(dir.path());
-        let end = data_end(&path);
-        // A torn copy of a plausible next entry: header and half the body.
-        let mut torn = Vec::new();
-        format::encode_entry(Offset(12), 4, &entry(12, 4).body, &mut torn);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[end..end + torn.len() / 2].copy_from_slice(&torn[..torn.len() / 2]);
-        std::fs::write(&path, &bytes).unwrap();
-
-        let (mut w, r, rec, seen) = open(dir.path());
-        assert_eq!(rec.next_offset, Offset(12));
-        assert!(rec.truncated_bytes > 0);
-        assert_eq!(seen.len(), 12);
-        w.append(&[entry(12, 1)]).unwrap();
-        drop((w, r));
-        let (_, r, rec, seen) = open(dir.path());
-        assert_eq!(
-            (rec.next_offset, rec.truncated_bytes, seen.len()),
-            (Offset(13), 0, 13)
-        );
-        assert_eq!(
-            r.read(Offset(12), Offset(13), 10, 1 << 20).unwrap()[0].event,
-            event(12)
-        );
-    }
-
-    #[test]
-    fn damage_in_a_closed_segment_is_corruption() {
-        // Checks that a flipped byte inside an earlier, closed segment stops recovery with a
-        // Corrupt error naming the file, instead of silently dropping acknowledged data.
-        let dir = tempfile::tempdir().unwrap();
-        write_some(dir.path(), 200, 5);
-        let mut names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        let mut bytes = std::fs::read(&names[0]).unwrap();
-        bytes[SEGMENT_HEADER_LEN as usize + ENTRY_HEADER_LEN + 3] ^= 0x40;
-        std::fs::write(&names[0], &bytes).unwrap();
-        let result = LogWriter::open(Arc::new(FsDisk), dir.path(), config(), None, |_, _| {});
-        match result {
-            Err(LogError::Corrupt { path, .. }) => {
-                assert!(path.ends_with("00000000000000000000.log"), "{path}")
-            }
-            Err(other) => panic!("unexpected error {other}"),
-            Ok(_) => panic!("corruption accepted"),
-        }
-    }
-    #[test]
-    fn a_durable_mark_cuts_what_a_failed_fsync_left_readable() {
-        // Checks the fsyncgate defence: reopening with the last offset known durable drops every
-        // entry from it on (here the rolled segments and the tail of the one holding the mark),
-        // zeroes them, and a later reopen without the mark still sees exactly the durable prefix.
-        let dir = tempfile::tempdir().unwrap();
-        write_some(dir.path(), 200, 5);
-        let mark = Offset(400);
-        let (mut w, r, rec) = LogWriter::open(
-            Arc::new(FsDisk),
-            dir.path(),
-            config(),
-            Some(mark),
-            |o, _| assert!(o < mark),
-        )
-        .unwrap();
-        assert_eq!(rec.next_offset, mark);
-        assert_eq!(w.next_offset(), mark);
-        assert!(
-            r.read(Offset(399), Offset(1000), 10, 1 << 20)
-                .unwrap()
-                .len()
-                == 1
-        );
-        w.append(&[entry(400, 2)]).unwrap();
-        drop((w, r));
-        let (_, _, rec, seen) = open(dir.path());
-        assert_eq!(rec.next_offset, Offset(402));
-        assert_eq!(seen, (0..402).collect::<Vec<_>>());
-    }
-}
+mod tests;

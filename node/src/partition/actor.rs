@@ -1,20 +1,29 @@
 //! The partition actor: the shell around [`PartitionCore`]. It owns the log writer, hands it to
 //! the blocking pool for each group commit, and publishes the durable offset and a log reader so
-//! fetches never queue behind produces. A failed flush stops the actor (the supervisor restarts
-//! it, and recovery reads what the disk really holds).
+//! fetches never queue behind produces.
+//!
+//! Storage faults never stop it. A failed flush (a full disk, `EIO`, a file made immutable) or a
+//! log that cannot be made writable at start-up leaves the partition *degraded*: produces are
+//! refused with a typed `Storage` rejection, fetches go on reading what is durable, and the
+//! actor reopens the log from disk (a fresh core, recovery from what the disk really holds, never
+//! from the page cache) after a capped, jittered backoff until it is writable again. A corrupt
+//! log makes the partition *read-only* for good: the prefix before the damage stays readable,
+//! every produce is refused naming the file and byte, and no offset past the damage is ever
+//! handed out again (an operator must act; `sluice storage check` reports it).
 
 use super::core::{CoreConfig, Input, Output, PartitionCore, ProduceItem};
 use crate::env::run_blocking;
-use crate::log::{LogConfig, LogError, LogReader, LogWriter, PendingEntry};
+use crate::log::{self, LogConfig, LogError, LogPaths, LogReader, LogWriter, Opened, PendingEntry};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use sluice_proto::env::{BlockingMode, Clock, Env};
-use sluice_proto::msg::RecordOutcome;
+use sluice_proto::backoff::Backoff;
+use sluice_proto::env::Env;
+use sluice_proto::msg::{RecordOutcome, RecordRejection};
 use sluice_proto::{Identity, Offset, PartitionId, StreamName};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio::sync::{watch, Mutex, OwnedMutexGuard};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// What fetches and produces use to reach one partition.
 #[derive(Clone)]
@@ -74,10 +83,25 @@ pub enum PartitionMsg {
     /// A group commit finished; the writer comes back with its result.
     Flushed {
         /// The log writer, returned by the flush task.
-        writer: LogWriter,
+        writer: Box<LogWriter>,
         /// The flush result.
         result: Result<(), String>,
     },
+    /// Time to try making a degraded partition writable again (stale unless `attempt` is the
+    /// current one).
+    Retry {
+        /// Which scheduled retry this is.
+        attempt: u64,
+    },
+}
+
+/// How a degraded partition retries (`storage.write_retry_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryConfig {
+    /// First wait after a failure.
+    pub initial: Duration,
+    /// Longest wait.
+    pub max: Duration,
 }
 
 /// Arguments of [`PartitionActor`]; kept by the supervisor to restart it.
@@ -87,54 +111,75 @@ pub struct PartitionArgs {
     pub stream: StreamName,
     /// Partition.
     pub partition: PartitionId,
-    /// The partition's directory.
-    pub dir: PathBuf,
+    /// The partition's segment directory and manifest.
+    pub paths: LogPaths,
     /// The environment.
     pub env: Env,
     /// Core bounds.
     pub core: CoreConfig,
     /// Log sizes.
     pub log: LogConfig,
+    /// How a degraded partition retries.
+    pub retry: RetryConfig,
     /// Where the handle is published.
     pub registry: Arc<Registry>,
     /// Held by a flush while it runs; a restarted actor takes it before reopening the log, so
     /// a flush of the previous incarnation can never write behind its back.
     pub log_guard: Arc<Mutex<()>>,
     /// One past the last offset this process saw made durable, kept across restarts of the
-    /// actor: a restart after a failed fsync cuts the log back to it (see `LogWriter::open`).
+    /// actor: a reopen after a failed fsync cuts the log back to it (see `log::open`).
     pub durable_mark: Arc<std::sync::Mutex<Option<Offset>>>,
+}
+
+/// Why a partition refuses writes.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// A storage failure; the actor retries.
+    Degraded(String),
+    /// The log is corrupt; read-only until an operator acts.
+    Corrupt(String),
 }
 
 /// State of a running partition.
 pub struct PartitionState {
     core: PartitionCore,
     writer: Option<LogWriter>,
+    fault: Option<Fault>,
+    retry: Backoff,
+    /// The retry a `Retry` message must name to be acted on.
+    retry_attempt: u64,
     tickets: HashMap<u64, RpcReplyPort<Vec<RecordOutcome>>>,
     next_ticket: u64,
     durable_tx: watch::Sender<Offset>,
-    log_guard: Arc<Mutex<()>>,
-    durable_mark: Arc<std::sync::Mutex<Option<Offset>>>,
-    blocking: BlockingMode,
-    clock: Arc<dyn Clock>,
+    /// The reader published for fetches (its damage stops writes).
+    reader: LogReader,
+    args: PartitionArgs,
 }
 
 /// The partition actor.
 pub struct PartitionActor;
 
-/// Opens and recovers the log of a partition, replaying it into a fresh core.
-fn open_partition(args: &PartitionArgs) -> Result<(PartitionCore, LogWriter, LogReader), LogError> {
+/// A recovered partition: a fresh core replayed from the log.
+struct Reopened {
+    core: PartitionCore,
+    opened: Opened,
+}
+
+/// Opens and recovers the log of a partition, replaying it into a fresh core. `Err` when the
+/// disk cannot even be read.
+fn open_partition(args: &PartitionArgs) -> Result<Reopened, LogError> {
     let mut core = PartitionCore::new(args.partition, args.core, Offset(0));
     let durable_end = *args.durable_mark.lock().unwrap_or_else(|p| p.into_inner());
     let now = args.env.clock.now();
-    let (writer, reader, recovery) = LogWriter::open(
+    let opened = log::open(
         args.env.disk.clone(),
-        &args.dir,
+        &args.paths,
         args.log,
         durable_end,
         |offset, event| core.recover_event(now, offset, &event),
     )?;
+    let recovery = &opened.recovery;
     core.finish_recovery(recovery.next_offset);
-    *args.durable_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(recovery.next_offset);
     info!(
         stream = %args.stream,
         partition_id = args.partition.0,
@@ -147,7 +192,81 @@ fn open_partition(args: &PartitionArgs) -> Result<(PartitionCore, LogWriter, Log
     if recovery.truncated_bytes > 0 {
         warn!(stream = %args.stream, partition_id = args.partition.0, bytes = recovery.truncated_bytes, "discarded a torn, unacknowledged log tail");
     }
-    Ok((core, writer, reader))
+    if opened.writer.is_ok() {
+        *args.durable_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(recovery.next_offset);
+    }
+    Ok(Reopened { core, opened })
+}
+
+/// The fault a failed open leaves, logged.
+fn fault_of(args: &PartitionArgs, error: &LogError) -> Fault {
+    let (stream, partition_id) = (&args.stream, args.partition.0);
+    match error.corruption() {
+        Some(c) => {
+            error!(%stream, partition_id, file = %c.path, byte = c.pos, reason = %c.kind, "partition log is corrupt: refusing writes, serving what precedes the damage");
+            Fault::Corrupt(format!(
+                "partition {stream}/{partition_id} is read-only: {c}"
+            ))
+        }
+        None => {
+            warn!(%stream, partition_id, %error, no_space = error.is_no_space(), "partition cannot write: refusing writes, serving what is durable, retrying");
+            Fault::Degraded(format!(
+                "partition {stream}/{partition_id} cannot write: {error}"
+            ))
+        }
+    }
+}
+
+impl PartitionState {
+    fn publish(&mut self, myself: &ActorRef<PartitionMsg>, reader: LogReader) {
+        self.reader = reader.clone();
+        self.args.registry.insert(
+            self.args.stream.clone(),
+            self.args.partition,
+            PartitionHandle {
+                actor: myself.clone(),
+                reader,
+                durable: self.durable_tx.subscribe(),
+            },
+        );
+    }
+
+    /// Takes in a reopened log: writable, degraded or corrupt.
+    fn adopt(&mut self, myself: &ActorRef<PartitionMsg>, reopened: Reopened) {
+        let Reopened { core, opened } = reopened;
+        self.core = core;
+        self.durable_tx.send_replace(self.core.durable());
+        self.publish(myself, opened.reader);
+        match opened.writer {
+            Ok(writer) => {
+                if self.fault.is_some() {
+                    info!(stream = %self.args.stream, partition_id = self.args.partition.0, "partition writable again");
+                }
+                self.writer = Some(writer);
+                self.fault = None;
+                self.retry.reset();
+            }
+            Err(error) => {
+                self.writer = None;
+                self.fail(myself, fault_of(&self.args, &error));
+            }
+        }
+    }
+
+    /// Enters a fault; a degraded partition schedules its next attempt.
+    fn fail(&mut self, myself: &ActorRef<PartitionMsg>, fault: Fault) {
+        if let Fault::Degraded(_) = &fault {
+            self.retry_attempt += 1;
+            let attempt = self.retry_attempt;
+            let delay = self.retry.next_delay();
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = myself.cast(PartitionMsg::Retry { attempt });
+            });
+        }
+        self.fault = Some(fault);
+    }
 }
 
 impl Actor for PartitionActor {
@@ -160,34 +279,37 @@ impl Actor for PartitionActor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let guard = args.log_guard.clone().lock_owned().await;
-        let opened = {
-            let args = args.clone();
-            run_blocking(args.env.blocking, move || open_partition(&args)).await
-        };
-        drop(guard);
-        let (core, writer, reader) = opened?;
-        let (durable_tx, durable_rx) = watch::channel(core.durable());
-        args.registry.insert(
-            args.stream.clone(),
-            args.partition,
-            PartitionHandle {
-                actor: myself,
-                reader,
-                durable: durable_rx,
-            },
+        let opened = reopen(&args).await;
+        let owner = u64::from(crc32c::crc32c(args.stream.as_str().as_bytes())) << 32
+            | u64::from(args.partition.0);
+        let retry = Backoff::new(
+            args.retry.initial,
+            args.retry.max,
+            args.env.rng(owner, RETRY_SALT),
         );
-        Ok(PartitionState {
-            core,
-            writer: Some(writer),
+        let (durable_tx, _) = watch::channel(Offset(0));
+        let mut state = PartitionState {
+            core: PartitionCore::new(args.partition, args.core, Offset(0)),
+            writer: None,
+            fault: None,
+            retry,
+            retry_attempt: 0,
             tickets: HashMap::new(),
             next_ticket: 0,
             durable_tx,
-            log_guard: args.log_guard.clone(),
-            durable_mark: args.durable_mark.clone(),
-            blocking: args.env.blocking,
-            clock: args.env.clock.clone(),
-        })
+            reader: LogReader::empty(args.log.entry_bytes_max),
+            args,
+        };
+        match opened {
+            Ok(reopened) => state.adopt(&myself, reopened),
+            Err(error) => {
+                // Nothing readable yet: serve an empty log until a retry reads the disk.
+                state.publish(&myself, LogReader::empty(state.args.log.entry_bytes_max));
+                let fault = fault_of(&state.args, &error);
+                state.fail(&myself, fault);
+            }
+        }
+        Ok(state)
     }
 
     async fn handle(
@@ -202,6 +324,21 @@ impl Actor for PartitionActor {
                 items,
                 reply,
             } => {
+                if let (None | Some(Fault::Degraded(_)), Some(c)) =
+                    (&state.fault, state.reader.damage())
+                {
+                    // A fetch met damage below the durable end: stop writing here too.
+                    let error = LogError::Corrupt(c);
+                    state.writer = None;
+                    state.fault = Some(fault_of(&state.args, &error));
+                }
+                if let Some(Fault::Degraded(reason) | Fault::Corrupt(reason)) = &state.fault {
+                    let refusal = RecordOutcome::Rejected(RecordRejection::Storage {
+                        reason: reason.clone(),
+                    });
+                    let _ = reply.send(vec![refusal; items.len()]);
+                    return Ok(());
+                }
                 let ticket = state.next_ticket;
                 state.next_ticket += 1;
                 state.tickets.insert(ticket, reply);
@@ -212,17 +349,76 @@ impl Actor for PartitionActor {
                 }
             }
             PartitionMsg::Flushed { writer, result } => {
-                state.writer = Some(writer);
+                if result.is_err() {
+                    // What did reach the disk (a group commit may have synced part of itself
+                    // before failing): a reopen keeps that and cuts the rest.
+                    *state
+                        .args
+                        .durable_mark
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(writer.durable_offset());
+                }
+                state.writer = Some(*writer);
                 Input::Flushed(result)
             }
+            PartitionMsg::Retry { attempt } => {
+                if attempt != state.retry_attempt
+                    || !matches!(state.fault, Some(Fault::Degraded(_)))
+                {
+                    return Ok(());
+                }
+                // Drop the old writer first: the reopen scans and resumes the same files.
+                state.writer = None;
+                match reopen(&state.args).await {
+                    Ok(reopened) => state.adopt(&myself, reopened),
+                    Err(error) => {
+                        let fault = fault_of(&state.args, &error);
+                        state.fail(&myself, fault);
+                    }
+                }
+                return Ok(());
+            }
         };
-        state.core.handle(state.clock.now(), input);
+        state.core.handle(state.args.env.clock.now(), input);
         self.execute(&myself, state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A clean stop records the exact durable end, so damage to the last entries is caught
+        // at the next start instead of being taken for a torn write.
+        if let (Some(writer), None) = (state.writer.take(), &state.fault) {
+            let guard = state.args.log_guard.clone().lock_owned().await;
+            let closed = run_blocking(state.args.env.blocking, move || writer.close()).await;
+            drop(guard);
+            if let Err(error) = closed {
+                warn!(stream = %state.args.stream, partition_id = state.args.partition.0, %error, "could not record the durable end at stop");
+            }
+        }
+        Ok(())
     }
 }
 
+/// Salt of the retry schedule's RNG.
+const RETRY_SALT: u64 = 0x5354_4f52_4147_4531;
+
+/// Reopens the log under the log guard, so a flush of an earlier writer can never write behind
+/// the recovery's back.
+async fn reopen(args: &PartitionArgs) -> Result<Reopened, LogError> {
+    let guard = args.log_guard.clone().lock_owned().await;
+    let opened = {
+        let args = args.clone();
+        run_blocking(args.env.blocking, move || open_partition(&args)).await
+    };
+    drop(guard);
+    opened
+}
+
 impl PartitionActor {
-    /// Executes the core's outputs. Returns an error (stopping the actor) when the core fenced.
+    /// Executes the core's outputs. A fenced core (a failed flush) degrades the partition.
     fn execute(
         &self,
         myself: &ActorRef<PartitionMsg>,
@@ -240,16 +436,30 @@ impl PartitionActor {
                 }
                 Output::Durable(offset) => {
                     debug!(offset = offset.0, "durable");
-                    *state.durable_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(offset);
+                    *state
+                        .args
+                        .durable_mark
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(offset);
                     state.durable_tx.send_replace(offset);
                 }
                 Output::Fenced(reason) => fenced = Some(reason),
             }
         }
-        match fenced {
-            Some(reason) => Err(format!("partition fenced after a failed flush: {reason}").into()),
-            None => Ok(()),
+        if let Some(reason) = fenced {
+            let (stream, partition_id) = (&state.args.stream, state.args.partition.0);
+            warn!(%stream, partition_id, %reason, "flush failed: refusing writes, serving what is durable, retrying");
+            // After a failed fdatasync the page cache cannot be trusted: drop the writer; the
+            // retry recovers from the disk.
+            state.writer = None;
+            state.fail(
+                myself,
+                Fault::Degraded(format!(
+                    "partition {stream}/{partition_id} cannot write: {reason}"
+                )),
+            );
         }
+        Ok(())
     }
 
     fn persist(
@@ -263,11 +473,12 @@ impl PartitionActor {
         };
         let myself = myself.clone();
         let guard: OwnedMutexGuard<()> = state
+            .args
             .log_guard
             .clone()
             .try_lock_owned()
             .map_err(|_| "log guard held while no flush is in flight")?;
-        let mode = state.blocking;
+        let mode = state.args.env.blocking;
         tokio::spawn(async move {
             let (writer, result) = run_blocking(mode, move || {
                 let result = writer.append(&entries).map_err(|e| e.to_string());
@@ -278,7 +489,10 @@ impl PartitionActor {
             // as it hears of this one. If the actor is gone, the writer is dropped here and a
             // restarted actor reopens the log.
             drop(guard);
-            let _ = myself.cast(PartitionMsg::Flushed { writer, result });
+            let _ = myself.cast(PartitionMsg::Flushed {
+                writer: Box::new(writer),
+                result,
+            });
         });
         Ok(())
     }

@@ -1,0 +1,677 @@
+use super::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Files as byte vectors, with injectable faults: a reported free space, a failing
+/// `fallocate`, failing writes and syncs. Only what these tests need; it simulates no crash.
+#[derive(Default)]
+struct BytesDisk {
+    files: Mutex<BTreeMap<PathBuf, Arc<BytesFile>>>,
+    available: Mutex<Option<u64>>,
+    fail_allocate: AtomicBool,
+}
+
+#[derive(Default)]
+struct BytesFile {
+    data: Mutex<Vec<u8>>,
+    fail_writes: AtomicBool,
+    fail_syncs: AtomicBool,
+}
+
+fn injected(op: &'static str, kind: std::io::ErrorKind) -> DiskError {
+    DiskError::io(op, Path::new("test"), std::io::Error::new(kind, "injected"))
+}
+
+impl DiskFile for BytesFile {
+    fn size(&self) -> Result<u64, DiskError> {
+        Ok(self.data.lock().unwrap().len() as u64)
+    }
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
+        let data = self.data.lock().unwrap();
+        let start = (pos as usize).min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+    fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<(), DiskError> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(injected("write", std::io::ErrorKind::PermissionDenied));
+        }
+        let mut data = self.data.lock().unwrap();
+        let end = pos as usize + bytes.len();
+        if data.len() < end {
+            data.resize(end, 0);
+        }
+        data[pos as usize..end].copy_from_slice(bytes);
+        Ok(())
+    }
+    fn allocate(&self, len: u64) -> Result<(), DiskError> {
+        let mut data = self.data.lock().unwrap();
+        if (data.len() as u64) < len {
+            data.resize(len as usize, 0);
+        }
+        Ok(())
+    }
+    fn truncate(&self, len: u64) -> Result<(), DiskError> {
+        self.data.lock().unwrap().resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> Result<(), DiskError> {
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            return Err(injected("fdatasync", std::io::ErrorKind::Other));
+        }
+        Ok(())
+    }
+}
+
+/// A file whose `allocate` fails with `ENOSPC` after growing part of the way.
+struct PartialAllocate(Arc<BytesFile>);
+
+impl DiskFile for PartialAllocate {
+    fn size(&self) -> Result<u64, DiskError> {
+        self.0.size()
+    }
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
+        self.0.read_at(pos, buf)
+    }
+    fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.0.write_at(pos, data)
+    }
+    fn allocate(&self, len: u64) -> Result<(), DiskError> {
+        self.0.allocate(len / 2)?;
+        Err(injected("fallocate", std::io::ErrorKind::StorageFull))
+    }
+    fn truncate(&self, len: u64) -> Result<(), DiskError> {
+        self.0.truncate(len)
+    }
+    fn sync_data(&self) -> Result<(), DiskError> {
+        self.0.sync_data()
+    }
+}
+
+impl Disk for BytesDisk {
+    fn create_dir_all(&self, _dir: &Path) -> Result<(), DiskError> {
+        Ok(())
+    }
+    fn list(&self, _dir: &Path) -> Result<Vec<String>, DiskError> {
+        Ok(self
+            .files
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|p| p.display().to_string())
+            .collect())
+    }
+    fn open(&self, path: &Path, create: bool) -> Result<Arc<dyn DiskFile>, DiskError> {
+        let mut files = self.files.lock().unwrap();
+        let file = match files.get(path) {
+            Some(file) => file.clone(),
+            None if create => files.entry(path.to_path_buf()).or_default().clone(),
+            None => return Err(injected("open", std::io::ErrorKind::NotFound)),
+        };
+        if self.fail_allocate.load(Ordering::SeqCst) {
+            return Ok(Arc::new(PartialAllocate(file)));
+        }
+        Ok(file)
+    }
+    fn remove(&self, path: &Path) -> Result<(), DiskError> {
+        self.files.lock().unwrap().remove(path);
+        Ok(())
+    }
+    fn sync_dir(&self, _dir: &Path) -> Result<(), DiskError> {
+        Ok(())
+    }
+    fn available_bytes(&self, _dir: &Path) -> Result<Option<u64>, DiskError> {
+        Ok(*self.available.lock().unwrap())
+    }
+}
+
+impl BytesDisk {
+    fn file(&self, path: &Path) -> Arc<BytesFile> {
+        self.files.lock().unwrap().get(path).unwrap().clone()
+    }
+    fn bytes(&self, path: &Path) -> Vec<u8> {
+        self.file(path).data.lock().unwrap().clone()
+    }
+    fn set_bytes(&self, path: &Path, bytes: Vec<u8>) {
+        *self.file(path).data.lock().unwrap() = bytes;
+    }
+}
+
+const KIND: SegmentKind = SegmentKind {
+    magic: *b"TESTSEGM",
+    version: 3,
+};
+const PREALLOC: u64 = 1024;
+const ID: u64 = 77;
+
+fn path() -> PathBuf {
+    PathBuf::from("/seg/00077.test")
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    // Varying sizes, never all zero.
+    (0..(5 + i * 7 % 23))
+        .map(|j| (i * 31 + j) as u8 | 1)
+        .collect()
+}
+
+/// A segment of `n` entries written in batches of two, synced; returns the disk and each entry's
+/// `(pos, end)`.
+fn written(n: usize) -> (BytesDisk, Vec<(u64, u64)>) {
+    let disk = BytesDisk::default();
+    let header = SegmentHeader {
+        kind: KIND,
+        id: ID,
+        preallocated: PREALLOC,
+    };
+    let mut writer = SegmentWriter::create(&disk, &path(), header).unwrap();
+    let mut spans = Vec::new();
+    let payloads: Vec<Vec<u8>> = (0..n).map(payload).collect();
+    for batch in payloads.chunks(2) {
+        let positions = writer.append(batch).unwrap();
+        for (pos, p) in positions.iter().zip(batch) {
+            spans.push((*pos, pos + entry_len(p.len())));
+        }
+        writer.sync().unwrap();
+    }
+    assert_eq!(writer.durable_end(), spans.last().map_or(64, |s| s.1));
+    (disk, spans)
+}
+
+fn expect(durable_end: u64, sealed: bool) -> ScanExpect {
+    ScanExpect {
+        id: Some(ID),
+        durable_end,
+        sealed,
+        entry_bytes_max: 1 << 10,
+    }
+}
+
+/// Scans and returns the scan plus the payloads handed over.
+fn scan_of(disk: &BytesDisk, expect: ScanExpect) -> (Scan, Vec<Vec<u8>>) {
+    let file = disk.open(&path(), false).unwrap();
+    let mut seen = Vec::new();
+    let scan = scan(&*file, &path(), KIND, &expect, |_, p| {
+        seen.push(p.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    (scan, seen)
+}
+
+fn prefix(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(payload).collect()
+}
+
+#[test]
+fn entries_round_trip_and_a_clean_segment_scans_clean() {
+    // Checks that written entries come back in order with their positions, that the scan of an
+    // undamaged segment reports neither torn tail nor corruption, and that read_entry reads each.
+    let (disk, spans) = written(7);
+    let (scan, seen) = scan_of(&disk, expect(spans[6].1, false));
+    assert_eq!(seen, prefix(7));
+    assert_eq!(
+        (scan.n_entries, scan.data_end, scan.torn, scan.corruption),
+        (7, spans[6].1, None, None)
+    );
+    let file = disk.open(&path(), false).unwrap();
+    for (i, (pos, end)) in spans.iter().enumerate() {
+        let (p, next) = read_entry(&*file, &path(), ID, *pos, spans[6].1, 1 << 10).unwrap();
+        assert_eq!((p, next), (payload(i), *end));
+    }
+}
+
+/// Which region of the file a byte belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    Header,
+    /// Entry `i`: its header (length, CRC) or payload.
+    Entry(usize),
+    /// The preallocated zeros after the data.
+    Tail,
+}
+
+fn region(spans: &[(u64, u64)], byte: u64) -> Region {
+    if byte < SEGMENT_HEADER_LEN {
+        return Region::Header;
+    }
+    match spans.iter().position(|(p, e)| (*p..*e).contains(&byte)) {
+        Some(i) => Region::Entry(i),
+        None => Region::Tail,
+    }
+}
+
+/// Checks the rule for one damaged copy of a segment of `n` entries whose first damaged byte is
+/// `byte`, under each thing the caller may know (nothing, the durable end, sealed).
+fn check_damage(disk: &BytesDisk, spans: &[(u64, u64)], byte: u64, what: &str) {
+    let n = spans.len();
+    let data_end = spans[n - 1].1;
+    for (durable_end, sealed) in [(0, false), (data_end, false), (data_end, true)] {
+        let (scan, seen) = scan_of(disk, expect(durable_end, sealed));
+        let ctx = format!("{what} at byte {byte}, durable_end {durable_end}, sealed {sealed}");
+        match region(spans, byte) {
+            Region::Header => {
+                let c = scan.corruption.expect(&ctx);
+                assert!(c.pos < SEGMENT_HEADER_LEN, "{ctx}: {c}");
+                assert!(seen.is_empty(), "{ctx}");
+            }
+            Region::Entry(i) if i + 1 < n || durable_end > 0 || sealed => {
+                // Below the last write or the known durable end: corruption at the entry, the
+                // entries before it handed over.
+                let c = scan.corruption.expect(&ctx);
+                assert_eq!(c.pos, spans[i].0, "{ctx}: {c}");
+                assert_eq!(c.path, path().display().to_string());
+                assert_eq!(seen, prefix(i), "{ctx}");
+                assert_eq!(scan.data_end, spans[i].0, "{ctx}");
+                assert!(scan.torn.is_none(), "{ctx}");
+            }
+            Region::Entry(i) => {
+                // The last write, nothing known about its durability: a torn tail.
+                assert_eq!(scan.corruption, None, "{ctx}");
+                let torn = scan.torn.expect(&ctx);
+                assert_eq!(torn.pos, spans[i].0, "{ctx}");
+                assert!(torn.end <= data_end, "{ctx}");
+                assert_eq!(seen, prefix(i), "{ctx}");
+            }
+            Region::Tail if sealed => {
+                let c = scan.corruption.expect(&ctx);
+                assert_eq!(c.pos, data_end, "{ctx}: {c}");
+                assert!(
+                    matches!(
+                        c.kind,
+                        CorruptionKind::Entry {
+                            why: NotTorn::Sealed,
+                            ..
+                        }
+                    ),
+                    "{ctx}: {c}"
+                );
+                assert_eq!(seen, prefix(n), "{ctx}");
+            }
+            Region::Tail => {
+                // After all the data, nothing valid after it: a torn tail, every entry kept.
+                assert_eq!(scan.corruption, None, "{ctx}");
+                let torn = scan.torn.expect(&ctx);
+                assert_eq!((torn.pos, torn.end), (data_end, byte + 1), "{ctx}");
+                assert_eq!(seen, prefix(n), "{ctx}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_flipped_bit_anywhere_is_torn_only_in_the_last_write() {
+    // Checks the recovery rule for a flip of every bit of the header, of every entry (length,
+    // CRC, payload, the boundary between entries), of the last entry, and of bytes of the zero
+    // tail: damage followed by a valid entry, below the durable end, in a sealed segment or in
+    // the header is corruption naming the byte where the valid data stops, with the prefix
+    // before it handed over; only damage in the last entry (when its durability is unknown) or
+    // in the tail is a torn tail.
+    let (disk, spans) = written(6);
+    let clean = disk.bytes(&path());
+    let data_end = spans[5].1;
+    let tail_bytes = [
+        data_end,
+        data_end + 1,
+        data_end + 7,
+        data_end + 100,
+        PREALLOC - 1,
+    ];
+    let bytes = (0..data_end).chain(tail_bytes);
+    for byte in bytes {
+        for bit in 0..8 {
+            let mut damaged = clean.clone();
+            damaged[byte as usize] ^= 1 << bit;
+            disk.set_bytes(&path(), damaged);
+            check_damage(&disk, &spans, byte, &format!("flip of bit {bit}"));
+        }
+    }
+}
+
+#[test]
+fn zeroed_ranges_are_corruption_unless_in_the_last_write() {
+    // Checks the rule for zeroed ranges: the header, each whole entry, each entry's header, the
+    // second half of each payload. Zeroing the whole last entry leaves a clean end, which is
+    // corruption only when the caller knows the durable end lies beyond it.
+    let (disk, spans) = written(6);
+    let clean = disk.bytes(&path());
+    let mut ranges = vec![(0u64, SEGMENT_HEADER_LEN), (0, 8), (60, 64)];
+    for (pos, end) in &spans {
+        ranges.push((*pos, *pos + ENTRY_HEADER_LEN));
+        ranges.push(((*pos + *end) / 2 + 4, *end));
+        ranges.push((*pos, *end));
+    }
+    let last = spans[5];
+    for (from, to) in ranges {
+        let mut damaged = clean.clone();
+        damaged[from as usize..to as usize].fill(0);
+        disk.set_bytes(&path(), damaged);
+        if (from, to) == last {
+            let (scan, seen) = scan_of(&disk, expect(0, false));
+            assert_eq!((scan.corruption, scan.torn, seen), (None, None, prefix(5)));
+            let (scan, _) = scan_of(&disk, expect(last.1, false));
+            assert_eq!(
+                scan.corruption.map(|c| (c.pos, c.kind)),
+                Some((
+                    last.0,
+                    CorruptionKind::EndsBelowDurable {
+                        durable_end: last.1
+                    }
+                ))
+            );
+            continue;
+        }
+        // The first byte that differs from the clean file is where the damage starts.
+        let first = (from..to)
+            .find(|b| clean[*b as usize] != 0)
+            .expect("range holds a nonzero byte");
+        check_damage(&disk, &spans, first, &format!("zeroed {from}..{to}"));
+    }
+    disk.set_bytes(&path(), clean.iter().map(|_| 0).collect());
+    let (scan, _) = scan_of(&disk, expect(0, false));
+    assert_eq!(
+        scan.corruption.map(|c| c.kind),
+        Some(CorruptionKind::HeaderZeroed)
+    );
+}
+
+#[test]
+fn a_file_shorter_than_its_preallocation_is_corruption() {
+    // Checks that truncating the segment at any length below its preallocation is corruption at
+    // the new end (or in the header), with every entry that still fits handed over.
+    let (disk, spans) = written(6);
+    let clean = disk.bytes(&path());
+    let lengths = (0..spans[5].1 + 2).chain([PREALLOC - 1]);
+    for len in lengths {
+        disk.set_bytes(&path(), clean[..len as usize].to_vec());
+        let (scan, seen) = scan_of(&disk, expect(0, false));
+        let c = scan
+            .corruption
+            .unwrap_or_else(|| panic!("truncated to {len}"));
+        let kept = spans.iter().filter(|(_, e)| *e <= len).count();
+        if len < SEGMENT_HEADER_LEN {
+            assert!(seen.is_empty());
+            assert!(matches!(
+                c.kind,
+                CorruptionKind::Short { .. } | CorruptionKind::HeaderZeroed
+            ));
+        } else {
+            assert_eq!((c.pos, seen), (len, prefix(kept)), "truncated to {len}");
+            assert_eq!(
+                c.kind,
+                CorruptionKind::Short {
+                    size: len,
+                    preallocated: PREALLOC
+                }
+            );
+        }
+    }
+}
+
+#[test]
+fn the_header_must_name_the_expected_segment_and_kind() {
+    // Checks that a segment of another kind, another layer version or another id is refused
+    // with a typed corruption naming the header field.
+    let (disk, spans) = written(2);
+    let mut e = expect(spans[1].1, false);
+    e.id = Some(ID + 1);
+    let (scan, seen) = scan_of(&disk, e);
+    assert_eq!(
+        scan.corruption.map(|c| (c.pos, c.kind)),
+        Some((
+            16,
+            CorruptionKind::WrongId {
+                found: ID,
+                expected: ID + 1
+            }
+        ))
+    );
+    assert!(seen.is_empty());
+    let file = disk.open(&path(), false).unwrap();
+    let other = SegmentKind {
+        magic: *b"OTHERSEG",
+        version: 3,
+    };
+    let found = super::scan(&*file, &path(), other, &expect(0, false), |_, _| Ok(())).unwrap();
+    assert!(matches!(
+        found.corruption.map(|c| c.kind),
+        Some(CorruptionKind::WrongMagic { .. })
+    ));
+    let newer = SegmentKind {
+        magic: KIND.magic,
+        version: 4,
+    };
+    let newer_scan = super::scan(&*file, &path(), newer, &expect(0, false), |_, _| Ok(())).unwrap();
+    assert_eq!(
+        newer_scan.corruption.map(|c| (c.pos, c.kind)),
+        Some((
+            12,
+            CorruptionKind::UnsupportedVersion {
+                found: 3,
+                supported: 4
+            }
+        ))
+    );
+}
+
+#[test]
+fn an_entry_checks_only_where_it_was_written() {
+    // Checks that the CRC binds an entry to its segment and position: a valid entry copied to
+    // another place, or into a segment with another id, does not check.
+    let (disk, spans) = written(3);
+    let mut bytes = disk.bytes(&path());
+    let (pos, end) = spans[0];
+    let copy = bytes[pos as usize..end as usize].to_vec();
+    let at = spans[2].1 as usize;
+    bytes[at..at + copy.len()].copy_from_slice(&copy);
+    disk.set_bytes(&path(), bytes);
+    let (scan, seen) = scan_of(&disk, expect(0, false));
+    assert_eq!(seen, prefix(3));
+    assert!(matches!(
+        scan.torn,
+        Some(TornTail {
+            fault: EntryFault::Checksum,
+            ..
+        })
+    ));
+    let mut other = Vec::new();
+    encode_entry(ID + 1, pos, &payload(0), &mut other);
+    assert_ne!(other, copy);
+}
+
+#[test]
+fn a_torn_last_write_is_cut_and_cannot_resurface() {
+    // Checks a torn group commit: every prefix of the last (unsynced) write is recovered as the
+    // synced entries plus those of the torn write that fully landed; resume zeroes the rest, and
+    // later appends and scans see exactly that plus the new entries.
+    let (disk, spans) = written(4);
+    let synced = disk.bytes(&path());
+    let file = disk.open(&path(), false).unwrap();
+    let (scan, _) = scan_of(&disk, expect(0, false));
+    let mut writer = SegmentWriter::resume(&path(), file.clone(), &scan, scan.data_end).unwrap();
+    let batch = [payload(4), payload(5), payload(6)];
+    let positions = writer.append(&batch).unwrap();
+    let full = disk.bytes(&path());
+    let start = spans[3].1 as usize;
+    let write_end = writer.end() as usize;
+    for kept in 0..=(write_end - start) {
+        let mut torn = synced.clone();
+        torn[start..start + kept].copy_from_slice(&full[start..start + kept]);
+        disk.set_bytes(&path(), torn);
+        let (scan, seen) = scan_of(&disk, expect(spans[3].1, false));
+        assert_eq!(scan.corruption, None, "kept {kept}");
+        let landed = positions
+            .iter()
+            .zip(&batch)
+            .filter(|(p, b)| **p + entry_len(b.len()) <= (start + kept) as u64)
+            .count();
+        assert_eq!(seen, prefix(4 + landed), "kept {kept}");
+        let file = disk.open(&path(), false).unwrap();
+        let mut w = SegmentWriter::resume(&path(), file, &scan, scan.data_end).unwrap();
+        w.append(&[b"after".to_vec()]).unwrap();
+        w.sync().unwrap();
+        let (scan, seen) = scan_of(&disk, expect(w.durable_end(), false));
+        assert_eq!((scan.corruption, scan.torn), (None, None), "kept {kept}");
+        let mut want = prefix(4 + landed);
+        want.push(b"after".to_vec());
+        assert_eq!(seen, want, "kept {kept}");
+    }
+}
+
+#[test]
+fn resume_can_keep_less_than_the_scan_found() {
+    // Checks that resuming at an earlier entry boundary (nothing past a durable mark) zeroes the
+    // entries not kept, so a later scan never sees them again.
+    let (disk, spans) = written(5);
+    let (scan, _) = scan_of(&disk, expect(0, false));
+    let file = disk.open(&path(), false).unwrap();
+    let mut w = SegmentWriter::resume(&path(), file, &scan, spans[1].1).unwrap();
+    w.append(&[b"new".to_vec()]).unwrap();
+    w.sync().unwrap();
+    let (scan, seen) = scan_of(&disk, expect(0, false));
+    assert_eq!((scan.corruption, scan.torn), (None, None));
+    let mut want = prefix(2);
+    want.push(b"new".to_vec());
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn resume_refuses_a_corrupt_segment() {
+    // Checks that a corrupt scan cannot be resumed (nothing is repaired by zeroing).
+    let (disk, spans) = written(3);
+    let mut bytes = disk.bytes(&path());
+    bytes[spans[0].0 as usize + 9] ^= 4;
+    disk.set_bytes(&path(), bytes.clone());
+    let (scan, _) = scan_of(&disk, expect(0, false));
+    let file = disk.open(&path(), false).unwrap();
+    let err = SegmentWriter::resume(&path(), file, &scan, SEGMENT_HEADER_LEN).unwrap_err();
+    assert!(matches!(err, SegmentError::Corrupt(_)), "{err}");
+    assert_eq!(
+        disk.bytes(&path()),
+        bytes,
+        "a refused resume changed the file"
+    );
+}
+
+#[test]
+fn a_refused_payload_is_corruption_at_its_entry() {
+    // Checks that an entry that checks but whose payload the caller cannot decode is reported as
+    // corruption at that entry, with the entries before it handed over.
+    let (disk, spans) = written(4);
+    let file = disk.open(&path(), false).unwrap();
+    let mut seen = 0;
+    let scan = super::scan(&*file, &path(), KIND, &expect(0, false), |pos, _| {
+        if pos == spans[2].0 {
+            return Err("bad event".into());
+        }
+        seen += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, 2);
+    assert_eq!(
+        scan.corruption.map(|c| (c.pos, c.kind)),
+        Some((spans[2].0, CorruptionKind::Payload("bad event".into())))
+    );
+}
+
+#[test]
+fn read_entry_refuses_damage_below_the_end() {
+    // Checks that reading a damaged entry below the known data end is a corruption error naming
+    // the entry's byte, never a short read.
+    let (disk, spans) = written(3);
+    let mut bytes = disk.bytes(&path());
+    bytes[spans[1].0 as usize + 10] ^= 1;
+    disk.set_bytes(&path(), bytes);
+    let file = disk.open(&path(), false).unwrap();
+    let err = read_entry(&*file, &path(), ID, spans[1].0, spans[2].1, 1 << 10).unwrap_err();
+    match err {
+        SegmentError::Corrupt(c) => assert_eq!(c.pos, spans[1].0),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn preallocation_checks_free_space_and_leaves_nothing_behind() {
+    // Checks that a segment larger than the free space is refused before allocating, that an
+    // allocation failing part way removes the file, and that both are typed NoSpace errors.
+    let disk = BytesDisk::default();
+    let header = SegmentHeader {
+        kind: KIND,
+        id: ID,
+        preallocated: PREALLOC,
+    };
+    *disk.available.lock().unwrap() = Some(PREALLOC - 1);
+    let err = SegmentWriter::create(&disk, &path(), header).unwrap_err();
+    assert!(
+        matches!(&err, SegmentError::NoSpace { needed, available: Some(a), .. } if *needed == PREALLOC && *a == PREALLOC - 1),
+        "{err}"
+    );
+    assert!(err.is_no_space());
+    assert!(disk.files.lock().unwrap().is_empty(), "file left behind");
+
+    *disk.available.lock().unwrap() = None;
+    disk.fail_allocate.store(true, Ordering::SeqCst);
+    let err = SegmentWriter::create(&disk, &path(), header).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SegmentError::NoSpace {
+                available: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(disk.files.lock().unwrap().is_empty(), "partial file left");
+
+    disk.fail_allocate.store(false, Ordering::SeqCst);
+    *disk.available.lock().unwrap() = Some(PREALLOC);
+    let w = SegmentWriter::create(&disk, &path(), header).unwrap();
+    assert_eq!(disk.bytes(&path()).len() as u64, PREALLOC);
+    assert_eq!(w.room(), PREALLOC - SEGMENT_HEADER_LEN);
+}
+
+#[test]
+fn a_full_segment_refuses_and_a_failed_sync_breaks_the_writer() {
+    // Checks that an append beyond the preallocation is refused with Full (nothing written), and
+    // that after a failed write or sync the writer refuses everything with Broken.
+    let (disk, spans) = written(2);
+    let (scan, _) = scan_of(&disk, expect(0, false));
+    let file = disk.open(&path(), false).unwrap();
+    let mut w = SegmentWriter::resume(&path(), file, &scan, scan.data_end).unwrap();
+    let big = vec![1u8; (w.room() - ENTRY_HEADER_LEN + 1) as usize];
+    assert!(!w.fits(big.len()));
+    assert!(matches!(w.append(&[big]), Err(SegmentError::Full { .. })));
+    assert_eq!(w.end(), spans[1].1);
+    let exact = vec![1u8; (w.room() - ENTRY_HEADER_LEN) as usize];
+    assert!(w.fits(exact.len()));
+
+    disk.file(&path()).fail_syncs.store(true, Ordering::SeqCst);
+    w.append(&[b"x".to_vec()]).unwrap();
+    assert!(matches!(w.sync(), Err(SegmentError::Disk(_))));
+    disk.file(&path()).fail_syncs.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        w.append(&[b"y".to_vec()]),
+        Err(SegmentError::Broken { .. })
+    ));
+    assert!(matches!(w.sync(), Err(SegmentError::Broken { .. })));
+
+    let (scan, _) = scan_of(&disk, expect(0, false));
+    let file = disk.open(&path(), false).unwrap();
+    let mut w = SegmentWriter::resume(&path(), file, &scan, scan.data_end).unwrap();
+    disk.file(&path()).fail_writes.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        w.append(&[b"z".to_vec()]),
+        Err(SegmentError::Disk(_))
+    ));
+    disk.file(&path())
+        .fail_writes
+        .store(false, Ordering::SeqCst);
+    assert!(matches!(
+        w.append(&[b"z".to_vec()]),
+        Err(SegmentError::Broken { .. })
+    ));
+}
