@@ -166,6 +166,12 @@ pub struct StorageSection {
     /// Longest wait between those attempts (the waits double up to it, jittered).
     #[serde(default = "default_write_retry_max_ms")]
     pub write_retry_max_ms: u64,
+    /// How often, at most, each partition records its durable end in its manifest (one small
+    /// write and `fdatasync` after a group commit). Damage to entries older than this is always
+    /// reported as corruption; within the last interval it can look like a torn write. Zero
+    /// records after every group commit.
+    #[serde(default = "default_durable_record_interval_ms")]
+    pub durable_record_interval_ms: u64,
 }
 
 /// `[ingest]`
@@ -307,6 +313,9 @@ fn default_write_retry_initial_ms() -> u64 {
 fn default_write_retry_max_ms() -> u64 {
     30_000
 }
+fn default_durable_record_interval_ms() -> u64 {
+    1_000
+}
 fn default_index_interval_bytes() -> u64 {
     64 << 10
 }
@@ -363,6 +372,7 @@ impl Default for StorageSection {
             index_interval_bytes: default_index_interval_bytes(),
             write_retry_initial_ms: default_write_retry_initial_ms(),
             write_retry_max_ms: default_write_retry_max_ms(),
+            durable_record_interval_ms: default_durable_record_interval_ms(),
         }
     }
 }

@@ -81,6 +81,7 @@ fn partition_args(
         segment_bytes_max: config.storage.segment_bytes_max,
         index_interval_bytes: config.storage.index_interval_bytes,
         entry_bytes_max: config.storage.segment_bytes_max.min(u64::from(u32::MAX)) as u32,
+        durable_record_interval: Duration::from_millis(config.storage.durable_record_interval_ms),
     };
     let retry = RetryConfig {
         initial: Duration::from_millis(config.storage.write_retry_initial_ms),
@@ -588,9 +589,10 @@ mod tests {
             .join("00000000000000000000.log");
         let mut bytes = std::fs::read(&segment).unwrap();
         // Entry 3 of 6 (one record per entry): skip the segment header and three entries.
-        let mut pos = 64usize;
+        let mut pos = sluice_proto::segment::SEGMENT_HEADER_LEN as usize;
         for _ in 0..3 {
-            pos += 8 + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+            pos += sluice_proto::segment::ENTRY_HEADER_LEN as usize
+                + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
         }
         bytes[pos + 16] ^= 0x08;
         std::fs::write(&segment, &bytes).unwrap();
@@ -640,7 +642,10 @@ mod tests {
             .dir
             .join("00000000000000000000.log");
         let mut bytes = std::fs::read(&segment).unwrap();
-        let pos = 64 + 8 + u32::from_le_bytes(bytes[64..68].try_into().unwrap()) as usize;
+        let first = sluice_proto::segment::SEGMENT_HEADER_LEN as usize;
+        let pos = first
+            + sluice_proto::segment::ENTRY_HEADER_LEN as usize
+            + u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
         bytes[pos + 16] ^= 0x08;
         std::fs::write(&segment, &bytes).unwrap();
         let peer = Arc::new(Identity::new("t", Role::Edge, "e").unwrap());

@@ -68,6 +68,7 @@ pub fn check(data_dir: &Path) -> anyhow::Result<Vec<PartitionReport>> {
     let config = LogConfig {
         segment_bytes_max: u64::MAX,
         index_interval_bytes: 1 << 16,
+        durable_record_interval: std::time::Duration::ZERO,
         entry_bytes_max: u32::MAX - 1,
     };
     let mut reports = Vec::new();
@@ -128,6 +129,7 @@ mod tests {
         let config = LogConfig {
             segment_bytes_max: 1 << 16,
             index_interval_bytes: 1024,
+            durable_record_interval: std::time::Duration::ZERO,
             entry_bytes_max: 1 << 16,
         };
         let opened = log::open(Arc::new(FsDisk), &paths, config, None, |_, _| {}).unwrap();
@@ -164,8 +166,9 @@ mod tests {
             .dir
             .join("00000000000000000000.log");
         let mut bytes = std::fs::read(&segment).unwrap();
-        let first_len = u32::from_le_bytes(bytes[64..68].try_into().unwrap()) as usize;
-        let second = 64 + 8 + first_len;
+        let first = sluice_proto::segment::SEGMENT_HEADER_LEN as usize;
+        let first_len = u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
+        let second = first + sluice_proto::segment::ENTRY_HEADER_LEN as usize + first_len;
         bytes[second + 20] ^= 1;
         std::fs::write(&segment, &bytes).unwrap();
 

@@ -23,11 +23,14 @@
 //! The file is preallocated (`fallocate`, zeros) to its recorded length before the header is
 //! written, so appends never allocate and a full disk shows up when a segment is created, not in
 //! the middle of a group commit. Entries follow the header back to back, each an
-//! [`ENTRY_HEADER_LEN`]-byte header — payload length (u32, never 0) and CRC32C (u32) — and the
-//! payload. The CRC covers the segment id, the entry's byte position in the file, the length and
-//! the payload, so an entry checks only where it was written: bytes copied from elsewhere (or a
-//! payload that happens to contain an encoded entry) never pass as an entry. A zero length marks
-//! the end of the data; everything after it up to the preallocated length is zeros.
+//! [`ENTRY_HEADER_LEN`]-byte header — payload length (u32, never 0), the payload's CRC32C (u32)
+//! and the header's own CRC32C (u32) — and the payload. The header CRC covers the segment id, the
+//! entry's byte position in the file, the length and the payload CRC, so an entry checks only
+//! where it was written: bytes copied from elsewhere (or a payload that happens to contain an
+//! encoded entry) never pass as an entry. Checking a header costs a few bytes of CRC whatever the
+//! payload's length, which keeps the search for a valid entry after a failure (below) linear in
+//! the file's length. A zero length marks the end of the data; everything after it up to the
+//! preallocated length is zeros.
 //!
 //! # The recovery rule
 //!
@@ -53,9 +56,11 @@
 //! corruption too: it cannot be told apart from a flipped bit in acknowledged data, and stopping
 //! is the side that never loses an acknowledged entry silently.
 //!
-//! Looking for a valid entry after the failure checksums every plausible entry header in the
-//! rest of the file, within a bound of a few times the file's length; a file so dense with
-//! plausible headers that the bound runs out is called corrupt ([`NotTorn::Unproven`]), the
+//! Looking for a valid entry after the failure checks the header CRC at every byte position of
+//! the rest of the file that is not zero (zeros are skipped a window at a time), and the payload
+//! of each header that checks. Random bytes pass a header check once in 2^32 positions, so the
+//! payload bytes read stay within a bound of a few times the file's length unless the file was
+//! crafted; a file for which the bound runs out is called corrupt ([`NotTorn::Unproven`]), the
 //! side that loses nothing.
 //!
 //! A torn tail the caller adopts is zeroed and synced by [`SegmentWriter::resume`] before
@@ -73,8 +78,8 @@ use std::sync::Arc;
 
 /// Bytes of a segment header.
 pub const SEGMENT_HEADER_LEN: u64 = 64;
-/// Bytes of an entry header (length and CRC32C).
-pub const ENTRY_HEADER_LEN: u64 = 8;
+/// Bytes of an entry header (length, payload CRC32C, header CRC32C).
+pub const ENTRY_HEADER_LEN: u64 = 12;
 /// This layer's own format version, written in every header.
 pub const LAYER_VERSION: u32 = 1;
 
@@ -183,14 +188,26 @@ fn u64_at(bytes: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
-/// The CRC32C of an entry of segment `id` at byte `pos` with this payload.
-pub fn entry_crc(id: u64, pos: u64, payload: &[u8]) -> u32 {
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let mut seed = [0u8; 20];
+/// The CRC32C of an entry header of segment `id` at byte `pos`: binds the payload's length and
+/// CRC to the entry's place.
+pub fn header_crc(id: u64, pos: u64, len: u32, payload_crc: u32) -> u32 {
+    let mut seed = [0u8; 24];
     seed[..8].copy_from_slice(&id.to_le_bytes());
     seed[8..16].copy_from_slice(&pos.to_le_bytes());
     seed[16..20].copy_from_slice(&len.to_le_bytes());
-    crc32c::crc32c_append(crc32c::crc32c(&seed), payload)
+    seed[20..24].copy_from_slice(&payload_crc.to_le_bytes());
+    crc32c::crc32c(&seed)
+}
+
+/// An entry header as read: payload length and CRC, and whether the header's own CRC checks for
+/// segment `id` at `pos`.
+fn parse_header(id: u64, pos: u64, header: &[u8]) -> (u32, u32, bool) {
+    let (len, payload_crc, crc) = (u32_at(header, 0), u32_at(header, 4), u32_at(header, 8));
+    (
+        len,
+        payload_crc,
+        header_crc(id, pos, len, payload_crc) == crc,
+    )
 }
 
 /// Bytes an entry with a payload of `payload_len` bytes takes in a segment.
@@ -209,15 +226,20 @@ pub fn encode_entry(id: u64, pos: u64, payload: &[u8], out: &mut Vec<u8>) {
         "segment entry payload of {} bytes",
         payload.len()
     );
+    let payload_crc = crc32c::crc32c(payload);
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&entry_crc(id, pos, payload).to_le_bytes());
+    out.extend_from_slice(&payload_crc.to_le_bytes());
+    out.extend_from_slice(&header_crc(id, pos, len, payload_crc).to_le_bytes());
     out.extend_from_slice(payload);
 }
 
 /// Why an entry did not check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryFault {
-    /// The checksum does not match the header and payload.
+    /// The header's checksum does not match it (or it was written for another segment or
+    /// position).
+    HeaderChecksum,
+    /// The header checks but the payload's checksum does not match it.
     Checksum,
     /// The length is beyond what the caller accepts.
     TooLong {
@@ -241,7 +263,8 @@ pub enum EntryFault {
 impl fmt::Display for EntryFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EntryFault::Checksum => write!(f, "entry checksum mismatch"),
+            EntryFault::HeaderChecksum => write!(f, "entry header checksum mismatch"),
+            EntryFault::Checksum => write!(f, "entry payload checksum mismatch"),
             EntryFault::TooLong { len, max } => {
                 write!(f, "entry length {len} beyond the largest accepted {max}")
             }
@@ -571,12 +594,15 @@ impl<'a> Window<'a> {
             });
         }
         let header = self.get(pos, ENTRY_HEADER_LEN as usize)?;
-        let (len, crc) = (u32_at(header, 0), u32_at(header, 4));
+        let (len, payload_crc, header_ok) = parse_header(id, pos, header);
         if len == 0 {
             return Ok(match self.first_nonzero(pos)? {
                 None => Ok(None),
                 Some(at) => Err(EntryFault::Garbage { at }),
             });
+        }
+        if !header_ok {
+            return Ok(Err(EntryFault::HeaderChecksum));
         }
         if len > entry_bytes_max {
             return Ok(Err(EntryFault::TooLong {
@@ -589,14 +615,15 @@ impl<'a> Window<'a> {
             return Ok(Err(EntryFault::PastEnd { ends_at }));
         }
         let payload = self.get(pos + ENTRY_HEADER_LEN, len as usize)?;
-        if entry_crc(id, pos, payload) != crc {
+        if crc32c::crc32c(payload) != payload_crc {
             return Ok(Err(EntryFault::Checksum));
         }
         Ok(Ok(Some(payload.to_vec())))
     }
 
     /// Whether an entry checks anywhere after `from`: the first such position, or the position
-    /// where the search gave up after checksumming a few times the file's length.
+    /// where the search gave up after reading a few times the file's length of payloads whose
+    /// headers checked.
     fn next_valid(
         &mut self,
         id: u64,
@@ -605,7 +632,7 @@ impl<'a> Window<'a> {
     ) -> Result<Option<NotTorn>, DiskError> {
         let mut budget = 4 * self.len + (1 << 20);
         let mut pos = from;
-        while pos + ENTRY_HEADER_LEN < self.len {
+        while pos + ENTRY_HEADER_LEN <= self.len {
             // Skip zeros fast: an entry starts with a nonzero length.
             let n = ((self.len - pos) as usize).min(WINDOW_BYTES);
             let skip = self.get(pos, n)?.iter().position(|b| *b != 0);
@@ -616,20 +643,21 @@ impl<'a> Window<'a> {
             // The nonzero byte may be any of the length's 4 bytes.
             let first = (pos + skip as u64).saturating_sub(3).max(pos);
             for q in first..=pos + skip as u64 {
-                if q + ENTRY_HEADER_LEN >= self.len {
+                if q + ENTRY_HEADER_LEN > self.len {
                     return Ok(None);
                 }
                 let header = self.get(q, ENTRY_HEADER_LEN as usize)?;
-                let (len, crc) = (u32_at(header, 0), u32_at(header, 4));
+                let (len, payload_crc, header_ok) = parse_header(id, q, header);
                 let ends_at = q + ENTRY_HEADER_LEN + u64::from(len);
-                if len == 0 || len > entry_bytes_max || ends_at > self.len {
+                if !header_ok || len == 0 || len > entry_bytes_max || ends_at > self.len {
                     continue;
                 }
                 if budget < u64::from(len) {
                     return Ok(Some(NotTorn::Unproven { at: q }));
                 }
                 budget -= u64::from(len);
-                if entry_crc(id, q, self.get(q + ENTRY_HEADER_LEN, len as usize)?) == crc {
+                let payload = self.get(q + ENTRY_HEADER_LEN, len as usize)?;
+                if crc32c::crc32c(payload) == payload_crc {
                     return Ok(Some(NotTorn::FollowedByValid { at: q }));
                 }
             }
@@ -754,6 +782,21 @@ pub fn scan(
     Ok(out)
 }
 
+/// Whether no entry of segment `id` checks anywhere in the file, whatever its header says: true
+/// for the remains of a segment whose creation was cut short (empty, short, header zeroed or
+/// torn), which never held anything. A file in which the search gives up counts as holding
+/// entries (the side that loses nothing).
+pub fn holds_no_entries(
+    file: &dyn DiskFile,
+    id: u64,
+    entry_bytes_max: u32,
+) -> Result<bool, DiskError> {
+    let mut window = Window::new(file, file.size()?);
+    Ok(window
+        .next_valid(id, SEGMENT_HEADER_LEN, entry_bytes_max)?
+        .is_none())
+}
+
 /// Reads the entry at `pos` of segment `id`, which the caller knows lies below the segment's
 /// data end (`end`): it must check, or the segment is corrupt. Returns the payload and the
 /// position of the next entry.
@@ -783,7 +826,7 @@ pub fn read_entry(
             ends_at: pos + ENTRY_HEADER_LEN,
         }));
     }
-    let (len, crc) = (u32_at(&header, 0), u32_at(&header, 4));
+    let (len, payload_crc, header_ok) = parse_header(id, pos, &header);
     if len == 0 {
         return Err(Corruption::new(
             path,
@@ -791,6 +834,9 @@ pub fn read_entry(
             CorruptionKind::EndsBelowDurable { durable_end: end },
         )
         .into());
+    }
+    if !header_ok {
+        return Err(damaged(EntryFault::HeaderChecksum));
     }
     if len > entry_bytes_max {
         return Err(damaged(EntryFault::TooLong {
@@ -803,7 +849,7 @@ pub fn read_entry(
     if next > end || read_full(file, pos + ENTRY_HEADER_LEN, &mut payload)? < payload.len() {
         return Err(damaged(EntryFault::PastEnd { ends_at: next }));
     }
-    if entry_crc(id, pos, &payload) != crc {
+    if crc32c::crc32c(&payload) != payload_crc {
         return Err(damaged(EntryFault::Checksum));
     }
     Ok((payload, next))

@@ -39,6 +39,10 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     /// The largest entry payload accepted on recovery and on read.
     pub entry_bytes_max: u32,
+    /// How often, at most, the partition records its durable end in the manifest after a group
+    /// commit ([`LogWriter::record_durable_end`]): damage to entries below the recorded end is
+    /// corruption, never a torn tail. Zero records after every group commit.
+    pub durable_record_interval: std::time::Duration,
 }
 
 /// Where a partition's log lives.
@@ -530,18 +534,12 @@ fn make_writable(
         ..
     } = scanned;
     for base in leftovers {
-        // A roll cut short: created and synced, never recorded, so never written to. Refuse to
-        // remove one that holds anything.
+        // A roll cut short at any step of the segment's creation (possibly before its header or
+        // preallocation reached the disk): never recorded, so never written to. Refuse to remove
+        // one in which any entry checks.
         let path = paths.dir.join(format::segment_name(base));
         let file = disk.open(&path, false)?;
-        let expect = ScanExpect {
-            id: Some(base.0),
-            durable_end: 0,
-            sealed: false,
-            entry_bytes_max: config.entry_bytes_max,
-        };
-        let scan = segment::scan(&*file, &path, SEGMENT_KIND, &expect, |_, _| Ok(()))?;
-        if scan.n_entries > 0 || scan.torn.is_some() || scan.corruption.is_some() {
+        if !segment::holds_no_entries(&*file, base.0, config.entry_bytes_max)? {
             return Err(Corruption::new(
                 &path,
                 SEGMENT_HEADER_LEN,
@@ -728,9 +726,12 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Records the exact durable end in the manifest (a clean stop), so that damage to the last
-    /// entries is caught at the next start instead of being taken for a torn write.
-    pub fn close(mut self) -> Result<(), LogError> {
+    /// Records the durable end in the manifest (one slot write and `fdatasync`) when it moved
+    /// since the last record and everything written is durable, so that damage to the entries
+    /// below it is caught at the next start instead of being taken for a torn write. A failure
+    /// leaves the older record in place (the manifest's other slot), which only narrows what
+    /// recovery can tell from a torn write; the caller may try again later.
+    pub fn record_durable_end(&mut self) -> Result<(), LogError> {
         let state = ManifestState {
             first: self.manifest.state.first,
             last: self.active.base,
@@ -741,6 +742,11 @@ impl LogWriter {
             self.manifest.write(state)?;
         }
         Ok(())
+    }
+
+    /// Records the exact durable end in the manifest (a clean stop).
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.record_durable_end()
     }
 }
 

@@ -6,6 +6,7 @@ fn config() -> LogConfig {
     LogConfig {
         segment_bytes_max: 4096,
         index_interval_bytes: 256,
+        durable_record_interval: std::time::Duration::ZERO,
         entry_bytes_max: 1 << 20,
     }
 }
@@ -92,7 +93,7 @@ fn entry_positions(path: &Path) -> Vec<u64> {
             return out;
         }
         out.push(pos as u64);
-        pos += 8 + len;
+        pos += segment::ENTRY_HEADER_LEN as usize + len;
     }
 }
 
@@ -146,7 +147,7 @@ fn torn_tail_is_truncated_and_cannot_resurface() {
     let last = *positions.last().unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let end = last as usize
-        + 8
+        + segment::ENTRY_HEADER_LEN as usize
         + u32::from_le_bytes(bytes[last as usize..][..4].try_into().unwrap()) as usize;
     // A torn copy of a plausible next entry: header and half the body.
     let payload = format::encode_entry(Offset(12), 4, &entry(12, 4).body);
@@ -227,6 +228,50 @@ fn damage_to_the_last_entry_after_a_clean_stop_is_corruption() {
         assert_eq!(c.pos, last, "zero {zero}: {c}");
         assert_eq!(readable(&opened.reader), (0..8).collect::<Vec<_>>());
     }
+}
+
+#[test]
+fn damage_below_the_recorded_durable_end_is_corruption_after_a_crash() {
+    // Checks the manifest's durable record: after `record_durable_end` and a crash (no clean
+    // close), zeroing or flipping the last recorded entry is corruption naming it, not a torn
+    // tail; and entries written after the last record may still be cut as a torn tail (the
+    // window the record interval leaves).
+    for zero in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, ..) = open_ok(dir.path());
+        for i in 0..4 {
+            w.append(&[entry(i * 2, 2)]).unwrap();
+        }
+        w.record_durable_end().unwrap();
+        drop(w);
+        let path = segments(dir.path()).pop().unwrap();
+        let last = *entry_positions(&path).last().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if zero {
+            bytes[last as usize..last as usize + 40].fill(0);
+        } else {
+            bytes[last as usize + 30] ^= 1;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let (opened, _) = open_with(dir.path(), None);
+        let c = corruption(&opened);
+        assert_eq!(c.pos, last, "zero {zero}: {c}");
+        assert_eq!(readable(&opened.reader), (0..6).collect::<Vec<_>>());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, ..) = open_ok(dir.path());
+    w.append(&[entry(0, 2)]).unwrap();
+    w.record_durable_end().unwrap();
+    w.append(&[entry(2, 2)]).unwrap();
+    drop(w);
+    let path = segments(dir.path()).pop().unwrap();
+    let last = *entry_positions(&path).last().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[last as usize..last as usize + 40].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, r, rec, _) = open_ok(dir.path());
+    assert_eq!(rec.next_offset, Offset(2));
+    assert_eq!(readable(&r), vec![0, 1]);
 }
 
 #[test]
@@ -356,25 +401,37 @@ fn a_durable_mark_cuts_what_a_failed_fsync_left_readable() {
     // still sees exactly the durable prefix plus what was appended after.
     let dir = tempfile::tempdir().unwrap();
     write_some(dir.path(), 200, 5, false);
-    let mark = Offset(990);
+    // The mark falls inside the last segment, where a failed fdatasync leaves its entries (a
+    // roll only follows a successful sync): the second entry of that segment, which gets at
+    // least three entries.
+    let (mut w, ..) = open_ok(dir.path());
+    while entry_positions(&segments(dir.path()).pop().unwrap()).len() < 3 {
+        let next = w.next_offset().0;
+        w.append(&[entry(next, 5)]).unwrap();
+    }
+    drop(w);
+    let last = segments(dir.path()).pop().unwrap();
+    let base: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let m = base + 5;
+    let mark = Offset(m);
     let (opened, seen) = open_with(dir.path(), Some(mark));
-    assert_eq!(seen, (0..990).collect::<Vec<_>>());
+    assert_eq!(seen, (0..m).collect::<Vec<_>>());
     let mut w = opened.writer.unwrap();
     assert_eq!(opened.recovery.next_offset, mark);
     assert_eq!(w.next_offset(), mark);
     assert_eq!(
         opened
             .reader
-            .read(Offset(989), Offset(1000), 10, 1 << 20)
+            .read(Offset(m - 1), Offset(m + 10), 10, 1 << 20)
             .unwrap()
             .len(),
         1
     );
-    w.append(&[entry(990, 2)]).unwrap();
+    w.append(&[entry(m, 2)]).unwrap();
     drop((w, opened.reader));
     let (_, _, rec, seen) = open_ok(dir.path());
-    assert_eq!(rec.next_offset, Offset(992));
-    assert_eq!(seen, (0..992).collect::<Vec<_>>());
+    assert_eq!(rec.next_offset, Offset(m + 2));
+    assert_eq!(seen, (0..m + 2).collect::<Vec<_>>());
 }
 
 #[test]

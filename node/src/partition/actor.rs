@@ -21,7 +21,7 @@ use sluice_proto::msg::{RecordOutcome, RecordRejection};
 use sluice_proto::{Identity, Offset, PartitionId, StreamName};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex, OwnedMutexGuard};
 use tracing::{debug, error, info, warn};
 
@@ -153,6 +153,8 @@ pub struct PartitionState {
     durable_tx: watch::Sender<Offset>,
     /// The reader published for fetches (its damage stops writes).
     reader: LogReader,
+    /// When the durable end was last recorded in the manifest (see `LogConfig`).
+    durable_recorded_at: Option<Instant>,
     args: PartitionArgs,
 }
 
@@ -296,6 +298,7 @@ impl Actor for PartitionActor {
             retry_attempt: 0,
             tickets: HashMap::new(),
             next_ticket: 0,
+            durable_recorded_at: None,
             durable_tx,
             reader: LogReader::empty(args.log.entry_bytes_max),
             args,
@@ -479,9 +482,24 @@ impl PartitionActor {
             .try_lock_owned()
             .map_err(|_| "log guard held while no flush is in flight")?;
         let mode = state.args.env.blocking;
+        let now = state.args.env.clock.now();
+        let record = state.durable_recorded_at.is_none_or(|at| {
+            now.saturating_duration_since(at) >= state.args.log.durable_record_interval
+        });
+        if record {
+            state.durable_recorded_at = Some(now);
+        }
+        let (stream, partition_id) = (state.args.stream.clone(), state.args.partition.0);
         tokio::spawn(async move {
             let (writer, result) = run_blocking(mode, move || {
                 let result = writer.append(&entries).map_err(|e| e.to_string());
+                if record && result.is_ok() {
+                    // The entries are durable whatever happens here: a failed record only keeps
+                    // the older one (the manifest's other slot) until the next try.
+                    if let Err(error) = writer.record_durable_end() {
+                        warn!(%stream, partition_id, %error, "could not record the durable end in the manifest; will try again");
+                    }
+                }
                 (writer, result)
             })
             .await;

@@ -472,7 +472,7 @@ fn an_entry_checks_only_where_it_was_written() {
     assert!(matches!(
         scan.torn,
         Some(TornTail {
-            fault: EntryFault::Checksum,
+            fault: EntryFault::HeaderChecksum,
             ..
         })
     ));
@@ -674,4 +674,93 @@ fn a_full_segment_refuses_and_a_failed_sync_breaks_the_writer() {
         w.append(&[b"z".to_vec()]),
         Err(SegmentError::Broken { .. })
     ));
+}
+
+/// Seeded bytes (xorshift), never all zero: stands in for whatever a torn write left.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_tail_of_random_bytes_is_a_torn_tail_not_corruption() {
+    // Checks that the search for a valid entry after a failure is linear in the file: a torn
+    // write that left random bytes over the whole rest of a large preallocation is a torn tail
+    // (nothing valid follows), not `Unproven` corruption from a search that ran out. With a
+    // length-only header, about one random position in 2^(32-20) looks like an entry of up to
+    // 1 MiB and each costs its length to checksum, which exhausts any linear bound here.
+    let disk = BytesDisk::default();
+    let prealloc = 1 << 20;
+    let header = SegmentHeader {
+        kind: KIND,
+        id: ID,
+        preallocated: prealloc,
+    };
+    let mut writer = SegmentWriter::create(&disk, &path(), header).unwrap();
+    writer.append(&[payload(0), payload(1)]).unwrap();
+    writer.sync().unwrap();
+    let data_end = writer.end();
+    let mut bytes = disk.bytes(&path());
+    let garbage = noise(7, (prealloc - data_end) as usize);
+    bytes[data_end as usize..].copy_from_slice(&garbage);
+    disk.set_bytes(&path(), bytes);
+    let file = disk.open(&path(), false).unwrap();
+    let mut seen = Vec::new();
+    let expect = ScanExpect {
+        id: Some(ID),
+        durable_end: data_end,
+        sealed: false,
+        entry_bytes_max: 1 << 20,
+    };
+    let scan = scan(&*file, &path(), KIND, &expect, |_, p| {
+        seen.push(p.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(scan.corruption, None);
+    assert_eq!(seen, prefix(2));
+    let torn = scan.torn.unwrap();
+    assert_eq!((torn.pos, torn.end), (data_end, prealloc));
+}
+
+#[test]
+fn only_a_file_in_which_no_entry_checks_holds_no_entries() {
+    // Checks `holds_no_entries`, which decides whether the remains of an interrupted segment
+    // creation may be removed: true for an empty file, a short one, a zeroed header, a header
+    // but no entries, and noise; false as soon as one entry of this segment checks anywhere,
+    // even with the header zeroed, and false for an entry of another segment id only when the
+    // id asked is that one.
+    let disk = BytesDisk::default();
+    let file = disk.open(&path(), true).unwrap();
+    let none = |disk: &BytesDisk| {
+        let file = disk.open(&path(), false).unwrap();
+        holds_no_entries(&*file, ID, 1 << 10).unwrap()
+    };
+    assert!(none(&disk));
+    file.write_at(0, &[0u8; 40]).unwrap();
+    assert!(none(&disk));
+    disk.set_bytes(&path(), vec![0u8; PREALLOC as usize]);
+    assert!(none(&disk));
+    drop(file);
+    let (disk, spans) = written(0);
+    assert!(spans.is_empty() && none(&disk));
+    let mut bytes = disk.bytes(&path());
+    bytes[SEGMENT_HEADER_LEN as usize..].copy_from_slice(&noise(3, (PREALLOC - 64) as usize));
+    disk.set_bytes(&path(), bytes);
+    assert!(none(&disk));
+    let (disk, spans) = written(3);
+    let mut bytes = disk.bytes(&path());
+    bytes[..SEGMENT_HEADER_LEN as usize].fill(0);
+    bytes[spans[0].0 as usize..spans[1].0 as usize].fill(0);
+    disk.set_bytes(&path(), bytes);
+    assert!(!none(&disk));
+    let file = disk.open(&path(), false).unwrap();
+    assert!(holds_no_entries(&*file, ID + 1, 1 << 10).unwrap());
 }
