@@ -61,8 +61,15 @@ pub(crate) fn decode_entry(payload: &[u8]) -> Result<(Offset, u32, &[u8]), Strin
     if count == 0 {
         return Err("log entry with zero events".into());
     }
+    let base = u64::from_le_bytes(base);
+    // Every offset of the entry and one past its last must exist, so callers may add freely.
+    if base.checked_add(u64::from(count)).is_none() {
+        return Err(format!(
+            "log entry at offset {base} with {count} events runs past the largest offset"
+        ));
+    }
     Ok((
-        Offset(u64::from_le_bytes(base)),
+        Offset(base),
         count,
         &payload[ENTRY_PREFIX_LEN..],
     ))
@@ -139,11 +146,16 @@ mod tests {
 
     #[test]
     fn entry_payload_round_trips_and_refuses_empty_entries() {
-        // Checks the entry payload layout and that entries without events are refused.
+        // Checks the entry payload layout and that entries without events, or whose offsets
+        // overflow, are refused.
         let payload = encode_entry(Offset(42), 3, b"events");
         assert_eq!(decode_entry(&payload), Ok((Offset(42), 3, &b"events"[..])));
         assert!(decode_entry(&encode_entry(Offset(1), 0, b"x")).is_err());
         assert!(decode_entry(&payload[..ENTRY_PREFIX_LEN]).is_err());
+        // An entry whose offsets would run past u64::MAX (a crafted or damaged base) is refused,
+        // one that ends exactly at it is not.
+        assert!(decode_entry(&encode_entry(Offset(u64::MAX - 1), 2, b"x")).is_err());
+        assert!(decode_entry(&encode_entry(Offset(u64::MAX - 2), 2, b"x")).is_ok());
     }
 
     #[test]
