@@ -5,7 +5,9 @@
 //!
 //! Without features this crate does no IO and has no async runtime. `net` adds the QUIC + mutual
 //! TLS connection layer that nodes, edges and the CLI share; `os` adds the real environment (OS
-//! clock, files, blocking pool) that nodes and edge agents run on outside the simulator.
+//! clock, files, blocking pool) that nodes and edge agents run on outside the simulator; `testing`
+//! adds the doubles tests and the simulator run on (`testing::CrashDisk`; always there for this
+//! crate's own unit tests).
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -22,6 +24,8 @@ pub mod net;
 #[cfg(feature = "os")]
 pub mod os;
 pub mod segment;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use codec::{DecodeError, EncodeError};
 pub use event::{

@@ -13,7 +13,7 @@
 //! clean stop returns). Only the spools' boot epochs are taken from the agent's report; boots,
 //! their ends and the spool directories' sizes are the simulator's own observations.
 
-use crate::env::SimDisk;
+use crate::env::CrashDisk;
 use sluice_edge::spool::FullPolicy;
 use sluice_proto::{BootEpoch, Identity, SensorId, StreamName, UnixMillis};
 use std::collections::BTreeMap;
@@ -87,7 +87,7 @@ pub struct EdgeRecord {
     /// Each stream's spool directory on the edge's disk.
     pub spool_dirs: BTreeMap<StreamName, PathBuf>,
     /// The edge's disk (for the size its spool directories reached).
-    pub disk: SimDisk,
+    pub disk: CrashDisk,
     /// Every boot, in order.
     pub boots: Vec<Boot>,
     /// A boot is starting and not in `boots` yet: its epoch may already show in the log.

@@ -8,7 +8,7 @@
 
 use crate::edge_ledger::EdgeLedger;
 use crate::edge_link::EdgeLink;
-use crate::env::{clock, process_env, SimClock, SimDisk};
+use crate::env::{clock, process_env, sim_disk, SimClock};
 use crate::invariants::edge_no_silent_gaps::{self, EdgeTotals};
 use crate::invariants::{self, convergence, no_panics, LogSnapshot, Violation};
 use crate::link::Link;
@@ -175,7 +175,7 @@ async fn simulate(seed: u64, settings: Settings) -> RunOutcome {
     let scenario = Scenario::from_seed(seed, &settings);
     let config = scenario.node_config();
     let clock = Arc::new(SimClock::new());
-    let disk = SimDisk::new();
+    let disk = sim_disk();
     if settings.plant == Some(Plant::AckBeforeFsync) {
         let (first_stream, _) = &scenario.streams[0];
         disk.plant_noop_sync(
@@ -437,12 +437,12 @@ impl Controller {
                     0x8ec0 + u64::from(self.summary.n_recovery_crashes),
                     SALT_CRASH,
                 );
-                self.world.disk.arm_crash(n_ops, rng);
+                self.world.disk.arm_power_cut(n_ops, rng);
             }
             let generation = self.world.disk.generation();
             let started = self.start_node().await;
             if self.world.disk.generation() == generation {
-                self.world.disk.disarm();
+                self.world.disk.disarm_power_cut();
                 return started;
             }
             self.world
@@ -490,23 +490,23 @@ impl Controller {
         );
         match fault {
             Fault::Crash => {
-                let report = world.disk.crash(&mut crash_rng.clone());
+                let report = world.disk.power_cut(&mut crash_rng.clone());
                 world.record("crash", format!("{report:?}"));
                 self.summary.n_crashes += 1;
             }
             Fault::CrashMidIo => {
                 let n_ops = self.fault_rng.random_range(1..=40u32);
-                world.disk.arm_crash(n_ops, crash_rng.clone());
+                world.disk.arm_power_cut(n_ops, crash_rng.clone());
                 let fired = tokio::select! {
                     biased;
-                    report = world.disk.wait_crash() => Some(report),
+                    report = world.disk.wait_power_cut() => Some(report),
                     () = tokio::time::sleep(ARMED_CRASH_WAIT) => None,
                 };
                 let report = match fired {
                     Some(report) => report,
                     None => {
-                        world.disk.disarm();
-                        world.disk.crash(&mut crash_rng.clone())
+                        world.disk.disarm_power_cut();
+                        world.disk.power_cut(&mut crash_rng.clone())
                     }
                 };
                 world.record(
@@ -539,7 +539,7 @@ impl Controller {
             self.wait_until(self.world.now() + Duration::from_millis(50))
                 .await?;
         }
-        let fired = !self.world.disk.disarm_sync_failure();
+        let fired = !self.world.disk.disarm_sync_failures();
         self.world.record("sync-error", format!("{n_ok} {fired}"));
         self.summary.n_sync_errors += u32::from(fired);
         // Give the supervisor time to restart the fenced partition before reading it back.

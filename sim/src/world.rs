@@ -7,7 +7,7 @@
 //! schedule of faults and phases goes on where it was.
 
 use crate::edge_ledger::EdgeLedger;
-use crate::env::{SimClock, SimDisk};
+use crate::env::{CrashDisk, SimClock};
 use crate::history::History;
 use crate::invariants::stable_reads::Reads;
 use crate::invariants::Violation;
@@ -44,7 +44,7 @@ pub struct World {
     /// The paused clock.
     pub clock: Arc<SimClock>,
     /// The disk (outlives every node process).
-    pub disk: SimDisk,
+    pub disk: CrashDisk,
     /// Streams and partition counts.
     pub streams: Vec<(StreamName, u32)>,
     /// The trace hash.
@@ -69,7 +69,7 @@ impl World {
     pub fn new(
         seed: u64,
         clock: Arc<SimClock>,
-        disk: SimDisk,
+        disk: CrashDisk,
         streams: Vec<(StreamName, u32)>,
     ) -> Self {
         Self {

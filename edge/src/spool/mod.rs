@@ -52,11 +52,7 @@
 
 mod config;
 mod core;
-#[cfg(test)]
-mod faulty;
 mod format;
-#[cfg(test)]
-mod testing;
 #[cfg(test)]
 mod tests;
 

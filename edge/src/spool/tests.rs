@@ -1,10 +1,11 @@
-//! Tests of the durable spool over an in-memory disk that loses unsynced writes on a crash. The
+//! Tests of the durable spool over `CrashDisk`, the in-memory disk that loses unsynced writes on a
+//! power cut and fails or damages files on request. The
 //! append rate on a real disk is measured by `sluice-edge-bench` (see BENCHMARKS.md), not here.
 
-use super::testing::MemDisk;
 use super::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sluice_proto::testing::{CrashDisk, CrashModel, Tear};
 use sluice_proto::{DropReason, Reading};
 use std::collections::BTreeSet;
 
@@ -57,7 +58,7 @@ fn value(seq: u64) -> Payload {
     })
 }
 
-fn open(disk: &MemDisk, config: SpoolConfig, now: i64) -> (Spool, SpoolReport) {
+fn open(disk: &CrashDisk, config: SpoolConfig, now: i64) -> (Spool, SpoolReport) {
     Spool::open(Arc::new(disk.mount()), &dir(), config, t(now)).unwrap()
 }
 
@@ -89,15 +90,15 @@ fn drain(spool: &mut Spool) -> Vec<Record> {
     panic!("spool did not drain");
 }
 
-fn segment_paths(disk: &MemDisk) -> Vec<PathBuf> {
-    disk.snapshot().into_keys().collect()
+fn segment_paths(disk: &CrashDisk) -> Vec<PathBuf> {
+    disk.files().into_keys().collect()
 }
 
 #[test]
 fn every_open_starts_a_new_boot_epoch() {
     // Checks that the boot epoch is persisted and grows at every open, with or without
     // readings in between, and that seqs restart at 0 in each epoch.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     for epoch in 1..=4 {
         let (mut spool, report) = open(&disk, config(), 0);
         assert_eq!(report.epoch, BootEpoch(epoch));
@@ -118,7 +119,7 @@ fn every_open_starts_a_new_boot_epoch() {
 fn readings_survive_a_clean_restart_and_nothing_is_declared() {
     // Checks that after a clean close every reading is delivered after the restart, in seq
     // order per sensor, and that no power-loss range is declared.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     let (mut spool, _) = open(&disk, config(), 0);
     for seq in 0..40 {
         append(&mut spool, if seq % 2 == 0 { "a" } else { "b" }, seq / 2);
@@ -148,7 +149,7 @@ fn a_power_cut_declares_the_unsynced_seqs_up_to_the_reservation() {
     // Checks that readings appended after the last sync are lost in a power cut and declared
     // as one PowerLoss range per sensor, from the first unsynced seq to the durable
     // reservation, and that the declaration is delivered after the surviving readings.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     let (mut spool, _) = open(&disk, config(), 0);
     for seq in 0..10 {
         append(&mut spool, "a", seq);
@@ -158,7 +159,7 @@ fn a_power_cut_declares_the_unsynced_seqs_up_to_the_reservation() {
         append(&mut spool, "a", seq);
     }
     drop(spool);
-    disk.crash(&mut ChaCha8Rng::seed_from_u64(1));
+    disk.power_cut(&mut ChaCha8Rng::seed_from_u64(1));
     let (mut spool, report) = open(&disk, config(), 0);
     let key = StreamKey {
         sensor: sensor("a"),
@@ -188,7 +189,7 @@ fn a_power_cut_declares_the_unsynced_seqs_up_to_the_reservation() {
 fn a_torn_tail_is_zeroed_and_does_not_come_back() {
     // Checks that garbage after the last frame of the last segment (a torn write) is reported,
     // zeroed on open, and absent at the next open, while every synced reading stays.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     let (mut spool, _) = open(&disk, config(), 0);
     for seq in 0..10 {
         append(&mut spool, "a", seq);
@@ -201,7 +202,7 @@ fn a_torn_tail_is_zeroed_and_does_not_come_back() {
     // A plausible frame header announcing 200 bytes, and half of them.
     bytes[end..end + 4].copy_from_slice(&200u32.to_le_bytes());
     bytes[end + 4..end + 100].fill(0xab);
-    disk.set_bytes(&path, bytes);
+    disk.set_bytes(&path, bytes).unwrap();
     let check = Spool::check(&disk.mount(), &dir(), config(), t(0)).unwrap();
     let (mut spool, report) = open(&disk, config(), 0);
     assert_eq!(report.truncated_bytes, (4096 - end) as u64);
@@ -226,7 +227,7 @@ fn random_damage_never_panics() {
     // bytes of whatever segment are overwritten.
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for _ in 0..60 {
-        let disk = MemDisk::default();
+        let disk = CrashDisk::new();
         let (mut spool, _) = open(&disk, config(), 0);
         for seq in 0..rng.random_range(1..400u64) {
             append(&mut spool, if seq % 3 == 0 { "a" } else { "b" }, seq);
@@ -239,7 +240,7 @@ fn random_damage_never_panics() {
             let mut bytes = disk.bytes(path).unwrap();
             let at = rng.random_range(0..bytes.len());
             bytes[at] = rng.random();
-            disk.set_bytes(path, bytes);
+            disk.set_bytes(path, bytes).unwrap();
         }
         let _ = Spool::check(&disk.mount(), &dir(), config(), t(0));
         let _ = Spool::open(Arc::new(disk.mount()), &dir(), config(), t(0));
@@ -250,7 +251,7 @@ fn random_damage_never_panics() {
 fn check_writes_nothing_and_predicts_open() {
     // Checks that `spool check` leaves every byte as it was, and reports the same power-loss
     // ranges and epoch that the following open then applies.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     let (mut spool, _) = open(&disk, config(), 0);
     for seq in 0..30 {
         append(&mut spool, "a", seq);
@@ -258,10 +259,10 @@ fn check_writes_nothing_and_predicts_open() {
     spool.sync(t(0)).unwrap();
     append(&mut spool, "a", 30);
     drop(spool);
-    disk.crash(&mut ChaCha8Rng::seed_from_u64(3));
-    let before = disk.snapshot();
+    disk.power_cut(&mut ChaCha8Rng::seed_from_u64(3));
+    let before = disk.files();
     let check = Spool::check(&disk.mount(), &dir(), config(), t(5)).unwrap();
-    assert_eq!(disk.snapshot(), before);
+    assert_eq!(disk.files(), before);
     let (_, report) = open(&disk, config(), 5);
     assert_eq!(
         (check.epoch, &check.power_loss),
@@ -277,7 +278,7 @@ fn an_older_epoch_is_delivered_before_a_newer_one() {
     // Checks that after a restart a sensor's new-epoch readings are held back until its older
     // epoch (readings and power-loss declaration) is fully acknowledged, since the broker
     // refuses an older epoch once it has seen a newer one.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     let (mut spool, _) = open(&disk, config(), 0);
     for seq in 0..3 {
         append(&mut spool, "a", seq);
@@ -401,7 +402,7 @@ struct Run {
     totals: SpoolStats,
     n_delivered: u64,
     rng: ChaCha8Rng,
-    disk: MemDisk,
+    disk: CrashDisk,
     config: SpoolConfig,
     spool: Option<Spool>,
     model: Model,
@@ -573,10 +574,10 @@ impl Run {
             }
             194 | 195 => {
                 let rng = ChaCha8Rng::seed_from_u64(self.rng.random());
-                self.disk.arm_crash(self.rng.random_range(1..12), rng);
+                self.disk.arm_power_cut(self.rng.random_range(1..12), rng);
             }
             _ => {
-                self.disk.crash(&mut self.rng);
+                self.disk.power_cut(&mut self.rng);
                 self.reopen();
             }
         }
@@ -584,9 +585,9 @@ impl Run {
 
     /// Heals and drains: everything left is delivered and acknowledged.
     fn drain(&mut self) {
-        self.disk.disarm();
+        self.disk.disarm_power_cut();
         if self.rng.random_bool(0.5) {
-            self.disk.crash(&mut self.rng);
+            self.disk.power_cut(&mut self.rng);
         }
         self.reopen();
         self.disconnect();
@@ -646,8 +647,8 @@ fn random_config(rng: &mut ChaCha8Rng) -> SpoolConfig {
 #[test]
 fn crash_recovery_cycles_keep_every_seq_delivered_or_declared() {
     // Checks promise 3 under seeded random workloads with crashes (immediate, and armed to fire
-    // inside a write, sync, create or remove, including during recovery) that lose unsynced
-    // writes and tear the last one: for every sensor and epoch the broker's strict model
+    // inside a write, sync, directory sync or remove, including during recovery) that lose
+    // unsynced writes and tear the last one (a prefix, or sectors out of order): for every sensor and epoch the broker's strict model
     // receives a gapless, non-overlapping sequence in which every issued seq is delivered or
     // declared, readings synced before a crash are never declared lost to power, and
     // declarations overstate by at most one reservation block.
@@ -662,7 +663,16 @@ fn crash_recovery_cycles_keep_every_seq_delivered_or_declared() {
             totals: SpoolStats::default(),
             n_delivered: 0,
             rng,
-            disk: MemDisk::default(),
+            // Half the seeds tear a write's sectors out of order: a later frame may survive an
+            // earlier one, which the spool must declare (Corrupted), never deliver wrongly.
+            disk: CrashDisk::with_model(CrashModel {
+                tear: if seed % 2 == 0 {
+                    Tear::Prefix
+                } else {
+                    Tear::Sectors
+                },
+                ..CrashModel::default()
+            }),
             config,
             spool: None,
             model: Model::default(),
@@ -677,8 +687,8 @@ fn crash_recovery_cycles_keep_every_seq_delivered_or_declared() {
         run.drain();
         run.model.check_final(config.seq_reserve_block);
         run.reopen();
-        n_crashes += run.disk.counters().0;
-        n_torn += run.disk.counters().1;
+        n_crashes += run.disk.stats().n_crashes;
+        n_torn += run.disk.stats().n_torn_writes;
         n_delivered += run.n_delivered;
         totals.n_dropped_full += run.totals.n_dropped_full;
         totals.n_dropped_expired += run.totals.n_dropped_expired;
@@ -706,14 +716,14 @@ fn epochs_follow_the_wall_clock_and_never_go_back() {
     // Checks that a fresh spool starts its epoch at the wall clock (so a wiped spool still
     // starts newer than what the cluster saw), and that a reopen with a clock that went back
     // still moves the epoch forward.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     let (spool, report) = open(&disk, config(), 1_700_000_000_000);
     assert_eq!(report.epoch, BootEpoch(1_700_000_000_000));
     spool.close(t(1_700_000_000_000)).unwrap();
     let (spool, report) = open(&disk, config(), 5);
     assert_eq!(report.epoch, BootEpoch(1_700_000_000_001));
     drop(spool);
-    let wiped = MemDisk::default();
+    let wiped = CrashDisk::new();
     let (_, report) = open(&wiped, config(), 1_800_000_000_000);
     assert!(report.epoch > BootEpoch(1_700_000_000_001));
 }
@@ -733,7 +743,7 @@ fn record_ages_survive_restarts_and_wall_clock_steps() {
         mono: origin() + std::time::Duration::from_millis(mono_ms),
         wall: UnixMillis(wall),
     };
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     let (mut spool, _) =
         Spool::open(Arc::new(disk.mount()), &dir(), config, boot(0, 1_000_000)).unwrap();
     spool
@@ -792,7 +802,7 @@ fn a_refused_reading_stays_declared_after_a_crash() {
     // Checks that the Invalid declaration replacing a refused reading is durable: after a power
     // cut, recovery delivers it in the reading's place, and the refused reading never comes
     // back.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     let (mut spool, _) = open(&disk, config(), 0);
     for seq in 0..3 {
         append(&mut spool, "a", seq);
@@ -805,7 +815,7 @@ fn a_refused_reading_stays_declared_after_a_crash() {
     assert_eq!(spool.next_batch(64, 1 << 20).unwrap().len(), 3);
     assert!(spool.refused(t(1), &key, 1).unwrap());
     drop(spool);
-    disk.crash(&mut ChaCha8Rng::seed_from_u64(5));
+    disk.power_cut(&mut ChaCha8Rng::seed_from_u64(5));
     let (mut spool, _) = open(&disk, config(), 2);
     let got: Vec<(u64, u64, bool)> = drain(&mut spool)
         .into_iter()
@@ -851,8 +861,7 @@ fn a_failed_sync_declares_what_was_not_durable_and_never_trusts_the_page_cache()
     // Checks that after an fdatasync failure the spool is fenced, and that reopening it from
     // its durable point delivers the synced readings, declares every later issued seq Storage,
     // and never delivers the readings that only the page cache held.
-    let memory = MemDisk::default();
-    let disk = super::faulty::FaultyDisk::new(Arc::new(memory.mount()));
+    let disk = CrashDisk::new();
     let (mut spool, _) = Spool::open(Arc::new(disk.clone()), &dir(), config(), t(0)).unwrap();
     for seq in 0..5 {
         append(&mut spool, "a", seq);
@@ -861,13 +870,13 @@ fn a_failed_sync_declares_what_was_not_durable_and_never_trusts_the_page_cache()
     for seq in 5..10 {
         append(&mut spool, "a", seq);
     }
-    disk.set_syncs_broken(true);
+    disk.fail_syncs(0, u32::MAX);
     assert!(matches!(spool.sync(t(2)), Err(SpoolError::Disk(_))));
     assert!(spool.is_fenced());
     assert_eq!(spool.sync(t(2)), Err(SpoolError::Fenced));
     let point = spool.durable_point();
     drop(spool);
-    disk.set_syncs_broken(false);
+    disk.disarm_sync_failures();
     let (mut spool, report) =
         Spool::reopen(Arc::new(disk.clone()), &dir(), config(), t(3), point).unwrap();
     assert_eq!(report.power_loss.len(), 1, "{report:?}");
@@ -884,11 +893,10 @@ fn a_full_disk_leaves_no_partial_segment_and_the_spool_resumes_when_space_return
     // Checks that a segment whose preallocation a full disk refuses is removed at once, that a
     // reopen fails while the disk stays full, and that once space returns the reopened spool
     // delivers every reading accepted and declares (Storage) every seq it could not keep.
-    let memory = MemDisk::default();
-    let disk = super::faulty::FaultyDisk::new(Arc::new(memory.mount()));
+    let disk = CrashDisk::new();
     let (mut spool, _) = Spool::open(Arc::new(disk.clone()), &dir(), config(), t(0)).unwrap();
     disk.set_full(true);
-    let n_files = memory.n_files();
+    let n_files = disk.n_files();
     let mut accepted = 0;
     let error = loop {
         match spool.append(t(0), sensor("a"), UnixMillis(0), value(accepted)) {
@@ -905,7 +913,7 @@ fn a_full_disk_leaves_no_partial_segment_and_the_spool_resumes_when_space_return
         matches!(&error, SpoolError::Disk(e) if e.is_no_space()),
         "{error:?}"
     );
-    assert_eq!(memory.n_files(), n_files, "no partial segment left");
+    assert_eq!(disk.n_files(), n_files, "no partial segment left");
     let point = spool.durable_point();
     drop(spool);
     let still_full = Spool::reopen(Arc::new(disk.clone()), &dir(), config(), t(1), point);
@@ -913,7 +921,7 @@ fn a_full_disk_leaves_no_partial_segment_and_the_spool_resumes_when_space_return
         still_full.is_err(),
         "reopened on a full disk: {still_full:?}"
     );
-    assert_eq!(memory.n_files(), n_files, "no partial segment left");
+    assert_eq!(disk.n_files(), n_files, "no partial segment left");
     disk.set_full(false);
     let (mut spool, _) =
         Spool::reopen(Arc::new(disk.clone()), &dir(), config(), t(2), point).unwrap();
@@ -992,7 +1000,7 @@ fn damage_anywhere_keeps_what_checks_and_declares_the_rest() {
     // one reservation block.
     let n = 150u64;
     let build = || {
-        let disk = MemDisk::default();
+        let disk = CrashDisk::new();
         let (mut spool, _) = open(&disk, config(), 0);
         for seq in 0..n {
             append(&mut spool, "a", seq);
@@ -1033,18 +1041,17 @@ fn damage_anywhere_keeps_what_checks_and_declares_the_rest() {
         ];
         for (region, harm, reported) in cases {
             let disk = build();
-            let mut damaged = disk.bytes(path).unwrap();
             match harm {
-                Harm::Flip(at) => damaged[at] ^= 0x20,
-                Harm::Zero(at, len) => damaged[at..at + len].fill(0),
-                Harm::Truncate(len) => damaged.truncate(len),
+                Harm::Flip(at) => disk.flip_bit(path, at as u64, 5),
+                Harm::Zero(at, len) => disk.zero_range(path, at as u64, len as u64),
+                Harm::Truncate(len) => disk.truncate_file(path, len as u64),
             }
-            disk.set_bytes(path, damaged);
+            .unwrap();
             let what = format!("{which} segment, {region}");
-            let before = disk.snapshot();
+            let before = disk.files();
             let check = Spool::check(&disk.mount(), &dir(), config(), t(2))
                 .unwrap_or_else(|e| panic!("{what}: check failed: {e}"));
-            assert_eq!(disk.snapshot(), before, "{what}: check wrote");
+            assert_eq!(disk.files(), before, "{what}: check wrote");
             let (mut spool, report) = Spool::open(Arc::new(disk.mount()), &dir(), config(), t(2))
                 .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
             assert_eq!(check.damage, report.damage, "{what}");

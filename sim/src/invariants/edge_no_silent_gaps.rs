@@ -345,7 +345,7 @@ fn check_coverage(
 mod tests {
     use super::*;
     use crate::edge_ledger::{Boot, EdgeRecord};
-    use crate::env::SimDisk;
+    use crate::env::sim_disk;
     use crate::invariants::PartitionLog;
     use sluice_proto::env::Disk;
     use sluice_proto::{Event, Identity, Offset, Reading, Role};
@@ -366,7 +366,7 @@ mod tests {
     }
 
     fn ledger(policy: FullPolicy, boots: &[(u64, BootEnd, u64)], n_files: usize) -> EdgeLedger {
-        let disk = SimDisk::new();
+        let disk = sim_disk();
         let dir = PathBuf::from("/spool/sensors");
         disk.track_dir(&dir);
         disk.create_dir_all(&dir).unwrap();

@@ -17,7 +17,7 @@
 
 use crate::edge_ledger::{Boot, BootEnd, EdgeRecord};
 use crate::edge_link::EdgeLink;
-use crate::env::SimDisk;
+use crate::env::{sim_disk, CrashDisk};
 use crate::invariants::Violation;
 use crate::scenario::{EdgeFault, EdgePlan, Jump, OWNER_EDGE_BASE, SALT_EDGE_CRASH};
 use crate::world::{Phase, World};
@@ -58,7 +58,7 @@ pub struct EdgeRunner {
     plan: EdgePlan,
     config: EdgeConfig,
     link: Arc<EdgeLink>,
-    disk: SimDisk,
+    disk: CrashDisk,
     agent: Option<Agent>,
     /// Cleared when the current boot ends (its transport's answers are then told to no one).
     alive: Arc<AtomicBool>,
@@ -183,7 +183,7 @@ impl EdgeRunner {
     /// The runner of `plan`, entered in the ledger (no agent runs yet).
     pub fn new(world: Arc<World>, plan: EdgePlan, link: Arc<EdgeLink>) -> Self {
         let config = plan.config();
-        let disk = SimDisk::new();
+        let disk = sim_disk();
         let spool_dirs: BTreeMap<StreamName, _> = config
             .streams()
             .into_iter()
@@ -442,10 +442,10 @@ impl EdgeRunner {
         );
         let fired = match mid_io_ops {
             Some(n_ops) => {
-                self.disk.arm_crash(n_ops, rng.clone());
+                self.disk.arm_power_cut(n_ops, rng.clone());
                 tokio::select! {
                     biased;
-                    report = self.disk.wait_crash() => Some(report),
+                    report = self.disk.wait_power_cut() => Some(report),
                     () = tokio::time::sleep(ARMED_CUT_WAIT) => None,
                 }
             }
@@ -455,8 +455,8 @@ impl EdgeRunner {
         let report = match fired {
             Some(report) => report,
             None => {
-                self.disk.disarm();
-                self.disk.crash(&mut rng)
+                self.disk.disarm_power_cut();
+                self.disk.power_cut(&mut rng)
             }
         };
         // The power is off: nothing the agent does from here on reaches the disk or a source.
