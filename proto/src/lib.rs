@@ -5,6 +5,7 @@
 //! Without features this crate does no IO and has no async runtime. `net` adds the QUIC + mutual
 //! TLS connection layer that nodes, edges and the CLI share; `os` adds the real environment (OS
 //! clock, files, blocking pool) that nodes and edge agents run on outside the simulator.
+//! `testing` adds `testing`: test support the other crates' tests share (never production code).
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -20,6 +21,8 @@ pub mod msg;
 pub mod net;
 #[cfg(feature = "os")]
 pub mod os;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use codec::{DecodeError, EncodeError};
 pub use event::{
