@@ -447,6 +447,7 @@ impl EdgeConfig {
 mod tests {
     use super::*;
     use crate::spool::FullPolicy;
+    use sluice_proto::testing::{toml_string, BAD_STREAM_NAMES};
 
     fn example_path() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.example.toml")
@@ -591,26 +592,17 @@ line_bytes_max = 1000000
     #[test]
     fn stream_names_that_are_not_one_directory_are_refused() {
         // Checks that every stream name which is not one safe path component (the agent spools
-        // a stream in data_dir/spool/<stream>) is refused naming the problem, in every kind of
-        // source that names a stream, with the same check the node and the wire use.
+        // a stream in data_dir/spool/<stream>; proto's BAD_STREAM_NAMES, the list the node and
+        // the wire are tested with, and an overlong one) is refused naming the problem, in every
+        // kind of source that names a stream.
         let base = "[edge]\ndata_dir = \"/x\"\n[uplink]\ncluster = \"c\"\nnodes = [\"a:1\"]\n\
                     ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
-        let bad = [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "/",
-            "a/b",
-            "../etc",
-            "nul\\u0000",
-            "sp ace",
-        ];
         let long = "x".repeat(129);
-        for name in bad.iter().copied().chain([long.as_str()]) {
+        for name in BAD_STREAM_NAMES.iter().copied().chain([long.as_str()]) {
+            let quoted = toml_string(name);
             for source in [
-                format!("type = \"sim\"\nname = \"s\"\nstream = \"{name}\"\n"),
-                format!("type = \"jsonl\"\nname = \"j\"\npath = \"/l\"\nstream = \"{name}\"\n"),
+                format!("type = \"sim\"\nname = \"s\"\nstream = {quoted}\n"),
+                format!("type = \"jsonl\"\nname = \"j\"\npath = \"/l\"\nstream = {quoted}\n"),
             ] {
                 let text = format!("{base}[[sources]]\n{source}");
                 match from_toml(&text) {

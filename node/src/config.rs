@@ -655,6 +655,7 @@ fn toml_string(config: &NodeConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_proto::testing::{toml_string, BAD_STREAM_NAMES};
 
     #[test]
     fn example_config_loads() {
@@ -768,24 +769,15 @@ mod tests {
     #[test]
     fn stream_names_that_are_not_one_directory_are_refused() {
         // Checks that every stream name which is not one safe path component (the node keeps a
-        // stream in data_dir/<stream>) is refused, each one listed.
-        let bad = [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "/",
-            "a/b",
-            "../etc",
-            "nul\\u0000",
-            "sp ace",
-        ];
+        // stream in data_dir/<stream>; proto's BAD_STREAM_NAMES, the list the edge and the wire
+        // are tested with) is refused, each one listed.
         let mut text = minimal("");
-        for name in bad {
-            text.push_str(&format!("[[streams]]\nname = \"{name}\"\npartitions = 1\n"));
+        for name in BAD_STREAM_NAMES {
+            let quoted = toml_string(name);
+            text.push_str(&format!("[[streams]]\nname = {quoted}\npartitions = 1\n"));
         }
         let found = problems(&text);
-        assert_eq!(found.len(), bad.len(), "{found:#?}");
+        assert_eq!(found.len(), BAD_STREAM_NAMES.len(), "{found:#?}");
         for (idx, problem) in found.iter().enumerate() {
             assert!(
                 problem.starts_with(&format!("streams[{idx}].name")),

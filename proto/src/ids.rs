@@ -354,6 +354,7 @@ impl fmt::Display for Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::BAD_STREAM_NAMES;
 
     #[test]
     fn offsets_do_not_wrap() {
@@ -383,22 +384,6 @@ mod tests {
             assert!(Identity::parse_uri(bad).is_err(), "{bad:?} accepted");
         }
     }
-
-    /// Stream names that are not one safe path component, with why.
-    pub(crate) const BAD_STREAM_NAMES: &[&str] = &[
-        "",
-        ".",
-        "..",
-        ".hidden",
-        "/",
-        "a/b",
-        "../etc",
-        "a\0b",
-        "nul\u{0}",
-        "sp ace",
-        "new\nline",
-        "é",
-    ];
 
     #[test]
     fn names_are_validated() {

@@ -6,8 +6,8 @@
 //! Without features this crate does no IO and has no async runtime. `net` adds the QUIC + mutual
 //! TLS connection layer that nodes, edges and the CLI share; `os` adds the real environment (OS
 //! clock, files, blocking pool) that nodes and edge agents run on outside the simulator; `testing`
-//! adds the doubles tests and the simulator run on (`testing::CrashDisk`; always there for this
-//! crate's own unit tests).
+//! adds the doubles tests and the simulator run on (`testing::CrashDisk`) and the test cases
+//! every crate's tests share (always there for this crate's own unit tests).
 #![warn(missing_docs)]
 
 pub mod backoff;

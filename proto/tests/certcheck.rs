@@ -3,69 +3,18 @@
 //! certificate, or missing).
 #![cfg(feature = "net")]
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+mod support;
+
 use sluice_proto::certcheck::{
     check_key_permissions, load_checked, CertProblem, CertProblems, ExpectedIdentity, TlsFiles,
 };
 use sluice_proto::{Identity, Role, UnixMillis};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use support::{ca, leaf_pem, Validity};
 
 /// 2026-01-01T00:00:00Z: inside the validity of `Validity::Now` certificates.
 const NOW: UnixMillis = UnixMillis(1_767_225_600_000);
-
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
-fn ca() -> Ca {
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "test ca");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let pem = params.self_signed(&key).unwrap().pem();
-    Ca { params, key, pem }
-}
-
-#[derive(Clone, Copy)]
-enum Validity {
-    Now,
-    Expired,
-    NotYetValid,
-}
-
-/// A leaf of `identity` issued by `issuer`: (certificate PEM, key PEM).
-fn leaf(issuer: &Ca, identity: &Identity, validity: Validity) -> (String, String) {
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::URI(identity.uri().try_into().unwrap()));
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let (from, until) = match validity {
-        Validity::Now => ((2020, 1, 1), (2200, 1, 1)),
-        Validity::Expired => ((2001, 1, 1), (2002, 1, 1)),
-        Validity::NotYetValid => ((2300, 1, 1), (2301, 1, 1)),
-    };
-    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
-    let key = KeyPair::generate().unwrap();
-    let cert = params
-        .signed_by(&key, &Issuer::from_params(&issuer.params, &issuer.key))
-        .unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 struct Files {
     _dir: tempfile::TempDir,
@@ -130,13 +79,13 @@ fn good_files_load() {
     let ca = ca();
     let edge = files(
         &ca.pem,
-        &leaf(&ca, &identity(Role::Edge, "pi"), Validity::Now),
+        &leaf_pem(&ca, &identity(Role::Edge, "pi"), Validity::Now),
     );
     let material = load_checked(edge.tls(), &edge_of("prod"), NOW).unwrap();
     assert_eq!(material.identity().unwrap(), identity(Role::Edge, "pi"));
     let node = files(
         &ca.pem,
-        &leaf(&ca, &identity(Role::Node, "3"), Validity::Now),
+        &leaf_pem(&ca, &identity(Role::Node, "3"), Validity::Now),
     );
     let expected = ExpectedIdentity {
         cluster: "prod".to_owned(),
@@ -184,7 +133,7 @@ fn a_key_readable_by_others_is_too_open() {
     let ca = ca();
     let good = files(
         &ca.pem,
-        &leaf(&ca, &identity(Role::Edge, "pi"), Validity::Now),
+        &leaf_pem(&ca, &identity(Role::Edge, "pi"), Validity::Now),
     );
     for mode in [0o640, 0o644, 0o604] {
         std::fs::set_permissions(&good.key, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -205,8 +154,8 @@ fn a_key_readable_by_others_is_too_open() {
 fn a_key_of_another_certificate_is_refused() {
     // Checks that a key that is not the certificate's is named together with the certificate.
     let ca = ca();
-    let mine = leaf(&ca, &identity(Role::Edge, "pi"), Validity::Now);
-    let other = leaf(&ca, &identity(Role::Edge, "pi"), Validity::Now);
+    let mine = leaf_pem(&ca, &identity(Role::Edge, "pi"), Validity::Now);
+    let other = leaf_pem(&ca, &identity(Role::Edge, "pi"), Validity::Now);
     let swapped = files(&ca.pem, &(mine.0, other.1));
     let found = problems(&swapped, &edge_of("prod"));
     assert_eq!(
@@ -226,7 +175,7 @@ fn a_certificate_of_another_ca_or_outside_its_validity_is_refused() {
     let foreign = self::ca();
     let lost = files(
         &ca.pem,
-        &leaf(&foreign, &identity(Role::Edge, "pi"), Validity::Now),
+        &leaf_pem(&foreign, &identity(Role::Edge, "pi"), Validity::Now),
     );
     let found = problems(&lost, &edge_of("prod"));
     assert!(
@@ -241,7 +190,7 @@ fn a_certificate_of_another_ca_or_outside_its_validity_is_refused() {
     );
     let old = files(
         &ca.pem,
-        &leaf(&ca, &identity(Role::Edge, "pi"), Validity::Expired),
+        &leaf_pem(&ca, &identity(Role::Edge, "pi"), Validity::Expired),
     );
     assert!(matches!(
         &problems(&old, &edge_of("prod"))[..],
@@ -249,7 +198,7 @@ fn a_certificate_of_another_ca_or_outside_its_validity_is_refused() {
     ));
     let early = files(
         &ca.pem,
-        &leaf(&ca, &identity(Role::Edge, "pi"), Validity::NotYetValid),
+        &leaf_pem(&ca, &identity(Role::Edge, "pi"), Validity::NotYetValid),
     );
     assert!(matches!(
         &problems(&early, &edge_of("prod"))[..],
@@ -265,7 +214,7 @@ fn a_certificate_of_another_identity_is_refused_with_every_other_problem() {
     let ca = ca();
     let admin = files(
         &ca.pem,
-        &leaf(&ca, &identity(Role::Admin, "ops"), Validity::Now),
+        &leaf_pem(&ca, &identity(Role::Admin, "ops"), Validity::Now),
     );
     let found = problems(&admin, &edge_of("prod"));
     let text = found[0].to_string();
@@ -279,7 +228,7 @@ fn a_certificate_of_another_identity_is_refused_with_every_other_problem() {
     ));
     let node = files(
         &ca.pem,
-        &leaf(&ca, &identity(Role::Node, "3"), Validity::Now),
+        &leaf_pem(&ca, &identity(Role::Node, "3"), Validity::Now),
     );
     let node_4 = ExpectedIdentity {
         cluster: "prod".to_owned(),

@@ -3,10 +3,8 @@
 //! valid, from a foreign CA, of the wrong role). Every wait has a deadline, so a hang fails fast.
 #![cfg(feature = "net")]
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+mod support;
+
 use sluice_proto::frame::{FrameHeader, Kind, HEADER_LEN, MAGIC};
 use sluice_proto::msg::{
     ErrorCode, ErrorResponse, FetchFrom, FetchRequest, FetchResponse, Message, MetadataRequest,
@@ -15,6 +13,8 @@ use sluice_proto::msg::{
 use sluice_proto::net::{
     self, Client, ClientSettings, Handler, NetError, ServerGauges, ServerLimits, TlsMaterial,
 };
+#[cfg(feature = "testing")]
+use sluice_proto::testing;
 use sluice_proto::{
     BootEpoch, Event, Identity, Offset, PartitionId, Payload, Role, SensorId, StoredEvent,
     StreamName, UnixMillis,
@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::{ca, ca_named, leaf_pem, Ca, Validity};
 use tokio::sync::watch;
 
 const CLUSTER: &str = "test";
@@ -33,40 +34,6 @@ async fn within<F: Future>(future: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), future)
         .await
         .expect("deadline passed")
-}
-
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
-/// A CA named `name`; two CAs of one name differ only by key, like two clusters both
-/// initialised with the same cluster name.
-fn ca_named(name: &str) -> Ca {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let pem = params.self_signed(&key).unwrap().pem();
-    Ca { params, key, pem }
-}
-
-fn ca() -> Ca {
-    ca_named("test ca")
-}
-
-/// Validity windows of test certificates.
-#[derive(Clone, Copy)]
-enum Validity {
-    Now,
-    Expired,
-    NotYetValid,
 }
 
 /// A leaf with identity `sluice://<cluster>/<role>/<name>`, loopback SANs and both EKUs, as
@@ -79,35 +46,9 @@ fn leaf(
     name: &str,
     validity: Validity,
 ) -> TlsMaterial {
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let uri = Identity::new(cluster, role, name).unwrap().uri();
-    params
-        .subject_alt_names
-        .push(SanType::URI(uri.try_into().unwrap()));
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let (from, until) = match validity {
-        Validity::Now => ((2020, 1, 1), (2200, 1, 1)),
-        Validity::Expired => ((2001, 1, 1), (2002, 1, 1)),
-        Validity::NotYetValid => ((2300, 1, 1), (2301, 1, 1)),
-    };
-    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
-    let key = KeyPair::generate().unwrap();
-    let cert = params
-        .signed_by(&key, &Issuer::from_params(&issuer.params, &issuer.key))
-        .unwrap();
-    TlsMaterial::from_pem(
-        trusted.pem.as_bytes(),
-        cert.pem().as_bytes(),
-        key.serialize_pem().as_bytes(),
-    )
-    .unwrap()
+    let identity = Identity::new(cluster, role, name).unwrap();
+    let (cert, key) = leaf_pem(issuer, &identity, validity);
+    TlsMaterial::from_pem(trusted.pem.as_bytes(), cert.as_bytes(), key.as_bytes()).unwrap()
 }
 
 fn valid(ca: &Ca, role: Role, name: &str) -> TlsMaterial {
@@ -629,39 +570,9 @@ async fn bad_frames_end_only_their_stream() {
         .unwrap();
 }
 
-/// Sends `n` QUIC Initial packets from one UDP socket, each starting a new handshake (a new
-/// connection id) that the sender never continues. Returns the socket, which must stay open so
-/// the server's answers are not bounced.
-async fn initials_that_never_finish(
-    ca: &Ca,
-    server: SocketAddr,
-    n: usize,
-) -> tokio::net::UdpSocket {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let config = net::client_config(&valid(ca, Role::Edge, "flood"), CLUSTER).unwrap();
-    let mut endpoint = quinn_proto::Endpoint::new(
-        Arc::new(quinn_proto::EndpointConfig::default()),
-        None,
-        false,
-        None,
-    );
-    // quinn-proto is driven by hand here and needs an instant; nothing depends on its value.
-    #[allow(clippy::disallowed_methods)]
-    let now = std::time::Instant::now();
-    for _ in 0..n {
-        let (_, mut connection) = endpoint
-            .connect(now, config.clone(), server, "localhost")
-            .unwrap();
-        let mut datagram = Vec::new();
-        let transmit = connection.poll_transmit(now, 1, &mut datagram).unwrap();
-        socket
-            .send_to(&datagram[..transmit.size], server)
-            .await
-            .unwrap();
-    }
-    socket
-}
-
+// The flood comes from `sluice_proto::testing`, which the node-level test in
+// tests/tests/t30_hostile_clients.rs shares; the feature is on in every workspace test run.
+#[cfg(feature = "testing")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_that_never_finish_do_not_lock_clients_out() {
     // Checks that 1,100 Initial packets starting handshakes that never finish hold at most
@@ -689,7 +600,15 @@ async fn handshakes_that_never_finish_do_not_lock_clients_out() {
         .await
         .unwrap();
 
-    let _flood = initials_that_never_finish(&ca, server.addr, 1_100).await;
+    let flooder = valid(&ca, Role::Edge, "flood");
+    let _flood = within(testing::initials_that_never_finish(
+        &flooder,
+        CLUSTER,
+        server.addr,
+        1_100,
+    ))
+    .await
+    .unwrap();
     let full = within(
         server
             .gauges

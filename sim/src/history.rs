@@ -143,29 +143,19 @@ impl History {
             self.n_duplicate_acks += 1;
         }
         match sent.status {
-            Status::Unacked => {
-                self.n_unresolved -= 1;
-                sent.status = Status::Acked {
-                    partition,
-                    offset,
-                    ack_seq: self.n_acks,
-                    at,
-                    duplicate,
-                };
-                self.n_acks += 1;
-            }
-            Status::StoredOffsetUnknown | Status::StoredImplied => {
-                sent.status = Status::Acked {
-                    partition,
-                    offset,
-                    ack_seq: self.n_acks,
-                    at,
-                    duplicate,
-                };
-                self.n_acks += 1;
-            }
-            Status::Acked { .. } => {}
+            Status::Acked { .. } => return Ok(()),
+            // Stored ones were already counted as resolved.
+            Status::StoredOffsetUnknown | Status::StoredImplied => {}
+            Status::Unacked => self.n_unresolved -= 1,
         }
+        sent.status = Status::Acked {
+            partition,
+            offset,
+            ack_seq: self.n_acks,
+            at,
+            duplicate,
+        };
+        self.n_acks += 1;
         Ok(())
     }
 

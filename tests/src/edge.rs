@@ -6,7 +6,7 @@
 //!
 //! Every wait has a deadline; a child process is killed by PID when its guard drops.
 
-use crate::{clean_command, edge_bin, within, TestNode, CLUSTER, STEP};
+use crate::{clean_command, edge_bin, within, TestNode, CLUSTER, EVENTS, STEP};
 use anyhow::{anyhow, bail, Context, Result};
 use sluice_edge::agent::Agent;
 use sluice_edge::config::{self, EdgeConfig};
@@ -39,6 +39,67 @@ pub struct TestEdge {
     n_starts: u64,
 }
 
+/// A `[spool]` table that syncs every 20 ms, so tests waiting for deliveries do not wait for the
+/// default interval.
+pub const FAST_SYNC: &str = "[spool]\nsync_interval_ms = 20\n";
+
+/// A `[[sources]]` table of a simulated source on stream `events`, for a [`TestEdge`] body:
+/// `devices` devices each read every `interval_ms`, forever unless [`SimSource::readings_max`]
+/// says otherwise. It renders with `Display`.
+#[derive(Clone, Debug)]
+pub struct SimSource {
+    name: String,
+    devices: u32,
+    interval_ms: u64,
+    lines: Vec<String>,
+}
+
+/// A simulated source `name`; see [`SimSource`].
+pub fn sim_source(name: &str, devices: u32, interval_ms: u64) -> SimSource {
+    SimSource {
+        name: name.to_owned(),
+        devices,
+        interval_ms,
+        lines: Vec::new(),
+    }
+}
+
+impl SimSource {
+    /// Stops each device after `n` readings.
+    pub fn readings_max(self, n: u64) -> Self {
+        self.with(&format!("readings_max = {n}"))
+    }
+
+    /// Every reading is taken (no dropouts), so counts are exact.
+    pub fn no_dropouts(self) -> Self {
+        self.with("dropout_probability = 0.0")
+    }
+
+    /// Temperatures only: one sensor per device.
+    pub fn temperature_only(self) -> Self {
+        self.with("quantities = [\"temperature\"]")
+    }
+
+    /// Any other key of the source, as a TOML line.
+    pub fn with(mut self, line: &str) -> Self {
+        self.lines.push(line.to_owned());
+        self
+    }
+}
+
+impl std::fmt::Display for SimSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "\n[[sources]]\ntype = \"sim\"")?;
+        writeln!(f, "name = {}", serde_json::json!(self.name))?;
+        writeln!(f, "stream = \"{EVENTS}\"\ndevices = {}", self.devices)?;
+        writeln!(f, "interval_ms = {}", self.interval_ms)?;
+        for line in &self.lines {
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Quotes a path for TOML.
 pub fn toml_path(path: &Path) -> String {
     serde_json::to_string(&path.display().to_string()).unwrap_or_else(|_| "\"\"".into())
@@ -61,13 +122,7 @@ impl TestEdge {
         cert_stem: &str,
         body: &str,
     ) -> Result<TestEdge> {
-        let certs = node.certs_dir();
-        let material = [
-            certs.join("ca.pem"),
-            certs.join(format!("{cert_stem}.pem")),
-            certs.join(format!("{cert_stem}.key")),
-        ];
-        Self::create_from(node, name, &material, body)
+        Self::create_from(node, name, &node.certs().files(cert_stem), body)
     }
 
     /// Like [`TestEdge::create`] with the uplink's node addresses given.
@@ -78,13 +133,7 @@ impl TestEdge {
         body: &str,
     ) -> Result<TestEdge> {
         let stem = node.edge(name)?;
-        let certs = node.certs_dir();
-        let material = [
-            certs.join("ca.pem"),
-            certs.join(format!("{stem}.pem")),
-            certs.join(format!("{stem}.key")),
-        ];
-        Self::build(node, name, &material, Some(nodes), body)
+        Self::build(node, name, &node.certs().files(&stem), Some(nodes), body)
     }
 
     /// Like [`TestEdge::create`] with the uplink's `[ca_cert, cert, key]` files given.

@@ -126,34 +126,103 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes a leaf certificate for `role`/`name` issued by `ca` into `dir`; returns its file stem.
-pub fn write_leaf(
-    dir: &Path,
-    ca: &CaBundle,
-    role: Role,
-    name: &str,
-    validity: Validity,
-) -> Result<String> {
-    let sans = if role == Role::Node {
-        Sans::loopback()
-    } else {
-        Sans::default()
-    };
-    let (not_before, not_after) = validity.window();
-    let issued = certs::issue(ca, role, name, &sans, not_before, not_after)?;
-    let stem = stem(role, name);
-    write_file(&dir.join(format!("{stem}.key")), &issued.key_pem, 0o600)?;
-    write_file(&dir.join(format!("{stem}.pem")), &issued.cert_pem, 0o644)?;
-    Ok(stem)
+/// A cluster CA and the certificates it issued, as files in one directory laid out the way
+/// `sluice certs` writes them: `ca.pem`, `ca.key` (0600), and `<stem>.pem` with `<stem>.key`
+/// (0600) per certificate, the stem being `<role>-<name>`. Every test that needs certificate
+/// files, the node's own or another cluster's, makes them here.
+pub struct CertDir {
+    path: PathBuf,
+    ca: CaBundle,
+    _temp: Option<tempfile::TempDir>,
 }
 
-/// Loads the material of certificate `stem` in `dir`, trusting `dir/ca.pem`.
-pub fn load_material(dir: &Path, stem: &str) -> Result<TlsMaterial> {
-    Ok(TlsMaterial::load(
-        &dir.join(certs::CA_CERT_FILE),
-        &dir.join(format!("{stem}.pem")),
-        &dir.join(format!("{stem}.key")),
-    )?)
+impl CertDir {
+    /// A new CA of `cluster`, valid now, written into `dir` (created when missing).
+    pub fn create_in(dir: &Path, cluster: &str) -> Result<CertDir> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (from, until) = Validity::Now.window();
+        let ca = certs::generate_ca_valid(cluster, from, until)?;
+        write_file(&dir.join(certs::CA_KEY_FILE), &ca.key_pem(), 0o600)?;
+        write_file(&dir.join(certs::CA_CERT_FILE), ca.cert_pem(), 0o644)?;
+        Ok(CertDir {
+            path: dir.to_path_buf(),
+            ca,
+            _temp: None,
+        })
+    }
+
+    /// A new CA of `cluster` in a temp dir removed when this drops: another cluster's CA, or a
+    /// look-alike of a test node's when `cluster` is [`CLUSTER`].
+    pub fn temp(cluster: &str) -> Result<CertDir> {
+        let temp = tempfile::Builder::new()
+            .prefix("sluice-certs-")
+            .tempdir()
+            .context("creating a temp dir for certificates")?;
+        let mut dir = Self::create_in(temp.path(), cluster)?;
+        dir._temp = Some(temp);
+        Ok(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The CA.
+    pub fn ca(&self) -> &CaBundle {
+        &self.ca
+    }
+
+    /// The CA certificate file.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.path.join(certs::CA_CERT_FILE)
+    }
+
+    /// The certificate file of `stem`.
+    pub fn cert(&self, stem: &str) -> PathBuf {
+        self.path.join(format!("{stem}.pem"))
+    }
+
+    /// The key file of `stem`.
+    pub fn key(&self, stem: &str) -> PathBuf {
+        self.path.join(format!("{stem}.key"))
+    }
+
+    /// `[ca_cert, cert, key]` of `stem`, as an agent's uplink names them.
+    pub fn files(&self, stem: &str) -> [PathBuf; 3] {
+        [self.ca_cert(), self.cert(stem), self.key(stem)]
+    }
+
+    /// Issues a certificate for `role`/`name` (loopback SANs for a node), overwriting an earlier
+    /// one; returns its stem.
+    pub fn issue(&self, role: Role, name: &str, validity: Validity) -> Result<String> {
+        let sans = if role == Role::Node {
+            Sans::loopback()
+        } else {
+            Sans::default()
+        };
+        let (not_before, not_after) = validity.window();
+        let issued = certs::issue(&self.ca, role, name, &sans, not_before, not_after)?;
+        let stem = stem(role, name);
+        write_file(&self.key(&stem), &issued.key_pem, 0o600)?;
+        write_file(&self.cert(&stem), &issued.cert_pem, 0o644)?;
+        Ok(stem)
+    }
+
+    /// The TLS material of certificate `stem`, trusting this CA.
+    pub fn material(&self, stem: &str) -> Result<TlsMaterial> {
+        self.material_trusting(stem, self)
+    }
+
+    /// The TLS material of certificate `stem`, trusting the CA of `trusted`: a client of
+    /// another cluster that knows where it connects.
+    pub fn material_trusting(&self, stem: &str, trusted: &CertDir) -> Result<TlsMaterial> {
+        Ok(TlsMaterial::load(
+            &trusted.ca_cert(),
+            &self.cert(stem),
+            &self.key(stem),
+        )?)
+    }
 }
 
 /// Where a [`TestNode`] runs.
@@ -217,21 +286,10 @@ impl TestNodeBuilder {
             None => tempfile::Builder::new().prefix("sluice-test-").tempdir(),
         }
         .context("creating the node's temp dir")?;
-        let certs_dir = dir.path().join("certs");
-        std::fs::create_dir_all(&certs_dir)?;
-        let (from, until) = Validity::Now.window();
-        let ca = certs::generate_ca_valid(CLUSTER, from, until)?;
-        write_file(&certs_dir.join(certs::CA_KEY_FILE), &ca.key_pem(), 0o600)?;
-        write_file(&certs_dir.join(certs::CA_CERT_FILE), ca.cert_pem(), 0o644)?;
-        write_leaf(
-            &certs_dir,
-            &ca,
-            Role::Node,
-            &NODE_ID.to_string(),
-            Validity::Now,
-        )?;
-        write_leaf(&certs_dir, &ca, Role::Admin, "ops", Validity::Now)?;
-        let mut config = default_config(dir.path())?;
+        let certs = CertDir::create_in(&dir.path().join("certs"), CLUSTER)?;
+        certs.issue(Role::Node, &NODE_ID.to_string(), Validity::Now)?;
+        certs.issue(Role::Admin, "ops", Validity::Now)?;
+        let mut config = default_config(dir.path(), &certs)?;
         if self.mode == Mode::Child {
             config.transport.listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
         }
@@ -242,7 +300,7 @@ impl TestNodeBuilder {
         write_file(&config_path, &to_toml(&config)?, 0o644)?;
         Ok(TestNode {
             dir,
-            ca,
+            certs,
             config,
             config_path,
             mode: self.mode,
@@ -264,7 +322,7 @@ enum Running {
 /// when the fixture drops.
 pub struct TestNode {
     dir: tempfile::TempDir,
-    ca: CaBundle,
+    certs: CertDir,
     config: NodeConfig,
     config_path: PathBuf,
     mode: Mode,
@@ -297,7 +355,12 @@ impl TestNode {
 
     /// Where the CA and the certificates are.
     pub fn certs_dir(&self) -> PathBuf {
-        self.dir.path().join("certs")
+        self.certs.path().to_path_buf()
+    }
+
+    /// The CA and the certificates it issued.
+    pub fn certs(&self) -> &CertDir {
+        &self.certs
     }
 
     /// The node's config as started.
@@ -318,7 +381,7 @@ impl TestNode {
 
     /// The cluster CA.
     pub fn ca(&self) -> &CaBundle {
-        &self.ca
+        self.certs.ca()
     }
 
     /// The address the node listens on (it changes on restart for in-process nodes).
@@ -360,13 +423,13 @@ impl TestNode {
 
     /// Issues a certificate for `role`/`name` (overwriting an earlier one); returns its stem.
     pub fn issue(&self, role: Role, name: &str, validity: Validity) -> Result<String> {
-        write_leaf(&self.certs_dir(), &self.ca, role, name, validity)
+        self.certs.issue(role, name, validity)
     }
 
     /// Issues a valid edge certificate unless it exists; returns its stem.
     pub fn edge(&self, name: &str) -> Result<String> {
         let stem = stem(Role::Edge, name);
-        if self.certs_dir().join(format!("{stem}.pem")).exists() {
+        if self.certs.cert(&stem).exists() {
             return Ok(stem);
         }
         self.issue(Role::Edge, name, Validity::Now)
@@ -374,7 +437,7 @@ impl TestNode {
 
     /// The TLS material of certificate `stem`.
     pub fn material(&self, stem: &str) -> Result<TlsMaterial> {
-        load_material(&self.certs_dir(), stem)
+        self.certs.material(stem)
     }
 
     /// Client settings for `material` against this node, with test deadlines.
@@ -470,8 +533,8 @@ impl TestNode {
 
 /// The config every test node starts from: three streams, edges may produce to `events` and
 /// `single`, admins may do anything; 8 MiB segments; no periodic stats.
-fn default_config(dir: &Path) -> Result<NodeConfig> {
-    let certs = dir.join("certs");
+fn default_config(dir: &Path, certs: &CertDir) -> Result<NodeConfig> {
+    let node_stem = stem(Role::Node, &NODE_ID.to_string());
     let quote = |path: PathBuf| serde_json::to_string(&path.display().to_string());
     let text = format!(
         r#"
@@ -513,9 +576,9 @@ produce = ["*"]
 consume = ["*"]
 "#,
         data = quote(dir.join("data"))?,
-        ca = quote(certs.join(certs::CA_CERT_FILE))?,
-        cert = quote(certs.join(format!("node-{NODE_ID}.pem")))?,
-        key = quote(certs.join(format!("node-{NODE_ID}.key")))?,
+        ca = quote(certs.ca_cert())?,
+        cert = quote(certs.cert(&node_stem))?,
+        key = quote(certs.key(&node_stem))?,
     );
     Ok(config::from_toml(&text)?)
 }

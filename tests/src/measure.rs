@@ -1,16 +1,48 @@
 //! Measuring helpers shared by the benchmark binaries (`sluice-bench`, `sluice-edge-bench`): the
 //! raw `fdatasync` reference of a disk, a [`Disk`] that counts syncs and written bytes, latency
-//! percentiles, the CPU time of the process and of the machine, and the load average.
+//! percentiles, the CPU time of the process and of the machine, the load average, and their
+//! common `main` ([`bench_main`]).
 //!
 //! These read the OS clock through [`RealClock`] and `/proc`; nothing here asserts a target.
 
 use anyhow::{Context, Result};
 use sluice_proto::env::{Clock, Disk, DiskError, DiskFile};
 use sluice_proto::os::{FsDisk, RealClock};
+use std::future::Future;
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The `main` of a benchmark binary: the node's and agent's log to stderr (`SLUICE_LOG=info` for
+/// more; default warnings), `run` on a multi-thread runtime, and its error (printed) as a
+/// failing exit status.
+pub fn bench_main(run: impl Future<Output = Result<()>>) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Default)]

@@ -2,7 +2,7 @@
 //! arrive once each, in per-sensor order, stamped with the agent's certificate identity.
 
 use anyhow::Result;
-use sluice_tests::edge::{histories, TestEdge};
+use sluice_tests::edge::{histories, sim_source, TestEdge, FAST_SYNC};
 use sluice_tests::{fetch_stream, TestNode, EVENTS};
 use std::time::Duration;
 
@@ -12,23 +12,8 @@ async fn sim_readings_arrive_once_in_order() -> Result<()> {
     // spool and the uplink; the node holds each seq exactly once, in seq order per sensor, from
     // the agent's identity, and the agent's status accounts for every reading.
     let node = TestNode::in_process().await?;
-    let mut edge = TestEdge::create(
-        &node,
-        "pi-1",
-        r#"
-[spool]
-sync_interval_ms = 20
-
-[[sources]]
-type = "sim"
-name = "room"
-stream = "events"
-devices = 4
-interval_ms = 5
-readings_max = 50
-dropout_probability = 0.0
-"#,
-    )?;
+    let room = sim_source("room", 4, 5).readings_max(50).no_dropouts();
+    let mut edge = TestEdge::create(&node, "pi-1", &format!("{FAST_SYNC}{room}"))?;
     edge.start().await?;
     let status = edge
         .wait_for("400 readings delivered", Duration::from_secs(60), |s| {

@@ -4,10 +4,9 @@
 
 use anyhow::{Context, Result};
 use sluice_edge::metrics::Status;
-use sluice_node::certs;
 use sluice_proto::Role;
-use sluice_tests::edge::{run_edge_cli, toml_path, TestEdge};
-use sluice_tests::{write_leaf, TestNode, Validity, CLUSTER};
+use sluice_tests::edge::{run_edge_cli, sim_source, toml_path, TestEdge, FAST_SYNC};
+use sluice_tests::{CertDir, TestNode, Validity, CLUSTER};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -20,22 +19,8 @@ async fn status_and_spool_check_describe_a_running_then_stopped_agent() -> Resul
     // finds an empty spool with nothing torn and nothing declared lost; then that a bit flipped
     // in the middle of a segment makes `spool check` name the file and fail.
     let node = TestNode::in_process().await?;
-    let mut edge = TestEdge::create(
-        &node,
-        "pi-cli",
-        r#"
-[spool]
-sync_interval_ms = 20
-
-[[sources]]
-type = "sim"
-name = "room"
-stream = "events"
-devices = 2
-interval_ms = 5
-readings_max = 100
-"#,
-    )?;
+    let room = sim_source("room", 2, 5).readings_max(100);
+    let mut edge = TestEdge::create(&node, "pi-cli", &format!("{FAST_SYNC}{room}"))?;
     edge.spawn().await?;
     edge.wait_for("everything delivered", LIMIT, |s| {
         s.sources["room"].spooled + s.sources["room"].rejected.values().sum::<u64>() == 400
@@ -179,18 +164,7 @@ async fn one_agent_per_data_dir_and_no_spool_check_beside_it() -> Result<()> {
     // locked was deleted (the lock is on the directory itself), and so does `spool check` while
     // the agent runs; after a clean stop `spool check` works.
     let node = TestNode::in_process().await?;
-    let mut edge = TestEdge::create(
-        &node,
-        "pi-lock",
-        r#"
-[[sources]]
-type = "sim"
-name = "room"
-stream = "events"
-devices = 1
-interval_ms = 100
-"#,
-    )?;
+    let mut edge = TestEdge::create(&node, "pi-lock", &room())?;
     edge.spawn().await?;
     let config = edge.config_path().to_string_lossy().into_owned();
     let data_dir = edge.config().edge.data_dir.clone();
@@ -215,14 +189,10 @@ interval_ms = 100
     Ok(())
 }
 
-const ROOM: &str = r#"
-[[sources]]
-type = "sim"
-name = "room"
-stream = "events"
-devices = 1
-interval_ms = 100
-"#;
+/// One simulated device read every 100 ms, forever.
+fn room() -> String {
+    sim_source("room", 1, 100).to_string()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_check_checks_the_certificates_and_run_refuses_a_non_edge_identity() -> Result<()> {
@@ -232,8 +202,8 @@ async fn config_check_checks_the_certificates_and_run_refuses_a_non_edge_identit
     // the identity; and that `run` with an admin certificate exits non-zero instead of
     // delivering as the admin.
     let node = TestNode::builder().create()?;
-    let certs = node.certs_dir();
-    let good = TestEdge::create(&node, "pi-good", ROOM)?;
+    let certs = node.certs();
+    let good = TestEdge::create(&node, "pi-good", &room())?;
     let check = |edge: &TestEdge| {
         let config = edge.config_path().to_string_lossy().into_owned();
         async move { run_edge_cli(&["config", "check", "--config", &config], LIMIT).await }
@@ -255,58 +225,42 @@ async fn config_check_checks_the_certificates_and_run_refuses_a_non_edge_identit
             output.stderr
         );
     };
-    let ca = certs.join("ca.pem");
-    let missing = certs.join("edge-nobody.pem");
+    let ca = certs.ca_cert();
+    let missing = certs.cert("edge-nobody");
     let lost = TestEdge::create_from(
         &node,
         "pi-missing",
-        &[ca.clone(), missing.clone(), certs.join("edge-nobody.key")],
-        ROOM,
+        &[ca.clone(), missing.clone(), certs.key("edge-nobody")],
+        &room(),
     )?;
     refused(
         &check(&lost).await?,
         &format!("cannot read {}", missing.display()),
     );
 
-    let other = tempfile::tempdir()?;
-    let (from, until) = Validity::Now.window();
-    let other_ca = certs::generate_ca_valid(CLUSTER, from, until)?;
-    let stem = write_leaf(
-        other.path(),
-        &other_ca,
-        Role::Edge,
-        "pi-lost",
-        Validity::Now,
-    )?;
+    let other = CertDir::temp(CLUSTER)?;
+    let stem = other.issue(Role::Edge, "pi-lost", Validity::Now)?;
     let foreign = TestEdge::create_from(
         &node,
         "pi-lost",
-        &[
-            ca.clone(),
-            other.path().join(format!("{stem}.pem")),
-            other.path().join(format!("{stem}.key")),
-        ],
-        ROOM,
+        &[ca.clone(), other.cert(&stem), other.key(&stem)],
+        &room(),
     )?;
     refused(&check(&foreign).await?, "was not issued by the ca in");
 
     let old = node.issue(Role::Edge, "pi-old", Validity::Expired)?;
-    let expired = TestEdge::create_with(&node, "pi-old", &old, ROOM)?;
+    let expired = TestEdge::create_with(&node, "pi-old", &old, &room())?;
     refused(&check(&expired).await?, "has expired");
 
     let swapped = TestEdge::create_from(
         &node,
         "pi-good",
-        &[
-            ca.clone(),
-            certs.join("edge-pi-good.pem"),
-            other.path().join(format!("{stem}.key")),
-        ],
-        ROOM,
+        &[ca.clone(), certs.cert("edge-pi-good"), other.key(&stem)],
+        &room(),
     )?;
     refused(&check(&swapped).await?, "is not the private key of");
 
-    let open_key = certs.join("edge-pi-good.key");
+    let open_key = certs.key("edge-pi-good");
     std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644))?;
     refused(
         &check(&good).await?,
@@ -314,7 +268,7 @@ async fn config_check_checks_the_certificates_and_run_refuses_a_non_edge_identit
     );
     std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o600))?;
 
-    let admin = TestEdge::create_with(&node, "pi-admin", "admin-ops", ROOM)?;
+    let admin = TestEdge::create_with(&node, "pi-admin", "admin-ops", &room())?;
     let wrong_role = "is sluice://itest/admin/ops, but this must be sluice://itest/edge/<name>";
     refused(&check(&admin).await?, wrong_role);
     let config = admin.config_path().to_string_lossy().into_owned();

@@ -3,10 +3,9 @@
 //! clear, counted error, and the agent keeps running and keeps everything it accepted.
 
 use anyhow::Result;
-use sluice_node::certs;
 use sluice_proto::{Payload, Role};
-use sluice_tests::edge::{histories, toml_path, TestEdge};
-use sluice_tests::{fetch_stream, write_leaf, TestNode, Validity, CLUSTER, EVENTS};
+use sluice_tests::edge::{histories, sim_source, toml_path, TestEdge};
+use sluice_tests::{fetch_stream, CertDir, TestNode, Validity, CLUSTER, EVENTS};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -46,18 +45,13 @@ stream = "events"
 sensor = "ci/trivy"
 poll_interval_ms = 10
 
-[[sources]]
-type = "sim"
-name = "hot"
-stream = "events"
-devices = 1
-interval_ms = 5
-readings_max = 20
-dropout_probability = 0.0
-spike_probability = 0.0
-validation.temperature = {{ min = 100.0, max = 200.0 }}
-"#,
-            path = toml_path(&file)
+{hot}"#,
+            path = toml_path(&file),
+            hot = sim_source("hot", 1, 5)
+                .readings_max(20)
+                .no_dropouts()
+                .with("spike_probability = 0.0")
+                .with("validation.temperature = { min = 100.0, max = 200.0 }"),
         ),
     )?;
     edge.start().await?;
@@ -112,37 +106,18 @@ validation.temperature = {{ min = 100.0, max = 200.0 }}
 }
 
 /// Readings of a one-device sim source every 10 ms, forever.
-const TRICKLE: &str = r#"
-[[sources]]
-type = "sim"
-name = "trickle"
-stream = "events"
-devices = 1
-interval_ms = 10
-"#;
+fn trickle() -> String {
+    sim_source("trickle", 1, 10).to_string()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_certificate_from_another_ca_is_refused_and_the_agent_keeps_spooling() -> Result<()> {
     // Checks that an agent trusting another CA (a look-alike cluster with the same name)
     // refuses the node, says why, keeps retrying with backoff, and keeps spooling readings.
     let node = TestNode::in_process().await?;
-    let other = tempfile::tempdir()?;
-    let (from, until) = Validity::Now.window();
-    let other_ca = certs::generate_ca_valid(CLUSTER, from, until)?;
-    std::fs::write(other.path().join("ca.pem"), other_ca.cert_pem())?;
-    let stem = write_leaf(
-        other.path(),
-        &other_ca,
-        Role::Edge,
-        "pi-lost",
-        Validity::Now,
-    )?;
-    let material = [
-        other.path().join("ca.pem"),
-        other.path().join(format!("{stem}.pem")),
-        other.path().join(format!("{stem}.key")),
-    ];
-    let mut edge = TestEdge::create_from(&node, "pi-lost", &material, TRICKLE)?;
+    let other = CertDir::temp(CLUSTER)?;
+    let stem = other.issue(Role::Edge, "pi-lost", Validity::Now)?;
+    let mut edge = TestEdge::create_from(&node, "pi-lost", &other.files(&stem), &trickle())?;
     edge.start().await?;
     let status = edge
         .wait_for("refusals while spooling", LONG, |s| {
@@ -167,7 +142,7 @@ async fn agent_certificate_of_the_wrong_role_is_refused_and_the_agent_keeps_spoo
     // names the role, and keeps running and spooling.
     let node = TestNode::in_process().await?;
     let stem = node.issue(Role::Node, "7", Validity::Now)?;
-    let mut edge = TestEdge::create_with(&node, "pi-node-cert", &stem, TRICKLE)?;
+    let mut edge = TestEdge::create_with(&node, "pi-node-cert", &stem, &trickle())?;
     edge.start().await?;
     let status = edge
         .wait_for("role refusals while spooling", LONG, |s| {

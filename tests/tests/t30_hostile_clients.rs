@@ -7,12 +7,11 @@
 use sluice_proto::env::TransportErrorKind;
 use sluice_proto::msg::{FetchFrom, FetchRequest, Message};
 use sluice_proto::net::{self, transport::transport_error, NetError, ServerGauges};
-use sluice_proto::{PartitionId, Role};
+use sluice_proto::{testing, PartitionId, Role};
 use sluice_tests::{
     fetch_partition, produce_acked, stem, stream, tagged_records, within, TestNode, CLUSTER,
     SINGLE, STEP,
 };
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 fn gauges(node: &TestNode) -> Arc<ServerGauges> {
@@ -35,33 +34,18 @@ async fn still_serves(node: &TestNode, name: &str, seq: u64) {
     );
 }
 
-/// Sends `n` QUIC Initial packets, each starting a handshake its sender never continues.
+/// Sends `n` QUIC Initial packets to `node`, each starting a handshake its sender never
+/// continues (the same flood `proto/tests/net_mtls.rs` sends the bare connection layer).
 async fn initials_that_never_finish(node: &TestNode, n: usize) -> tokio::net::UdpSocket {
-    let server: SocketAddr = node.addr();
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let material = node.material(&node.edge("flood").unwrap()).unwrap();
-    let config = net::client_config(&material, CLUSTER).unwrap();
-    let mut endpoint = quinn_proto::Endpoint::new(
-        Arc::new(quinn_proto::EndpointConfig::default()),
-        None,
-        false,
-        None,
-    );
-    // quinn-proto is driven by hand here and needs an instant; nothing depends on its value.
-    #[allow(clippy::disallowed_methods)]
-    let now = std::time::Instant::now();
-    for _ in 0..n {
-        let (_, mut connection) = endpoint
-            .connect(now, config.clone(), server, "127.0.0.1")
-            .unwrap();
-        let mut datagram = Vec::new();
-        let transmit = connection.poll_transmit(now, 1, &mut datagram).unwrap();
-        socket
-            .send_to(&datagram[..transmit.size], server)
-            .await
-            .unwrap();
-    }
-    socket
+    within(
+        "flood",
+        STEP,
+        testing::initials_that_never_finish(&material, CLUSTER, node.addr(), n),
+    )
+    .await
+    .unwrap()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,11 @@
 //! handler; this file checks that the node wires it up the same way: each bad client is refused
 //! with an error naming the reason, and the node keeps serving a good client afterwards.
 
-use sluice_node::certs::{self, Sans};
 use sluice_proto::net::{self, Client, NetError, TlsMaterial};
 use sluice_proto::Role;
 use sluice_tests::{
-    fetch_partition, produce_acked, stream, tagged_records, within, TestNode, Validity, CLUSTER,
-    SINGLE, STEP,
+    fetch_partition, produce_acked, stream, tagged_records, within, CertDir, TestNode, Validity,
+    CLUSTER, SINGLE, STEP,
 };
 use std::sync::Arc;
 
@@ -42,24 +41,12 @@ async fn certificate_of_another_ca_is_refused() {
     // and that the node keeps serving.
     let node = TestNode::in_process().await.unwrap();
     still_serves(&node, 0).await;
-    let (from, until) = Validity::Now.window();
     for (i, cluster) in ["elsewhere", CLUSTER].into_iter().enumerate() {
-        let foreign = certs::generate_ca_valid(cluster, from, until).unwrap();
-        let leaf = certs::issue(
-            &foreign,
-            Role::Edge,
-            "intruder",
-            &Sans::default(),
-            from,
-            until,
-        )
-        .unwrap();
-        let material = TlsMaterial::from_pem(
-            node.ca().cert_pem().as_bytes(),
-            leaf.cert_pem.as_bytes(),
-            leaf.key_pem.as_bytes(),
-        )
-        .unwrap();
+        let foreign = CertDir::temp(cluster).unwrap();
+        let stem = foreign
+            .issue(Role::Edge, "intruder", Validity::Now)
+            .unwrap();
+        let material = foreign.material_trusting(&stem, node.certs()).unwrap();
         let error = connect_and_call(&node, material).await.unwrap_err();
         assert!(
             error

@@ -4,7 +4,7 @@
 //! stored twice.
 
 use anyhow::Result;
-use sluice_tests::edge::{histories, TestEdge};
+use sluice_tests::edge::{histories, sim_source, TestEdge};
 use sluice_tests::{fetch_stream, free_udp_port, TestNode, EVENTS};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,20 +28,16 @@ async fn node_outage_loses_and_duplicates_nothing() -> Result<()> {
     let mut edge = TestEdge::create(
         &node,
         "pi-outage",
-        r#"
+        &format!(
+            r#"
 [spool]
 sync_interval_ms = 50
-
-[[sources]]
-type = "sim"
-name = "fridges"
-stream = "events"
-devices = 10
-quantities = ["temperature"]
-interval_ms = 2
-readings_max = 1000
-dropout_probability = 0.0
-"#,
+{}"#,
+            sim_source("fridges", 10, 2)
+                .temperature_only()
+                .readings_max(1000)
+                .no_dropouts()
+        ),
     )?;
     edge.start().await?;
     edge.wait_for("first readings delivered", LONG, |s| {
@@ -99,22 +95,18 @@ async fn kill_9_during_heavy_spooling_leaves_no_silent_gap() -> Result<()> {
     let mut edge = TestEdge::create(
         &node,
         "pi-crash",
-        r#"
+        &format!(
+            r#"
 [spool]
 sync_interval_ms = 100
 seq_reserve_block = 256
 write_buffer_bytes_max = 4096
-
-[[sources]]
-type = "sim"
-name = "lab"
-stream = "events"
-devices = 10
-quantities = ["temperature"]
-interval_ms = 1
-readings_max = 3000
-dropout_probability = 0.0
-"#,
+{}"#,
+            sim_source("lab", 10, 1)
+                .temperature_only()
+                .readings_max(3000)
+                .no_dropouts()
+        ),
     )?;
     edge.spawn().await?;
     let before = edge
@@ -184,24 +176,20 @@ async fn full_spool_under_drop_oldest_declares_every_lost_seq() -> Result<()> {
     let mut edge = TestEdge::create(
         &node,
         "pi-full",
-        r#"
+        &format!(
+            r#"
 [spool]
 sync_interval_ms = 20
 segment_bytes_max = 4096
 spool_bytes_max = 16384
 record_bytes_max = 512
 policy = "drop_oldest"
-
-[[sources]]
-type = "sim"
-name = "door"
-stream = "events"
-devices = 2
-quantities = ["temperature"]
-interval_ms = 1
-readings_max = 2000
-dropout_probability = 0.0
-"#,
+{}"#,
+            sim_source("door", 2, 1)
+                .temperature_only()
+                .readings_max(2000)
+                .no_dropouts()
+        ),
     )?;
     edge.start().await?;
     let offline = edge
@@ -253,24 +241,20 @@ async fn full_spool_under_block_holds_readings_back_and_drops_nothing() -> Resul
     let mut edge = TestEdge::create(
         &node,
         "pi-block",
-        r#"
+        &format!(
+            r#"
 [spool]
 sync_interval_ms = 20
 segment_bytes_max = 4096
 spool_bytes_max = 16384
 record_bytes_max = 512
 policy = "block"
-
-[[sources]]
-type = "sim"
-name = "press"
-stream = "events"
-devices = 2
-quantities = ["temperature"]
-interval_ms = 1
-readings_max = 1000
-dropout_probability = 0.0
-"#,
+{}"#,
+            sim_source("press", 2, 1)
+                .temperature_only()
+                .readings_max(1000)
+                .no_dropouts()
+        ),
     )?;
     edge.start().await?;
     let blocked = edge
@@ -307,18 +291,13 @@ async fn uplink_fails_over_to_the_next_node_address() -> Result<()> {
         &node,
         "pi-failover",
         &nodes,
-        r#"
+        &format!(
+            r#"
 [spool]
 sync_interval_ms = 20
-
-[[sources]]
-type = "sim"
-name = "s"
-stream = "events"
-devices = 1
-interval_ms = 5
-readings_max = 20
-"#,
+{}"#,
+            sim_source("s", 1, 5).readings_max(20)
+        ),
     )?;
     edge.start().await?;
     let status = edge

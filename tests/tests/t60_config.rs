@@ -2,8 +2,7 @@
 //! serving anything and say what is wrong, every problem at once. (That the committed
 //! `deploy/node.example.toml` loads is a unit test in `node/src/config.rs`.)
 
-use sluice_node::certs;
-use sluice_tests::{run_cli, run_cli_env, CliOutput, TestNode, Validity, CLUSTER};
+use sluice_tests::{run_cli, run_cli_env, CertDir, CliOutput, TestNode, CLUSTER};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -171,10 +170,8 @@ async fn configs_and_files_that_cannot_work_are_refused() {
     assert_failed_with(&output, &["streams[0].name", "must not start with '.'"]);
     node.reconfigure(|c| c.streams[0].name = name).unwrap();
 
-    let (from, until) = Validity::Now.window();
-    let foreign = certs::generate_ca_valid(CLUSTER, from, until).unwrap();
-    let foreign_path = node.dir().join("foreign-ca.pem");
-    std::fs::write(&foreign_path, foreign.cert_pem()).unwrap();
+    let foreign = CertDir::temp(CLUSTER).unwrap();
+    let foreign_path = foreign.ca_cert();
     let own_ca = node.config().transport.ca_cert.clone();
     let cert = node.config().transport.cert.display().to_string();
     node.reconfigure(|c| c.transport.ca_cert = foreign_path.clone())

@@ -12,8 +12,9 @@ use crate::invariants::{well_formed_responses, Violation};
 use crate::link::Link;
 use crate::scenario::{ProducerPlan, CLUSTER, OWNER_PRODUCER_BASE, SALT_PRODUCER};
 use crate::world::{Phase, World};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sluice_proto::backoff::Backoff;
 use sluice_proto::env::{rng_for, Clock};
 use sluice_proto::msg::{Message, ProduceRequest, RecordOutcome, RecordRejection};
 use sluice_proto::{BootEpoch, Identity, Payload, Reading, Record, Role, StreamName, UnixMillis};
@@ -26,15 +27,21 @@ use tokio::sync::{mpsc, watch};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(2_000);
 /// Records per request at most.
 pub const BATCH_RECORDS_MAX: usize = 50;
+/// About the first wait before a request is retried: waits fall in `[d/2, d)`, so 40 to 80 ms
+/// at first, doubling up to 640 to 1,280 ms.
+const RETRY_INITIAL: Duration = Duration::from_millis(80);
+/// The longest wait before a request is retried.
+const RETRY_MAX: Duration = Duration::from_millis(1_280);
 
 /// One request as sent: kept to retry it unchanged.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Batch {
     stream: StreamName,
     /// `(sensor index, seq)` of each record, in request order.
     items: Vec<(usize, u64)>,
     records: Vec<Record>,
-    attempt: u32,
+    /// The request's retry schedule, made at its first retry (seeded from the producer's RNG).
+    backoff: Option<Backoff>,
 }
 
 /// A request to send after `backoff`.
@@ -216,7 +223,7 @@ impl Producer {
                 stream,
                 items,
                 records,
-                attempt: 0,
+                backoff: None,
             },
             Duration::ZERO,
         ))
@@ -269,11 +276,16 @@ impl Producer {
         }
     }
 
-    /// The same records again, after a capped exponential backoff.
+    /// The same records again, after the request's next [`Backoff`] wait.
     fn retry(&mut self, mut batch: Batch) -> Send {
-        batch.attempt += 1;
-        let base_ms = 20u64 << batch.attempt.min(5);
-        let backoff = Duration::from_millis(base_ms + self.rng.random_range(0..=base_ms));
+        let rng = &mut self.rng;
+        let backoff = batch
+            .backoff
+            .get_or_insert_with(|| {
+                let seed = rng.random();
+                Backoff::new(RETRY_INITIAL, RETRY_MAX, ChaCha8Rng::seed_from_u64(seed))
+            })
+            .next_delay();
         self.send(batch, backoff)
     }
 

@@ -32,7 +32,7 @@ use sluice_edge::spool::{Now, Spool, SpoolConfig, StreamKey};
 use sluice_proto::env::Clock;
 use sluice_proto::os::RealClock;
 use sluice_proto::{Payload, Reading, SensorId};
-use sluice_tests::edge::TestEdge;
+use sluice_tests::edge::{sim_source, TestEdge};
 use sluice_tests::measure::{
     fsync_reference, load_average, ms, n_cpus, percentiles, pid_cpu_seconds, CountingDisk,
     CpuSnapshot, Percentiles,
@@ -407,16 +407,12 @@ fn print_mappings(pid: u32) -> Result<()> {
 }
 
 /// The agent's sources for the memory run: 10 sensors at 1 Hz.
-const RSS_SOURCES: &str = r#"
-[[sources]]
-type = "sim"
-name = "room"
-stream = "events"
-devices = 10
-quantities = ["temperature"]
-interval_ms = 1000
-dropout_probability = 0.0
-"#;
+fn rss_sources() -> String {
+    sim_source("room", 10, 1000)
+        .temperature_only()
+        .no_dropouts()
+        .to_string()
+}
 
 /// Samples the agent's memory once a second for `seconds`; returns every sample.
 async fn sample_memory(edge: &TestEdge, pid: u32, seconds: u64) -> Result<Vec<MemSample>> {
@@ -455,7 +451,7 @@ async fn rss_part(args: &Args, binary: &Path) -> Result<()> {
 }
 
 async fn measure_agent(node: &TestNode, args: &Args, binary: &Path) -> Result<()> {
-    let mut edge = TestEdge::create(node, "bench-pi", RSS_SOURCES)?;
+    let mut edge = TestEdge::create(node, "bench-pi", &rss_sources())?;
     println!(
         "agent: {} run, sim source 10 devices x temperature every 1000 ms, for {} s (load average {})",
         binary.display(),
@@ -531,29 +527,5 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    // The node's own log, to stderr: SLUICE_LOG=info for more (default: warnings).
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    sluice_tests::measure::bench_main(run(Args::parse()))
 }
