@@ -569,12 +569,17 @@ impl Spools {
 
     /// Applies the uplink's verdicts in order: acknowledgements, and readings the node refused
     /// as invalid (replaced by declarations). Returns how many records the acks released.
-    fn apply(&mut self, now: Now, verdicts: &[Verdict]) -> Result<u64, EdgeError> {
+    fn apply(&mut self, now: Now, verdicts: &[Verdict]) -> Result<Applied, EdgeError> {
         let mut n = 0;
+        let mut moved = Moved::default();
         for verdict in verdicts {
             let (stream, key) = match verdict {
                 Verdict::Ack { stream, key, .. } | Verdict::Refused { stream, key, .. } => {
                     (stream, key)
+                }
+                Verdict::Expired { stream, key } => {
+                    self.expired(now, stream, key, &mut moved);
+                    continue;
                 }
             };
             // A spool that failed forgets the verdicts: its records are resent after the
@@ -586,6 +591,7 @@ impl Spools {
                 Verdict::Ack { seq_through, .. } => {
                     spool.ack(now, key, *seq_through).map(|acked| n += acked)
                 }
+                Verdict::Expired { .. } => Ok(()),
                 Verdict::Refused { seq, reason, .. } => {
                     spool.refused(now, key, *seq).map(|declared| {
                         if declared {
@@ -600,7 +606,57 @@ impl Spools {
                 self.failed(&stream, &error, now);
             }
         }
-        Ok(n)
+        Ok((n, moved))
+    }
+
+    /// The node forgot the producer state of `key` (`ProducerExpired`): when `key` is in the
+    /// spool's current epoch, the spool is closed and opened again, which starts a newer
+    /// epoch as a boot does; then the spool closes `key`'s unacknowledged range with a
+    /// declaration and resends its never-sent readings in the current epoch. A spool that
+    /// fails on the way is taken out of service like any failed spool (its records are resent
+    /// after the reopen and refused again, which brings the verdict back).
+    fn expired(&mut self, now: Now, stream: &StreamName, key: &StreamKey, moved: &mut Moved) {
+        if self
+            .by_stream
+            .get(stream)
+            .is_some_and(|s| s.epoch() == key.epoch)
+        {
+            let Some(spool) = self.by_stream.remove(stream) else {
+                return;
+            };
+            let point = spool.durable_point();
+            if let Err(error) = spool.close(now) {
+                self.fail(stream, Some(point), &error, now);
+                return;
+            }
+            let dir = self.root.join(stream.as_str());
+            match Spool::open(self.disk.clone(), &dir, self.share, now) {
+                Ok((spool, report)) => {
+                    log_opened(stream, &report);
+                    self.by_stream.insert(stream.clone(), spool);
+                }
+                Err(error) => {
+                    self.fail(stream, None, &error, now);
+                    return;
+                }
+            }
+        }
+        let Some(spool) = self.by_stream.get_mut(stream) else {
+            return;
+        };
+        let resent_before = spool.stats().n_resent_new_epoch;
+        match spool.expired(now, key) {
+            Ok(Some((seq, seq_last))) => {
+                let n_resent = spool.stats().n_resent_new_epoch - resent_before;
+                moved.n_streams += 1;
+                moved.n_resent += n_resent;
+                warn!(%stream, sensor = %key.sensor, epoch = %key.epoch, seq, seq_last, n_resent,
+                    new_epoch = %spool.epoch(),
+                    "node forgot this sensor's epoch; declared its unacknowledged seqs closed (producer_expired), resending the never-sent readings in the new epoch");
+            }
+            Ok(None) => {}
+            Err(error) => self.failed(stream, &error, now),
+        }
     }
 
     /// Runs the timers of every spool that has one due (on the monotonic clock), and reopens
@@ -675,6 +731,7 @@ impl Spools {
                     ("invalid", stats.n_dropped_invalid),
                     ("storage", stats.n_dropped_storage),
                     ("corrupted", stats.n_dropped_corrupted),
+                    ("producer_expired", stats.n_dropped_producer_expired),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
@@ -693,6 +750,16 @@ impl Spools {
     }
 }
 
+/// Sensor streams moved to a newer epoch by one [`Spools::apply`], and readings resent.
+#[derive(Debug, Default, Clone, Copy)]
+struct Moved {
+    n_streams: u64,
+    n_resent: u64,
+}
+
+/// Records the acks of one [`Spools::apply`] released, and what it moved.
+type Applied = (u64, Moved);
+
 /// What the uplink decided about records in the spool.
 enum Verdict {
     Ack {
@@ -706,6 +773,8 @@ enum Verdict {
         seq: u64,
         reason: String,
     },
+    /// The node forgot `key`'s producer state: move it to a newer epoch.
+    Expired { stream: StreamName, key: StreamKey },
 }
 
 /// Something the uplink's tasks report to the loop.
@@ -982,10 +1051,12 @@ impl AgentLoop {
                     seq,
                     reason,
                 }),
+                Output::Expired { stream, key } => acks.push(Verdict::Expired { stream, key }),
                 Output::Rewind => {
                     if !acks.is_empty() {
                         let batch = std::mem::take(&mut acks);
-                        self.spools(move |s, now| s.apply(now, &batch)).await?;
+                        let (_, moved) = self.spools(move |s, now| s.apply(now, &batch)).await?;
+                        self.count_moved(moved);
                     }
                     let mut spools = lock(&self.spools);
                     for spool in spools.by_stream.values_mut() {
@@ -997,7 +1068,8 @@ impl AgentLoop {
             }
         }
         if !acks.is_empty() {
-            self.spools(move |s, now| s.apply(now, &acks)).await?;
+            let (_, moved) = self.spools(move |s, now| s.apply(now, &acks)).await?;
+            self.count_moved(moved);
             self.maybe_sendable = true;
             self.refresh_counts();
             if !self.parked.is_empty() {
@@ -1005,6 +1077,15 @@ impl AgentLoop {
             }
         }
         Ok(())
+    }
+
+    fn count_moved(&self, moved: Moved) {
+        if moved.n_streams > 0 {
+            self.metrics.uplink(|u| {
+                u.epochs_moved += moved.n_streams;
+                u.resent_new_epoch += moved.n_resent;
+            });
+        }
     }
 
     fn connect(&mut self, attempt: u64) {

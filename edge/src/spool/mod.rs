@@ -393,6 +393,31 @@ impl Spool {
         Ok(declared)
     }
 
+    /// The node answered `ProducerExpired` for `key`, an epoch older than the spool's: its
+    /// unacknowledged seqs are closed by a declaration in the spool's epoch and the readings
+    /// never sent are resent after it with new seqs (see [`SpoolCore::handle_expired`]). The
+    /// shell reads what to resend back from disk; a read that fails fences the spool.
+    /// Returns the closed range of `key`, or `None` when nothing of it was queued.
+    pub fn expired(&mut self, now: Now, key: &StreamKey) -> Result<Option<(u64, u64)>, SpoolError> {
+        self.live()?;
+        // The records to resend are read back from disk, so they must be on it.
+        self.core.handle_sync(now);
+        self.execute()?;
+        let mut resend = Vec::new();
+        for item in self.core.to_resend(key) {
+            match self.read_record(&item) {
+                Ok(record) => resend.push(record),
+                Err(error) => {
+                    self.fenced = true;
+                    return Err(error);
+                }
+            }
+        }
+        let closed = self.core.handle_expired(now, key, resend);
+        self.execute()?;
+        Ok(closed)
+    }
+
     /// The uplink lost its connection: unacknowledged records will be handed out again.
     pub fn rewind(&mut self) {
         self.core.handle_rewind();
