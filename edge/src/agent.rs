@@ -24,12 +24,13 @@
 //! sources, gives requests in flight a short grace, and closes the spools (syncing and giving
 //! back seq reservations, so the next start declares nothing lost).
 
+pub use crate::config::spool_share;
 use crate::config::{EdgeConfig, SourceSpec};
+pub use crate::error::EdgeError;
 use crate::metrics::{Metrics, SpoolStatus};
 use crate::source::supervisor::{ChildSpec, SourceSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::source::{
-    OfferObserver, Offered, Refusal, SinkRequest, SourceContext, SourceError, SourceReading,
-    SourceSink,
+    OfferObserver, Offered, Refusal, SinkRequest, SourceContext, SourceReading, SourceSink,
 };
 use crate::spool::{DurablePoint, Now, Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
 use crate::uplink::{Output, Severity, UplinkCore, UplinkLimits};
@@ -48,33 +49,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
-
-/// The agent failed to start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
-    /// A source cannot be set up.
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    /// A spool failed; the process should exit and recover on its next start.
-    #[error("spool of stream {stream}: {error}")]
-    Spool {
-        /// The stream.
-        stream: String,
-        /// What failed.
-        error: SpoolError,
-    },
-    /// A directory or the status listener could not be set up.
-    #[error("{what}: {reason}")]
-    Setup {
-        /// What was being set up.
-        what: String,
-        /// Why it failed.
-        reason: String,
-    },
-    /// The agent loop ended without being asked to (a bug or a panic).
-    #[error("agent loop ended: {0}")]
-    Ended(String),
-}
 
 /// Salt of the uplink's backoff RNG.
 const UPLINK_RNG_SALT: u64 = 0x5550_4c49_4e4b; // "UPLINK"
@@ -309,14 +283,6 @@ pub fn spool_streams(config: &EdgeConfig, disk: &dyn Disk) -> Vec<StreamName> {
     }
     streams.sort();
     streams
-}
-
-/// The configuration of one stream's spool when `n_streams` spools share the `[spool]` budget.
-pub fn spool_share(config: &EdgeConfig, n_streams: usize) -> SpoolConfig {
-    SpoolConfig {
-        spool_bytes_max: config.spool.spool_bytes_max / n_streams.max(1) as u64,
-        ..config.spool
-    }
 }
 
 /// Opens the spool of every stream of [`spool_streams`].
