@@ -577,19 +577,31 @@ impl Spools {
 
     /// The node forgot the producer state of `key` (`ProducerExpired`): when `key` is in the
     /// spool's current epoch, the spool is closed and opened again, which starts a newer
-    /// epoch as a boot does; then the spool closes `key`'s unacknowledged range with a
+    /// epoch as a boot does (what to resend is read first: a reopen pins everything below the
+    /// send mark); then the spool closes `key`'s unacknowledged range with a
     /// declaration and resends its never-sent readings in the current epoch. A spool that
     /// fails on the way is taken out of service like any failed spool (its records are resent
     /// after the reopen and refused again, which brings the verdict back).
     fn expired(&mut self, now: Now, stream: &StreamName, key: &StreamKey, moved: &mut Moved) {
+        let mut resend = None;
         if self
             .by_stream
             .get(stream)
             .is_some_and(|s| s.epoch() == key.epoch)
         {
-            let Some(spool) = self.by_stream.remove(stream) else {
+            let Some(mut spool) = self.by_stream.remove(stream) else {
                 return;
             };
+            // Asked before the reopen, which forgets what was handed out (the current epoch's
+            // items were all issued in this open, so what it says is exact).
+            match spool.to_resend(now, key) {
+                Ok(records) => resend = Some(records),
+                Err(error) => {
+                    let point = spool.durable_point();
+                    self.fail(stream, Some(point), &error, now);
+                    return;
+                }
+            }
             let point = spool.durable_point();
             if let Err(error) = spool.close(now) {
                 self.fail(stream, Some(point), &error, now);
@@ -611,7 +623,7 @@ impl Spools {
             return;
         };
         let resent_before = spool.stats().n_resent_new_epoch;
-        match spool.expired(now, key) {
+        match spool.expired(now, key, resend) {
             Ok(Some((seq, seq_last))) => {
                 let n_resent = spool.stats().n_resent_new_epoch - resent_before;
                 moved.n_streams += 1;
@@ -1345,3 +1357,6 @@ impl AgentLoop {
 pub fn spool_dir(data_dir: &Path, stream: &StreamName) -> PathBuf {
     data_dir.join("spool").join(stream.as_str())
 }
+
+#[cfg(test)]
+mod tests;

@@ -395,12 +395,32 @@ impl Spool {
 
     /// The node answered `ProducerExpired` for `key`, an epoch older than the spool's: its
     /// unacknowledged seqs are closed by a declaration in the spool's epoch and the readings
-    /// never sent are resent after it with new seqs (see [`SpoolCore::handle_expired`]). The
-    /// shell reads what to resend back from disk; a read that fails fences the spool.
-    /// Returns the closed range of `key`, or `None` when nothing of it was queued.
-    pub fn expired(&mut self, now: Now, key: &StreamKey) -> Result<Option<(u64, u64)>, SpoolError> {
+    /// never sent are resent after it with new seqs (see [`SpoolCore::handle_expired`]).
+    /// `resend` is what [`Spool::to_resend`] returned before the spool was reopened into a
+    /// newer epoch (a reopen forgets which items were handed out, so it must be asked first);
+    /// `None` asks this spool. Returns the closed range of `key`, or `None` when nothing of it
+    /// was queued.
+    pub fn expired(
+        &mut self,
+        now: Now,
+        key: &StreamKey,
+        resend: Option<Vec<Record>>,
+    ) -> Result<Option<(u64, u64)>, SpoolError> {
         self.live()?;
-        // The records to resend are read back from disk, so they must be on it.
+        let resend = match resend {
+            Some(resend) => resend,
+            None => self.to_resend(now, key)?,
+        };
+        let closed = self.core.handle_expired(now, key, resend);
+        self.execute()?;
+        Ok(closed)
+    }
+
+    /// The records of `key` that [`Spool::expired`] resends in a newer epoch: its readings
+    /// never handed out, and its `ProducerExpired` declarations (see [`SpoolCore::to_resend`]).
+    /// They are read back from disk (synced first); a read that fails fences the spool.
+    pub fn to_resend(&mut self, now: Now, key: &StreamKey) -> Result<Vec<Record>, SpoolError> {
+        self.live()?;
         self.core.handle_sync(now);
         self.execute()?;
         let mut resend = Vec::new();
@@ -413,9 +433,7 @@ impl Spool {
                 }
             }
         }
-        let closed = self.core.handle_expired(now, key, resend);
-        self.execute()?;
-        Ok(closed)
+        Ok(resend)
     }
 
     /// The uplink lost its connection: unacknowledged records will be handed out again.

@@ -1125,8 +1125,12 @@ fn an_expired_epoch_is_closed_and_its_never_sent_readings_resent_in_the_new_one(
     let (mut spool, report) = open(&disk, config, 2);
     assert_eq!(report.epoch, BootEpoch(2));
     append(&mut spool, "a", 50);
-    assert_eq!(spool.expired(t(3), &old).unwrap(), Some((1, 4)));
-    assert_eq!(spool.expired(t(3), &old).unwrap(), None, "closed once");
+    assert_eq!(spool.expired(t(3), &old, None).unwrap(), Some((1, 4)));
+    assert_eq!(
+        spool.expired(t(3), &old, None).unwrap(),
+        None,
+        "closed once"
+    );
     let stats = spool.stats();
     assert_eq!(
         (stats.n_dropped_producer_expired, stats.n_resent_new_epoch),
