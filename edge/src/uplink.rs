@@ -30,7 +30,9 @@
 //!   record. Resending would hold the sensor back forever, so the core asks the agent to move
 //!   the stream to a newer epoch ([`Output::Expired`]; the spool closes the old epoch's
 //!   unacknowledged range with a `Dropped { reason: ProducerExpired }` declaration and resends
-//!   the readings it never sent) and rewinds at once, without a backoff.
+//!   the readings it never sent) and rewinds at once, without a backoff. An `EpochStart`
+//!   refusal of a request sent alone is handled the same way: the node knows nothing of the
+//!   epoch (it lost it) and the epoch's first seqs were already released from the spool.
 //! - A connection that fails (timeout, close, protocol error) is dropped: requests in flight on
 //!   it are forgotten, the spool is rewound, and a new connection is tried after a backoff.
 //! - Backoff is the project's one schedule, [`sluice_proto::backoff::Backoff`]: it doubles per
@@ -408,19 +410,21 @@ impl UplinkCore {
                     false
                 }
                 // Nothing of this epoch of the sensor can be stored any more: the spool moves
-                // it to a newer epoch. Later records of the stream got the same answer.
-                RecordOutcome::Rejected(rejection @ RecordRejection::ProducerExpired { .. })
-                    if !entry.1 =>
+                // it to a newer epoch. Later records of the stream got the same answer. An
+                // `EpochStart` to a request sent alone (so not overtaking the epoch's first
+                // records) says the same: the node holds nothing of the epoch, and a seq the
+                // spool already released can never be sent again.
+                RecordOutcome::Rejected(
+                    rejection @ (RecordRejection::ProducerExpired { .. }
+                    | RecordRejection::EpochStart { .. }),
+                ) if !entry.1
+                    && (!batch.pipelined
+                        || matches!(rejection, RecordRejection::ProducerExpired { .. })) =>
                 {
-                    if !report
-                        .refusals
-                        .iter()
-                        .any(|(l, _, _)| *l == "producer_expired")
-                    {
+                    let (label, _) = classify_rejection(rejection);
+                    if !report.refusals.iter().any(|(l, _, _)| *l == label) {
                         let example = format!("seq {seq}: {rejection}");
-                        report
-                            .refusals
-                            .push(("producer_expired", Severity::Declared, example));
+                        report.refusals.push((label, Severity::Declared, example));
                     }
                     if !expired.contains(&key) {
                         expired.push(key);
@@ -551,6 +555,8 @@ pub fn classify_rejection(rejection: &RecordRejection) -> (&'static str, Severit
         // With several requests in flight a later one can reach the partition first; the
         // rewind resends in order. A gap that persists means the node lost what it had.
         R::SequenceGap { .. } => ("sequence_gap", Severity::Transient),
+        // A request sent alone moves the stream to a newer epoch (see `outcomes`); one that
+        // overtook the epoch's first records is an ordering refusal.
         R::EpochStart { .. } => ("epoch_start", Severity::NeedsOperator),
         R::StaleEpoch { .. } => ("stale_epoch", Severity::NeedsOperator),
         R::Invalid { .. } => ("invalid", Severity::NeedsOperator),

@@ -438,3 +438,42 @@ fn a_forgotten_producer_behind_another_refusal_waits_for_its_turn() {
     assert_eq!(outputs(&mut core), [Output::Rewind]);
     assert_eq!(core.failures(), 1);
 }
+
+fn epoch_start(got: u64) -> RecordOutcome {
+    rejected(RecordRejection::EpochStart {
+        sensor: "a".into(),
+        epoch: 1,
+        got,
+    })
+}
+
+#[test]
+fn an_epoch_the_node_does_not_know_moves_to_a_new_one_unless_it_was_overtaken() {
+    // Checks that EpochStart to a request sent alone (the node holds nothing of the epoch, so
+    // the released seqs can never be resent) asks for Output::Expired and resends at once,
+    // while EpochStart to a pipelined request (it overtook the epoch's first records) is only
+    // an ordering refusal: rewind, no epoch move.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(t0, stream(), &[record("a", 5), record("a", 6)]);
+    let report = core.handle_response(t0, 1, 1, response(vec![epoch_start(5), epoch_start(6)]));
+    assert_eq!(report.refusals.len(), 1, "{:?}", report.refusals);
+    assert_eq!(report.refusals[0].1, Severity::Declared);
+    assert_eq!(
+        outputs(&mut core),
+        [
+            Output::Expired {
+                stream: stream(),
+                key: key("a"),
+            },
+            Output::Rewind
+        ]
+    );
+    assert!(core.can_send(t0), "no backoff");
+    core.handle_sent(t0, stream(), &[record("a", 0)]);
+    core.handle_sent(t0, stream(), &[record("a", 1)]);
+    let report = core.handle_response(t0, 1, 3, response(vec![epoch_start(1)]));
+    assert_eq!(report.refusals[0].1, Severity::Reordered);
+    core.handle_response(t0, 1, 2, response(vec![appended()]));
+    assert_eq!(outputs(&mut core), [ack("a", 0), Output::Rewind]);
+}
