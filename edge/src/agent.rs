@@ -24,12 +24,13 @@
 //! sources, gives requests in flight a short grace, and closes the spools (syncing and giving
 //! back seq reservations, so the next start declares nothing lost).
 
+pub use crate::config::spool_share;
 use crate::config::{EdgeConfig, SourceSpec};
+pub use crate::error::EdgeError;
 use crate::metrics::{Metrics, SpoolStatus};
 use crate::source::supervisor::{ChildSpec, SourceSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::source::{
-    OfferObserver, Offered, Refusal, SinkRequest, SourceContext, SourceError, SourceReading,
-    SourceSink,
+    OfferObserver, Offered, Refusal, SinkRequest, SourceContext, SourceReading, SourceSink,
 };
 use crate::spool::{DurablePoint, Now, Rejected, Spool, SpoolConfig, SpoolError, StreamKey};
 use crate::uplink::{Output, Severity, UplinkCore, UplinkLimits};
@@ -48,33 +49,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
-
-/// The agent failed to start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
-    /// A source cannot be set up.
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    /// A spool failed; the process should exit and recover on its next start.
-    #[error("spool of stream {stream}: {error}")]
-    Spool {
-        /// The stream.
-        stream: String,
-        /// What failed.
-        error: SpoolError,
-    },
-    /// A directory or the status listener could not be set up.
-    #[error("{what}: {reason}")]
-    Setup {
-        /// What was being set up.
-        what: String,
-        /// Why it failed.
-        reason: String,
-    },
-    /// The agent loop ended without being asked to (a bug or a panic).
-    #[error("agent loop ended: {0}")]
-    Ended(String),
-}
 
 /// Salt of the uplink's backoff RNG.
 const UPLINK_RNG_SALT: u64 = 0x5550_4c49_4e4b; // "UPLINK"
@@ -309,14 +283,6 @@ pub fn spool_streams(config: &EdgeConfig, disk: &dyn Disk) -> Vec<StreamName> {
     }
     streams.sort();
     streams
-}
-
-/// The configuration of one stream's spool when `n_streams` spools share the `[spool]` budget.
-pub fn spool_share(config: &EdgeConfig, n_streams: usize) -> SpoolConfig {
-    SpoolConfig {
-        spool_bytes_max: config.spool.spool_bytes_max / n_streams.max(1) as u64,
-        ..config.spool
-    }
 }
 
 /// Opens the spool of every stream of [`spool_streams`].
@@ -569,12 +535,17 @@ impl Spools {
 
     /// Applies the uplink's verdicts in order: acknowledgements, and readings the node refused
     /// as invalid (replaced by declarations). Returns how many records the acks released.
-    fn apply(&mut self, now: Now, verdicts: &[Verdict]) -> Result<u64, EdgeError> {
+    fn apply(&mut self, now: Now, verdicts: &[Verdict]) -> Result<Applied, EdgeError> {
         let mut n = 0;
+        let mut moved = Moved::default();
         for verdict in verdicts {
             let (stream, key) = match verdict {
                 Verdict::Ack { stream, key, .. } | Verdict::Refused { stream, key, .. } => {
                     (stream, key)
+                }
+                Verdict::Expired { stream, key } => {
+                    self.expired(now, stream, key, &mut moved);
+                    continue;
                 }
             };
             // A spool that failed forgets the verdicts: its records are resent after the
@@ -586,6 +557,7 @@ impl Spools {
                 Verdict::Ack { seq_through, .. } => {
                     spool.ack(now, key, *seq_through).map(|acked| n += acked)
                 }
+                Verdict::Expired { .. } => Ok(()),
                 Verdict::Refused { seq, reason, .. } => {
                     spool.refused(now, key, *seq).map(|declared| {
                         if declared {
@@ -600,7 +572,69 @@ impl Spools {
                 self.failed(&stream, &error, now);
             }
         }
-        Ok(n)
+        Ok((n, moved))
+    }
+
+    /// The node forgot the producer state of `key` (`ProducerExpired`): when `key` is in the
+    /// spool's current epoch, the spool is closed and opened again, which starts a newer
+    /// epoch as a boot does (what to resend is read first: a reopen pins everything below the
+    /// send mark); then the spool closes `key`'s unacknowledged range with a
+    /// declaration and resends its never-sent readings in the current epoch. A spool that
+    /// fails on the way is taken out of service like any failed spool (its records are resent
+    /// after the reopen and refused again, which brings the verdict back).
+    fn expired(&mut self, now: Now, stream: &StreamName, key: &StreamKey, moved: &mut Moved) {
+        let mut resend = None;
+        if self
+            .by_stream
+            .get(stream)
+            .is_some_and(|s| s.epoch() == key.epoch)
+        {
+            let Some(mut spool) = self.by_stream.remove(stream) else {
+                return;
+            };
+            // Asked before the reopen, which forgets what was handed out (the current epoch's
+            // items were all issued in this open, so what it says is exact).
+            match spool.to_resend(now, key) {
+                Ok(records) => resend = Some(records),
+                Err(error) => {
+                    let point = spool.durable_point();
+                    self.fail(stream, Some(point), &error, now);
+                    return;
+                }
+            }
+            let point = spool.durable_point();
+            if let Err(error) = spool.close(now) {
+                self.fail(stream, Some(point), &error, now);
+                return;
+            }
+            let dir = self.root.join(stream.as_str());
+            match Spool::open(self.disk.clone(), &dir, self.share, now) {
+                Ok((spool, report)) => {
+                    log_opened(stream, &report);
+                    self.by_stream.insert(stream.clone(), spool);
+                }
+                Err(error) => {
+                    self.fail(stream, None, &error, now);
+                    return;
+                }
+            }
+        }
+        let Some(spool) = self.by_stream.get_mut(stream) else {
+            return;
+        };
+        let resent_before = spool.stats().n_resent_new_epoch;
+        match spool.expired(now, key, resend) {
+            Ok(Some((seq, seq_last))) => {
+                let n_resent = spool.stats().n_resent_new_epoch - resent_before;
+                moved.n_streams += 1;
+                moved.n_resent += n_resent;
+                warn!(%stream, sensor = %key.sensor, epoch = %key.epoch, seq, seq_last, n_resent,
+                    new_epoch = %spool.epoch(),
+                    "node forgot this sensor's epoch; declared its unacknowledged seqs closed (producer_expired), resending the never-sent readings in the new epoch");
+            }
+            Ok(None) => {}
+            Err(error) => self.failed(stream, &error, now),
+        }
     }
 
     /// Runs the timers of every spool that has one due (on the monotonic clock), and reopens
@@ -675,6 +709,7 @@ impl Spools {
                     ("invalid", stats.n_dropped_invalid),
                     ("storage", stats.n_dropped_storage),
                     ("corrupted", stats.n_dropped_corrupted),
+                    ("producer_expired", stats.n_dropped_producer_expired),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
@@ -693,6 +728,16 @@ impl Spools {
     }
 }
 
+/// Sensor streams moved to a newer epoch by one [`Spools::apply`], and readings resent.
+#[derive(Debug, Default, Clone, Copy)]
+struct Moved {
+    n_streams: u64,
+    n_resent: u64,
+}
+
+/// Records the acks of one [`Spools::apply`] released, and what it moved.
+type Applied = (u64, Moved);
+
 /// What the uplink decided about records in the spool.
 enum Verdict {
     Ack {
@@ -706,6 +751,8 @@ enum Verdict {
         seq: u64,
         reason: String,
     },
+    /// The node forgot `key`'s producer state: move it to a newer epoch.
+    Expired { stream: StreamName, key: StreamKey },
 }
 
 /// Something the uplink's tasks report to the loop.
@@ -982,10 +1029,12 @@ impl AgentLoop {
                     seq,
                     reason,
                 }),
+                Output::Expired { stream, key } => acks.push(Verdict::Expired { stream, key }),
                 Output::Rewind => {
                     if !acks.is_empty() {
                         let batch = std::mem::take(&mut acks);
-                        self.spools(move |s, now| s.apply(now, &batch)).await?;
+                        let (_, moved) = self.spools(move |s, now| s.apply(now, &batch)).await?;
+                        self.count_moved(moved);
                     }
                     let mut spools = lock(&self.spools);
                     for spool in spools.by_stream.values_mut() {
@@ -997,7 +1046,8 @@ impl AgentLoop {
             }
         }
         if !acks.is_empty() {
-            self.spools(move |s, now| s.apply(now, &acks)).await?;
+            let (_, moved) = self.spools(move |s, now| s.apply(now, &acks)).await?;
+            self.count_moved(moved);
             self.maybe_sendable = true;
             self.refresh_counts();
             if !self.parked.is_empty() {
@@ -1005,6 +1055,15 @@ impl AgentLoop {
             }
         }
         Ok(())
+    }
+
+    fn count_moved(&self, moved: Moved) {
+        if moved.n_streams > 0 {
+            self.metrics.uplink(|u| {
+                u.epochs_moved += moved.n_streams;
+                u.resent_new_epoch += moved.n_resent;
+            });
+        }
     }
 
     fn connect(&mut self, attempt: u64) {
@@ -1298,3 +1357,6 @@ impl AgentLoop {
 pub fn spool_dir(data_dir: &Path, stream: &StreamName) -> PathBuf {
     data_dir.join("spool").join(stream.as_str())
 }
+
+#[cfg(test)]
+mod tests;

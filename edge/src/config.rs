@@ -3,9 +3,8 @@
 //! whole (every problem is reported, not just the first), then handed down in pieces. Defaults
 //! live here and in each source's module; `deploy/edge.example.toml` documents every key.
 
-use crate::source::{dht, jsonl, mqtt, sim, Source, SourceError};
+pub use crate::source::{SourceSpec, SupervisionSection};
 use crate::spool::SpoolConfig;
-use crate::validate::ValidationConfig;
 use figment::providers::{Env as EnvProvider, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
@@ -117,94 +116,11 @@ impl Default for StatusSection {
     }
 }
 
-/// `[supervision]`
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SupervisionSection {
-    /// First wait before restarting a failed source, ms; doubled (with jitter) per failure.
-    pub restart_backoff_initial_ms: u64,
-    /// Longest wait before restarting a failed source, ms.
-    pub restart_backoff_max_ms: u64,
-    /// A source that ran this long without failing starts again from the first wait, ms.
-    pub restart_window_ms: u64,
-}
-
-impl Default for SupervisionSection {
-    fn default() -> Self {
-        Self {
-            restart_backoff_initial_ms: 500,
-            restart_backoff_max_ms: 60_000,
-            restart_window_ms: 600_000,
-        }
-    }
-}
-
-/// One `[[sources]]` entry; `type` selects the kind.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SourceSpec {
-    /// A DHT22 or DHT11 on a GPIO pin.
-    Dht(dht::DhtConfig),
-    /// Subscriptions on an MQTT broker.
-    Mqtt(mqtt::MqttConfig),
-    /// A file (or stdin) of JSON lines.
-    Jsonl(jsonl::JsonlConfig),
-    /// Seeded simulated sensors.
-    Sim(sim::SimConfig),
-}
-
-impl SourceSpec {
-    /// The source's configured name.
-    pub fn name(&self) -> &str {
-        match self {
-            SourceSpec::Dht(c) => &c.name,
-            SourceSpec::Mqtt(c) => &c.name,
-            SourceSpec::Jsonl(c) => &c.name,
-            SourceSpec::Sim(c) => &c.name,
-        }
-    }
-
-    /// The streams its readings go to.
-    pub fn streams(&self) -> Vec<StreamName> {
-        match self {
-            SourceSpec::Dht(c) => c.streams(),
-            SourceSpec::Mqtt(c) => c.streams(),
-            SourceSpec::Jsonl(c) => c.streams(),
-            SourceSpec::Sim(c) => c.streams(),
-        }
-    }
-
-    /// Its validation table with the kind's defaults filled in.
-    pub fn validation(&self) -> ValidationConfig {
-        match self {
-            SourceSpec::Dht(c) => c.validation.with_defaults(&c.default_validation()),
-            SourceSpec::Mqtt(c) => c.validation.clone(),
-            SourceSpec::Jsonl(c) => c.validation.clone(),
-            SourceSpec::Sim(c) => c.validation.clone(),
-        }
-    }
-
-    /// Builds the source (opens what must exist before it runs). A failure here is a setup
-    /// error: the agent refuses to start and says why.
-    pub fn build(&self) -> Result<Box<dyn Source>, SourceError> {
-        match self {
-            SourceSpec::Dht(c) => c.build(),
-            SourceSpec::Mqtt(c) => c.build(),
-            SourceSpec::Jsonl(c) => c.build(),
-            SourceSpec::Sim(c) => c.build(),
-        }
-    }
-
-    fn validate(&self, problems: &mut Vec<String>) {
-        let at = format!("sources.{}", self.name());
-        match self {
-            SourceSpec::Dht(c) => c.validate(&at, problems),
-            SourceSpec::Mqtt(c) => c.validate(&at, problems),
-            SourceSpec::Jsonl(c) => c.validate(&at, problems),
-            SourceSpec::Sim(c) => c.validate(&at, problems),
-        }
-        self.validation()
-            .validate(&format!("{at}.validation"), problems);
+/// The configuration of one stream's spool when `n_streams` spools share the `[spool]` budget.
+pub fn spool_share(config: &EdgeConfig, n_streams: usize) -> SpoolConfig {
+    SpoolConfig {
+        spool_bytes_max: config.spool.spool_bytes_max / n_streams.max(1) as u64,
+        ..config.spool
     }
 }
 
@@ -437,9 +353,9 @@ impl EdgeConfig {
 
     /// The spool configuration of one stream's spool: the budget split evenly over the
     /// configured destination streams (the agent also counts spools of streams no longer
-    /// configured; see `agent::spool_share`).
+    /// configured; see [`spool_share`]).
     pub fn spool_share(&self) -> SpoolConfig {
-        crate::agent::spool_share(self, self.streams().len())
+        spool_share(self, self.streams().len())
     }
 }
 
@@ -451,6 +367,36 @@ mod tests {
 
     fn example_path() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.example.toml")
+    }
+
+    #[test]
+    fn config_problems_reach_the_agent_config() {
+        // Checks the edge config's validation includes the DHT table's problems under its name.
+        let text = r#"
+            [edge]
+            data_dir = "/tmp/sluice-edge"
+            [uplink]
+            cluster = "test"
+            nodes = ["127.0.0.1:7400"]
+            ca_cert = "ca.pem"
+            cert = "edge.pem"
+            key = "edge.key"
+            [[sources]]
+            type = "dht"
+            name = "fridge"
+            stream = "sensors"
+            sensor = "fridge-1"
+            model = "dht22"
+            pin = 99
+            interval_ms = 100
+        "#;
+        let Err(ConfigError::Invalid { problems }) = from_toml(text) else {
+            panic!("expected an invalid configuration");
+        };
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("sources.fridge.interval_ms")));
+        assert!(problems.iter().any(|p| p.starts_with("sources.fridge.pin")));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 pub mod agent;
 pub mod config;
+pub mod error;
 pub mod metrics;
+pub mod reading;
 pub mod source;
 pub mod spool;
 pub mod status;

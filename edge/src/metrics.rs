@@ -65,6 +65,13 @@ pub struct UplinkStatus {
     pub refused: BTreeMap<String, u64>,
     /// Records sent and not yet acknowledged.
     pub in_flight: u64,
+    /// Sensor streams moved to a newer epoch because the node forgot their producer state
+    /// (`ProducerExpired`); their unacknowledged seqs are declared closed.
+    #[serde(default)]
+    pub epochs_moved: u64,
+    /// Readings never sent in such a forgotten epoch, resent with new seqs in the newer one.
+    #[serde(default)]
+    pub resent_new_epoch: u64,
     /// The last error, cleared by the next success.
     pub last_error: Option<String>,
 }
@@ -341,6 +348,20 @@ impl Collector for Metrics {
             "Records refused by the node, by reason (kept and retried)",
             Counter,
             refused,
+        )?;
+        family(
+            &mut encoder,
+            "edge_uplink_epochs_moved",
+            "Sensor streams moved to a newer epoch after the node forgot their producer state",
+            Counter,
+            one(u.epochs_moved),
+        )?;
+        family(
+            &mut encoder,
+            "edge_uplink_resent_new_epoch_records",
+            "Never-sent readings of a forgotten epoch resent in a newer one",
+            Counter,
+            one(u.resent_new_epoch),
         )?;
         family(
             &mut encoder,

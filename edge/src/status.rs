@@ -2,7 +2,7 @@
 //! (Prometheus / OpenMetrics text) and `GET /health`. Read-only; it serves the agent's
 //! [`Metrics`] and nothing else. Bind it to loopback unless a firewall protects it.
 
-use crate::agent::EdgeError;
+use crate::error::EdgeError;
 use crate::metrics::{Metrics, Status};
 use axum::extract::State;
 use axum::http::header;

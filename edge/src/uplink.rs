@@ -25,6 +25,14 @@
 //!   by a `Dropped { reason: Invalid }` declaration ([`Output::Refused`]) and rewinds at once,
 //!   without a backoff: the sequence gaps the later records of that batch met are its
 //!   consequence. A declaration refused as `Invalid` stays a refusal (retried with backoff).
+//! - A record the node refuses as `ProducerExpired` cannot be stored in its epoch ever again:
+//!   the node forgot that sensor's state in that epoch and cannot tell a retry from a new
+//!   record. Resending would hold the sensor back forever, so the core asks the agent to move
+//!   the stream to a newer epoch ([`Output::Expired`]; the spool closes the old epoch's
+//!   unacknowledged range with a `Dropped { reason: ProducerExpired }` declaration and resends
+//!   the readings it never sent) and rewinds at once, without a backoff. An `EpochStart`
+//!   refusal of a request sent alone is handled the same way: the node knows nothing of the
+//!   epoch (it lost it) and the epoch's first seqs were already released from the spool.
 //! - A connection that fails (timeout, close, protocol error) is dropped: requests in flight on
 //!   it are forgotten, the spool is rewound, and a new connection is tried after a backoff.
 //! - Backoff is the project's one schedule, [`sluice_proto::backoff::Backoff`]: it doubles per
@@ -87,6 +95,15 @@ pub enum Output {
         /// What the node said.
         reason: String,
     },
+    /// The node forgot the producer state of `key` (`ProducerExpired`) and refuses everything
+    /// of it: move its unacknowledged records to a newer epoch (see `Spool::expired`). Comes
+    /// before the [`Output::Rewind`] that sends them again.
+    Expired {
+        /// The stream (which spool).
+        stream: StreamName,
+        /// The sensor stream the node forgot.
+        key: StreamKey,
+    },
     /// Everything handed out and not acknowledged must be handed out again.
     Rewind,
 }
@@ -100,8 +117,10 @@ pub enum Severity {
     Reordered,
     /// Will not pass without someone acting (ACL, certificate, a node that lost data).
     NeedsOperator,
-    /// The node refused a reading as invalid; it is declared dropped (`Invalid`) in its place,
-    /// so its sensor moves on. An operator should still learn why.
+    /// The spool resolves the refusal with a declaration, so the sensor moves on: a reading
+    /// refused as invalid is declared dropped (`Invalid`) in its place; a sensor whose producer
+    /// state the node forgot moves to a newer epoch (`ProducerExpired`). Resent at once, not a
+    /// failure; an operator should still learn why (counted, logged).
     Declared,
 }
 
@@ -370,6 +389,7 @@ impl UplinkCore {
         // Per sensor stream: the last seq of the stored prefix, and whether the prefix broke.
         let mut prefix: BTreeMap<&StreamKey, (Option<u64>, bool)> = BTreeMap::new();
         let mut refused = Vec::new();
+        let mut expired: Vec<&StreamKey> = Vec::new();
         for ((key, seq, seq_last, is_drop), outcome) in batch.records.iter().zip(outcomes) {
             let entry = prefix.entry(key).or_insert((None, false));
             let stored = match outcome {
@@ -387,6 +407,28 @@ impl UplinkCore {
                             .push(("invalid", Severity::Declared, example));
                     }
                     refused.push((key.clone(), *seq, reason.clone()));
+                    false
+                }
+                // Nothing of this epoch of the sensor can be stored any more: the spool moves
+                // it to a newer epoch. Later records of the stream got the same answer. An
+                // `EpochStart` to a request sent alone (so not overtaking the epoch's first
+                // records) says the same: the node holds nothing of the epoch, and a seq the
+                // spool already released can never be sent again.
+                RecordOutcome::Rejected(
+                    rejection @ (RecordRejection::ProducerExpired { .. }
+                    | RecordRejection::EpochStart { .. }),
+                ) if !entry.1
+                    && (!batch.pipelined
+                        || matches!(rejection, RecordRejection::ProducerExpired { .. })) =>
+                {
+                    let (label, _) = classify_rejection(rejection);
+                    if !report.refusals.iter().any(|(l, _, _)| *l == label) {
+                        let example = format!("seq {seq}: {rejection}");
+                        report.refusals.push((label, Severity::Declared, example));
+                    }
+                    if !expired.contains(&key) {
+                        expired.push(key);
+                    }
                     false
                 }
                 RecordOutcome::Rejected(rejection) => {
@@ -415,7 +457,13 @@ impl UplinkCore {
                 });
             }
         }
-        let declared = !refused.is_empty();
+        let declared = !refused.is_empty() || !expired.is_empty();
+        for key in expired {
+            self.outputs.push_back(Output::Expired {
+                stream: batch.stream.clone(),
+                key: key.clone(),
+            });
+        }
         for (key, seq, reason) in refused {
             self.outputs.push_back(Output::Refused {
                 stream: batch.stream.clone(),
@@ -507,12 +555,16 @@ pub fn classify_rejection(rejection: &RecordRejection) -> (&'static str, Severit
         // With several requests in flight a later one can reach the partition first; the
         // rewind resends in order. A gap that persists means the node lost what it had.
         R::SequenceGap { .. } => ("sequence_gap", Severity::Transient),
+        // A request sent alone moves the stream to a newer epoch (see `outcomes`); one that
+        // overtook the epoch's first records is an ordering refusal.
         R::EpochStart { .. } => ("epoch_start", Severity::NeedsOperator),
         R::StaleEpoch { .. } => ("stale_epoch", Severity::NeedsOperator),
         R::Invalid { .. } => ("invalid", Severity::NeedsOperator),
         R::DuplicateTooOld { .. } => ("duplicate_too_old", Severity::Transient),
-        // The node forgot this epoch of the sensor; only a new epoch (a restart) resumes it.
-        R::ProducerExpired { .. } => ("producer_expired", Severity::NeedsOperator),
+        // The node forgot this epoch of the sensor: the first such record of its stream in a
+        // batch moves the stream to a newer epoch (see `outcomes`); one behind another refusal
+        // is resent and handled then.
+        R::ProducerExpired { .. } => ("producer_expired", Severity::Transient),
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`Validator`] is a sans-IO core: time comes in as `now`; it keeps per-sensor state bounded by
 //! `sensors_max` (the oldest-touched sensor's state is forgotten beyond it).
 
-use crate::source::{Refusal, SourceReading};
+use crate::reading::{Refusal, SourceReading};
 use serde::{Deserialize, Serialize};
 use sluice_proto::{Payload, Reading, SensorId};
 use std::collections::{BTreeMap, VecDeque};

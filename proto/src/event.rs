@@ -98,6 +98,23 @@ pub enum DropReason {
     Storage,
     /// The edge's stored copy was damaged on disk (it failed its checksum) and cannot be read.
     Corrupted,
+    /// The node forgot the producer state of this sensor in boot epoch `epoch` (it answered
+    /// `RecordRejection::ProducerExpired`, or `EpochStart` to a record past the epoch's first
+    /// when the producer had already released those), so seqs `seq..=seq_last` *of that
+    /// epoch* can never be delivered under it: this declaration, sent in a newer epoch, closes
+    /// them. Those the
+    /// producer had handed out may or may not have been stored and are not sent again (a second
+    /// copy could be stored); readings it had never sent follow this declaration in its own
+    /// epoch, with new seqs. The declaration's own seq range (in its own epoch) carries nothing
+    /// else.
+    ProducerExpired {
+        /// The expired epoch.
+        epoch: BootEpoch,
+        /// First seq of that epoch closed.
+        seq: u64,
+        /// Last seq of that epoch closed (inclusive).
+        seq_last: u64,
+    },
 }
 
 /// What an event carries.

@@ -84,6 +84,14 @@ fn payloads() -> Vec<Payload> {
             seq_last: u64::MAX - 1,
             reason: DropReason::Corrupted,
         },
+        Payload::Dropped {
+            seq_last: 65_536,
+            reason: DropReason::ProducerExpired {
+                epoch: BootEpoch(1 << 33),
+                seq: 251,
+                seq_last: u64::MAX - 1,
+            },
+        },
     ]
 }
 
@@ -106,6 +114,7 @@ fn payload_name(payload: &Payload) -> &'static str {
             DropReason::Invalid => "dropped_invalid",
             DropReason::Storage => "dropped_storage",
             DropReason::Corrupted => "dropped_corrupted",
+            DropReason::ProducerExpired { .. } => "dropped_producer_expired",
         },
     }
 }

@@ -123,7 +123,14 @@ fn drop_reason() -> impl Strategy<Value = DropReason> {
         Just(DropReason::PowerLoss),
         Just(DropReason::Invalid),
         Just(DropReason::Storage),
-        Just(DropReason::Corrupted)
+        Just(DropReason::Corrupted),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(epoch, seq, seq_last)| {
+            DropReason::ProducerExpired {
+                epoch: BootEpoch(epoch),
+                seq,
+                seq_last,
+            }
+        })
     ]
 }
 

@@ -9,10 +9,11 @@
 //! The source value survives a failure (the actor hands it back), so state such as a file
 //! position carries over; after a panic it is rebuilt from its configuration.
 
+use super::SourceSpec;
 use super::{Source, SourceContext};
-use crate::config::{SourceSpec, SupervisionSection};
 use crate::metrics::Metrics;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::Deserialize;
 use sluice_proto::backoff::Backoff;
 use sluice_proto::env::Clock;
 use std::collections::BTreeMap;
@@ -20,6 +21,28 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 use tracing::{error, info, warn, Instrument};
+
+/// `[supervision]`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionSection {
+    /// First wait before restarting a failed source, ms; doubled (with jitter) per failure.
+    pub restart_backoff_initial_ms: u64,
+    /// Longest wait before restarting a failed source, ms.
+    pub restart_backoff_max_ms: u64,
+    /// A source that ran this long without failing starts again from the first wait, ms.
+    pub restart_window_ms: u64,
+}
+
+impl Default for SupervisionSection {
+    fn default() -> Self {
+        Self {
+            restart_backoff_initial_ms: 500,
+            restart_backoff_max_ms: 60_000,
+            restart_window_ms: 600_000,
+        }
+    }
+}
 
 /// Salt of a source's restart-backoff RNG (`env.rng(source_idx, RESTART_SALT)`).
 const RESTART_SALT: u64 = 0x5253_5441_5254; // "RSTART"

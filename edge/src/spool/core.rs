@@ -187,6 +187,11 @@ pub struct SpoolStats {
     pub n_dropped_storage: u64,
     /// Seqs declared `Corrupted` (damaged on disk).
     pub n_dropped_corrupted: u64,
+    /// Seqs of older epochs closed by a `ProducerExpired` declaration (the node forgot the
+    /// epoch); the never-sent readings among them are counted in `n_resent_new_epoch` too.
+    pub n_dropped_producer_expired: u64,
+    /// Readings never sent in an epoch the node forgot, resent with new seqs in a newer one.
+    pub n_resent_new_epoch: u64,
     /// `fdatasync`s of the log.
     pub n_syncs: u64,
     /// Segments removed.
@@ -714,6 +719,183 @@ impl SpoolCore {
         true
     }
 
+    /// What [`SpoolCore::handle_expired`] resends of `key` in a new epoch, in seq order: the
+    /// readings never handed to the uplink (so never stored), and every `ProducerExpired`
+    /// declaration (it closes a range of another epoch, so it means the same in any epoch and
+    /// delivering it twice closes nothing twice). The shell reads their records and passes
+    /// them back.
+    pub fn to_resend(&self, key: &StreamKey) -> Vec<Outgoing> {
+        let Some(stream) = self.streams.get(key) else {
+            return Vec::new();
+        };
+        stream
+            .items
+            .iter()
+            .filter(|i| match i.reason {
+                None => !i.is_pinned(),
+                Some(reason) => matches!(reason, DropReason::ProducerExpired { .. }),
+            })
+            .map(|i| Outgoing {
+                key: key.clone(),
+                seq: i.seq,
+                seq_last: i.seq_last,
+                loc: i.loc,
+            })
+            .collect()
+    }
+
+    /// The node answered `ProducerExpired` for `key`: it forgot this sensor's state in that
+    /// epoch and refuses everything of it, so nothing queued for `key` can be delivered under
+    /// it any more. `key.epoch` must be older than the spool's epoch (the shell reopens the
+    /// spool in a new epoch first when it is not). In the spool's epoch, one
+    /// `Dropped { reason: ProducerExpired { epoch, seq, seq_last } }` declaration closes every
+    /// seq of `key` not acknowledged, and `resend` (the records [`SpoolCore::to_resend`] named,
+    /// possibly before a reopen: readings never stored, so safe to store once) follows it with
+    /// new seqs. Readings handed
+    /// out before may have been stored: they are not resent, so no reading is stored twice;
+    /// other declarations of `key` are subsumed by the closing one. The
+    /// declaration is what makes this atomic: replay takes it as the acknowledgement of the
+    /// closed range, so a crash can neither resurrect the old items next to their resends nor
+    /// lose them silently. Everything is synced before this returns. Returns the closed range
+    /// `(seq, seq_last)` of `key`, or `None` (changing nothing) when `key` has nothing queued.
+    pub fn handle_expired(
+        &mut self,
+        now: Now,
+        key: &StreamKey,
+        resend: Vec<Record>,
+    ) -> Option<(u64, u64)> {
+        self.set_now(now);
+        let stream = self.streams.get(key)?;
+        if stream.items.is_empty() {
+            return None;
+        }
+        assert!(
+            key.epoch < self.epoch,
+            "{key:?} expired in the current epoch"
+        );
+        let (first, end) = (stream.acked_end, stream.issued_end);
+        for record in &resend {
+            // `resend` may come from before a reopen, which pins what it cannot prove unsent:
+            // each must still be a queued item of `key` of the same kind.
+            let kind = |r: &Option<DropReason>| r.map(|r| std::mem::discriminant(&r));
+            let reason = match record.payload {
+                Payload::Dropped { reason, .. } => Some(reason),
+                _ => None,
+            };
+            assert!(
+                stream
+                    .items
+                    .iter()
+                    .any(|i| i.seq == record.seq && kind(&i.reason) == kind(&reason)),
+                "resend of {key:?} seq {} is not one of its items",
+                record.seq
+            );
+        }
+        let old = std::mem::take(&mut self.stream_mut(key).items);
+        let spooled: BTreeMap<u64, (u64, u64)> = old
+            .iter()
+            .map(|i| (i.seq, (i.spooled_at, i.order)))
+            .collect();
+        for item in &old {
+            self.remove_live(item);
+        }
+        let stream = self.stream_mut(key);
+        stream.acked_end = end;
+        self.pending_acks.insert(key.clone(), end);
+        let target = StreamKey {
+            sensor: key.sensor.clone(),
+            epoch: self.epoch,
+        };
+        if !self.streams.contains_key(&target) {
+            // Not a new sensor: it moves epochs, so `sensors_max` does not refuse it.
+            self.streams.insert(target.clone(), Stream::default());
+            self.n_current_sensors += 1;
+        }
+        self.reserve_for(&target, resend.len() as u64 + 1);
+        let reason = DropReason::ProducerExpired {
+            epoch: key.epoch,
+            seq: first,
+            seq_last: end - 1,
+        };
+        let seq = self.stream_mut(&target).issued_end;
+        let order = old.front().map_or_else(|| self.take_order(), |i| i.order);
+        let declared = self.declare(&target, seq, seq, reason, order);
+        let stream = self.stream_mut(&target);
+        stream.items.push_back(declared);
+        stream.issued_end = seq + 1;
+        for record in resend {
+            let (spooled_at, order) = spooled.get(&record.seq).copied().unwrap_or((0, 0));
+            self.reissue(&target, record, spooled_at, order);
+        }
+        self.count_dropped(reason, end - first);
+        self.dirty_since.get_or_insert(self.now);
+        self.sync();
+        self.compact_if_over();
+        self.check_invariants();
+        Some((first, end - 1))
+    }
+
+    /// Makes sure `n` more seqs of `key` are reserved durably before any is issued.
+    fn reserve_for(&mut self, key: &StreamKey, n: u64) {
+        let block = self.config.seq_reserve_block;
+        let stream = self.stream_mut(key);
+        if stream.issued_end + n <= stream.reserved_end {
+            return;
+        }
+        stream.reserved_end = stream.issued_end + n + block;
+        let seq_end = stream.reserved_end;
+        self.write_entry(&Entry::Reserve {
+            sensor: key.sensor.clone(),
+            epoch: key.epoch,
+            seq_end,
+        });
+        self.sync();
+    }
+
+    /// Writes `record` again as the next seq of `key` (a declaration covers just that seq), as
+    /// a frame beyond `make_room`: the items it replaces were just freed, and compaction
+    /// restores the budget.
+    fn reissue(&mut self, key: &StreamKey, record: Record, spooled_at: u64, order: u64) {
+        let seq = self.stream_mut(key).issued_end;
+        let (payload, reason) = match record.payload {
+            Payload::Dropped { reason, .. } => (
+                Payload::Dropped {
+                    seq_last: seq,
+                    reason,
+                },
+                Some(reason),
+            ),
+            payload => (payload, None),
+        };
+        let record = Record {
+            boot_epoch: key.epoch,
+            seq,
+            payload,
+            ..record
+        };
+        let (loc, log_idx) = self.write_entry(&Entry::Record {
+            spooled_at: from_spool_ms(spooled_at),
+            record,
+        });
+        let item = Item {
+            seq,
+            seq_last: seq,
+            reason,
+            loc,
+            spooled_at,
+            order,
+            log_idx,
+            send: SendState::Unsent,
+        };
+        self.add_live(&item);
+        let stream = self.stream_mut(key);
+        stream.items.push_back(item);
+        stream.issued_end = seq + 1;
+        if reason.is_none() {
+            self.stats.n_resent_new_epoch += 1;
+        }
+    }
+
     /// The uplink lost its connection: everything handed out and not acknowledged must be sent
     /// again (and stays pinned: it may have been delivered).
     pub fn handle_rewind(&mut self) {
@@ -1181,6 +1363,7 @@ impl SpoolCore {
             DropReason::Invalid => &mut self.stats.n_dropped_invalid,
             DropReason::Storage => &mut self.stats.n_dropped_storage,
             DropReason::Corrupted => &mut self.stats.n_dropped_corrupted,
+            DropReason::ProducerExpired { .. } => &mut self.stats.n_dropped_producer_expired,
         };
         *counter += n;
     }
@@ -1553,6 +1736,22 @@ impl Replay {
             Payload::Dropped { reason, .. } => Some(reason),
             _ => None,
         };
+        if let Some(DropReason::ProducerExpired {
+            epoch, seq_last, ..
+        }) = reason
+        {
+            // The declaration closes that range of the older epoch: it is written before the
+            // ack that says so, and a torn tail may keep only the declaration.
+            if epoch < key.epoch {
+                let old = StreamKey {
+                    sensor: key.sensor.clone(),
+                    epoch,
+                };
+                let closed = self.streams.entry(old.clone()).or_default();
+                acknowledge(closed, seq_last.saturating_add(1))
+                    .map_err(|e| format!("{old:?}: {e}"))?;
+            }
+        }
         let order = self.next_order;
         self.next_order += 1;
         let stream = self.streams.entry(key.clone()).or_default();

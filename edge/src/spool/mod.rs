@@ -389,6 +389,49 @@ impl Spool {
         Ok(declared)
     }
 
+    /// The node answered `ProducerExpired` for `key`, an epoch older than the spool's: its
+    /// unacknowledged seqs are closed by a declaration in the spool's epoch and the readings
+    /// never sent are resent after it with new seqs (see [`SpoolCore::handle_expired`]).
+    /// `resend` is what [`Spool::to_resend`] returned before the spool was reopened into a
+    /// newer epoch (a reopen forgets which items were handed out, so it must be asked first);
+    /// `None` asks this spool. Returns the closed range of `key`, or `None` when nothing of it
+    /// was queued.
+    pub fn expired(
+        &mut self,
+        now: Now,
+        key: &StreamKey,
+        resend: Option<Vec<Record>>,
+    ) -> Result<Option<(u64, u64)>, SpoolError> {
+        self.live()?;
+        let resend = match resend {
+            Some(resend) => resend,
+            None => self.to_resend(now, key)?,
+        };
+        let closed = self.core.handle_expired(now, key, resend);
+        self.execute()?;
+        Ok(closed)
+    }
+
+    /// The records of `key` that [`Spool::expired`] resends in a newer epoch: its readings
+    /// never handed out, and its `ProducerExpired` declarations (see [`SpoolCore::to_resend`]).
+    /// They are read back from disk (synced first); a read that fails fences the spool.
+    pub fn to_resend(&mut self, now: Now, key: &StreamKey) -> Result<Vec<Record>, SpoolError> {
+        self.live()?;
+        self.core.handle_sync(now);
+        self.execute()?;
+        let mut resend = Vec::new();
+        for item in self.core.to_resend(key) {
+            match self.read_record(&item) {
+                Ok(record) => resend.push(record),
+                Err(error) => {
+                    self.fenced = true;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(resend)
+    }
+
     /// The uplink lost its connection: unacknowledged records will be handed out again.
     pub fn rewind(&mut self) {
         self.core.handle_rewind();

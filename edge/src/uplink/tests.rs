@@ -367,3 +367,113 @@ fn a_declaration_refused_as_invalid_backs_off_and_is_not_redeclared() {
     assert_eq!(core.failures(), 1);
     assert!(!core.can_send(t0), "backing off");
 }
+
+fn producer_expired(sensor: &str) -> RecordOutcome {
+    rejected(RecordRejection::ProducerExpired {
+        sensor: sensor.into(),
+        epoch: 1,
+    })
+}
+
+#[test]
+fn a_forgotten_producer_moves_its_stream_to_a_new_epoch_and_resends_at_once() {
+    // Checks that ProducerExpired no longer holds a sensor forever: the stored prefix is acked,
+    // the first expired record of each stream asks for one Output::Expired (not one per record),
+    // other streams of the batch are unaffected, nothing counts as a failure, and the spool is
+    // rewound without a backoff.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 0), record("a", 1), record("a", 2)],
+    );
+    let report = core.handle_response(
+        t0,
+        1,
+        1,
+        response(vec![
+            appended(),
+            producer_expired("a"),
+            producer_expired("a"),
+        ]),
+    );
+    assert_eq!(report.n_delivered, 1);
+    assert_eq!(report.refusals.len(), 1, "{:?}", report.refusals);
+    assert_eq!(report.refusals[0].0, "producer_expired");
+    assert_eq!(report.refusals[0].1, Severity::Declared);
+    let out = outputs(&mut core);
+    assert_eq!(
+        out,
+        [
+            ack("a", 0),
+            Output::Expired {
+                stream: stream(),
+                key: key("a"),
+            },
+            Output::Rewind
+        ]
+    );
+    assert_eq!(core.failures(), 0);
+    assert!(core.can_send(t0), "no backoff");
+}
+
+#[test]
+fn a_forgotten_producer_behind_another_refusal_waits_for_its_turn() {
+    // Checks that ProducerExpired of a record behind a transient refusal of its stream is not
+    // acted on (the transient one decides: backoff, resend) and asks for no epoch move yet.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(t0, stream(), &[record("a", 0), record("a", 1)]);
+    let report = core.handle_response(
+        t0,
+        1,
+        1,
+        response(vec![overloaded(), producer_expired("a")]),
+    );
+    assert!(report
+        .refusals
+        .iter()
+        .all(|(_, severity, _)| *severity == Severity::Transient));
+    assert_eq!(outputs(&mut core), [Output::Rewind]);
+    assert_eq!(core.failures(), 1);
+}
+
+fn epoch_start(got: u64) -> RecordOutcome {
+    rejected(RecordRejection::EpochStart {
+        sensor: "a".into(),
+        epoch: 1,
+        got,
+    })
+}
+
+#[test]
+fn an_epoch_the_node_does_not_know_moves_to_a_new_one_unless_it_was_overtaken() {
+    // Checks that EpochStart to a request sent alone (the node holds nothing of the epoch, so
+    // the released seqs can never be resent) asks for Output::Expired and resends at once,
+    // while EpochStart to a pipelined request (it overtook the epoch's first records) is only
+    // an ordering refusal: rewind, no epoch move.
+    let t0 = origin();
+    let mut core = connected(t0);
+    core.handle_sent(t0, stream(), &[record("a", 5), record("a", 6)]);
+    let report = core.handle_response(t0, 1, 1, response(vec![epoch_start(5), epoch_start(6)]));
+    assert_eq!(report.refusals.len(), 1, "{:?}", report.refusals);
+    assert_eq!(report.refusals[0].1, Severity::Declared);
+    assert_eq!(
+        outputs(&mut core),
+        [
+            Output::Expired {
+                stream: stream(),
+                key: key("a"),
+            },
+            Output::Rewind
+        ]
+    );
+    assert!(core.can_send(t0), "no backoff");
+    core.handle_sent(t0, stream(), &[record("a", 0)]);
+    core.handle_sent(t0, stream(), &[record("a", 1)]);
+    let report = core.handle_response(t0, 1, 3, response(vec![epoch_start(1)]));
+    assert_eq!(report.refusals[0].1, Severity::Reordered);
+    core.handle_response(t0, 1, 2, response(vec![appended()]));
+    assert_eq!(outputs(&mut core), [ack("a", 0), Output::Rewind]);
+}

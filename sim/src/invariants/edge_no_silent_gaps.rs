@@ -265,7 +265,10 @@ fn check_epoch(
                 // disk tears at sector boundaries): a bad frame then a valid one, which the
                 // spool's rule cannot tell from damage, so it declares it (found by seed 173).
             }
-            DropReason::Invalid | DropReason::Storage | DropReason::Corrupted => {
+            DropReason::Invalid
+            | DropReason::Storage
+            | DropReason::Corrupted
+            | DropReason::ProducerExpired { .. } => {
                 // The simulated node refuses nothing an honest edge sends as invalid; only the
                 // simulator's own disk faults (`--edge-disk-faults`) fail or damage an edge's
                 // records: any other such declaration is a lie.

@@ -413,37 +413,6 @@ fn config_validation_lists_every_problem() {
 }
 
 #[test]
-fn config_problems_reach_the_agent_config() {
-    // Checks the edge config's validation includes the DHT table's problems under its name.
-    let text = r#"
-        [edge]
-        data_dir = "/tmp/sluice-edge"
-        [uplink]
-        cluster = "test"
-        nodes = ["127.0.0.1:7400"]
-        ca_cert = "ca.pem"
-        cert = "edge.pem"
-        key = "edge.key"
-        [[sources]]
-        type = "dht"
-        name = "fridge"
-        stream = "sensors"
-        sensor = "fridge-1"
-        model = "dht22"
-        pin = 99
-        interval_ms = 100
-    "#;
-    let Err(crate::config::ConfigError::Invalid { problems }) = crate::config::from_toml(text)
-    else {
-        panic!("expected an invalid configuration");
-    };
-    assert!(problems
-        .iter()
-        .any(|p| p.starts_with("sources.fridge.interval_ms")));
-    assert!(problems.iter().any(|p| p.starts_with("sources.fridge.pin")));
-}
-
-#[test]
 fn new_refuses_an_invalid_config() {
     // Checks `DhtSource::new` does not run a configuration that does not validate.
     let mut config = config(DhtModel::Dht22);

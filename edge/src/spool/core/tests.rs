@@ -616,3 +616,70 @@ fn a_reading_the_node_refuses_is_replaced_by_a_durable_declaration() {
     assert_eq!(d.core.n_records(), 0);
     assert_eq!(d.core.stream_ends(&key("a")), Some((4, 4)));
 }
+
+#[test]
+fn replay_takes_a_surviving_expiry_declaration_as_the_close_of_its_range() {
+    // Checks the atomicity rule of handle_expired: when a crash keeps the ProducerExpired
+    // declaration of epoch 1's range but loses the acknowledgement written after it, replay
+    // still closes that range, so epoch 1's readings are not delivered next to their resends.
+    let mut replay = Replay::new(config());
+    let loc = |i: u64| Loc {
+        segment: 0,
+        pos: SEGMENT_HEADER_LEN + 10 * i,
+        len: 10,
+    };
+    let record = |epoch: u64, seq: u64, payload: Payload| Entry::Record {
+        spooled_at: UnixMillis(0),
+        record: Record {
+            sensor: key("a").sensor,
+            boot_epoch: BootEpoch(epoch),
+            seq,
+            device_time: UnixMillis(0),
+            payload,
+        },
+    };
+    let reading = || Payload::Reading(Reading::Temperature { celsius: 1.0 });
+    let mut entries = vec![
+        Entry::Checkpoint {
+            epoch: BootEpoch(1),
+            streams: Vec::new(),
+        },
+        Entry::Reserve {
+            sensor: key("a").sensor,
+            epoch: BootEpoch(1),
+            seq_end: 3,
+        },
+    ];
+    entries.extend((0..3).map(|seq| record(1, seq, reading())));
+    entries.push(Entry::Open {
+        epoch: BootEpoch(2),
+    });
+    entries.push(Entry::Reserve {
+        sensor: key("a").sensor,
+        epoch: BootEpoch(2),
+        seq_end: 16,
+    });
+    let closed = DropReason::ProducerExpired {
+        epoch: BootEpoch(1),
+        seq: 0,
+        seq_last: 2,
+    };
+    entries.push(record(
+        2,
+        0,
+        Payload::Dropped {
+            seq_last: 0,
+            reason: closed,
+        },
+    ));
+    entries.push(record(2, 1, reading()));
+    let n = entries.len() as u64;
+    for (i, entry) in entries.into_iter().enumerate() {
+        replay.entry(loc(i as u64), entry).unwrap();
+    }
+    replay.segment(0, SEGMENT_HEADER_LEN + 10 * n, n);
+    let (core, _) = replay.finish(at(0), DropReason::PowerLoss, false).unwrap();
+    assert_eq!(core.stream_ends(&key("a")), None, "epoch 1 is closed");
+    let declared: Vec<_> = core.declared().into_iter().map(|d| d.reason).collect();
+    assert!(declared.contains(&closed), "{declared:?}");
+}
