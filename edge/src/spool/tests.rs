@@ -1111,7 +1111,7 @@ fn an_expired_epoch_is_closed_and_its_never_sent_readings_resent_in_the_new_one(
     // before (they may be stored) are not resent, readings never sent follow with new seqs;
     // readings of epoch 2 already queued come first; and a power cut right after it neither
     // brings epoch 1 back nor loses the resends.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     // A send mark just past what was handed out, so the rest is provably never sent.
     let config = SpoolConfig {
         send_ahead_bytes_max: 1,
@@ -1159,7 +1159,7 @@ fn an_expired_epoch_is_closed_and_its_never_sent_readings_resent_in_the_new_one(
         (2, 4, "v4".to_owned()),
     ];
     drop(spool);
-    disk.crash(&mut ChaCha8Rng::seed_from_u64(9));
+    disk.power_cut(&mut ChaCha8Rng::seed_from_u64(9));
     let (mut spool, report) = open(&disk, config, 4);
     // Only the reserved seqs of epoch 2 beyond those issued are declared lost to the cut.
     assert!(
