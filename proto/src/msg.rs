@@ -267,6 +267,20 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// Every code, in wire order (append new codes at the end, as to the enum).
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Forbidden,
+        ErrorCode::UnknownStream,
+        ErrorCode::UnknownPartition,
+        ErrorCode::TooLarge,
+        ErrorCode::Unavailable,
+        ErrorCode::Overloaded,
+        ErrorCode::Internal,
+    ];
+}
+
 /// A whole request failed.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct ErrorResponse {
@@ -330,6 +344,19 @@ mod tests {
     use super::*;
     use crate::event::{Event, Payload, Record};
     use crate::ids::{BootEpoch, Identity, Role, SensorId, UnixMillis};
+
+    #[test]
+    fn error_code_all_lists_every_code_in_wire_order() {
+        // Checks that ErrorCode::ALL is complete and ordered: its n-th code encodes as n, and
+        // the first number past it decodes to no code, so a code added to the enum but not to
+        // ALL fails here.
+        for (idx, code) in ErrorCode::ALL.iter().enumerate() {
+            let bytes = crate::codec::encode(code).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(bytes, [idx as u8], "{code:?}");
+        }
+        let past = [ErrorCode::ALL.len() as u8];
+        assert!(crate::codec::decode::<ErrorCode>(&past).is_err());
+    }
 
     fn event(payload_bytes: usize) -> Event {
         let producer = Identity::new(&"c".repeat(64), Role::Edge, &"e".repeat(128))

@@ -303,17 +303,6 @@ fn empty_fetch_response() -> FetchResponse {
     }
 }
 
-const ERROR_CODES: [ErrorCode; 8] = [
-    ErrorCode::BadRequest,
-    ErrorCode::Forbidden,
-    ErrorCode::UnknownStream,
-    ErrorCode::UnknownPartition,
-    ErrorCode::TooLarge,
-    ErrorCode::Unavailable,
-    ErrorCode::Overloaded,
-    ErrorCode::Internal,
-];
-
 fn error_code_name(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::BadRequest => "bad_request",
@@ -402,7 +391,7 @@ fn message_cases() -> Vec<(String, Message)> {
             n_partitions: 16,
         }),
     );
-    for code in ERROR_CODES {
+    for code in ErrorCode::ALL {
         let message = format!("{} for request 6", error_code_name(code).replace('_', " "));
         add(
             format!("error_{}", error_code_name(code)),

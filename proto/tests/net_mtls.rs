@@ -340,31 +340,17 @@ async fn expired_and_not_yet_valid_client_certificates_are_refused() {
         .unwrap();
 }
 
+#[cfg(feature = "testing")]
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     // Checks that a raw QUIC client offering no certificate is closed with the TLS
     // certificate_required alert (crypto error 0x100 + 116) and gets no response.
     let ca = ca();
     let server = start_node(&ca);
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(valid(&ca, Role::Edge, "x").ca[0].clone())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![sluice_proto::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
+    let config = testing::client_config_without_certificate(&valid(&ca, Role::Edge, "x")).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let connecting = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(quic)),
-            server.addr,
-            "localhost",
-        )
+        .connect_with(config, server.addr, "localhost")
         .unwrap();
     let closed = match within(connecting).await {
         Err(error) => error,

@@ -221,16 +221,7 @@ fn fetch_from() -> impl Strategy<Value = FetchFrom> {
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    select(vec![
-        ErrorCode::BadRequest,
-        ErrorCode::Forbidden,
-        ErrorCode::UnknownStream,
-        ErrorCode::UnknownPartition,
-        ErrorCode::TooLarge,
-        ErrorCode::Unavailable,
-        ErrorCode::Overloaded,
-        ErrorCode::Internal,
-    ])
+    select(ErrorCode::ALL.to_vec())
 }
 
 /// Any message of any kind.

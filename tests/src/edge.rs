@@ -43,12 +43,14 @@ pub struct TestEdge {
 /// default interval.
 pub const FAST_SYNC: &str = "[spool]\nsync_interval_ms = 20\n";
 
-/// A `[[sources]]` table of a simulated source on stream `events`, for a [`TestEdge`] body:
+/// A `[[sources]]` table of a simulated source (on stream `events` unless
+/// [`SimSource::on_stream`] says otherwise), for a [`TestEdge`] body:
 /// `devices` devices each read every `interval_ms`, forever unless [`SimSource::readings_max`]
 /// says otherwise. It renders with `Display`.
 #[derive(Clone, Debug)]
 pub struct SimSource {
     name: String,
+    stream: String,
     devices: u32,
     interval_ms: u64,
     lines: Vec<String>,
@@ -58,6 +60,7 @@ pub struct SimSource {
 pub fn sim_source(name: &str, devices: u32, interval_ms: u64) -> SimSource {
     SimSource {
         name: name.to_owned(),
+        stream: EVENTS.to_owned(),
         devices,
         interval_ms,
         lines: Vec::new(),
@@ -65,6 +68,12 @@ pub fn sim_source(name: &str, devices: u32, interval_ms: u64) -> SimSource {
 }
 
 impl SimSource {
+    /// Writes to `stream` instead of `events`.
+    pub fn on_stream(mut self, stream: &str) -> Self {
+        self.stream = stream.to_owned();
+        self
+    }
+
     /// Stops each device after `n` readings.
     pub fn readings_max(self, n: u64) -> Self {
         self.with(&format!("readings_max = {n}"))
@@ -91,7 +100,8 @@ impl std::fmt::Display for SimSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "\n[[sources]]\ntype = \"sim\"")?;
         writeln!(f, "name = {}", serde_json::json!(self.name))?;
-        writeln!(f, "stream = \"{EVENTS}\"\ndevices = {}", self.devices)?;
+        writeln!(f, "stream = {}", serde_json::json!(self.stream))?;
+        writeln!(f, "devices = {}", self.devices)?;
         writeln!(f, "interval_ms = {}", self.interval_ms)?;
         for line in &self.lines {
             writeln!(f, "{line}")?;

@@ -4,12 +4,11 @@
 //! with an error naming the reason, and the node keeps serving a good client afterwards.
 
 use sluice_proto::net::{self, Client, NetError, TlsMaterial};
-use sluice_proto::Role;
+use sluice_proto::{testing, Role};
 use sluice_tests::{
     fetch_partition, produce_acked, stream, tagged_records, within, CertDir, TestNode, Validity,
     CLUSTER, SINGLE, STEP,
 };
-use std::sync::Arc;
 
 /// Connects with `material` and makes one metadata call; the first error, from either.
 async fn connect_and_call(node: &TestNode, material: TlsMaterial) -> Result<(), NetError> {
@@ -88,25 +87,11 @@ async fn client_without_certificate_is_refused() {
     // with the TLS certificate_required alert (QUIC crypto error 0x100 + 116), and that the node
     // keeps serving.
     let node = TestNode::in_process().await.unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in node.material(sluice_tests::ADMIN).unwrap().ca {
-        roots.add(ca).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![sluice_proto::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
+    let admin = node.material(sluice_tests::ADMIN).unwrap();
+    let config = testing::client_config_without_certificate(&admin).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let connecting = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(quic)),
-            node.addr(),
-            "localhost",
-        )
+        .connect_with(config, node.addr(), "localhost")
         .unwrap();
     let closed = match within("handshake", STEP, connecting).await.unwrap() {
         Err(error) => error,

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use sluice_tests::edge::{histories, sim_source, TestEdge};
-use sluice_tests::{fetch_stream, free_udp_port, TestNode, EVENTS};
+use sluice_tests::{fetch_stream, free_udp_port, TestNode, EVENTS, SINGLE};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -167,6 +167,15 @@ write_buffer_bytes_max = 4096
     Ok(())
 }
 
+/// A `[spool]` of 4 KiB segments, 512-byte records and `spool_bytes_max` in all, so a few
+/// thousand readings fill it, with `policy` when it is full.
+fn small_spool(policy: &str, spool_bytes_max: u64) -> String {
+    format!(
+        "[spool]\nsync_interval_ms = 20\nsegment_bytes_max = 4096\n\
+         spool_bytes_max = {spool_bytes_max}\nrecord_bytes_max = 512\npolicy = \"{policy}\"\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_spool_under_drop_oldest_declares_every_lost_seq() -> Result<()> {
     // Checks that when the spool overflows while the node is unreachable, the oldest readings
@@ -177,14 +186,8 @@ async fn full_spool_under_drop_oldest_declares_every_lost_seq() -> Result<()> {
         &node,
         "pi-full",
         &format!(
-            r#"
-[spool]
-sync_interval_ms = 20
-segment_bytes_max = 4096
-spool_bytes_max = 16384
-record_bytes_max = 512
-policy = "drop_oldest"
-{}"#,
+            "{}{}",
+            small_spool("drop_oldest", 16384),
             sim_source("door", 2, 1)
                 .temperature_only()
                 .readings_max(2000)
@@ -242,14 +245,8 @@ async fn full_spool_under_block_holds_readings_back_and_drops_nothing() -> Resul
         &node,
         "pi-block",
         &format!(
-            r#"
-[spool]
-sync_interval_ms = 20
-segment_bytes_max = 4096
-spool_bytes_max = 16384
-record_bytes_max = 512
-policy = "block"
-{}"#,
+            "{}{}",
+            small_spool("block", 16384),
             sim_source("press", 2, 1)
                 .temperature_only()
                 .readings_max(1000)
@@ -320,35 +317,20 @@ async fn a_blocked_stream_does_not_hold_back_the_others() -> Result<()> {
     let mut edge = TestEdge::create(
         &node,
         "pi-two-streams",
-        r#"
-[spool]
-sync_interval_ms = 20
-segment_bytes_max = 4096
-spool_bytes_max = 32768
-record_bytes_max = 512
-policy = "block"
-
-[[sources]]
-type = "sim"
-name = "fast"
-stream = "events"
-devices = 2
-quantities = ["temperature"]
-interval_ms = 1
-readings_max = 1000
-dropout_probability = 0.0
-
-[[sources]]
-type = "sim"
-name = "slow"
-stream = "single"
-sensor_prefix = "slow"
-devices = 1
-quantities = ["humidity"]
-interval_ms = 100
-readings_max = 20
-dropout_probability = 0.0
-"#,
+        &format!(
+            "{}{}{}",
+            small_spool("block", 32768),
+            sim_source("fast", 2, 1)
+                .temperature_only()
+                .readings_max(1000)
+                .no_dropouts(),
+            sim_source("slow", 1, 100)
+                .on_stream(SINGLE)
+                .with("sensor_prefix = \"slow\"")
+                .with("quantities = [\"humidity\"]")
+                .readings_max(20)
+                .no_dropouts(),
+        ),
     )?;
     edge.start().await?;
     let held = edge

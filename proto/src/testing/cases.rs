@@ -1,6 +1,7 @@
 //! Test support shared by the tests of every crate (feature `testing`; always in this crate's
 //! own unit tests): the stream names every check must refuse, a TOML quoting helper so config
-//! tests can embed them, and (with `net`) a flood of QUIC handshakes that never finish.
+//! tests can embed them, and (with the feature) hostile QUIC clients: a flood of handshakes that
+//! never finish, and a client that offers no certificate.
 //!
 //! Nothing here is used by production code; it exists so that the node's, the edge's and this
 //! crate's tests check the same cases with one copy of the code.
@@ -41,10 +42,10 @@ pub fn toml_string(text: &str) -> String {
 }
 
 #[cfg(feature = "testing")]
-pub use flood::initials_that_never_finish;
+pub use hostile::{client_config_without_certificate, initials_that_never_finish};
 
 #[cfg(feature = "testing")]
-mod flood {
+mod hostile {
     use crate::net::{self, TlsMaterial};
     use std::io;
     use std::net::SocketAddr;
@@ -81,6 +82,27 @@ mod flood {
             socket.send_to(&datagram[..transmit.size], server).await?;
         }
         Ok(socket)
+    }
+
+    /// A QUIC client config that trusts the CA of `material` and speaks TLS 1.3 with Sluice's
+    /// ALPN like a real client, but offers no client certificate at all.
+    pub fn client_config_without_certificate(
+        material: &TlsMaterial,
+    ) -> io::Result<quinn::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in &material.ca {
+            roots.add(ca.clone()).map_err(io::Error::other)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![crate::ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+            .map_err(io::Error::other)?;
+        Ok(quinn::ClientConfig::new(Arc::new(quic)))
     }
 }
 

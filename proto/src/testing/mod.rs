@@ -8,6 +8,6 @@ mod cases;
 pub mod disk;
 
 #[cfg(feature = "testing")]
-pub use cases::initials_that_never_finish;
+pub use cases::{client_config_without_certificate, initials_that_never_finish};
 pub use cases::{toml_string, BAD_STREAM_NAMES};
 pub use disk::{CrashDisk, CrashModel, CrashReport, DiskStats, Tear, SECTOR_BYTES};
