@@ -1173,3 +1173,33 @@ fn an_expired_epoch_is_closed_and_its_never_sent_readings_resent_in_the_new_one(
         .iter()
         .all(|(e, _, what)| *e == 2 && what == "PowerLoss"));
 }
+
+#[test]
+fn an_expiry_declaration_outliving_the_records_it_closed_recovers() {
+    // Checks that once the segments of the closed epoch are removed (their records are dead),
+    // a restart that replays the still-queued ProducerExpired declaration opens cleanly and
+    // delivers it and the resent readings exactly once.
+    let disk = MemDisk::default();
+    let config = SpoolConfig {
+        send_ahead_bytes_max: 1,
+        ..config()
+    };
+    let (mut spool, _) = open(&disk, config, 0);
+    for seq in 0..150 {
+        append(&mut spool, "a", seq);
+    }
+    spool.close(t(1)).unwrap();
+    let (mut spool, _) = open(&disk, config, 2);
+    let old = StreamKey {
+        sensor: sensor("a"),
+        epoch: BootEpoch(1),
+    };
+    assert_eq!(spool.expired(t(3), &old, None).unwrap(), Some((0, 149)));
+    spool.sync(t(4)).unwrap();
+    spool.close(t(5)).unwrap();
+    let (mut spool, _) = open(&disk, config, 6);
+    let got = summary(&drain(&mut spool));
+    assert!(got.iter().all(|(epoch, _, _)| *epoch == 2), "{got:?}");
+    assert_eq!(got.len(), 151, "{got:?}");
+    assert!(got[0].2.starts_with("ProducerExpired"), "{got:?}");
+}
