@@ -1179,7 +1179,7 @@ fn an_expiry_declaration_outliving_the_records_it_closed_recovers() {
     // Checks that once the segments of the closed epoch are removed (their records are dead),
     // a restart that replays the still-queued ProducerExpired declaration opens cleanly and
     // delivers it and the resent readings exactly once.
-    let disk = MemDisk::default();
+    let disk = CrashDisk::new();
     let config = SpoolConfig {
         send_ahead_bytes_max: 1,
         ..config()
