@@ -710,12 +710,10 @@ impl LogWriter {
             durable_offset: view.base,
             durable_pos: SEGMENT_HEADER_LEN,
         };
-        if let Err(e) = self.manifest.write(state) {
-            // Unrecorded and empty: remove it so the next open does not meet it.
-            drop(writer);
-            let _ = self.disk.remove(&view.path);
-            return Err(e);
-        }
+        // On failure the segment stays: the record may have reached the page cache (a failed
+        // fdatasync leaves its pages readable), so the next open may read a manifest naming it.
+        // Empty either way, it is then the last segment, or removed as a roll cut short.
+        self.manifest.write(state)?;
         self.active = view.clone();
         self.writer = writer;
         self.last_index_pos = 0;
