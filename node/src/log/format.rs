@@ -68,11 +68,7 @@ pub(crate) fn decode_entry(payload: &[u8]) -> Result<(Offset, u32, &[u8]), Strin
             "log entry at offset {base} with {count} events runs past the largest offset"
         ));
     }
-    Ok((
-        Offset(base),
-        count,
-        &payload[ENTRY_PREFIX_LEN..],
-    ))
+    Ok((Offset(base), count, &payload[ENTRY_PREFIX_LEN..]))
 }
 
 /// First bytes of a manifest slot.
