@@ -68,7 +68,7 @@ pub struct SentRecord {
 }
 
 /// Every record of the run.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct History {
     records: BTreeMap<RecordKey, SentRecord>,
     n_unresolved: u64,
@@ -213,6 +213,28 @@ impl History {
                 self.n_unresolved -= 1;
             }
         }
+    }
+
+    /// Drops the records sent to `partitions` (of `streams`, by stream and partition count),
+    /// for checks that do not apply to them.
+    pub fn forget_partitions(
+        &mut self,
+        streams: &[(StreamName, u32)],
+        partitions: &std::collections::BTreeSet<(StreamName, sluice_proto::PartitionId)>,
+    ) {
+        self.records.retain(|(_, sensor, _, _), sent| {
+            let n = streams
+                .iter()
+                .find(|(s, _)| *s == sent.stream)
+                .map_or(1, |(_, n)| *n);
+            let partition = sluice_cluster::placement::partition_for(sensor, n);
+            !partitions.contains(&(sent.stream.clone(), partition))
+        });
+        self.n_unresolved = self
+            .records
+            .values()
+            .filter(|s| s.status == Status::Unacked)
+            .count() as u64;
     }
 
     /// True when the producer has an answer for the record (acked or known stored).
