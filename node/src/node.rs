@@ -280,127 +280,73 @@ fn total_memory_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::{FsDisk, RealClock};
-    use sluice_proto::env::{BlockingMode, Disk, DiskError, DiskFile};
+    use crate::env::RealClock;
+    use sluice_proto::env::BlockingMode;
     use sluice_proto::msg::{
         FetchFrom, FetchRequest, Message, ProduceRequest, RecordOutcome, RecordRejection,
     };
+    use sluice_proto::testing::CrashDisk;
     use sluice_proto::Identity;
-    use sluice_proto::{BootEpoch, Payload, Reading, Record, SensorId, UnixMillis};
-    use std::path::Path;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use sluice_proto::{BootEpoch, Offset, Payload, Reading, Record, SensorId, UnixMillis};
+    use std::path::{Path, PathBuf};
 
-    /// A real disk whose `fdatasync` fails while `fail_syncs` is above zero, and which is full
-    /// (every write, allocation and free-space query says `ENOSPC`) while `full` is set.
-    struct FlakyDisk {
-        inner: FsDisk,
-        fail_syncs: Arc<AtomicU32>,
-        full: Arc<AtomicBool>,
-    }
-    struct FlakyFile {
-        inner: Arc<dyn DiskFile>,
-        fail_syncs: Arc<AtomicU32>,
-        full: Arc<AtomicBool>,
-    }
-    fn no_space(op: &'static str) -> DiskError {
-        DiskError::io(
-            op,
-            Path::new("flaky"),
-            std::io::Error::new(std::io::ErrorKind::StorageFull, "injected ENOSPC"),
-        )
-    }
-    impl DiskFile for FlakyFile {
-        fn size(&self) -> Result<u64, DiskError> {
-            self.inner.size()
-        }
-        fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
-            self.inner.read_at(pos, buf)
-        }
-        fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
-            if self.full.load(Ordering::SeqCst) {
-                return Err(no_space("write"));
-            }
-            self.inner.write_at(pos, data)
-        }
-        fn allocate(&self, len: u64) -> Result<(), DiskError> {
-            if self.full.load(Ordering::SeqCst) {
-                return Err(no_space("fallocate"));
-            }
-            self.inner.allocate(len)
-        }
-        fn truncate(&self, len: u64) -> Result<(), DiskError> {
-            self.inner.truncate(len)
-        }
-        fn sync_data(&self) -> Result<(), DiskError> {
-            if self.fail_syncs.load(Ordering::SeqCst) > 0 {
-                self.fail_syncs.fetch_sub(1, Ordering::SeqCst);
-                return Err(DiskError::io(
-                    "fdatasync",
-                    Path::new("flaky"),
-                    std::io::Error::other("injected EIO"),
-                ));
-            }
-            self.inner.sync_data()
-        }
-    }
-    impl Disk for FlakyDisk {
-        fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
-            self.inner.create_dir_all(dir)
-        }
-        fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
-            self.inner.list(dir)
-        }
-        fn open(&self, path: &Path, create: bool) -> Result<Arc<dyn DiskFile>, DiskError> {
-            Ok(Arc::new(FlakyFile {
-                inner: self.inner.open(path, create)?,
-                fail_syncs: self.fail_syncs.clone(),
-                full: self.full.clone(),
-            }))
-        }
-        fn remove(&self, path: &Path) -> Result<(), DiskError> {
-            self.inner.remove(path)
-        }
-        fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
-            self.inner.sync_dir(dir)
-        }
-        fn available_bytes(&self, dir: &Path) -> Result<Option<u64>, DiskError> {
-            if self.full.load(Ordering::SeqCst) {
-                return Ok(Some(0));
-            }
-            self.inner.available_bytes(dir)
-        }
+    /// Where the tests' nodes keep their data on the simulated disk.
+    const DATA_DIR: &str = "/data";
+
+    /// A node environment on a fresh [`CrashDisk`]; the disk is returned to inject faults and
+    /// damage through.
+    fn crash_env() -> (Env, CrashDisk) {
+        let disk = CrashDisk::new();
+        (env_on(&disk), disk)
     }
 
-    struct Faults {
-        fail_syncs: Arc<AtomicU32>,
-        full: Arc<AtomicBool>,
-    }
-
-    fn flaky_env() -> (Env, Faults) {
-        let faults = Faults {
-            fail_syncs: Arc::new(AtomicU32::new(0)),
-            full: Arc::new(AtomicBool::new(false)),
-        };
-        let disk = Arc::new(FlakyDisk {
-            inner: FsDisk,
-            fail_syncs: faults.fail_syncs.clone(),
-            full: faults.full.clone(),
-        });
-        let env = Env {
+    /// An environment for a new node process on `disk`.
+    fn env_on(disk: &CrashDisk) -> Env {
+        Env {
             clock: Arc::new(RealClock),
-            disk,
+            disk: Arc::new(disk.mount()),
             blocking: BlockingMode::ThreadPool,
             seed: 1,
-        };
-        (env, faults)
+        }
     }
 
-    fn config(dir: &Path) -> NodeConfig {
+    /// Stops `node` and ends its process: its file handles die with it.
+    async fn stop(node: Node, disk: &CrashDisk) {
+        node.stop().await;
+        disk.close_all();
+    }
+
+    /// The first segment of partition 0 of `stream`.
+    fn first_segment(stream: &str) -> PathBuf {
+        partition_paths(Path::new(DATA_DIR), &StreamName::new(stream).unwrap(), 0)
+            .dir
+            .join("00000000000000000000.log")
+    }
+
+    /// The tests' node configuration: streams s and t, and whatever `extra` adds to it (TOML
+    /// keys for `[transport]`, `[storage]` and more `[[streams]]`, each prefixed by its table).
+    fn config_with(extra: &Extra) -> NodeConfig {
+        let Extra {
+            transport,
+            storage,
+            streams,
+        } = extra;
         crate::config::from_toml(&format!(
-            "[node]\nid = 1\ncluster = \"t\"\ndata_dir = \"{}\"\n[transport]\nlisten = \"127.0.0.1:0\"\nca_cert = \"x\"\ncert = \"x\"\nkey = \"x\"\n[storage]\nwrite_retry_initial_ms = 10\nwrite_retry_max_ms = 50\n[supervision]\nrestarts_max = 3\n[[streams]]\nname = \"s\"\npartitions = 1\n[[streams]]\nname = \"t\"\npartitions = 1\n[[acl]]\nidentity = \"sluice://t/edge/*\"\nproduce = [\"s\", \"t\"]\nconsume = [\"s\", \"t\"]\n",
-            dir.display()
+            "[node]\nid = 1\ncluster = \"t\"\ndata_dir = \"{DATA_DIR}\"\n[transport]\nlisten = \"127.0.0.1:0\"\nca_cert = \"x\"\ncert = \"x\"\nkey = \"x\"\n{transport}[storage]\nwrite_retry_initial_ms = 10\nwrite_retry_max_ms = 50\n{storage}[supervision]\nrestarts_max = 3\n[[streams]]\nname = \"s\"\npartitions = 1\n[[streams]]\nname = \"t\"\npartitions = 1\n{streams}[[acl]]\nidentity = \"sluice://t/edge/*\"\nproduce = [\"*\"]\nconsume = [\"*\"]\n",
         ))
         .unwrap()
+    }
+
+    /// Configuration lines [`config_with`] adds.
+    #[derive(Default)]
+    struct Extra {
+        transport: &'static str,
+        storage: &'static str,
+        streams: &'static str,
+    }
+
+    fn config() -> NodeConfig {
+        config_with(&Extra::default())
     }
 
     fn record(seq: u64) -> Record {
@@ -413,12 +359,20 @@ mod tests {
         }
     }
 
-    async fn produce_to(node: &Node, stream: &str, seq: u64) -> RecordOutcome {
+    /// A record of 200 KiB of opaque bytes.
+    fn big_record(seq: u64) -> Record {
+        Record {
+            payload: Payload::Bytes(vec![seq as u8; 200 << 10]),
+            ..record(seq)
+        }
+    }
+
+    async fn produce_record(node: &Node, stream: &str, record: Record) -> RecordOutcome {
         let peer = Arc::new(Identity::new("t", Role::Edge, "e").unwrap());
         let request = Message::ProduceRequest(ProduceRequest {
             request_id: 1,
             stream: StreamName::new(stream).unwrap(),
-            records: vec![record(seq)],
+            records: vec![record],
         });
         match node.service().handle(peer, request).await {
             Message::ProduceResponse(r) => r.outcomes[0].clone(),
@@ -426,29 +380,43 @@ mod tests {
         }
     }
 
+    async fn produce_to(node: &Node, stream: &str, seq: u64) -> RecordOutcome {
+        produce_record(node, stream, record(seq)).await
+    }
+
     async fn produce(node: &Node, seq: u64) -> RecordOutcome {
         produce_to(node, "s", seq).await
     }
 
-    /// `(offset, seq)` of everything fetchable from stream `stream`.
+    fn appended_at(outcome: &RecordOutcome, offset: u64) -> bool {
+        matches!(outcome, RecordOutcome::Appended { offset: o, .. } if o.0 == offset)
+    }
+
+    /// `(offset, seq)` of everything fetchable from stream `stream`, fetched in as many answers
+    /// as it takes.
     async fn fetch_all(node: &Node, stream: &str) -> Vec<(u64, u64)> {
         let peer = Arc::new(Identity::new("t", Role::Edge, "e").unwrap());
-        let fetch = Message::FetchRequest(FetchRequest {
-            request_id: 2,
-            stream: StreamName::new(stream).unwrap(),
-            partition: PartitionId(0),
-            from: FetchFrom::Earliest,
-            events_max: 1000,
-            bytes_max: 1 << 20,
-            wait_ms: 0,
-        });
-        match node.service().handle(peer, fetch).await {
-            Message::FetchResponse(read) => read
-                .events
-                .iter()
-                .map(|e| (e.offset.0, e.event.seq))
-                .collect(),
-            other => panic!("fetch failed: {other:?}"),
+        let mut all = Vec::new();
+        let mut from = FetchFrom::Earliest;
+        loop {
+            let fetch = Message::FetchRequest(FetchRequest {
+                request_id: 2,
+                stream: StreamName::new(stream).unwrap(),
+                partition: PartitionId(0),
+                from,
+                events_max: 1000,
+                bytes_max: 1 << 20,
+                wait_ms: 0,
+            });
+            let events = match node.service().handle(peer.clone(), fetch).await {
+                Message::FetchResponse(read) => read.events,
+                other => panic!("fetch failed: {other:?}"),
+            };
+            let Some(last) = events.last() else {
+                return all;
+            };
+            from = FetchFrom::Offset(Offset(last.offset.0 + 1));
+            all.extend(events.iter().map(|e| (e.offset.0, e.event.seq)));
         }
     }
 
@@ -459,11 +427,12 @@ mod tests {
         )
     }
 
-    /// Produces `seq` until it is no longer refused for storage or availability, within 20 s.
-    async fn produce_until_stored(node: &Node, seq: u64) -> RecordOutcome {
+    /// Produces `record` to `stream` until it is no longer refused for storage or
+    /// availability, within 20 s.
+    async fn produce_until_stored(node: &Node, stream: &str, record: Record) -> RecordOutcome {
         let retry = async {
             loop {
-                let outcome = produce(node, seq).await;
+                let outcome = produce_record(node, stream, record.clone()).await;
                 if !is_storage(&outcome)
                     && !matches!(
                         outcome,
@@ -486,86 +455,138 @@ mod tests {
         // acknowledged, the partition refuses writes with a Storage error while reads go on,
         // it reopens from disk by itself, recovery keeps what was acknowledged before, and the
         // producer's retry of the failed record lands at offset 1 exactly once.
-        let dir = tempfile::tempdir().unwrap();
-        let (env, faults) = flaky_env();
-        let node = Node::start(&config(dir.path()), env).await.unwrap();
-        assert!(
-            matches!(produce(&node, 0).await, RecordOutcome::Appended { offset, .. } if offset.0 == 0)
-        );
-        faults.fail_syncs.store(1, Ordering::SeqCst);
+        let (env, disk) = crash_env();
+        let node = Node::start(&config(), env).await.unwrap();
+        assert!(appended_at(&produce(&node, 0).await, 0));
+        disk.arm_sync_failure(0);
         let failed = produce(&node, 1).await;
         assert!(is_storage(&failed), "{failed:?}");
         assert_eq!(fetch_all(&node, "s").await, vec![(0, 0)]);
-        let outcome = produce_until_stored(&node, 1).await;
-        // Recovery may have adopted (and made durable) the bytes whose first fdatasync failed;
-        // then the retry is a duplicate. Either way the record is at offset 1 exactly once.
-        assert!(
-            matches!(outcome, RecordOutcome::Appended { offset, .. } if offset.0 == 1),
-            "{outcome:?}"
-        );
+        let outcome = produce_until_stored(&node, "s", record(1)).await;
+        // Recovery may have adopted (and made durable) the bytes whose fdatasync failed (Linux
+        // keeps them in the page cache); then the retry is a duplicate. Either way the record
+        // is at offset 1 exactly once.
+        assert!(appended_at(&outcome, 1), "{outcome:?}");
         assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1)]);
-        node.stop().await;
+        stop(node, &disk).await;
     }
 
     #[tokio::test]
-    async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_when_space_returns() {
-        // Checks the full-disk path: with every write failing ENOSPC the node stays up, produces
-        // are refused with a Storage error, fetches still return what was acknowledged, and once
-        // space returns the partition takes writes again without a restart.
-        let dir = tempfile::tempdir().unwrap();
-        let (env, faults) = flaky_env();
-        let node = Node::start(&config(dir.path()), env).await.unwrap();
-        for seq in 0..3 {
-            assert!(matches!(
-                produce(&node, seq).await,
-                RecordOutcome::Appended { .. }
-            ));
+    async fn a_disk_full_at_a_segment_roll_refuses_writes_keeps_reads_and_recovers() {
+        // Checks the full-disk path where it happens in practice, at a segment roll: on a full
+        // disk the active segment takes records into its preallocated space until it is used
+        // up, then `fallocate` of the next segment fails ENOSPC part way; the node stays up, the
+        // produce is refused with a Storage error, no partial segment is left, fetches still
+        // return everything acknowledged, and once space returns the partition rolls and takes
+        // the record at the next offset without a restart.
+        let (env, disk) = crash_env();
+        let config = config_with(&Extra {
+            storage: "segment_bytes_max = 8388608\n",
+            ..Extra::default()
+        });
+        let node = Node::start(&config, env).await.unwrap();
+        let n_files = disk.n_files();
+        disk.set_full(true);
+        disk.set_partial_allocate(true);
+        // 41 records of 200 KiB cannot fit in one segment of 8 MiB.
+        let mut acked = Vec::new();
+        let refused_seq = loop {
+            let seq = acked.len() as u64;
+            assert!(seq <= 41, "a full disk never refused a roll");
+            let outcome = produce_record(&node, "s", big_record(seq)).await;
+            if is_storage(&outcome) {
+                break seq;
+            }
+            assert!(appended_at(&outcome, seq), "{outcome:?}");
+            acked.push((seq, seq));
+        };
+        assert!(
+            refused_seq >= 30,
+            "refused before the preallocation was used up"
+        );
+        for _ in 0..3 {
+            let refused = produce_record(&node, "s", big_record(refused_seq)).await;
+            assert!(is_storage(&refused), "{refused:?}");
+            assert_eq!(fetch_all(&node, "s").await, acked);
         }
-        faults.full.store(true, Ordering::SeqCst);
+        assert_eq!(disk.n_files(), n_files, "a partial segment was left behind");
+        disk.set_full(false);
+        let outcome = produce_until_stored(&node, "s", big_record(refused_seq)).await;
+        assert!(appended_at(&outcome, refused_seq), "{outcome:?}");
+        assert_eq!(fetch_all(&node, "s").await.len() as u64, refused_seq + 1);
+        assert_eq!(disk.n_files(), n_files + 1);
+        stop(node, &disk).await;
+    }
+
+    #[tokio::test]
+    async fn a_write_error_inside_a_segment_refuses_writes_keeps_reads_and_recovers() {
+        // Checks the write-error path inside an existing (preallocated) segment: while every
+        // change to the active segment fails (EPERM, as for an immutable file) the node stays
+        // up, produces are refused with a Storage error, fetches return what was acknowledged,
+        // another stream works, and once the file is writable again the partition takes writes
+        // without a restart, at the next offset.
+        let (env, disk) = crash_env();
+        let node = Node::start(&config(), env).await.unwrap();
+        for seq in 0..3 {
+            assert!(appended_at(&produce(&node, seq).await, seq));
+        }
+        disk.set_immutable(&first_segment("s"), true);
         for _ in 0..3 {
             let refused = produce(&node, 3).await;
             assert!(is_storage(&refused), "{refused:?}");
             assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1), (2, 2)]);
         }
-        faults.full.store(false, Ordering::SeqCst);
-        let outcome = produce_until_stored(&node, 3).await;
-        assert!(
-            matches!(outcome, RecordOutcome::Appended { offset, .. } if offset.0 == 3),
-            "{outcome:?}"
-        );
+        assert!(appended_at(&produce_to(&node, "t", 0).await, 0));
+        disk.set_immutable(&first_segment("s"), false);
+        let outcome = produce_until_stored(&node, "s", record(3)).await;
+        assert!(appended_at(&outcome, 3), "{outcome:?}");
         assert_eq!(fetch_all(&node, "s").await.len(), 4);
-        node.stop().await;
+        stop(node, &disk).await;
     }
 
     #[tokio::test]
     async fn a_node_started_on_a_full_disk_serves_what_it_has() {
-        // Checks that a node whose disk is full at start-up starts, serves the acknowledged
-        // records, refuses produces with a Storage error, and takes them once space returns.
-        let dir = tempfile::tempdir().unwrap();
-        let (env, faults) = flaky_env();
-        let node = Node::start(&config(dir.path()), env.clone()).await.unwrap();
+        // Checks that a node whose disk is full at start-up (no free space reported, every
+        // growth ENOSPC) starts, serves the acknowledged records, keeps taking records into the
+        // space its segments preallocated, refuses with a Storage error a stream configured
+        // since, which needs a new segment, and creates that segment once space returns.
+        let (env, disk) = crash_env();
+        let node = Node::start(&config(), env).await.unwrap();
         for seq in 0..2 {
-            assert!(matches!(
-                produce(&node, seq).await,
-                RecordOutcome::Appended { .. }
-            ));
+            assert!(appended_at(&produce(&node, seq).await, seq));
         }
-        node.stop().await;
-        faults.full.store(true, Ordering::SeqCst);
-        let node = Node::start(&config(dir.path()), env).await.unwrap();
+        stop(node, &disk).await;
+        disk.set_full(true);
+        disk.set_available_bytes(Some(0));
+        let config = config_with(&Extra {
+            streams: "[[streams]]\nname = \"u\"\npartitions = 1\n",
+            ..Extra::default()
+        });
+        let node = Node::start(&config, env_on(&disk)).await.unwrap();
         assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1)]);
-        let refused = produce(&node, 2).await;
-        assert!(is_storage(&refused), "{refused:?}");
-        // Stream t never had a segment: it cannot preallocate one, and says so.
-        let refused = produce_to(&node, "t", 0).await;
-        assert!(is_storage(&refused), "{refused:?}");
-        faults.full.store(false, Ordering::SeqCst);
-        let outcome = produce_until_stored(&node, 2).await;
-        assert!(
-            matches!(outcome, RecordOutcome::Appended { offset, .. } if offset.0 == 2),
-            "{outcome:?}"
-        );
-        node.stop().await;
+        let outcome = produce(&node, 2).await;
+        assert!(appended_at(&outcome, 2), "{outcome:?}");
+        assert!(appended_at(&produce_to(&node, "t", 0).await, 0));
+        // Stream u never had a segment: it cannot preallocate one, and says so.
+        for _ in 0..3 {
+            let refused = produce_to(&node, "u", 0).await;
+            assert!(is_storage(&refused), "{refused:?}");
+        }
+        disk.set_full(false);
+        disk.set_available_bytes(None);
+        let outcome = produce_until_stored(&node, "u", record(0)).await;
+        assert!(appended_at(&outcome, 0), "{outcome:?}");
+        stop(node, &disk).await;
+    }
+
+    /// The position of entry `i` (one record per entry) of segment `bytes`.
+    fn entry_pos(bytes: &[u8], i: usize) -> usize {
+        let mut pos = sluice_proto::segment::SEGMENT_HEADER_LEN as usize;
+        for _ in 0..i {
+            pos += sluice_proto::segment::ENTRY_HEADER_LEN as usize
+                + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        }
+        pos
     }
 
     #[tokio::test]
@@ -574,30 +595,19 @@ mod tests {
         // middle of the active segment makes that partition refuse produces with a Storage
         // error naming the file and byte, its prefix stays fetchable, no later offset is handed
         // to a new record, and another stream on the same node works as before.
-        let dir = tempfile::tempdir().unwrap();
-        let (env, _faults) = flaky_env();
-        let node = Node::start(&config(dir.path()), env.clone()).await.unwrap();
+        let (env, disk) = crash_env();
+        let node = Node::start(&config(), env).await.unwrap();
         for seq in 0..6 {
-            assert!(matches!(
-                produce(&node, seq).await,
-                RecordOutcome::Appended { .. }
-            ));
+            assert!(appended_at(&produce(&node, seq).await, seq));
         }
-        node.stop().await;
-        let segment = partition_paths(dir.path(), &StreamName::new("s").unwrap(), 0)
-            .dir
-            .join("00000000000000000000.log");
-        let mut bytes = std::fs::read(&segment).unwrap();
-        // Entry 3 of 6 (one record per entry): skip the segment header and three entries.
-        let mut pos = sluice_proto::segment::SEGMENT_HEADER_LEN as usize;
-        for _ in 0..3 {
-            pos += sluice_proto::segment::ENTRY_HEADER_LEN as usize
-                + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        }
-        bytes[pos + 16] ^= 0x08;
-        std::fs::write(&segment, &bytes).unwrap();
+        stop(node, &disk).await;
+        let segment = first_segment("s");
+        // Entry 3 of 6: skip the segment header and three entries.
+        let pos = entry_pos(&disk.bytes(&segment).unwrap(), 3);
+        disk.flip_bit(&segment, pos as u64 + 16, 3).unwrap();
+        let bytes = disk.bytes(&segment).unwrap();
 
-        let node = Node::start(&config(dir.path()), env).await.unwrap();
+        let node = Node::start(&config(), env_on(&disk)).await.unwrap();
         assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1), (2, 2)]);
         for seq in [3, 6] {
             let RecordOutcome::Rejected(RecordRejection::Storage { reason }) =
@@ -611,14 +621,11 @@ mod tests {
                 "{reason}"
             );
         }
-        assert!(matches!(
-            produce_to(&node, "t", 0).await,
-            RecordOutcome::Appended { offset, .. } if offset.0 == 0
-        ));
+        assert!(appended_at(&produce_to(&node, "t", 0).await, 0));
         assert_eq!(fetch_all(&node, "t").await, vec![(0, 0)]);
-        node.stop().await;
+        stop(node, &disk).await;
         assert_eq!(
-            std::fs::read(&segment).unwrap(),
+            disk.bytes(&segment).unwrap(),
             bytes,
             "corruption was repaired"
         );
@@ -629,25 +636,14 @@ mod tests {
         // Checks that an entry damaged under a running node is reported by the fetch that meets
         // it (an error, never a short answer) and that the partition then refuses produces with
         // a Storage error naming the file and byte, while another stream goes on.
-        let dir = tempfile::tempdir().unwrap();
-        let (env, _faults) = flaky_env();
-        let node = Node::start(&config(dir.path()), env).await.unwrap();
+        let (env, disk) = crash_env();
+        let node = Node::start(&config(), env).await.unwrap();
         for seq in 0..4 {
-            assert!(matches!(
-                produce(&node, seq).await,
-                RecordOutcome::Appended { .. }
-            ));
+            assert!(appended_at(&produce(&node, seq).await, seq));
         }
-        let segment = partition_paths(dir.path(), &StreamName::new("s").unwrap(), 0)
-            .dir
-            .join("00000000000000000000.log");
-        let mut bytes = std::fs::read(&segment).unwrap();
-        let first = sluice_proto::segment::SEGMENT_HEADER_LEN as usize;
-        let pos = first
-            + sluice_proto::segment::ENTRY_HEADER_LEN as usize
-            + u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
-        bytes[pos + 16] ^= 0x08;
-        std::fs::write(&segment, &bytes).unwrap();
+        let segment = first_segment("s");
+        let pos = entry_pos(&disk.bytes(&segment).unwrap(), 1);
+        disk.flip_bit(&segment, pos as u64 + 16, 3).unwrap();
         let peer = Arc::new(Identity::new("t", Role::Edge, "e").unwrap());
         let fetch = Message::FetchRequest(FetchRequest {
             request_id: 2,
@@ -675,6 +671,6 @@ mod tests {
             produce_to(&node, "t", 0).await,
             RecordOutcome::Appended { .. }
         ));
-        node.stop().await;
+        stop(node, &disk).await;
     }
 }

@@ -68,7 +68,7 @@ pub struct SentRecord {
 }
 
 /// Every record of the run.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct History {
     records: BTreeMap<RecordKey, SentRecord>,
     n_unresolved: u64,
@@ -203,6 +203,37 @@ impl History {
                 self.n_unresolved -= 1;
             }
         }
+    }
+
+    /// Drops the records of every producer that sent records to one of `partitions` (of
+    /// `streams`, by stream and partition count), for checks that do not apply to them: a
+    /// producer whose retries to a read-only partition fill its requests in flight sends
+    /// nothing else.
+    pub fn forget_partitions(
+        &mut self,
+        streams: &[(StreamName, u32)],
+        partitions: &std::collections::BTreeSet<(StreamName, sluice_proto::PartitionId)>,
+    ) {
+        let touched: std::collections::BTreeSet<Identity> = self
+            .records
+            .iter()
+            .filter(|((_, sensor, _, _), sent)| {
+                let n = streams
+                    .iter()
+                    .find(|(s, _)| *s == sent.stream)
+                    .map_or(1, |(_, n)| *n);
+                let partition = sluice_cluster::placement::partition_for(sensor, n);
+                partitions.contains(&(sent.stream.clone(), partition))
+            })
+            .map(|((producer, _, _, _), _)| producer.clone())
+            .collect();
+        self.records
+            .retain(|(producer, _, _, _), _| !touched.contains(producer));
+        self.n_unresolved = self
+            .records
+            .values()
+            .filter(|s| s.status == Status::Unacked)
+            .count() as u64;
     }
 
     /// True when the producer has an answer for the record (acked or known stored).

@@ -69,6 +69,12 @@ struct RunArgs {
     /// agent survives them.
     #[arg(long)]
     edge_disk_faults: bool,
+    /// Also damage node partition files while the node is down (a flipped bit, a zeroed range
+    /// or a truncation of an acknowledged region of a segment or manifest, or a deleted
+    /// segment). Acked records may then be lost only where the partition reports corruption.
+    /// Off by default: seeds keep their traces.
+    #[arg(long)]
+    disk_corruption: bool,
     /// Plant a bug, to check that the checkers catch it.
     #[arg(long, value_enum, hide = true)]
     plant: Option<Plant>,
@@ -132,6 +138,7 @@ impl RunArgs {
             edges_max: self.edges_max,
             sync_errors: !self.no_sync_errors,
             edge_disk_faults: self.edge_disk_faults,
+            disk_corruption: self.disk_corruption,
             plant: self.plant,
         }
     }
@@ -175,6 +182,9 @@ fn settings_flags(settings: &Settings) -> Vec<String> {
     }
     if settings.edge_disk_faults {
         flags.push("--edge-disk-faults".to_owned());
+    }
+    if settings.disk_corruption {
+        flags.push("--disk-corruption".to_owned());
     }
     if let Some(plant) = settings.plant {
         flags.push("--plant".to_owned());
@@ -255,6 +265,18 @@ fn report_failure(outcome: &RunOutcome, settings: &Settings, log: &str) -> Strin
 
 /// One line describing a finished run.
 fn summary_line(s: &RunSummary) -> String {
+    let damage = if s.n_disk_damage > 0 {
+        format!(
+            ", disk damage {} ({} partitions reported corrupt)",
+            s.n_disk_damage, s.n_corruption_reports
+        )
+    } else {
+        String::new()
+    };
+    format!("{}{damage}", summary_line_base(s))
+}
+
+fn summary_line_base(s: &RunSummary) -> String {
     let t = &s.edge_totals;
     let edges = format!(
         "edges {} (boots {}, power cuts {} ({} mid-io), clean restarts {}, outages {}, \

@@ -9,13 +9,14 @@
 use crate::edge_ledger::EdgeLedger;
 use crate::edge_link::EdgeLink;
 use crate::env::{clock, process_env, sim_disk, SimClock};
+use crate::invariants::disk_corruption::{self, PartitionKey};
 use crate::invariants::edge_no_silent_gaps::{self, EdgeTotals};
 use crate::invariants::{self, convergence, no_panics, LogSnapshot, Violation};
 use crate::link::Link;
 use crate::logging;
 use crate::scenario::{
-    Scenario, OWNER_PRODUCER_BASE, OWNER_RUN, SALT_CONSUMER, SALT_CRASH, SALT_FAULTS, SALT_LINK,
-    SALT_TAILER,
+    Scenario, DATA_DIR, OWNER_PRODUCER_BASE, OWNER_RUN, SALT_CONSUMER, SALT_CRASH,
+    SALT_DISK_DAMAGE, SALT_FAULTS, SALT_LINK, SALT_TAILER,
 };
 use crate::settings::{Plant, Settings};
 use crate::workload::consumer::{probe, read_all, run_tailer};
@@ -28,7 +29,11 @@ use sluice_node::config::NodeConfig;
 use sluice_node::Node;
 use sluice_proto::codec;
 use sluice_proto::env::{rng_for, Clock};
+use sluice_proto::segment::SEGMENT_HEADER_LEN;
+use sluice_proto::{PartitionId, StreamName};
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -99,6 +104,10 @@ pub struct RunSummary {
     pub n_edge_accepted: u64,
     /// Seqs declared dropped in the final log, by reason, and edge events in it.
     pub edge_totals: EdgeTotals,
+    /// Damage done to node partition files at rest (`--disk-corruption`).
+    pub n_disk_damage: u32,
+    /// Damaged partitions that lost acked records and reported corruption.
+    pub n_corruption_reports: u32,
     /// Clock jumps.
     pub n_jumps: u32,
     /// Simulated time the clock jumps skipped (not in `sim_time`).
@@ -169,6 +178,12 @@ struct Controller {
     consumer_rng: ChaCha8Rng,
     edge_links: Vec<Arc<EdgeLink>>,
     summary: RunSummary,
+    /// Draws the disk damage of `--disk-corruption` (used only then).
+    damage_rng: ChaCha8Rng,
+    /// Partitions whose files were damaged, with what was done.
+    damaged: BTreeMap<PartitionKey, Vec<String>>,
+    /// Damaged partitions that reported corruption, with the refusal's reason.
+    reported: BTreeMap<PartitionKey, String>,
 }
 
 async fn simulate(seed: u64, settings: Settings) -> RunOutcome {
@@ -198,6 +213,9 @@ async fn simulate(seed: u64, settings: Settings) -> RunOutcome {
             seed,
             ..RunSummary::default()
         },
+        damage_rng: rng_for(seed, OWNER_RUN, SALT_DISK_DAMAGE),
+        damaged: BTreeMap::new(),
+        reported: BTreeMap::new(),
     };
     let bound = Duration::from_millis(settings.safety_ms + settings.liveness_ms)
         + Duration::from_millis(scenario.jumped_ms())
@@ -343,6 +361,9 @@ impl Controller {
                 continue;
             }
             self.fault(fault).await?;
+            if self.settings.disk_corruption && self.damage_rng.random_bool(0.5) {
+                self.damage_disk();
+            }
             let downtime = Duration::from_millis(self.fault_rng.random_range(0..=1_000u64));
             tokio::time::sleep(downtime).await;
             self.restart().await?;
@@ -366,14 +387,24 @@ impl Controller {
             self.wait_until(step).await?;
         }
         let snapshot = self.check("final").await?;
-        convergence::check_edges(&self.world.edges(), self.world.now(), EDGE_DRAINED_HOLD)?;
-        self.summary.edge_totals = edge_no_silent_gaps::check(
-            &self.world.edges(),
-            &snapshot,
-            self.world.clock.wall(),
-            true,
-        )?;
-        convergence::check(&self.world.history(), &snapshot)?;
+        if self.reported.is_empty() {
+            convergence::check_edges(&self.world.edges(), self.world.now(), EDGE_DRAINED_HOLD)?;
+            self.summary.edge_totals = edge_no_silent_gaps::check(
+                &self.world.edges(),
+                &snapshot,
+                self.world.clock.wall(),
+                true,
+            )?;
+            convergence::check(&self.world.history(), &snapshot)?;
+        } else {
+            // A partition that reported corruption is read-only: what is sent to it stays
+            // unanswered and edges writing to it cannot drain. Records of other partitions
+            // must still converge.
+            let reported: BTreeSet<PartitionKey> = self.reported.keys().cloned().collect();
+            let mut history = self.world.history().clone();
+            history.forget_partitions(&self.world.streams, &reported);
+            convergence::check(&history, &snapshot)?;
+        }
         self.summary.n_events = snapshot.n_events();
         for ((stream, partition), log) in &snapshot.partitions {
             let mut bytes = Vec::new();
@@ -385,6 +416,111 @@ impl Controller {
             }
             self.world
                 .record(&format!("log {stream}/{partition}"), bytes);
+        }
+        Ok(())
+    }
+
+    /// Damages one node partition file at rest (the node is down): flips a bit in, zeroes a
+    /// range of or truncates the written part of a segment or manifest, or deletes a segment.
+    fn damage_disk(&mut self) {
+        let data_dir = Path::new(DATA_DIR);
+        let files: Vec<(std::path::PathBuf, Vec<u8>, PartitionKey)> = self
+            .world
+            .disk
+            .files()
+            .into_iter()
+            .filter_map(|(path, bytes)| {
+                let part = partition_of(data_dir, &path)?;
+                Some((path, bytes, part))
+            })
+            .collect();
+        if files.is_empty() {
+            return;
+        }
+        let rng = &mut self.damage_rng;
+        let (path, bytes, part) = &files[rng.random_range(0..files.len())];
+        let is_segment = path.extension().is_some_and(|e| e == "log");
+        // The written part: up to the last non-zero byte (a segment's preallocation is zeros).
+        let end = bytes
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(0, |i| i as u64 + 1);
+        if end == 0 {
+            return;
+        }
+        let low = if is_segment && end > SEGMENT_HEADER_LEN && rng.random_bool(0.8) {
+            SEGMENT_HEADER_LEN
+        } else {
+            0
+        };
+        let pos = rng.random_range(low..end);
+        let disk = &self.world.disk;
+        let (what, result) = match rng.random_range(0..4u8) {
+            0 => {
+                let bit = rng.random_range(0..8u8);
+                (
+                    format!("flip bit {bit} of byte {pos}"),
+                    disk.flip_bit(path, pos, bit),
+                )
+            }
+            1 => {
+                let len = rng.random_range(1..=64u64).min(end - pos);
+                (
+                    format!("zero {len} bytes at {pos}"),
+                    disk.zero_range(path, pos, len),
+                )
+            }
+            2 => (
+                format!("truncate to {pos} bytes"),
+                disk.truncate_file(path, pos),
+            ),
+            _ if is_segment => ("delete".to_owned(), disk.delete_file(path)),
+            _ => (
+                format!("flip bit 0 of byte {pos}"),
+                disk.flip_bit(path, pos, 0),
+            ),
+        };
+        let line = format!("{} {what} {result:?}", path.display());
+        tracing::info!(damage = %line, "disk damage");
+        self.world.record("disk-damage", line.as_bytes());
+        self.summary.n_disk_damage += 1;
+        self.damaged.entry(part.clone()).or_default().push(line);
+        self.world.reads().exempt.insert(part.clone());
+    }
+
+    /// Holds the damaged partitions to `disk_corruption`: acked records not read back must be
+    /// reported lost (a resend of one is refused: the partition is read-only, naming a file).
+    async fn check_damaged(
+        &mut self,
+        ack_clock: u64,
+        snapshot: &LogSnapshot,
+        service: &sluice_node::service::Service,
+    ) -> Result<(), Violation> {
+        let damaged: BTreeSet<PartitionKey> = self.damaged.keys().cloned().collect();
+        let missing =
+            disk_corruption::missing(&self.world.history(), ack_clock, snapshot, &damaged)?;
+        for (part, lost) in missing {
+            if self.reported.contains_key(&part) {
+                continue;
+            }
+            let Some(first) = lost.first() else { continue };
+            let Some(request) = disk_corruption::resend(&self.world.history(), first) else {
+                continue;
+            };
+            let answer = service.handle(Arc::new(first.0.clone()), request).await;
+            let reason =
+                disk_corruption::require_report(&part, first, lost.len(), &answer, DATA_DIR)
+                    .map_err(|mut v| {
+                        v.details
+                            .push_str(&format!("; damage: {:?}", self.damaged.get(&part)));
+                        v
+                    })?;
+            self.world.record(
+                "corruption-reported",
+                format!("{}/{} {reason}", part.0, part.1),
+            );
+            self.summary.n_corruption_reports += 1;
+            self.reported.insert(part, reason);
         }
         Ok(())
     }
@@ -563,12 +699,18 @@ impl Controller {
             let mut reads = self.world.reads();
             invariants::check_log(&history, ack_clock, &snapshot, &mut reads)?;
         }
-        edge_no_silent_gaps::check(
-            &self.world.edges(),
-            &snapshot,
-            self.world.clock.wall(),
-            false,
-        )?;
+        if !self.damaged.is_empty() {
+            self.check_damaged(ack_clock, &snapshot, &slot.service)
+                .await?;
+        }
+        if self.reported.is_empty() {
+            edge_no_silent_gaps::check(
+                &self.world.edges(),
+                &snapshot,
+                self.world.clock.wall(),
+                false,
+            )?;
+        }
         for ((stream, partition), log) in &snapshot.partitions {
             // The probes' reads are checked against the snapshot just remembered.
             probe(
@@ -591,6 +733,22 @@ impl Controller {
         self.summary.n_checks += 1;
         Ok(snapshot)
     }
+}
+
+/// The partition a node file belongs to: `streams/<stream>/<partition>/<segment>` or
+/// `manifests/<stream>/<partition>.manifest` under `data_dir`.
+fn partition_of(data_dir: &Path, path: &Path) -> Option<PartitionKey> {
+    let rest = path.strip_prefix(data_dir).ok()?;
+    let parts: Vec<&str> = rest.iter().filter_map(|c| c.to_str()).collect();
+    let (stream, partition) = match parts.as_slice() {
+        ["streams", stream, partition, name] if name.ends_with(".log") => (*stream, *partition),
+        ["manifests", stream, file] => (*stream, file.strip_suffix(".manifest")?),
+        _ => return None,
+    };
+    Some((
+        StreamName::new(stream).ok()?,
+        PartitionId(partition.parse().ok()?),
+    ))
 }
 
 async fn node_failed(node: Option<&mut Node>) {

@@ -50,6 +50,8 @@ pub const SALT_EDGE_DISK_FAULTS: u64 = 0xed9e_d15c;
 pub const SALT_EDGE_CRASH: u64 = 0xed9e_c000_0000;
 /// Salt of the seed an edge agent's own RNGs (uplink backoff, sim sensors) derive from.
 pub const SALT_EDGE_ENV: u64 = 0xed9e_e000;
+/// Salt of the node disk damage drawn with `Settings::disk_corruption` (owner [`OWNER_RUN`]).
+pub const SALT_DISK_DAMAGE: u64 = 0xd15c_da3a;
 /// Salt of the run's clock jumps (owner [`OWNER_RUN`]).
 pub const SALT_JUMPS: u64 = 0x1c4b_0000;
 

@@ -43,6 +43,11 @@ pub struct Settings {
     /// Also fail `fdatasync` calls and fill the disk on edge disks (seeded, from RNGs of their
     /// own, so every other draw of the seed is unchanged). Off by default: see `--help`.
     pub edge_disk_faults: bool,
+    /// While the node is down (between a crash and its restart), sometimes damage an
+    /// acknowledged region of a partition's segment or manifest, or delete a segment (seeded,
+    /// from an RNG of its own, so every other draw of the seed is unchanged). The checkers then
+    /// accept a loss only where the partition reports the corruption. Off by default.
+    pub disk_corruption: bool,
     /// A planted bug, if any.
     pub plant: Option<Plant>,
 }
@@ -57,6 +62,7 @@ impl Default for Settings {
             edges_max: 3,
             sync_errors: true,
             edge_disk_faults: false,
+            disk_corruption: false,
             plant: None,
         }
     }

@@ -1,143 +1,5 @@
 use super::*;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-
-/// Files as byte vectors, with injectable faults: a reported free space, a failing
-/// `fallocate`, failing writes and syncs. Only what these tests need; it simulates no crash.
-#[derive(Default)]
-struct BytesDisk {
-    files: Mutex<BTreeMap<PathBuf, Arc<BytesFile>>>,
-    available: Mutex<Option<u64>>,
-    fail_allocate: AtomicBool,
-}
-
-#[derive(Default)]
-struct BytesFile {
-    data: Mutex<Vec<u8>>,
-    fail_writes: AtomicBool,
-    fail_syncs: AtomicBool,
-}
-
-fn injected(op: &'static str, kind: std::io::ErrorKind) -> DiskError {
-    DiskError::io(op, Path::new("test"), std::io::Error::new(kind, "injected"))
-}
-
-impl DiskFile for BytesFile {
-    fn size(&self) -> Result<u64, DiskError> {
-        Ok(self.data.lock().unwrap().len() as u64)
-    }
-    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
-        let data = self.data.lock().unwrap();
-        let start = (pos as usize).min(data.len());
-        let n = buf.len().min(data.len() - start);
-        buf[..n].copy_from_slice(&data[start..start + n]);
-        Ok(n)
-    }
-    fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<(), DiskError> {
-        if self.fail_writes.load(Ordering::SeqCst) {
-            return Err(injected("write", std::io::ErrorKind::PermissionDenied));
-        }
-        let mut data = self.data.lock().unwrap();
-        let end = pos as usize + bytes.len();
-        if data.len() < end {
-            data.resize(end, 0);
-        }
-        data[pos as usize..end].copy_from_slice(bytes);
-        Ok(())
-    }
-    fn allocate(&self, len: u64) -> Result<(), DiskError> {
-        let mut data = self.data.lock().unwrap();
-        if (data.len() as u64) < len {
-            data.resize(len as usize, 0);
-        }
-        Ok(())
-    }
-    fn truncate(&self, len: u64) -> Result<(), DiskError> {
-        self.data.lock().unwrap().resize(len as usize, 0);
-        Ok(())
-    }
-    fn sync_data(&self) -> Result<(), DiskError> {
-        if self.fail_syncs.load(Ordering::SeqCst) {
-            return Err(injected("fdatasync", std::io::ErrorKind::Other));
-        }
-        Ok(())
-    }
-}
-
-/// A file whose `allocate` fails with `ENOSPC` after growing part of the way.
-struct PartialAllocate(Arc<BytesFile>);
-
-impl DiskFile for PartialAllocate {
-    fn size(&self) -> Result<u64, DiskError> {
-        self.0.size()
-    }
-    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
-        self.0.read_at(pos, buf)
-    }
-    fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
-        self.0.write_at(pos, data)
-    }
-    fn allocate(&self, len: u64) -> Result<(), DiskError> {
-        self.0.allocate(len / 2)?;
-        Err(injected("fallocate", std::io::ErrorKind::StorageFull))
-    }
-    fn truncate(&self, len: u64) -> Result<(), DiskError> {
-        self.0.truncate(len)
-    }
-    fn sync_data(&self) -> Result<(), DiskError> {
-        self.0.sync_data()
-    }
-}
-
-impl Disk for BytesDisk {
-    fn create_dir_all(&self, _dir: &Path) -> Result<(), DiskError> {
-        Ok(())
-    }
-    fn list(&self, _dir: &Path) -> Result<Vec<String>, DiskError> {
-        Ok(self
-            .files
-            .lock()
-            .unwrap()
-            .keys()
-            .map(|p| p.display().to_string())
-            .collect())
-    }
-    fn open(&self, path: &Path, create: bool) -> Result<Arc<dyn DiskFile>, DiskError> {
-        let mut files = self.files.lock().unwrap();
-        let file = match files.get(path) {
-            Some(file) => file.clone(),
-            None if create => files.entry(path.to_path_buf()).or_default().clone(),
-            None => return Err(injected("open", std::io::ErrorKind::NotFound)),
-        };
-        if self.fail_allocate.load(Ordering::SeqCst) {
-            return Ok(Arc::new(PartialAllocate(file)));
-        }
-        Ok(file)
-    }
-    fn remove(&self, path: &Path) -> Result<(), DiskError> {
-        self.files.lock().unwrap().remove(path);
-        Ok(())
-    }
-    fn sync_dir(&self, _dir: &Path) -> Result<(), DiskError> {
-        Ok(())
-    }
-    fn available_bytes(&self, _dir: &Path) -> Result<Option<u64>, DiskError> {
-        Ok(*self.available.lock().unwrap())
-    }
-}
-
-impl BytesDisk {
-    fn file(&self, path: &Path) -> Arc<BytesFile> {
-        self.files.lock().unwrap().get(path).unwrap().clone()
-    }
-    fn bytes(&self, path: &Path) -> Vec<u8> {
-        self.file(path).data.lock().unwrap().clone()
-    }
-    fn set_bytes(&self, path: &Path, bytes: Vec<u8>) {
-        *self.file(path).data.lock().unwrap() = bytes;
-    }
-}
+use crate::testing::CrashDisk;
 
 const KIND: SegmentKind = SegmentKind {
     magic: *b"TESTSEGM",
@@ -145,6 +7,13 @@ const KIND: SegmentKind = SegmentKind {
 };
 const PREALLOC: u64 = 1024;
 const ID: u64 = 77;
+
+/// An empty disk holding the segment's directory.
+fn new_disk() -> CrashDisk {
+    let disk = CrashDisk::new();
+    disk.create_dir_all(Path::new("/seg")).unwrap();
+    disk
+}
 
 fn path() -> PathBuf {
     PathBuf::from("/seg/00077.test")
@@ -159,8 +28,8 @@ fn payload(i: usize) -> Vec<u8> {
 
 /// A segment of `n` entries written in batches of two, synced; returns the disk and each entry's
 /// `(pos, end)`.
-fn written(n: usize) -> (BytesDisk, Vec<(u64, u64)>) {
-    let disk = BytesDisk::default();
+fn written(n: usize) -> (CrashDisk, Vec<(u64, u64)>) {
+    let disk = new_disk();
     let header = SegmentHeader {
         kind: KIND,
         id: ID,
@@ -190,7 +59,7 @@ fn expect(durable_end: u64, sealed: bool) -> ScanExpect {
 }
 
 /// Scans and returns the scan plus the payloads handed over.
-fn scan_of(disk: &BytesDisk, expect: ScanExpect) -> (Scan, Vec<Vec<u8>>) {
+fn scan_of(disk: &CrashDisk, expect: ScanExpect) -> (Scan, Vec<Vec<u8>>) {
     let file = disk.open(&path(), false).unwrap();
     let mut seen = Vec::new();
     let scan = scan(&*file, &path(), KIND, &expect, |_, p| {
@@ -245,7 +114,7 @@ fn region(spans: &[(u64, u64)], byte: u64) -> Region {
 
 /// Checks the rule for one damaged copy of a segment of `n` entries whose first damaged byte is
 /// `byte`, under each thing the caller may know (nothing, the durable end, sealed).
-fn check_damage(disk: &BytesDisk, spans: &[(u64, u64)], byte: u64, what: &str) {
+fn check_damage(disk: &CrashDisk, spans: &[(u64, u64)], byte: u64, what: &str) {
     let n = spans.len();
     let data_end = spans[n - 1].1;
     for (durable_end, sealed) in [(0, false), (data_end, false), (data_end, true)] {
@@ -310,7 +179,7 @@ fn a_flipped_bit_anywhere_is_torn_only_in_the_last_write() {
     // before it handed over; only damage in the last entry (when its durability is unknown) or
     // in the tail is a torn tail.
     let (disk, spans) = written(6);
-    let clean = disk.bytes(&path());
+    let clean = disk.bytes(&path()).unwrap();
     let data_end = spans[5].1;
     let tail_bytes = [
         data_end,
@@ -324,7 +193,7 @@ fn a_flipped_bit_anywhere_is_torn_only_in_the_last_write() {
         for bit in 0..8 {
             let mut damaged = clean.clone();
             damaged[byte as usize] ^= 1 << bit;
-            disk.set_bytes(&path(), damaged);
+            disk.set_bytes(&path(), damaged).unwrap();
             check_damage(&disk, &spans, byte, &format!("flip of bit {bit}"));
         }
     }
@@ -336,7 +205,7 @@ fn zeroed_ranges_are_corruption_unless_in_the_last_write() {
     // second half of each payload. Zeroing the whole last entry leaves a clean end, which is
     // corruption only when the caller knows the durable end lies beyond it.
     let (disk, spans) = written(6);
-    let clean = disk.bytes(&path());
+    let clean = disk.bytes(&path()).unwrap();
     let mut ranges = vec![(0u64, SEGMENT_HEADER_LEN), (0, 8), (60, 64)];
     for (pos, end) in &spans {
         ranges.push((*pos, *pos + ENTRY_HEADER_LEN));
@@ -347,7 +216,7 @@ fn zeroed_ranges_are_corruption_unless_in_the_last_write() {
     for (from, to) in ranges {
         let mut damaged = clean.clone();
         damaged[from as usize..to as usize].fill(0);
-        disk.set_bytes(&path(), damaged);
+        disk.set_bytes(&path(), damaged).unwrap();
         if (from, to) == last {
             let (scan, seen) = scan_of(&disk, expect(0, false));
             assert_eq!((scan.corruption, scan.torn, seen), (None, None, prefix(5)));
@@ -369,7 +238,8 @@ fn zeroed_ranges_are_corruption_unless_in_the_last_write() {
             .expect("range holds a nonzero byte");
         check_damage(&disk, &spans, first, &format!("zeroed {from}..{to}"));
     }
-    disk.set_bytes(&path(), clean.iter().map(|_| 0).collect());
+    disk.set_bytes(&path(), clean.iter().map(|_| 0).collect())
+        .unwrap();
     let (scan, _) = scan_of(&disk, expect(0, false));
     assert_eq!(
         scan.corruption.map(|c| c.kind),
@@ -382,10 +252,11 @@ fn a_file_shorter_than_its_preallocation_is_corruption() {
     // Checks that truncating the segment at any length below its preallocation is corruption at
     // the new end (or in the header), with every entry that still fits handed over.
     let (disk, spans) = written(6);
-    let clean = disk.bytes(&path());
+    let clean = disk.bytes(&path()).unwrap();
     let lengths = (0..spans[5].1 + 2).chain([PREALLOC - 1]);
     for len in lengths {
-        disk.set_bytes(&path(), clean[..len as usize].to_vec());
+        disk.set_bytes(&path(), clean[..len as usize].to_vec())
+            .unwrap();
         let (scan, seen) = scan_of(&disk, expect(0, false));
         let c = scan
             .corruption
@@ -461,12 +332,12 @@ fn an_entry_checks_only_where_it_was_written() {
     // Checks that the CRC binds an entry to its segment and position: a valid entry copied to
     // another place, or into a segment with another id, does not check.
     let (disk, spans) = written(3);
-    let mut bytes = disk.bytes(&path());
+    let mut bytes = disk.bytes(&path()).unwrap();
     let (pos, end) = spans[0];
     let copy = bytes[pos as usize..end as usize].to_vec();
     let at = spans[2].1 as usize;
     bytes[at..at + copy.len()].copy_from_slice(&copy);
-    disk.set_bytes(&path(), bytes);
+    disk.set_bytes(&path(), bytes).unwrap();
     let (scan, seen) = scan_of(&disk, expect(0, false));
     assert_eq!(seen, prefix(3));
     assert!(matches!(
@@ -487,19 +358,19 @@ fn a_torn_last_write_is_cut_and_cannot_resurface() {
     // synced entries plus those of the torn write that fully landed; resume zeroes the rest, and
     // later appends and scans see exactly that plus the new entries.
     let (disk, spans) = written(4);
-    let synced = disk.bytes(&path());
+    let synced = disk.bytes(&path()).unwrap();
     let file = disk.open(&path(), false).unwrap();
     let (scan, _) = scan_of(&disk, expect(0, false));
     let mut writer = SegmentWriter::resume(&path(), file.clone(), &scan, scan.data_end).unwrap();
     let batch = [payload(4), payload(5), payload(6)];
     let positions = writer.append(&batch).unwrap();
-    let full = disk.bytes(&path());
+    let full = disk.bytes(&path()).unwrap();
     let start = spans[3].1 as usize;
     let write_end = writer.end() as usize;
     for kept in 0..=(write_end - start) {
         let mut torn = synced.clone();
         torn[start..start + kept].copy_from_slice(&full[start..start + kept]);
-        disk.set_bytes(&path(), torn);
+        disk.set_bytes(&path(), torn).unwrap();
         let (scan, seen) = scan_of(&disk, expect(spans[3].1, false));
         assert_eq!(scan.corruption, None, "kept {kept}");
         let landed = positions
@@ -541,15 +412,15 @@ fn resume_can_keep_less_than_the_scan_found() {
 fn resume_refuses_a_corrupt_segment() {
     // Checks that a corrupt scan cannot be resumed (nothing is repaired by zeroing).
     let (disk, spans) = written(3);
-    let mut bytes = disk.bytes(&path());
+    let mut bytes = disk.bytes(&path()).unwrap();
     bytes[spans[0].0 as usize + 9] ^= 4;
-    disk.set_bytes(&path(), bytes.clone());
+    disk.set_bytes(&path(), bytes.clone()).unwrap();
     let (scan, _) = scan_of(&disk, expect(0, false));
     let file = disk.open(&path(), false).unwrap();
     let err = SegmentWriter::resume(&path(), file, &scan, SEGMENT_HEADER_LEN).unwrap_err();
     assert!(matches!(err, SegmentError::Corrupt(_)), "{err}");
     assert_eq!(
-        disk.bytes(&path()),
+        disk.bytes(&path()).unwrap(),
         bytes,
         "a refused resume changed the file"
     );
@@ -582,9 +453,9 @@ fn read_entry_refuses_damage_below_the_end() {
     // Checks that reading a damaged entry below the known data end is a corruption error naming
     // the entry's byte, never a short read.
     let (disk, spans) = written(3);
-    let mut bytes = disk.bytes(&path());
+    let mut bytes = disk.bytes(&path()).unwrap();
     bytes[spans[1].0 as usize + 10] ^= 1;
-    disk.set_bytes(&path(), bytes);
+    disk.set_bytes(&path(), bytes).unwrap();
     let file = disk.open(&path(), false).unwrap();
     let err = read_entry(&*file, &path(), ID, spans[1].0, spans[2].1, 1 << 10).unwrap_err();
     match err {
@@ -597,23 +468,24 @@ fn read_entry_refuses_damage_below_the_end() {
 fn preallocation_checks_free_space_and_leaves_nothing_behind() {
     // Checks that a segment larger than the free space is refused before allocating, that an
     // allocation failing part way removes the file, and that both are typed NoSpace errors.
-    let disk = BytesDisk::default();
+    let disk = new_disk();
     let header = SegmentHeader {
         kind: KIND,
         id: ID,
         preallocated: PREALLOC,
     };
-    *disk.available.lock().unwrap() = Some(PREALLOC - 1);
+    disk.set_available_bytes(Some(PREALLOC - 1));
     let err = SegmentWriter::create(&disk, &path(), header).unwrap_err();
     assert!(
         matches!(&err, SegmentError::NoSpace { needed, available: Some(a), .. } if *needed == PREALLOC && *a == PREALLOC - 1),
         "{err}"
     );
     assert!(err.is_no_space());
-    assert!(disk.files.lock().unwrap().is_empty(), "file left behind");
+    assert_eq!(disk.n_files(), 0, "file left behind");
 
-    *disk.available.lock().unwrap() = None;
-    disk.fail_allocate.store(true, Ordering::SeqCst);
+    disk.set_available_bytes(None);
+    disk.set_full(true);
+    disk.set_partial_allocate(true);
     let err = SegmentWriter::create(&disk, &path(), header).unwrap_err();
     assert!(
         matches!(
@@ -625,12 +497,12 @@ fn preallocation_checks_free_space_and_leaves_nothing_behind() {
         ),
         "{err}"
     );
-    assert!(disk.files.lock().unwrap().is_empty(), "partial file left");
+    assert_eq!(disk.n_files(), 0, "partial file left");
 
-    disk.fail_allocate.store(false, Ordering::SeqCst);
-    *disk.available.lock().unwrap() = Some(PREALLOC);
+    disk.set_full(false);
+    disk.set_available_bytes(Some(PREALLOC));
     let w = SegmentWriter::create(&disk, &path(), header).unwrap();
-    assert_eq!(disk.bytes(&path()).len() as u64, PREALLOC);
+    assert_eq!(disk.bytes(&path()).unwrap().len() as u64, PREALLOC);
     assert_eq!(w.room(), PREALLOC - SEGMENT_HEADER_LEN);
 }
 
@@ -649,10 +521,10 @@ fn a_full_segment_refuses_and_a_failed_sync_breaks_the_writer() {
     let exact = vec![1u8; (w.room() - ENTRY_HEADER_LEN) as usize];
     assert!(w.fits(exact.len()));
 
-    disk.file(&path()).fail_syncs.store(true, Ordering::SeqCst);
+    disk.fail_syncs(0, u32::MAX);
     w.append(&[b"x".to_vec()]).unwrap();
     assert!(matches!(w.sync(), Err(SegmentError::Disk(_))));
-    disk.file(&path()).fail_syncs.store(false, Ordering::SeqCst);
+    assert!(disk.disarm_sync_failures());
     assert!(matches!(
         w.append(&[b"y".to_vec()]),
         Err(SegmentError::Broken { .. })
@@ -662,14 +534,12 @@ fn a_full_segment_refuses_and_a_failed_sync_breaks_the_writer() {
     let (scan, _) = scan_of(&disk, expect(0, false));
     let file = disk.open(&path(), false).unwrap();
     let mut w = SegmentWriter::resume(&path(), file, &scan, scan.data_end).unwrap();
-    disk.file(&path()).fail_writes.store(true, Ordering::SeqCst);
+    disk.set_immutable(&path(), true);
     assert!(matches!(
         w.append(&[b"z".to_vec()]),
         Err(SegmentError::Disk(_))
     ));
-    disk.file(&path())
-        .fail_writes
-        .store(false, Ordering::SeqCst);
+    disk.set_immutable(&path(), false);
     assert!(matches!(
         w.append(&[b"z".to_vec()]),
         Err(SegmentError::Broken { .. })
@@ -696,7 +566,7 @@ fn a_tail_of_random_bytes_is_a_torn_tail_not_corruption() {
     // (nothing valid follows), not `Unproven` corruption from a search that ran out. With a
     // length-only header, about one random position in 2^(32-20) looks like an entry of up to
     // 1 MiB and each costs its length to checksum, which exhausts any linear bound here.
-    let disk = BytesDisk::default();
+    let disk = new_disk();
     let prealloc = 1 << 20;
     let header = SegmentHeader {
         kind: KIND,
@@ -707,10 +577,10 @@ fn a_tail_of_random_bytes_is_a_torn_tail_not_corruption() {
     writer.append(&[payload(0), payload(1)]).unwrap();
     writer.sync().unwrap();
     let data_end = writer.end();
-    let mut bytes = disk.bytes(&path());
+    let mut bytes = disk.bytes(&path()).unwrap();
     let garbage = noise(7, (prealloc - data_end) as usize);
     bytes[data_end as usize..].copy_from_slice(&garbage);
-    disk.set_bytes(&path(), bytes);
+    disk.set_bytes(&path(), bytes).unwrap();
     let file = disk.open(&path(), false).unwrap();
     let mut seen = Vec::new();
     let expect = ScanExpect {
@@ -737,29 +607,30 @@ fn only_a_file_in_which_no_entry_checks_holds_no_entries() {
     // but no entries, and noise; false as soon as one entry of this segment checks anywhere,
     // even with the header zeroed, and false for an entry of another segment id only when the
     // id asked is that one.
-    let disk = BytesDisk::default();
+    let disk = new_disk();
     let file = disk.open(&path(), true).unwrap();
-    let none = |disk: &BytesDisk| {
+    let none = |disk: &CrashDisk| {
         let file = disk.open(&path(), false).unwrap();
         holds_no_entries(&*file, ID, 1 << 10).unwrap()
     };
     assert!(none(&disk));
     file.write_at(0, &[0u8; 40]).unwrap();
     assert!(none(&disk));
-    disk.set_bytes(&path(), vec![0u8; PREALLOC as usize]);
+    disk.set_bytes(&path(), vec![0u8; PREALLOC as usize])
+        .unwrap();
     assert!(none(&disk));
     drop(file);
     let (disk, spans) = written(0);
     assert!(spans.is_empty() && none(&disk));
-    let mut bytes = disk.bytes(&path());
+    let mut bytes = disk.bytes(&path()).unwrap();
     bytes[SEGMENT_HEADER_LEN as usize..].copy_from_slice(&noise(3, (PREALLOC - 64) as usize));
-    disk.set_bytes(&path(), bytes);
+    disk.set_bytes(&path(), bytes).unwrap();
     assert!(none(&disk));
     let (disk, spans) = written(3);
-    let mut bytes = disk.bytes(&path());
+    let mut bytes = disk.bytes(&path()).unwrap();
     bytes[..SEGMENT_HEADER_LEN as usize].fill(0);
     bytes[spans[0].0 as usize..spans[1].0 as usize].fill(0);
-    disk.set_bytes(&path(), bytes);
+    disk.set_bytes(&path(), bytes).unwrap();
     assert!(!none(&disk));
     let file = disk.open(&path(), false).unwrap();
     assert!(holds_no_entries(&*file, ID + 1, 1 << 10).unwrap());
