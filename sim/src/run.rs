@@ -499,6 +499,7 @@ impl Controller {
         let damaged: BTreeSet<PartitionKey> = self.damaged.keys().cloned().collect();
         let missing =
             disk_corruption::missing(&self.world.history(), ack_clock, snapshot, &damaged)?;
+        let lossy: BTreeSet<PartitionKey> = missing.keys().cloned().collect();
         for (part, lost) in missing {
             if self.reported.contains_key(&part) {
                 continue;
@@ -521,6 +522,31 @@ impl Controller {
             );
             self.summary.n_corruption_reports += 1;
             self.reported.insert(part, reason);
+        }
+        // Damage that lost no acknowledged record may still have made a partition read-only
+        // (a truncation into the preallocated zeros): ask it, so that what is sent to it is not
+        // expected to converge.
+        for part in &damaged {
+            if self.reported.contains_key(part) || lossy.contains(part) {
+                continue;
+            }
+            let Some(key) =
+                disk_corruption::probe_record(&self.world.history(), &self.world.streams, part)
+            else {
+                continue;
+            };
+            let Some(request) = disk_corruption::resend(&self.world.history(), &key) else {
+                continue;
+            };
+            let answer = service.handle(Arc::new(key.0.clone()), request).await;
+            if let Some(reason) = disk_corruption::read_only_reason(&answer, DATA_DIR) {
+                self.world.record(
+                    "corruption-reported",
+                    format!("{}/{} {reason}", part.0, part.1),
+                );
+                self.summary.n_corruption_reports += 1;
+                self.reported.insert(part.clone(), reason);
+            }
         }
         Ok(())
     }
@@ -718,7 +744,7 @@ impl Controller {
                 &slot.service,
                 stream,
                 *partition,
-                log.high_watermark,
+                log.log_start..log.high_watermark,
                 8,
                 &mut self.consumer_rng,
             )

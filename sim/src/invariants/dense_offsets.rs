@@ -3,15 +3,22 @@
 //! refused by the node, never stored).
 
 use super::{LogSnapshot, Violation};
-use sluice_proto::{BootEpoch, Identity, Offset, SensorId};
-use std::collections::BTreeMap;
+use sluice_proto::{BootEpoch, Identity, Offset, PartitionId, SensorId, StreamName};
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Checks every partition of the snapshot.
-pub fn check(snapshot: &LogSnapshot) -> Result<(), Violation> {
+/// Checks every partition of the snapshot. A partition the simulator damaged (`damaged`) may
+/// start later than 0 (its first segment may be gone; it then reports corruption, which
+/// `disk_corruption` checks); from its start on it must still be dense, each sensor's seqs
+/// following on from the first it holds.
+pub fn check(
+    snapshot: &LogSnapshot,
+    damaged: &BTreeSet<(StreamName, PartitionId)>,
+) -> Result<(), Violation> {
     for ((stream, partition), log) in &snapshot.partitions {
         let fail =
             |what: String| Violation::new("dense_offsets", format!("{stream}/{partition}: {what}"));
-        if log.log_start != Offset(0) {
+        let is_damaged = damaged.contains(&(stream.clone(), *partition));
+        if log.log_start != Offset(0) && !is_damaged {
             return Err(fail(format!(
                 "log starts at {} although nothing expires",
                 log.log_start
@@ -35,9 +42,12 @@ pub fn check(snapshot: &LogSnapshot) -> Result<(), Violation> {
                 )));
             }
             let e = &stored.event;
+            // What a damaged partition lost before its start is not here: seqs then follow on
+            // from the first one it holds.
+            let first = if is_damaged { e.seq } else { 0 };
             let next = next_seq
                 .entry((&e.producer, &e.sensor, e.boot_epoch))
-                .or_insert(0);
+                .or_insert(first);
             if e.seq != *next {
                 return Err(fail(format!(
                     "offset {}: {} {} epoch {} has seq {}, expected {}",

@@ -73,14 +73,8 @@ pub fn require_report(
     answer: &Message,
     data_dir: &str,
 ) -> Result<String, Violation> {
-    if let Message::ProduceResponse(r) = answer {
-        if let Some(RecordOutcome::Rejected(RecordRejection::Storage { reason })) =
-            r.outcomes.first()
-        {
-            if reason.contains("read-only") && reason.contains(data_dir) {
-                return Ok(reason.clone());
-            }
-        }
+    if let Some(reason) = read_only_reason(answer, data_dir) {
+        return Ok(reason);
     }
     Err(Violation::new(
         "disk_corruption",
@@ -99,4 +93,54 @@ pub fn resend(history: &History, key: &RecordKey) -> Option<Message> {
         stream: sent.stream.clone(),
         records: vec![sent.record.clone()],
     }))
+}
+
+/// The reason of a `Storage` refusal saying the partition is read-only and naming a file under
+/// `data_dir`, if `answer` is one.
+pub fn read_only_reason(answer: &Message, data_dir: &str) -> Option<String> {
+    let Message::ProduceResponse(r) = answer else {
+        return None;
+    };
+    match r.outcomes.first() {
+        Some(RecordOutcome::Rejected(RecordRejection::Storage { reason }))
+            if reason.contains("read-only") && reason.contains(data_dir) =>
+        {
+            Some(reason.clone())
+        }
+        _ => None,
+    }
+}
+
+/// A record to probe a damaged partition that lost no acknowledged record with (damage past the
+/// acknowledged data, such as a truncation into the preallocated zeros, still makes it
+/// read-only): its last acknowledged record, whose resend a writable partition answers as a
+/// duplicate; else any record sent to it.
+pub fn probe_record(
+    history: &History,
+    streams: &[(StreamName, u32)],
+    part: &PartitionKey,
+) -> Option<RecordKey> {
+    let mut acked: Option<(u64, RecordKey)> = None;
+    let mut any: Option<RecordKey> = None;
+    for (key, sent) in history.iter() {
+        if sent.stream != part.0 {
+            continue;
+        }
+        let n = streams
+            .iter()
+            .find(|(s, _)| *s == sent.stream)
+            .map_or(1, |(_, n)| *n);
+        if sluice_cluster::placement::partition_for(&key.1, n) != part.1 {
+            continue;
+        }
+        if let Status::Acked { ack_seq, .. } = sent.status {
+            if acked.as_ref().is_none_or(|(seq, _)| ack_seq > *seq) {
+                acked = Some((ack_seq, key.clone()));
+            }
+        }
+        if any.is_none() {
+            any = Some(key.clone());
+        }
+    }
+    acked.map(|(_, key)| key).or(any)
 }

@@ -78,7 +78,7 @@ pub fn check_log(
     snapshot: &LogSnapshot,
     reads: &mut stable_reads::Reads,
 ) -> Result<(), Violation> {
-    dense_offsets::check(snapshot)?;
+    dense_offsets::check(snapshot, &reads.exempt)?;
     no_duplicates::check(snapshot)?;
     integrity::check(history, snapshot)?;
     // Partitions the simulator damaged are held to `disk_corruption` instead.

@@ -168,7 +168,8 @@ pub async fn read_all(
     Ok(snapshot)
 }
 
-/// Reads from random offsets of a partition already read back, checking that every read
+/// Reads from random offsets of the `readable` range (log start to high watermark) of a
+/// partition already read back, checking that every read
 /// starts where it was asked to and agrees with earlier reads (the sparse index must find the
 /// right entry wherever a fetch starts).
 pub async fn probe(
@@ -176,16 +177,17 @@ pub async fn probe(
     service: &Service,
     stream: &StreamName,
     partition: PartitionId,
-    high_watermark: Offset,
+    readable: std::ops::Range<Offset>,
     n_probes: u32,
     rng: &mut ChaCha8Rng,
 ) -> Result<(), Violation> {
     let who = consumer_identity();
+    let high_watermark = readable.end;
     for _ in 0..n_probes {
-        if high_watermark.0 == 0 {
+        if readable.start >= readable.end {
             return Ok(());
         }
-        let from = Offset(rng.random_range(0..high_watermark.0));
+        let from = Offset(rng.random_range(readable.start.0..readable.end.0));
         let response = fetch(
             service,
             &who,
