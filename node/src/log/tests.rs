@@ -97,6 +97,21 @@ fn entry_positions(path: &Path) -> Vec<u64> {
     }
 }
 
+/// Zeroes the first 40 bytes of the last entry of the last segment (`zero`), or flips a bit of
+/// its payload; returns the entry's position.
+fn damage_last_entry(root: &Path, zero: bool) -> u64 {
+    let path = segments(root).pop().unwrap();
+    let last = *entry_positions(&path).last().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    if zero {
+        bytes[last as usize..last as usize + 40].fill(0);
+    } else {
+        bytes[last as usize + 30] ^= 1;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    last
+}
+
 fn corruption(opened: &Opened) -> Corruption {
     match &opened.writer {
         Err(e) => e.corruption().cloned().unwrap_or_else(|| panic!("{e}")),
@@ -214,15 +229,7 @@ fn damage_to_the_last_entry_after_a_clean_stop_is_corruption() {
     for zero in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         write_some(dir.path(), 5, 2, true);
-        let path = segments(dir.path()).pop().unwrap();
-        let last = *entry_positions(&path).last().unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        if zero {
-            bytes[last as usize..last as usize + 40].fill(0);
-        } else {
-            bytes[last as usize + 30] ^= 1;
-        }
-        std::fs::write(&path, &bytes).unwrap();
+        let last = damage_last_entry(dir.path(), zero);
         let (opened, _) = open_with(dir.path(), None);
         let c = corruption(&opened);
         assert_eq!(c.pos, last, "zero {zero}: {c}");
@@ -244,15 +251,7 @@ fn damage_below_the_recorded_durable_end_is_corruption_after_a_crash() {
         }
         w.record_durable_end().unwrap();
         drop(w);
-        let path = segments(dir.path()).pop().unwrap();
-        let last = *entry_positions(&path).last().unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        if zero {
-            bytes[last as usize..last as usize + 40].fill(0);
-        } else {
-            bytes[last as usize + 30] ^= 1;
-        }
-        std::fs::write(&path, &bytes).unwrap();
+        let last = damage_last_entry(dir.path(), zero);
         let (opened, _) = open_with(dir.path(), None);
         let c = corruption(&opened);
         assert_eq!(c.pos, last, "zero {zero}: {c}");
@@ -264,11 +263,7 @@ fn damage_below_the_recorded_durable_end_is_corruption_after_a_crash() {
     w.record_durable_end().unwrap();
     w.append(&[entry(2, 2)]).unwrap();
     drop(w);
-    let path = segments(dir.path()).pop().unwrap();
-    let last = *entry_positions(&path).last().unwrap();
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[last as usize..last as usize + 40].fill(0);
-    std::fs::write(&path, &bytes).unwrap();
+    damage_last_entry(dir.path(), true);
     let (_, r, rec, _) = open_ok(dir.path());
     assert_eq!(rec.next_offset, Offset(2));
     assert_eq!(readable(&r), vec![0, 1]);

@@ -489,11 +489,12 @@ impl PartitionActor {
         if record {
             state.durable_recorded_at = Some(now);
         }
-        let (stream, partition_id) = (state.args.stream.clone(), state.args.partition.0);
+        // Who to name in a warning, only on the group commits that record (not on every one).
+        let record = record.then(|| (state.args.stream.clone(), state.args.partition.0));
         tokio::spawn(async move {
             let (writer, result) = run_blocking(mode, move || {
                 let result = writer.append(&entries).map_err(|e| e.to_string());
-                if record && result.is_ok() {
+                if let (Some((stream, partition_id)), Ok(())) = (&record, &result) {
                     // The entries are durable whatever happens here: a failed record only keeps
                     // the older one (the manifest's other slot) until the next try.
                     if let Err(error) = writer.record_durable_end() {
