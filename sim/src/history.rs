@@ -218,11 +218,7 @@ impl History {
             .records
             .iter()
             .filter(|((_, sensor, _, _), sent)| {
-                let n = streams
-                    .iter()
-                    .find(|(s, _)| *s == sent.stream)
-                    .map_or(1, |(_, n)| *n);
-                let partition = sluice_cluster::placement::partition_for(sensor, n);
+                let partition = partition_of(streams, &sent.stream, sensor);
                 partitions.contains(&(sent.stream.clone(), partition))
             })
             .map(|((producer, _, _, _), _)| producer.clone())
@@ -287,4 +283,18 @@ pub fn same_content(producer: &Identity, record: &Record, event: &Event) -> bool
         && event.seq == record.seq
         && event.device_time == record.device_time
         && event.payload == record.payload
+}
+
+/// The partition of `stream` (of `streams`, with their partition counts) that `sensor`'s records
+/// go to.
+pub fn partition_of(
+    streams: &[(StreamName, u32)],
+    stream: &StreamName,
+    sensor: &SensorId,
+) -> PartitionId {
+    let n = streams
+        .iter()
+        .find(|(s, _)| s == stream)
+        .map_or(1, |(_, n)| *n);
+    sluice_cluster::placement::partition_for(sensor, n)
 }

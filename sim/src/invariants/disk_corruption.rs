@@ -7,7 +7,7 @@
 //! records, and by [`super::stable_reads`] for everything read).
 
 use super::{LogSnapshot, Violation};
-use crate::history::{same_content, History, RecordKey, Status};
+use crate::history::{partition_of, same_content, History, RecordKey, Status};
 use sluice_proto::msg::{Message, ProduceRequest, RecordOutcome, RecordRejection};
 use sluice_proto::{PartitionId, StreamName};
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,11 +126,7 @@ pub fn probe_record(
         if sent.stream != part.0 {
             continue;
         }
-        let n = streams
-            .iter()
-            .find(|(s, _)| *s == sent.stream)
-            .map_or(1, |(_, n)| *n);
-        if sluice_cluster::placement::partition_for(&key.1, n) != part.1 {
+        if partition_of(streams, &sent.stream, &key.1) != part.1 {
             continue;
         }
         if let Status::Acked { ack_seq, .. } = sent.status {
