@@ -779,7 +779,6 @@ struct AgentLoop {
     validators: Vec<Validator>,
     source_names: Vec<String>,
     uplink: UplinkCore,
-    batch_records_max: u32,
     batch_bytes_max: u64,
     request_timeout: Duration,
     stats_interval: Option<Duration>,
@@ -831,7 +830,6 @@ impl AgentLoop {
             validators,
             source_names: config.sources.iter().map(|s| s.name().to_owned()).collect(),
             uplink,
-            batch_records_max: u.batch_records_max,
             batch_bytes_max: u.batch_bytes_max,
             request_timeout: Duration::from_millis(u.request_timeout_ms),
             stats_interval: (config.edge.stats_interval_ms > 0)
@@ -957,7 +955,7 @@ impl AgentLoop {
             let Some((attempt, connection)) = self.connection.clone() else {
                 break;
             };
-            let (records_max, bytes_max) = (self.batch_records_max, self.batch_bytes_max);
+            let (records_max, bytes_max) = (self.uplink.batch_records_max(), self.batch_bytes_max);
             let batch = self
                 .spools(move |s, now| s.next_batch(now, records_max, bytes_max))
                 .await?;
@@ -1132,6 +1130,9 @@ impl AgentLoop {
                         }
                         Severity::Transient => {
                             warn!(reason = label, %example, "batch partly refused; will resend")
+                        }
+                        Severity::Split => {
+                            warn!(reason = label, %example, "the node takes smaller requests than uplink.batch_records_max; resending in smaller ones")
                         }
                         Severity::NeedsOperator => {
                             error!(reason = label, %example, "node refuses records; they stay spooled and are retried")

@@ -33,6 +33,12 @@
 //!   the readings it never sent) and rewinds at once, without a backoff. An `EpochStart`
 //!   refusal of a request sent alone is handled the same way: the node knows nothing of the
 //!   epoch (it lost it) and the epoch's first seqs were already released from the spool.
+//! - A request the node refuses whole as `TooLarge` (its `batch_records_max` or frame bound is
+//!   smaller than the edge's) would be refused again on every resend. The core halves the
+//!   records per request from that request's size ([`UplinkCore::batch_records_max`]) and
+//!   rewinds at once, without a backoff; a lone reading still too large is asked to be declared
+//!   like an invalid one ([`Output::Refused`]). The bound returns to the configured one on each
+//!   new connection (the node may have been reconfigured).
 //! - A connection that fails (timeout, close, protocol error) is dropped: requests in flight on
 //!   it are forgotten, the spool is rewound, and a new connection is tried after a backoff.
 //! - Backoff is the project's one schedule, [`sluice_proto::backoff::Backoff`]: it doubles per
@@ -115,6 +121,10 @@ pub enum Severity {
     Transient,
     /// A request overtook an earlier one in flight; resent at once, not a failure.
     Reordered,
+    /// The node refused a request as too large (its bound is smaller than the edge's): its
+    /// records are resent at once in smaller requests, not a failure; an operator should
+    /// still learn of the mismatch (counted, logged).
+    Split,
     /// Will not pass without someone acting (ACL, certificate, a node that lost data).
     NeedsOperator,
     /// The spool resolves the refusal with a declaration, so the sensor moves on: a reading
@@ -172,6 +182,8 @@ pub struct UplinkCore {
     in_flight: BTreeMap<u64, Batch>,
     n_in_flight_records: u64,
     next_batch_id: u64,
+    /// Records per request now: `limits.batch_records_max`, or less after `TooLarge`.
+    batch_records_cap: u32,
     /// A refusal happened: no new sends until the in-flight requests answered and the spool
     /// was rewound.
     hold: Option<Hold>,
@@ -191,6 +203,7 @@ impl UplinkCore {
             in_flight: BTreeMap::new(),
             n_in_flight_records: 0,
             next_batch_id: 1,
+            batch_records_cap: limits.batch_records_max.max(1),
             hold: None,
             resume_at: None,
             outputs: VecDeque::new(),
@@ -215,6 +228,12 @@ impl UplinkCore {
     /// Requests in flight.
     pub fn n_in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Most records the next request may carry: the configured bound, or less after the node
+    /// refused a request as too large on this connection.
+    pub fn batch_records_max(&self) -> u32 {
+        self.batch_records_cap
     }
 
     /// Consecutive failures (the backoff exponent).
@@ -270,6 +289,7 @@ impl UplinkCore {
     pub fn handle_connected(&mut self, attempt: u64) {
         if self.link == (Link::Connecting { attempt }) {
             self.link = Link::Up { attempt };
+            self.batch_records_cap = self.limits.batch_records_max.max(1);
         }
         self.check_invariants();
     }
@@ -301,7 +321,7 @@ impl UplinkCore {
             .collect();
         self.n_in_flight_records += records.len() as u64;
         let pipelined = !self.in_flight.is_empty();
-        if records.len() < self.limits.batch_records_max as usize && !self.limits.linger.is_zero() {
+        if records.len() < self.batch_records_cap as usize && !self.limits.linger.is_zero() {
             self.resume_at = Some(now + self.limits.linger);
         }
         self.in_flight.insert(
@@ -367,6 +387,9 @@ impl UplinkCore {
                     .refusals
                     .push(("protocol", Severity::NeedsOperator, reason));
                 self.connection_lost(now);
+            }
+            Err(error) if error.kind == TransportErrorKind::Remote(ErrorCode::TooLarge) => {
+                self.too_large(now, &batch, error.message, &mut report);
             }
             Err(error) => {
                 let (label, severity, fatal_to_connection) = classify_error(&error);
@@ -473,6 +496,47 @@ impl UplinkCore {
             });
         }
         declared
+    }
+
+    /// The node refused `batch` whole as too large: resend its records in requests of half
+    /// its size, or declare a lone reading that is too large by itself.
+    fn too_large(&mut self, now: Instant, batch: &Batch, message: String, report: &mut Report) {
+        let n = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
+        match batch.records.as_slice() {
+            [(key, seq, _, false)] => {
+                let reason = format!("too large for the node: {message}");
+                report.refusals.push((
+                    "too_large",
+                    Severity::Declared,
+                    format!("seq {seq} of sensor {}: {reason}", key.sensor),
+                ));
+                self.outputs.push_back(Output::Refused {
+                    stream: batch.stream.clone(),
+                    key: key.clone(),
+                    seq: *seq,
+                    reason,
+                });
+                self.hold = self.hold.max(Some(Hold::Reordered));
+            }
+            [_, _, ..] => {
+                self.batch_records_cap = self.batch_records_cap.min(n / 2).max(1);
+                let example = format!(
+                    "{message}; sending at most {} records per request",
+                    self.batch_records_cap
+                );
+                report
+                    .refusals
+                    .push(("too_large", Severity::Split, example));
+                self.hold = self.hold.max(Some(Hold::Reordered));
+            }
+            // A lone declaration (small, fixed size) or nothing: nothing to split or declare.
+            _ => {
+                report
+                    .refusals
+                    .push(("too_large", Severity::NeedsOperator, message));
+                self.refused(now);
+            }
+        }
     }
 
     fn refused(&mut self, now: Instant) {

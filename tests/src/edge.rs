@@ -143,7 +143,36 @@ impl TestEdge {
         body: &str,
     ) -> Result<TestEdge> {
         let stem = node.edge(name)?;
-        Self::build(node, name, &node.certs().files(&stem), Some(nodes), body)
+        Self::build(
+            node,
+            name,
+            &node.certs().files(&stem),
+            Some(nodes),
+            "",
+            body,
+        )
+    }
+
+    /// Like [`TestEdge::create`] with `uplink` (`key = value` lines) added to the
+    /// `[uplink]` table, which `body` cannot reopen.
+    pub fn create_with_uplink(
+        node: &TestNode,
+        name: &str,
+        uplink: &str,
+        body: &str,
+    ) -> Result<TestEdge> {
+        let stem = node.edge(name)?;
+        Self::build(
+            node,
+            name,
+            &node.certs().files(&stem),
+            None,
+            &format!(
+                "{uplink}
+"
+            ),
+            body,
+        )
     }
 
     /// Like [`TestEdge::create`] with the uplink's `[ca_cert, cert, key]` files given.
@@ -153,7 +182,7 @@ impl TestEdge {
         material: &[PathBuf; 3],
         body: &str,
     ) -> Result<TestEdge> {
-        Self::build(node, name, material, None, body)
+        Self::build(node, name, material, None, "", body)
     }
 
     fn build(
@@ -161,6 +190,7 @@ impl TestEdge {
         name: &str,
         material: &[PathBuf; 3],
         nodes: Option<&[String]>,
+        uplink: &str,
         body: &str,
     ) -> Result<TestEdge> {
         let dir = tempfile::Builder::new()
@@ -193,7 +223,7 @@ connect_timeout_ms = 2000
 request_timeout_ms = 10000
 backoff_initial_ms = 20
 backoff_max_ms = 500
-
+{uplink}
 [status]
 listen = "127.0.0.1:{status_port}"
 

@@ -157,3 +157,49 @@ async fn agent_certificate_of_the_wrong_role_is_refused_and_the_agent_keeps_spoo
     edge.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taking_smaller_batches_than_the_edge_sends_still_gets_everything() -> Result<()> {
+    // Checks that an agent whose `batch_records_max` is larger than the node's (every full
+    // request refused whole as TooLarge) splits its requests and delivers every reading, in
+    // order, exactly once, with nothing declared dropped, and counts the refusals.
+    let node = TestNode::builder()
+        .configure(|c| c.ingest.batch_records_max = 7)
+        .start()
+        .await?;
+    let mut edge = TestEdge::create_with_uplink(
+        &node,
+        "pi-big-batches",
+        "batch_records_max = 500\nlinger_ms = 200",
+        &format!(
+            "[spool]\nsync_interval_ms = 20\n\n{}",
+            sim_source("cellar", 3, 2)
+                .temperature_only()
+                .readings_max(300)
+                .no_dropouts()
+        ),
+    )?;
+    edge.start().await?;
+    let status = edge
+        .wait_for("900 readings delivered", LONG, |s| {
+            s.uplink.delivered >= 900 && s.spools.values().all(|v| v.records == 0)
+        })
+        .await?;
+    assert!(
+        status.uplink.refused.get("too_large").copied().unwrap_or(0) > 0,
+        "the node refused at least one request as too large: {status:#?}"
+    );
+    edge.stop().await?;
+    let admin = node.admin().await?;
+    let by_sensor = histories(&fetch_stream(&admin, EVENTS).await?);
+    assert_eq!(by_sensor.len(), 3);
+    for ((_, sensor, _), history) in &by_sensor {
+        assert_eq!(history.delivered, (0..300).collect::<Vec<_>>(), "{sensor}");
+        assert!(
+            history.dropped.is_empty(),
+            "{sensor}: {:?}",
+            history.dropped
+        );
+    }
+    Ok(())
+}

@@ -263,6 +263,77 @@ fn wrong_outcome_count_is_a_protocol_error() {
     assert_eq!(outputs(&mut core), [Output::Disconnect, Output::Rewind]);
 }
 
+fn too_large() -> Result<ProduceResponse, TransportError> {
+    Err(TransportError::new(
+        TransportErrorKind::Remote(ErrorCode::TooLarge),
+        "3 records exceed batch_records_max 1",
+    ))
+}
+
+#[test]
+fn a_request_too_large_for_the_node_is_resent_in_halves_down_to_one_reading() {
+    // Checks that a request the node refuses whole as TooLarge (a node bound smaller than the
+    // edge's) halves the records per request and rewinds at once without a failure; that a
+    // lone reading still too large is asked to be declared (Output::Refused) instead of being
+    // retried forever; and that a new connection starts again from the configured bound.
+    let t0 = origin();
+    let mut core = connected(t0);
+    assert_eq!(core.batch_records_max(), 3);
+    core.handle_sent(
+        t0,
+        stream(),
+        &[record("a", 0), record("a", 1), record("a", 2)],
+    );
+    let report = core.handle_response(t0, 1, 1, too_large());
+    assert_eq!(report.refusals[0].0, "too_large");
+    assert_eq!(report.refusals[0].1, Severity::Split);
+    assert_eq!(outputs(&mut core), [Output::Rewind]);
+    assert_eq!(core.batch_records_max(), 1, "half of 3, at least one");
+    assert_eq!(core.failures(), 0);
+    assert!(core.can_send(t0), "resent at once");
+
+    core.handle_sent(t0, stream(), &[record("a", 0)]);
+    let report = core.handle_response(t0, 1, 2, too_large());
+    assert_eq!(report.refusals[0].1, Severity::Declared);
+    let out = outputs(&mut core);
+    assert!(
+        matches!(&out[..], [Output::Refused { key: k, seq: 0, reason, .. }, Output::Rewind]
+            if *k == key("a") && reason.contains("too large")),
+        "{out:?}"
+    );
+    assert_eq!(core.failures(), 0);
+    assert!(core.can_send(t0), "no backoff");
+
+    // A new connection may reach a reconfigured node: back to the configured bound.
+    let failed = TransportError::new(TransportErrorKind::Closed, "gone");
+    core.handle_sent(t0, stream(), &[record("a", 1)]);
+    core.handle_response(t0, 1, 3, Err(failed));
+    let retry = t0 + Duration::from_secs(5);
+    core.handle_tick(retry);
+    assert!(outputs(&mut core).contains(&Output::Connect { attempt: 2 }));
+    core.handle_connected(2);
+    assert_eq!(core.batch_records_max(), 3);
+}
+
+#[test]
+fn a_lone_declaration_refused_as_too_large_backs_off() {
+    // Checks that a Dropped declaration refused as TooLarge (nothing to split or declare) is
+    // an ordinary refusal needing an operator: a failure counted, a backoff before resending.
+    let t0 = origin();
+    let mut core = connected(t0);
+    let mut drop = record("a", 0);
+    drop.payload = Payload::Dropped {
+        seq_last: 4,
+        reason: sluice_proto::DropReason::Invalid,
+    };
+    core.handle_sent(t0, stream(), &[drop]);
+    let report = core.handle_response(t0, 1, 1, too_large());
+    assert_eq!(report.refusals[0].1, Severity::NeedsOperator);
+    assert_eq!(outputs(&mut core), [Output::Rewind]);
+    assert_eq!(core.failures(), 1);
+    assert!(!core.can_send(t0), "backing off");
+}
+
 fn gap(expected: u64, got: u64) -> RecordOutcome {
     rejected(RecordRejection::SequenceGap {
         sensor: "a".into(),
