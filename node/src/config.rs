@@ -167,9 +167,9 @@ pub struct StorageSection {
     #[serde(default = "default_write_retry_max_ms")]
     pub write_retry_max_ms: u64,
     /// How often, at most, each partition records its durable end in its manifest (one small
-    /// write and `fdatasync` after a group commit). Damage to entries older than this is always
-    /// reported as corruption; within the last interval it can look like a torn write. Zero
-    /// records after every group commit.
+    /// write and `fdatasync` after a group commit, before its acks). Zero, the default, records
+    /// after every group commit, so damage to any acknowledged entry is corruption; with a
+    /// larger value, damage within the last interval can look like a torn write.
     #[serde(default = "default_durable_record_interval_ms")]
     pub durable_record_interval_ms: u64,
 }
@@ -314,7 +314,7 @@ fn default_write_retry_max_ms() -> u64 {
     30_000
 }
 fn default_durable_record_interval_ms() -> u64 {
-    1_000
+    0
 }
 fn default_index_interval_bytes() -> u64 {
     64 << 10

@@ -70,6 +70,10 @@ struct Args {
     /// Seconds of the raw fdatasync reference.
     #[arg(long, default_value_t = 3)]
     fsync_seconds: u64,
+    /// The node's `storage.durable_record_interval_ms` (default: the node's default, a record
+    /// of the durable end after every group commit).
+    #[arg(long)]
+    durable_record_interval_ms: Option<u64>,
 }
 
 /// What one shape measured.
@@ -229,6 +233,7 @@ async fn run(args: Args) -> Result<()> {
         ..real_env(1)
     };
     let partitions = args.partitions;
+    let durable_record_interval_ms = args.durable_record_interval_ms;
     let mut builder = TestNode::builder().env(env).configure(move |config| {
         config.streams.push(StreamSection {
             name: "bench".into(),
@@ -240,6 +245,9 @@ async fn run(args: Args) -> Result<()> {
             consume: vec![],
         });
         config.storage.segment_bytes_max = 64 << 20;
+        if let Some(ms) = durable_record_interval_ms {
+            config.storage.durable_record_interval_ms = ms;
+        }
     });
     if let Some(dir) = &args.dir {
         builder = builder.parent_dir(dir);
