@@ -16,7 +16,9 @@
 //!
 //! Recovery ([`LogStore::open`]) reads the manifest and scans every segment it names under the
 //! layer's rule: only the last write of the last segment may be torn (it was never flushed, so
-//! never acknowledged) and is zeroed. Anything else that does not check — a damaged entry, a
+//! never acknowledged) and is zeroed. The open records the manifest again and writes the entries
+//! past its recorded durable end again before syncing, so what a failed `fdatasync` left
+//! readable in the page cache is durable before the store acts on it. Anything else that does not check — a damaged entry, a
 //! missing segment, entries out of order, a manifest none of whose slots checks — is
 //! [`LogStoreError::Corrupt`]: the store does not open, so the replica cannot vote with damaged
 //! state; the layer above rebuilds it from its peers. Nothing is ever silently discarded.
@@ -955,13 +957,13 @@ fn make_writable(
         shared: Arc::new(RwLock::new(shared)),
         broken: None,
     };
+    // Always recorded, even unchanged: after a failed fdatasync the slot read may exist only in
+    // the page cache, and this store now acts on it (a vote must never go back).
     let end = ManifestState {
         cut: None,
         ..store.current()
     };
-    if end != store.manifest {
-        store.record(end)?;
-    }
+    store.record(end)?;
     Ok((store, recovery))
 }
 
@@ -988,12 +990,32 @@ fn resume_last(
         .map_or(scan.data_end, |t| t.end.max(scan.data_end));
     let end = state.cut.unwrap_or(view.end_pos).min(scan.data_end);
     recovery.discarded_bytes = dirty_end.saturating_sub(end);
+    rewrite_adopted(view, state.durable_pos, end)?;
     Ok(SegmentWriter::resume(
         &view.path,
         view.file.clone(),
         &scan,
         end,
     )?)
+}
+
+/// Writes the entries adopted after the last recorded durable end again. After a failed
+/// `fdatasync` their pages stay readable but are clean (Linux), so a plain sync would not make
+/// them durable, and the store is about to treat them as flushed; written again, the sync in
+/// `SegmentWriter::resume` does. Entries from before the recorded durable end were synced.
+fn rewrite_adopted(view: &SegmentView, durable_pos: u64, end: u64) -> Result<(), LogStoreError> {
+    let mut pos = durable_pos.max(SEGMENT_HEADER_LEN);
+    let mut buf = vec![0u8; 1 << 16];
+    while pos < end {
+        let n = ((end - pos) as usize).min(buf.len());
+        let got = view.file.read_at(pos, &mut buf[..n])?;
+        if got == 0 {
+            break;
+        }
+        view.file.write_at(pos, &buf[..got])?;
+        pos += got as u64;
+    }
+    Ok(())
 }
 
 fn storage_error(error: LogStoreError) -> GroupStorageError {

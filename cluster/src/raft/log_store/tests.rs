@@ -200,6 +200,39 @@ fn damage_is_reported_as_corruption_never_discarded() {
     assert_corrupt(&disk, "the manifest gone, segments holding entries");
 }
 
+#[test]
+fn what_a_failed_fdatasync_left_readable_is_durable_once_the_store_reopens() {
+    // Checks the Linux failed-fsync case: an append and a vote whose fdatasync failed stay
+    // readable from the page cache; the reopened store acts on them, so they must survive the
+    // next power cut too (written again and synced at open).
+    let disk = CrashDisk::new();
+    let mut store = open(&disk).unwrap();
+    store
+        .append(&(0..5).map(|i| entry(1, i)).collect::<Vec<_>>())
+        .unwrap();
+    store.save_vote(&Vote::new(1, 1)).unwrap();
+    disk.arm_sync_failure(0);
+    assert!(store.append(&[entry(1, 5)]).is_err());
+    assert!(
+        store.append(&[entry(1, 6)]).is_err(),
+        "a broken store refuses writes"
+    );
+    drop(store);
+    disk.close_all();
+    let mut store = open(&disk).unwrap();
+    disk.arm_sync_failure(0);
+    assert!(store.save_vote(&Vote::new(2, 1)).is_err());
+    drop(store);
+    disk.close_all();
+    let store = open(&disk).unwrap();
+    let seen = Model::of(&store);
+    assert_eq!(seen.vote, Some(Vote::new(2, 1)));
+    assert_eq!(seen.entries.last(), Some(&log_id(1, 5)));
+    drop(store);
+    disk.power_cut(&mut rng_for(1, 2, 3));
+    assert_eq!(Model::of(&open(&disk).unwrap()), seen);
+}
+
 /// What the store must hold: the acknowledged vote, committed id, purge point and entries.
 #[derive(Debug, Clone, PartialEq)]
 struct Model {
