@@ -441,11 +441,13 @@ impl LogStore {
     }
 
     fn append_inner(&mut self, entries: &[GroupEntry]) -> Result<(), LogStoreError> {
+        // An entry must fit an empty segment, the configured bound, and what the codec decodes.
         let room_max = self
             .config
             .segment_bytes_max
             .saturating_sub(SEGMENT_HEADER_LEN)
-            .min(segment::entry_len(self.config.entry_bytes_max as usize));
+            .min(segment::entry_len(self.config.entry_bytes_max as usize))
+            .min(segment::entry_len(codec::DECODE_BYTES_MAX));
         let (mut next, purged) = {
             let shared = self.shared();
             (shared.last_log_id().map(|l| l.index + 1), shared.purged)

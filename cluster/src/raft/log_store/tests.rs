@@ -135,6 +135,24 @@ fn a_purge_past_the_last_entry_starts_the_log_after_it() {
     assert_eq!(held(&store), vec![log_id(2, 21)]);
 }
 
+#[test]
+fn an_entry_too_large_is_refused_and_the_store_goes_on() {
+    // Checks that an entry larger than an empty segment can hold is a typed refusal that
+    // writes nothing and leaves the store writable.
+    let disk = CrashDisk::new();
+    let mut store = open(&disk).unwrap();
+    let big = GroupEntry {
+        log_id: log_id(1, 0),
+        payload: EntryPayload::Normal(GroupData(vec![7; 600])),
+    };
+    assert!(matches!(
+        store.append(&[big]),
+        Err(LogStoreError::EntryTooLarge { index: 0, .. })
+    ));
+    store.append(&[entry(1, 0)]).unwrap();
+    assert_eq!(held(&store), vec![log_id(1, 0)]);
+}
+
 /// A store of 30 entries (several segments), closed cleanly; returns the disk.
 fn written() -> CrashDisk {
     let disk = CrashDisk::new();
