@@ -63,6 +63,10 @@
 //! crafted; a file for which the bound runs out is called corrupt ([`NotTorn::Unproven`]), the
 //! side that loses nothing.
 //!
+//! Beside segments the layer has [`SlotFile`], the small record file (a manifest, a vote) of two
+//! page-separated, CRC-checked slots written alternately, so one torn write never loses the
+//! previous record.
+//!
 //! A torn tail the caller adopts is zeroed and synced by [`SegmentWriter::resume`] before
 //! anything new is written, so stale bytes can never line up with later writes.
 //!
@@ -866,6 +870,153 @@ fn read_full(file: &dyn DiskFile, pos: u64, buf: &mut [u8]) -> Result<usize, Dis
         got += n;
     }
     Ok(got)
+}
+
+/// What a [`SlotFile`] holds: the caller's magic and format version, and the length of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotKind {
+    /// First bytes of each slot.
+    pub magic: [u8; 8],
+    /// The caller's layout version, written in each slot; a slot of another version does not
+    /// check.
+    pub version: u32,
+    /// Bytes of a slot, at least [`SLOT_OVERHEAD`] and at most [`SLOT_STRIDE`]; the caller's
+    /// body takes `slot_len - SLOT_OVERHEAD` of them.
+    pub slot_len: usize,
+}
+
+/// Bytes of a slot that are not the caller's body: magic, version, reserved, sequence number
+/// and CRC32C.
+pub const SLOT_OVERHEAD: usize = 28;
+/// Distance between the two slots of a [`SlotFile`]: a page each, so a torn write touches one.
+pub const SLOT_STRIDE: u64 = 4096;
+
+/// A small record file (a manifest, a vote) of two page-separated slots written alternately,
+/// each checked by its own CRC32C, so one torn write never loses the previous record. A slot is,
+/// little endian: the magic (8 bytes), the version (4), zero (4), a sequence number (8; the
+/// higher of two valid slots wins), the caller's body, and the CRC32C of everything before it.
+/// Each [`SlotFile::write`] is one slot write and one `fdatasync`.
+pub struct SlotFile {
+    path: PathBuf,
+    file: Arc<dyn DiskFile>,
+    kind: SlotKind,
+    seq: u64,
+}
+
+impl fmt::Debug for SlotFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlotFile")
+            .field("path", &self.path)
+            .field("kind", &self.kind)
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl SlotFile {
+    /// Reads the newest slot that checks: `Ok(None)` when the file does not exist, corruption
+    /// ([`CorruptionKind::Missing`]) when it exists and neither slot checks. The body has the
+    /// full body length (what the caller wrote, then zeros).
+    pub fn open(
+        disk: &dyn Disk,
+        path: &Path,
+        kind: SlotKind,
+    ) -> Result<Option<(SlotFile, Vec<u8>)>, SegmentError> {
+        assert!((SLOT_OVERHEAD..=SLOT_STRIDE as usize).contains(&kind.slot_len));
+        let file = match disk.open(path, false) {
+            Ok(file) => file,
+            Err(DiskError::Io {
+                kind: std::io::ErrorKind::NotFound,
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut best: Option<(u64, Vec<u8>)> = None;
+        for slot in 0..2u64 {
+            let mut bytes = vec![0u8; kind.slot_len];
+            if read_full(&*file, slot * SLOT_STRIDE, &mut bytes)? < bytes.len() {
+                continue;
+            }
+            let crc_at = kind.slot_len - 4;
+            let checks = bytes[..8] == kind.magic
+                && u32_at(&bytes, 8) == kind.version
+                && u32_at(&bytes, crc_at) == crc32c::crc32c(&bytes[..crc_at]);
+            let seq = u64_at(&bytes, 16);
+            if checks && best.as_ref().is_none_or(|(s, _)| seq > *s) {
+                best = Some((seq, bytes[24..crc_at].to_vec()));
+            }
+        }
+        let Some((seq, body)) = best else {
+            return Err(Corruption::new(
+                path,
+                0,
+                CorruptionKind::Missing("no slot of the record file checks".into()),
+            )
+            .into());
+        };
+        let slots = SlotFile {
+            path: path.to_path_buf(),
+            file,
+            kind,
+            seq,
+        };
+        Ok(Some((slots, body)))
+    }
+
+    /// Creates the file (replacing any there) with `body` in its first slot, and makes it and
+    /// its directory entry durable.
+    pub fn create(
+        disk: &dyn Disk,
+        path: &Path,
+        kind: SlotKind,
+        body: &[u8],
+    ) -> Result<SlotFile, SegmentError> {
+        assert!((SLOT_OVERHEAD..=SLOT_STRIDE as usize).contains(&kind.slot_len));
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let file = disk.open(path, true)?;
+        file.truncate(0)?;
+        file.allocate(2 * SLOT_STRIDE)?;
+        let mut slots = SlotFile {
+            path: path.to_path_buf(),
+            file,
+            kind,
+            seq: 0,
+        };
+        slots.write(body)?;
+        disk.sync_dir(dir)?;
+        Ok(slots)
+    }
+
+    /// Writes `body` into the older slot and syncs it; on failure the newer slot still holds
+    /// the previous record.
+    ///
+    /// # Panics
+    /// On a body longer than the slot's (a caller's layout bug).
+    pub fn write(&mut self, body: &[u8]) -> Result<(), SegmentError> {
+        let crc_at = self.kind.slot_len - 4;
+        assert!(
+            body.len() <= crc_at - 24,
+            "record body of {} bytes",
+            body.len()
+        );
+        let seq = self.seq + 1;
+        let mut bytes = vec![0u8; self.kind.slot_len];
+        bytes[..8].copy_from_slice(&self.kind.magic);
+        bytes[8..12].copy_from_slice(&self.kind.version.to_le_bytes());
+        bytes[16..24].copy_from_slice(&seq.to_le_bytes());
+        bytes[24..24 + body.len()].copy_from_slice(body);
+        let crc = crc32c::crc32c(&bytes[..crc_at]);
+        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+        self.file.write_at((seq % 2) * SLOT_STRIDE, &bytes)?;
+        self.file.sync_data()?;
+        self.seq = seq;
+        Ok(())
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Appends entries to one segment. Writes go to the file at once; [`SegmentWriter::sync`] makes
