@@ -4,13 +4,14 @@
 //! base offset as the segment id. Each segment entry's payload is one log entry: its base offset
 //! (u64), its event count (u32, little endian), then `count` canonically encoded events.
 //!
-//! The partition's manifest is a small file of two [`MANIFEST_SLOT_LEN`]-byte slots, one per
-//! page ([`MANIFEST_SLOT_STRIDE`] apart), written alternately and each checked by its own CRC32C,
-//! so one torn write never loses the previous state. A slot holds a sequence number (the higher
-//! valid one wins), the base offsets of the first and last segments, and the durable end of the
-//! last segment as an offset and a byte position.
+//! The partition's manifest is a [`sluice_proto::segment::SlotFile`] of [`MANIFEST_KIND`] (two
+//! 64-byte slots a page apart, written alternately, each checked by its own CRC32C, the higher
+//! sequence number winning) whose body holds the base offsets of the first and last segments and
+//! the durable end of the last segment as an offset and a byte position.
 
-use sluice_proto::segment::SegmentKind;
+#[cfg(test)]
+use sluice_proto::segment::SlotFile;
+use sluice_proto::segment::{SegmentKind, SlotKind};
 use sluice_proto::Offset;
 
 /// The kind of node log segments.
@@ -71,14 +72,12 @@ pub(crate) fn decode_entry(payload: &[u8]) -> Result<(Offset, u32, &[u8]), Strin
     Ok((Offset(base), count, &payload[ENTRY_PREFIX_LEN..]))
 }
 
-/// First bytes of a manifest slot.
-const MANIFEST_MAGIC: [u8; 8] = *b"SLUICEMF";
-/// Manifest layout version.
-const MANIFEST_VERSION: u32 = 1;
-/// Bytes of one manifest slot.
-pub(crate) const MANIFEST_SLOT_LEN: usize = 64;
-/// Distance between the two slots (one page each, so a torn write touches only one).
-pub(crate) const MANIFEST_SLOT_STRIDE: u64 = 4096;
+/// The kind of a partition manifest: a [`SlotFile`] of 64-byte slots.
+pub(crate) const MANIFEST_KIND: SlotKind = SlotKind {
+    magic: *b"SLUICEMF",
+    version: 1,
+    slot_len: 64,
+};
 
 /// What a partition must hold, as its manifest records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,47 +92,31 @@ pub(crate) struct ManifestState {
     pub(crate) durable_pos: u64,
 }
 
-/// One manifest slot's bytes.
-pub(crate) fn encode_manifest(seq: u64, state: &ManifestState) -> [u8; MANIFEST_SLOT_LEN] {
-    let mut out = [0u8; MANIFEST_SLOT_LEN];
-    out[..8].copy_from_slice(&MANIFEST_MAGIC);
-    out[8..12].copy_from_slice(&MANIFEST_VERSION.to_le_bytes());
-    out[16..24].copy_from_slice(&seq.to_le_bytes());
-    out[24..32].copy_from_slice(&state.first.0.to_le_bytes());
-    out[32..40].copy_from_slice(&state.last.0.to_le_bytes());
-    out[40..48].copy_from_slice(&state.durable_offset.0.to_le_bytes());
-    out[48..56].copy_from_slice(&state.durable_pos.to_le_bytes());
-    let crc = crc32c::crc32c(&out[..60]);
-    out[60..64].copy_from_slice(&crc.to_le_bytes());
+/// Bytes of a manifest slot's body.
+pub(crate) const MANIFEST_BODY_LEN: usize = 32;
+
+/// A manifest slot's body: the first and last segments' base offsets, the durable offset and
+/// byte position, little endian.
+pub(crate) fn encode_manifest(state: &ManifestState) -> [u8; MANIFEST_BODY_LEN] {
+    let mut out = [0u8; MANIFEST_BODY_LEN];
+    out[..8].copy_from_slice(&state.first.0.to_le_bytes());
+    out[8..16].copy_from_slice(&state.last.0.to_le_bytes());
+    out[16..24].copy_from_slice(&state.durable_offset.0.to_le_bytes());
+    out[24..32].copy_from_slice(&state.durable_pos.to_le_bytes());
     out
 }
 
-/// A checked manifest slot: its sequence number and state; `None` when it does not check.
-pub(crate) fn decode_manifest(bytes: &[u8; MANIFEST_SLOT_LEN]) -> Option<(u64, ManifestState)> {
-    let u64_at = |i: usize| {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&bytes[i..i + 8]);
-        u64::from_le_bytes(word)
+/// The state in a manifest slot's body (which the slot file checked); `None` when it is short.
+pub(crate) fn decode_manifest(body: &[u8]) -> Option<ManifestState> {
+    let u64_at = |i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(body.get(i..i + 8)?.try_into().ok()?))
     };
-    let mut crc = [0u8; 4];
-    crc.copy_from_slice(&bytes[60..64]);
-    if bytes[..8] != MANIFEST_MAGIC || u32::from_le_bytes(crc) != crc32c::crc32c(&bytes[..60]) {
-        return None;
-    }
-    let mut version = [0u8; 4];
-    version.copy_from_slice(&bytes[8..12]);
-    if u32::from_le_bytes(version) != MANIFEST_VERSION {
-        return None;
-    }
-    Some((
-        u64_at(16),
-        ManifestState {
-            first: Offset(u64_at(24)),
-            last: Offset(u64_at(32)),
-            durable_offset: Offset(u64_at(40)),
-            durable_pos: u64_at(48),
-        },
-    ))
+    Some(ManifestState {
+        first: Offset(u64_at(0)?),
+        last: Offset(u64_at(8)?),
+        durable_offset: Offset(u64_at(16)?),
+        durable_pos: u64_at(24)?,
+    })
 }
 
 #[cfg(test)]
@@ -155,20 +138,54 @@ mod tests {
     }
 
     #[test]
-    fn manifest_slot_round_trips_and_any_flip_is_refused() {
-        // Checks the manifest slot layout and that flipping any bit makes the slot not check.
+    fn manifest_slot_layout_is_frozen_and_any_flip_is_refused() {
+        // Checks that a manifest written through the slot file has the layout earlier releases
+        // wrote (magic, version, zero, sequence number, the state, zeros, CRC32C: golden bytes),
+        // that it reads back, and that flipping any bit of the slot makes it not check.
         let state = ManifestState {
             first: Offset(0),
             last: Offset(1000),
             durable_offset: Offset(1234),
             durable_pos: 5678,
         };
-        let slot = encode_manifest(7, &state);
-        assert_eq!(decode_manifest(&slot), Some((7, state)));
-        for bit in 0..MANIFEST_SLOT_LEN * 8 {
-            let mut flipped = slot;
-            flipped[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(decode_manifest(&flipped), None, "flip of bit {bit}");
+        let disk = sluice_proto::testing::CrashDisk::new();
+        let path = std::path::Path::new("/m/p.manifest");
+        sluice_proto::env::Disk::create_dir_all(&disk, std::path::Path::new("/m"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        SlotFile::create(&disk, path, MANIFEST_KIND, &encode_manifest(&state))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = disk
+            .files()
+            .remove(path)
+            .unwrap_or_else(|| panic!("no manifest"));
+        let mut golden = Vec::new();
+        golden.extend_from_slice(b"SLUICEMF");
+        golden.extend_from_slice(&1u32.to_le_bytes());
+        golden.extend_from_slice(&0u32.to_le_bytes());
+        golden.extend_from_slice(&1u64.to_le_bytes());
+        for word in [0u64, 1000, 1234, 5678] {
+            golden.extend_from_slice(&word.to_le_bytes());
+        }
+        golden.extend_from_slice(&[0u8; 4]);
+        let crc = crc32c::crc32c(&golden);
+        golden.extend_from_slice(&crc.to_le_bytes());
+        // Sequence number 1 goes to the second slot.
+        assert_eq!(&bytes[4096..4096 + 64], &golden[..]);
+        let read = |disk: &sluice_proto::testing::CrashDisk| {
+            SlotFile::open(disk, path, MANIFEST_KIND)
+                .ok()
+                .flatten()
+                .and_then(|(_, body)| decode_manifest(&body))
+        };
+        assert_eq!(read(&disk), Some(state));
+        for bit in 0..64 * 8u64 {
+            let flip = || {
+                disk.flip_bit(path, 4096 + bit / 8, (bit % 8) as u8)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            };
+            flip();
+            assert_eq!(read(&disk), None, "flip of bit {bit}");
+            flip();
         }
     }
 

@@ -20,11 +20,11 @@
 
 pub(crate) mod format;
 
-use format::{ManifestState, MANIFEST_SLOT_LEN, MANIFEST_SLOT_STRIDE, SEGMENT_KIND};
+use format::{ManifestState, SEGMENT_KIND};
 use sluice_proto::env::{Disk, DiskError, DiskFile};
 use sluice_proto::segment::{
     self, Corruption, CorruptionKind, ScanExpect, SegmentError, SegmentHeader, SegmentWriter,
-    SEGMENT_HEADER_LEN,
+    SlotFile, SEGMENT_HEADER_LEN,
 };
 use sluice_proto::{codec, Event, Offset, StoredEvent};
 use std::path::{Path, PathBuf};
@@ -132,10 +132,9 @@ struct SegmentView {
     end_pos: u64,
 }
 
-/// The manifest file: two slots written alternately.
+/// The manifest file ([`format::MANIFEST_KIND`]) and the state it last recorded.
 struct Manifest {
-    file: Arc<dyn DiskFile>,
-    seq: u64,
+    slots: SlotFile,
     state: ManifestState,
 }
 
@@ -143,62 +142,39 @@ impl Manifest {
     /// Reads the manifest: `None` when the file does not exist; corruption when neither slot
     /// checks.
     fn read(disk: &dyn Disk, path: &Path) -> Result<Option<Manifest>, LogError> {
-        let file = match disk.open(path, false) {
-            Ok(file) => file,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let opened = SlotFile::open(disk, path, format::MANIFEST_KIND).map_err(|e| match e {
+            SegmentError::Corrupt(c) => LogError::Corrupt(c),
+            other => other.into(),
+        })?;
+        let Some((slots, body)) = opened else {
+            return Ok(None);
         };
-        let mut best: Option<(u64, ManifestState)> = None;
-        for slot in 0..2u64 {
-            let mut bytes = [0u8; MANIFEST_SLOT_LEN];
-            let got = file.read_at(slot * MANIFEST_SLOT_STRIDE, &mut bytes)?;
-            if got < MANIFEST_SLOT_LEN {
-                continue;
-            }
-            if let Some((seq, state)) = format::decode_manifest(&bytes) {
-                if best.is_none_or(|(s, _)| seq > s) {
-                    best = Some((seq, state));
-                }
-            }
-        }
-        let Some((seq, state)) = best else {
-            return Err(Corruption::new(
+        let state = format::decode_manifest(&body).ok_or_else(|| {
+            Corruption::new(
                 path,
                 0,
-                CorruptionKind::Missing("no manifest slot checks".into()),
+                CorruptionKind::Missing("a manifest slot too short for its state".into()),
             )
-            .into());
-        };
-        Ok(Some(Manifest { file, seq, state }))
+        })?;
+        Ok(Some(Manifest { slots, state }))
     }
 
     /// Creates the manifest with its first state and makes it and its directory entry durable.
     fn create(disk: &dyn Disk, path: &Path, state: ManifestState) -> Result<Manifest, LogError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         disk.create_dir_all(dir)?;
-        let file = disk.open(path, true)?;
-        file.truncate(0)?;
-        file.allocate(2 * MANIFEST_SLOT_STRIDE)?;
-        let mut manifest = Manifest {
-            file,
-            seq: 0,
-            state,
-        };
-        manifest.write(state)?;
-        disk.sync_dir(dir)?;
-        Ok(manifest)
+        let slots = SlotFile::create(
+            disk,
+            path,
+            format::MANIFEST_KIND,
+            &format::encode_manifest(&state),
+        )?;
+        Ok(Manifest { slots, state })
     }
 
     /// Records a new state in the older slot and syncs it.
     fn write(&mut self, state: ManifestState) -> Result<(), LogError> {
-        let seq = self.seq + 1;
-        let slot = seq % 2;
-        self.file.write_at(
-            slot * MANIFEST_SLOT_STRIDE,
-            &format::encode_manifest(seq, &state),
-        )?;
-        self.file.sync_data()?;
-        self.seq = seq;
+        self.slots.write(&format::encode_manifest(&state))?;
         self.state = state;
         Ok(())
     }
