@@ -1409,3 +1409,38 @@ fn a_power_cut_in_the_last_write_is_a_torn_tail_not_damage() {
     }
     assert!(n_torn > 0, "no power cut tore a write");
 }
+
+#[test]
+fn a_checkpoint_larger_than_a_segment_is_read_back() {
+    // Checks that entries past a segment's preallocation are read: with many sensors the
+    // checkpoint that opens every segment outgrows a 4 KiB segment and the file grows past its
+    // preallocated length; after a crash and a reopen every reading is still delivered and
+    // nothing is reported damaged.
+    let many = SpoolConfig {
+        sensors_max: 100,
+        spool_bytes_max: 256 * 4096,
+        ..config()
+    };
+    let disk = CrashDisk::new();
+    let (mut spool, _) = open(&disk, many, 0);
+    let long = "x".repeat(60);
+    let names: Vec<String> = (0..100).map(|i| format!("{long}/{i}")).collect();
+    for name in &names {
+        append(&mut spool, name, 0);
+    }
+    spool.sync(t(1)).unwrap();
+    drop(spool);
+    let longest = segment_paths(&disk)
+        .iter()
+        .map(|p| disk.bytes(p).unwrap().len())
+        .max()
+        .unwrap();
+    assert!(longest > 4096, "no segment outgrew its preallocation");
+    let (mut spool, report) = open(&disk, many, 10);
+    assert_eq!(report.damage, vec![], "{report}");
+    let got = drain(&mut spool);
+    for name in &names {
+        let (values, _) = values_and_declared(&got, name);
+        assert_eq!(values, vec![0], "{name}");
+    }
+}
