@@ -556,6 +556,29 @@ impl<'a> Window<'a> {
         Ok(&self.buf[at..at + n])
     }
 
+    /// The segment header at the start of the window, or where and why it does not check (a
+    /// window shorter than a header: all zeros, or a file of `size` bytes cut short).
+    fn header(
+        &mut self,
+        kind: SegmentKind,
+        size: u64,
+    ) -> Result<Result<SegmentHeader, (u64, CorruptionKind)>, DiskError> {
+        if self.len < SEGMENT_HEADER_LEN {
+            let kind = if self.first_nonzero(0)?.is_none() {
+                CorruptionKind::HeaderZeroed
+            } else {
+                CorruptionKind::Short {
+                    size,
+                    preallocated: SEGMENT_HEADER_LEN,
+                }
+            };
+            return Ok(Err((self.len, kind)));
+        }
+        let mut bytes = [0u8; SEGMENT_HEADER_LEN as usize];
+        bytes.copy_from_slice(self.get(0, SEGMENT_HEADER_LEN as usize)?);
+        Ok(SegmentHeader::decode(&bytes, kind))
+    }
+
     /// Position of the first nonzero byte in `[from, len)`.
     fn first_nonzero(&mut self, from: u64) -> Result<Option<u64>, DiskError> {
         let mut pos = from;
@@ -692,21 +715,7 @@ pub fn scan(
     };
     let corrupt = |pos, kind| Some(Corruption::new(path, pos, kind));
     let mut window = Window::new(file, file_len);
-    if file_len < SEGMENT_HEADER_LEN {
-        let kind = if window.first_nonzero(0)?.is_none() {
-            CorruptionKind::HeaderZeroed
-        } else {
-            CorruptionKind::Short {
-                size: file_len,
-                preallocated: SEGMENT_HEADER_LEN,
-            }
-        };
-        out.corruption = corrupt(file_len.min(SEGMENT_HEADER_LEN), kind);
-        return Ok(out);
-    }
-    let mut header_bytes = [0u8; SEGMENT_HEADER_LEN as usize];
-    header_bytes.copy_from_slice(window.get(0, SEGMENT_HEADER_LEN as usize)?);
-    let header = match SegmentHeader::decode(&header_bytes, kind) {
+    let header = match window.header(kind, file_len)? {
         Ok(header) => header,
         Err((pos, kind)) => {
             out.corruption = corrupt(pos, kind);
@@ -782,6 +791,173 @@ pub fn scan(
                 fault,
             })
         }
+    }
+    Ok(out)
+}
+
+/// What the caller of [`salvage`] knows about a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SalvageExpect {
+    /// The id the segment's entries were written for (from the file's name): entries are
+    /// checked against it even when the header is damaged.
+    pub id: u64,
+    /// As in [`ScanExpect::durable_end`].
+    pub durable_end: u64,
+    /// As in [`ScanExpect::sealed`].
+    pub sealed: bool,
+    /// As in [`ScanExpect::entry_bytes_max`].
+    pub entry_bytes_max: u32,
+    /// Bytes at or past this position are not read at all (a caller that trusts a file only up
+    /// to a point it saw made durable); `u64::MAX` reads everything.
+    pub read_end: u64,
+    /// Entries may run past the preallocated length, up to the file's end (a caller whose
+    /// entries may outgrow a segment lets the file grow); otherwise a longer file's excess is
+    /// ignored, as by [`scan`].
+    pub past_preallocation: bool,
+}
+
+/// A damaged region found by [`salvage`]: `[corruption.pos, end)` of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// Where it starts, and what is wrong there.
+    pub corruption: Corruption,
+    /// One past its end: the next entry that checks, or the end of the file's data.
+    pub end: u64,
+}
+
+/// What [`salvage`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Salvage {
+    /// The header, when it checked.
+    pub header: Option<SegmentHeader>,
+    /// The file's size.
+    pub file_len: u64,
+    /// One past the last entry that checks, refused or not (the header's end when there is
+    /// none): where a writer may resume.
+    pub data_end: u64,
+    /// Valid entries handed to the callback and taken.
+    pub n_entries: u64,
+    /// The torn tail after the last valid entry, if the recovery rule allows one.
+    pub torn: Option<TornTail>,
+    /// Every damaged region, in file order (the header first, a short file last).
+    pub damage: Vec<Damaged>,
+}
+
+/// The keep-going scan: the recovery rule of [`scan`] (same framing, same classification), for a
+/// caller that must not stop at damage but keep every entry that checks and learn every region
+/// that does not. Entries are handed to `each` in file order with their positions; after an
+/// entry that does not check, the search resumes at the next entry that does (as [`scan`]'s
+/// search for a valid entry after a failure), and the bytes between are one [`Damaged`] region.
+/// A failure after which no entry checks is a torn tail under the same conditions as in
+/// [`scan`]; otherwise it is damage to the end of the data. A damaged or zeroed header is damage
+/// too, and the entries are still read (they check against [`SalvageExpect::id`]); a file
+/// shorter than its recorded preallocation is damage from its end to the preallocation's.
+/// `each` may refuse a payload (`Err(reason)`): that entry is a damaged region. IO failures are
+/// `Err`.
+pub fn salvage(
+    file: &dyn DiskFile,
+    path: &Path,
+    kind: SegmentKind,
+    expect: &SalvageExpect,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<Salvage, DiskError> {
+    let file_len = file.size()?;
+    let id = expect.id;
+    let max = expect.entry_bytes_max;
+    let mut out = Salvage {
+        header: None,
+        file_len,
+        data_end: SEGMENT_HEADER_LEN,
+        n_entries: 0,
+        torn: None,
+        damage: Vec::new(),
+    };
+    let damaged = |pos, end, kind| Damaged {
+        corruption: Corruption::new(path, pos, kind),
+        end,
+    };
+    let mut window = Window::new(file, file_len.min(expect.read_end));
+    match window.header(kind, file_len)? {
+        Err((_, kind)) if window.len < SEGMENT_HEADER_LEN => {
+            // No entry fits before the end: nothing to read on.
+            out.damage.push(damaged(0, SEGMENT_HEADER_LEN, kind));
+            return Ok(out);
+        }
+        Ok(header) if header.id != id => out.damage.push(damaged(
+            16,
+            SEGMENT_HEADER_LEN,
+            CorruptionKind::WrongId {
+                found: header.id,
+                expected: id,
+            },
+        )),
+        Ok(header) => out.header = Some(header),
+        Err((pos, kind)) => out.damage.push(damaged(pos, SEGMENT_HEADER_LEN, kind)),
+    }
+    let preallocated = out.header.map(|h| h.preallocated);
+    if let Some(preallocated) = preallocated.filter(|_| !expect.past_preallocation) {
+        window.len = window.len.min(preallocated);
+    }
+    let mut pos = SEGMENT_HEADER_LEN;
+    loop {
+        let fault = match window.entry(id, pos, max)? {
+            Ok(Some(payload)) => {
+                let next = pos + entry_len(payload.len());
+                match each(pos, &payload) {
+                    Ok(()) => out.n_entries += 1,
+                    Err(reason) => {
+                        out.damage
+                            .push(damaged(pos, next, CorruptionKind::Payload(reason)));
+                    }
+                }
+                out.data_end = next;
+                pos = next;
+                continue;
+            }
+            Ok(None) => {
+                if pos < expect.durable_end {
+                    let kind = CorruptionKind::EndsBelowDurable {
+                        durable_end: expect.durable_end,
+                    };
+                    out.damage.push(damaged(pos, expect.durable_end, kind));
+                }
+                break;
+            }
+            Err(fault) => fault,
+        };
+        let next = window.next_valid(id, pos + 1, max)?;
+        let why = match next {
+            Some(NotTorn::FollowedByValid { at }) => {
+                let kind = CorruptionKind::Entry {
+                    fault,
+                    why: NotTorn::FollowedByValid { at },
+                };
+                out.damage.push(damaged(pos, at, kind));
+                pos = at;
+                continue;
+            }
+            Some(why) => why,
+            None if expect.sealed => NotTorn::Sealed,
+            None if pos < expect.durable_end => NotTorn::BelowDurable {
+                durable_end: expect.durable_end,
+            },
+            None => {
+                let end = window.last_nonzero_end(pos)?;
+                out.torn = Some(TornTail { pos, end, fault });
+                break;
+            }
+        };
+        let end = window.last_nonzero_end(pos)?.max(pos + 1).min(window.len);
+        out.damage
+            .push(damaged(pos, end, CorruptionKind::Entry { fault, why }));
+        break;
+    }
+    if let Some(preallocated) = preallocated.filter(|p| file_len < *p) {
+        let kind = CorruptionKind::Short {
+            size: file_len,
+            preallocated,
+        };
+        out.damage.push(damaged(file_len, preallocated, kind));
     }
     Ok(out)
 }

@@ -84,8 +84,9 @@ async fn status_and_spool_check_describe_a_running_then_stopped_agent() -> Resul
         .rposition(|b| *b != 0)
         .context("empty segment")?
         + 1;
-    // Past the segment header (32 bytes) and inside the data, well before its end.
-    let at = 32 + (data_end - 32) / 3;
+    // Past the segment header (the segment layer's 64 bytes) and inside the data, well before
+    // its end.
+    let at = 64 + (data_end - 64) / 3;
     bytes[at] ^= 0x40;
     std::fs::write(&segment, &bytes)?;
     let damaged = run_edge_cli(&["spool", "check", "--config", &config], LIMIT).await?;

@@ -37,9 +37,10 @@
 
 use super::config::{FullPolicy, SpoolConfig};
 use super::format::{self, Entry, StreamMark, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::v1;
 use sluice_proto::{BootEpoch, DropReason, Payload, Record, SensorId, UnixMillis};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The time of one input: the monotonic clock runs every timer and age, the wall clock only
@@ -305,6 +306,8 @@ pub struct SpoolCore {
     next_order: u64,
     outputs: VecDeque<Output>,
     stats: SpoolStats,
+    /// Segments of format 1, written by an older release: read, never written.
+    v1_segments: BTreeSet<u64>,
 }
 
 /// A wall-clock or on-disk time as a spool-clock value (times before 1970 count as 0).
@@ -343,6 +346,7 @@ impl SpoolCore {
             next_order: 0,
             outputs: VecDeque::new(),
             stats: SpoolStats::default(),
+            v1_segments: BTreeSet::new(),
         }
     }
 
@@ -542,7 +546,7 @@ impl SpoolCore {
         if seq >= self.streams.get(&key).map_or(0, |s| s.reserved_end) {
             self.reserve(&key);
         }
-        if !self.make_room((body.len() + FRAME_HEADER_LEN) as u64) {
+        if !self.make_room(body.len() as u64 + FRAME_HEADER_LEN) {
             self.stats.n_rejected_full += 1;
             return Err(Rejected::Full);
         }
@@ -991,7 +995,7 @@ impl SpoolCore {
 
     /// Appends an encoded entry to the log buffer; returns where and its log index.
     fn write_body(&mut self, body: &[u8], control: bool) -> (Loc, u64) {
-        let len = (body.len() + FRAME_HEADER_LEN) as u64;
+        let len = body.len() as u64 + FRAME_HEADER_LEN;
         if !self.fits(len) {
             assert!(control, "a data frame was written without make_room");
             if self.n_segments() >= self.config.n_segments_max() {
@@ -1000,7 +1004,7 @@ impl SpoolCore {
             self.roll();
         }
         let pos = self.active_end;
-        let written = format::encode_frame(body, &mut self.buffer);
+        let written = format::encode_frame(self.active, pos, body, &mut self.buffer);
         self.active_end += u64::from(written);
         self.active_n_frames += 1;
         let log_idx = self.next_log_idx;
@@ -1125,6 +1129,8 @@ impl SpoolCore {
             .map(|(id, _)| *id)
             .collect();
         for id in dead {
+            // (It stays in `v1_segments`: copies out of it may still be queued, and ids are
+            // never reused.)
             self.segments.remove(&id);
             self.outputs.push_back(Output::RemoveSegment { id });
             self.stats.n_segments_removed += 1;
@@ -1258,9 +1264,10 @@ impl SpoolCore {
         }
     }
 
-    /// Appends a verbatim copy of the frame at `from` (frames do not depend on where they are).
+    /// Appends a copy of the frame at `from` (the shell frames its body again for its new
+    /// place; a frame of a format-1 segment grows by the difference of the frame headers).
     fn copy_frame(&mut self, from: Loc) -> Loc {
-        let len = u64::from(from.len);
+        let len = u64::from(from.len) - self.frame_header_len(from.segment) + FRAME_HEADER_LEN;
         if !self.fits(len) {
             if self.n_segments() >= self.config.n_segments_max() {
                 self.stats.n_budget_overruns += 1;
@@ -1281,7 +1288,21 @@ impl SpoolCore {
         Loc {
             segment: self.active,
             pos,
-            len: from.len,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// True when segment `id` is of format 1 (read only; see `v1.rs`).
+    pub(crate) fn is_v1(&self, id: u64) -> bool {
+        self.v1_segments.contains(&id)
+    }
+
+    /// Bytes of the frame header in segment `id`.
+    fn frame_header_len(&self, id: u64) -> u64 {
+        if self.is_v1(id) {
+            v1::FRAME_HEADER_LEN as u64
+        } else {
+            FRAME_HEADER_LEN
         }
     }
 
@@ -1610,6 +1631,10 @@ pub(crate) struct Replay {
     spooled_max: Option<u64>,
     /// Bytes of the last segment lost to damage that nothing later in the log accounts for.
     tail_lost_bytes: u64,
+    /// Segments of format 1.
+    v1_segments: BTreeSet<u64>,
+    /// Segments never to be appended to again (a damaged header, a file cut short).
+    no_resume: BTreeSet<u64>,
 }
 
 /// What recovery decided.
@@ -1634,12 +1659,24 @@ impl Replay {
             clock: None,
             spooled_max: None,
             tail_lost_bytes: 0,
+            v1_segments: BTreeSet::new(),
+            no_resume: BTreeSet::new(),
         }
     }
 
     /// Damage took `bytes` at the end of the last segment: frames no later entry accounts for.
     pub(crate) fn tail_lost(&mut self, bytes: u64) {
         self.tail_lost_bytes += bytes;
+    }
+
+    /// Marks segment `id` as of format 1, before its frames are replayed.
+    pub(crate) fn v1_segment(&mut self, id: u64) {
+        self.v1_segments.insert(id);
+    }
+
+    /// Segment `id` must not be appended to: if it is the last, the open starts a new one.
+    pub(crate) fn no_resume(&mut self, id: u64) {
+        self.no_resume.insert(id);
     }
 
     /// Registers a segment once its frames were replayed.
@@ -1649,7 +1686,12 @@ impl Replay {
 
     /// Replays one frame; `Err` names what is inconsistent.
     pub(crate) fn entry(&mut self, loc: Loc, entry: Entry) -> Result<(), String> {
-        if loc.pos == SEGMENT_HEADER_LEN && !matches!(entry, Entry::Checkpoint { .. }) {
+        let first = if self.v1_segments.contains(&loc.segment) {
+            v1::SEGMENT_HEADER_LEN
+        } else {
+            SEGMENT_HEADER_LEN
+        };
+        if loc.pos == first && !matches!(entry, Entry::Checkpoint { .. }) {
             return Err(format!(
                 "segment {} does not start with a checkpoint",
                 loc.segment
@@ -1907,7 +1949,15 @@ impl Replay {
         for id in self.segments.keys() {
             core.segments.entry(*id).or_default();
         }
+        core.v1_segments = self.v1_segments;
         match self.segments.last_key_value() {
+            Some((id, _)) if core.v1_segments.contains(id) || self.no_resume.contains(id) => {
+                // Format 1 is never written: the first open after the upgrade starts a new
+                // segment of format 2, with a checkpoint. Nor is a segment whose header is
+                // damaged or whose file was cut short (its damage stays as found).
+                core.open_segment(id + 1);
+                core.write_entry(&Entry::Open { epoch });
+            }
             Some((id, (end, n_frames))) => {
                 core.active = *id;
                 core.active_end = *end;
@@ -1952,8 +2002,9 @@ impl Replay {
     }
 }
 
-/// No frame (header and body) is shorter than this: it bounds the seqs a lost region held.
-const FRAME_BYTES_MIN: u64 = FRAME_HEADER_LEN as u64 + 4;
+/// No frame (header and body, of either format) is shorter than this: it bounds the seqs a lost
+/// region held.
+const FRAME_BYTES_MIN: u64 = v1::FRAME_HEADER_LEN as u64 + 4;
 
 /// Seqs and epochs beyond this are refused on replay: arithmetic on them can never overflow.
 const REPLAY_VALUE_MAX: u64 = 1 << 62;

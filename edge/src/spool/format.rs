@@ -1,31 +1,36 @@
 //! On-disk layout of the spool. Pure: bytes in, values out; no IO.
 //!
-//! The spool is a directory of segment files `<id:020>.spool`. A segment starts with a 32-byte
-//! header (magic `SLUICESP`, format version, the preallocated length in bytes as a u32 at byte
-//! 12 — 0 in segments written before it was recorded —, segment id, CRC32C of those) and is
-//! preallocated to
-//! `segment_bytes_max` bytes of zeros. Frames follow back to back: an 8-byte frame header — body
-//! length (u32) and CRC32C of the length and the body (u32), little endian — then the body. A
-//! zero body length marks the end of the data.
+//! The spool is a directory of segment files `<id:020>.spool`. Since format 2 they are segments
+//! of the shared segment layer (`sluice_proto::segment`: its 64-byte header with magic
+//! `SLUICESP`, caller version [`SEGMENT_KIND`]`.version`, the segment id and the preallocated
+//! length; entries framed with a 12-byte header whose CRC binds the entry to its segment and
+//! position; preallocation to `segment_bytes_max`; its recovery classification). Segments of
+//! format 1, written by earlier releases, are read by `v1.rs` and never written.
 //!
-//! A body is one [`Entry`]: a kind byte followed by the codec encoding of the entry's fields
-//! (`proto::codec`, so this crate never calls bincode itself).
+//! An entry's payload is one [`Entry`]: a kind byte followed by the codec encoding of the
+//! entry's fields (`proto::codec`, so this crate never calls bincode itself).
 //!
 //! Times in entries are on the *spool clock* (milliseconds, see `core.rs`), not the wall clock:
 //! `Entry::Record::spooled_at` and `Entry::Clock::spool_ms`. Spools written before the spool
 //! clock existed stamped records with the wall clock; the spool clock starts from the wall clock,
 //! so those stamps read as spool-clock times.
 
+use sluice_proto::segment::{self, SegmentKind};
 use sluice_proto::{codec, BootEpoch, DecodeError, Record, SensorId, UnixMillis};
 
-/// First bytes of every segment file.
+/// First bytes of every segment file, of either format.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"SLUICESP";
-/// Segment layout version.
-pub(crate) const SEGMENT_FORMAT_VERSION: u32 = 1;
-/// Bytes before the first frame of a segment.
-pub(crate) const SEGMENT_HEADER_LEN: u64 = 32;
-/// Bytes of a frame header.
-pub(crate) const FRAME_HEADER_LEN: usize = 8;
+/// What a format-2 spool segment holds, for the segment layer.
+pub(crate) const SEGMENT_KIND: SegmentKind = SegmentKind {
+    magic: SEGMENT_MAGIC,
+    version: 2,
+};
+/// Bytes before the first entry of a format-2 segment.
+pub(crate) const SEGMENT_HEADER_LEN: u64 = segment::SEGMENT_HEADER_LEN;
+/// Bytes of a format-2 entry header.
+pub(crate) const FRAME_HEADER_LEN: u64 = segment::ENTRY_HEADER_LEN;
+/// The largest entry body a spool reads (the codec's decode bound).
+pub(crate) const BODY_BYTES_MAX: u32 = codec::DECODE_BYTES_MAX as u32;
 
 const KIND_RECORD: u8 = 1;
 const KIND_ACK: u8 = 2;
@@ -49,88 +54,11 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The header of segment `id`, preallocated to `preallocated` bytes.
-pub(crate) fn segment_header(id: u64, preallocated: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
-    let mut out = [0u8; SEGMENT_HEADER_LEN as usize];
-    out[..8].copy_from_slice(&SEGMENT_MAGIC);
-    out[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
-    // Too large to record: unknown, as in older segments.
-    let recorded = u32::try_from(preallocated).unwrap_or(0);
-    out[12..16].copy_from_slice(&recorded.to_le_bytes());
-    out[16..24].copy_from_slice(&id.to_le_bytes());
-    let crc = crc32c::crc32c(&out[..24]);
-    out[24..28].copy_from_slice(&crc.to_le_bytes());
-    out
-}
-
-fn u32_at(bytes: &[u8], i: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&bytes[i..i + 4]);
-    u32::from_le_bytes(word)
-}
-
-/// Checks a segment header and returns the segment id it names and its preallocated length
-/// (`None`: not recorded).
-pub(crate) fn parse_segment_header(
-    bytes: &[u8; SEGMENT_HEADER_LEN as usize],
-) -> Result<(u64, Option<u64>), String> {
-    if bytes[..8] != SEGMENT_MAGIC {
-        return Err("bad segment magic".into());
-    }
-    if u32_at(bytes, 24) != crc32c::crc32c(&bytes[..24]) {
-        return Err("segment header checksum mismatch".into());
-    }
-    let version = u32_at(bytes, 8);
-    if version != SEGMENT_FORMAT_VERSION {
-        return Err(format!("unsupported segment format version {version}"));
-    }
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&bytes[16..24]);
-    let preallocated = u32_at(bytes, 12);
-    Ok((
-        u64::from_le_bytes(id),
-        (preallocated != 0).then_some(u64::from(preallocated)),
-    ))
-}
-
-/// Appends one frame (header and body) to `out`; returns its length.
-pub(crate) fn encode_frame(body: &[u8], out: &mut Vec<u8>) -> u32 {
-    let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    assert!(
-        body_len > 0 && body_len < u32::MAX,
-        "frame body of {} bytes",
-        body.len()
-    );
-    let len_bytes = body_len.to_le_bytes();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), body);
-    out.extend_from_slice(&len_bytes);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(body);
-    body_len + FRAME_HEADER_LEN as u32
-}
-
-/// A parsed frame header, not yet checked against its body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FrameHeader {
-    pub(crate) body_len: u32,
-    pub(crate) crc: u32,
-}
-
-impl FrameHeader {
-    /// Parses a frame header; `None` marks the end of the data (a zero body length).
-    pub(crate) fn parse(bytes: &[u8; FRAME_HEADER_LEN]) -> Option<FrameHeader> {
-        let body_len = u32_at(bytes, 0);
-        (body_len != 0).then(|| FrameHeader {
-            body_len,
-            crc: u32_at(bytes, 4),
-        })
-    }
-
-    /// True when `body` is the body this header announced.
-    pub(crate) fn checks(&self, body: &[u8]) -> bool {
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&self.body_len.to_le_bytes()), body);
-        body.len() == self.body_len as usize && crc == self.crc
-    }
+/// Appends the format-2 entry of `body` that will sit at byte `pos` of segment `segment` to
+/// `out`; returns its length (header and body).
+pub(crate) fn encode_frame(segment: u64, pos: u64, body: &[u8], out: &mut Vec<u8>) -> u32 {
+    segment::encode_entry(segment, pos, body, out);
+    u32::try_from(segment::entry_len(body.len())).unwrap_or(u32::MAX)
 }
 
 /// The durable state of one stream `(sensor, epoch)` as a checkpoint records it.
@@ -378,22 +306,32 @@ mod tests {
     #[test]
     fn entries_round_trip_and_frames_detect_flips() {
         // Checks that every entry kind decodes back to itself from its frame, and that flipping
-        // any single bit of a frame is caught by the frame header or its checksum.
+        // any single bit of a frame is caught by the segment layer's entry checks.
+        let path = std::path::Path::new("/d/x");
         for entry in entries() {
             let body = entry.encode();
             assert_eq!(Entry::decode(&body).unwrap(), entry);
-            let mut frame = Vec::new();
-            let len = encode_frame(&body, &mut frame);
-            assert_eq!(len as usize, frame.len());
-            for bit in 0..frame.len() * 8 {
+            let mut frame = vec![0u8; 64];
+            let len = encode_frame(9, 64, &body, &mut frame);
+            assert_eq!(len as usize + 64, frame.len());
+            let file = |bytes: &[u8]| {
+                let disk = sluice_proto::testing::CrashDisk::new();
+                use sluice_proto::env::Disk;
+                disk.create_dir_all(std::path::Path::new("/d")).unwrap();
+                let file = disk.open(path, true).unwrap();
+                file.write_at(0, bytes).unwrap();
+                file
+            };
+            let end = frame.len() as u64;
+            let read = |bytes: &[u8]| {
+                segment::read_entry(&*file(bytes), path, 9, 64, end, BODY_BYTES_MAX)
+                    .map(|(body, _)| body)
+            };
+            assert_eq!(read(&frame), Ok(body.clone()));
+            for bit in 64 * 8..frame.len() * 8 {
                 let mut flipped = frame.clone();
                 flipped[bit / 8] ^= 1 << (bit % 8);
-                let header: [u8; FRAME_HEADER_LEN] =
-                    flipped[..FRAME_HEADER_LEN].try_into().unwrap();
-                let body = &flipped[FRAME_HEADER_LEN..];
-                let ok = FrameHeader::parse(&header)
-                    .is_some_and(|h| h.body_len as usize == body.len() && h.checks(body));
-                assert!(!ok, "flip of bit {bit} not detected");
+                assert!(read(&flipped).is_err(), "flip of bit {bit} not detected");
             }
         }
     }
@@ -424,15 +362,10 @@ mod tests {
     }
 
     #[test]
-    fn segment_names_and_headers() {
-        // Checks segment file names and headers round-trip and that a damaged header is refused.
+    fn segment_names() {
+        // Checks segment file names round-trip and other names are refused.
         assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
         assert_eq!(parse_segment_name("42.spool"), None);
         assert_eq!(parse_segment_name("00000000000000000042.log"), None);
-        let header = segment_header(42, 8192);
-        assert_eq!(parse_segment_header(&header), Ok((42, Some(8192))));
-        let mut bad = header;
-        bad[17] ^= 1;
-        assert!(parse_segment_header(&bad).is_err());
     }
 }

@@ -22,17 +22,32 @@
 //!   tail, so any closed segment can be freed: `DropOldest` declares the oldest segment's unsent
 //!   readings and relocates the rest; `Block` only compacts (relocates everything live).
 //! - Every open starts a new boot epoch, durably, before the first seq of it is issued.
-//! - Recovery applies one rule: a torn write can only be the last write. A frame that does not
-//!   check is a torn tail (zeroed, reported; it held nothing synced, and the reservation covers
-//!   its seqs) only at the end of the last segment with no valid frame after it. Anything else
-//!   — a bad frame followed by a valid one, damage in a closed segment, a damaged header, a file
-//!   shorter than the preallocation its header records — is damage: reported
-//!   ([`SpoolReport::damage`]: file, byte, length; `spool check` fails), every frame that checks
-//!   is kept, and the seqs it took are declared `Dropped { reason: Corrupted }` (gaps between
-//!   surviving records, and past the last surviving reservation as many seqs as the lost bytes
-//!   could hold). Seqs below the send mark are declared one each (a declaration of exactly a
-//!   stored reading's seq is answered as a duplicate). A log that checks but does not replay
-//!   consistently is a typed error.
+//! - Segments are files of the shared segment layer (`sluice_proto::segment`, format 2: its
+//!   framing, preallocation and recovery classification); format-1 segments of earlier
+//!   releases are still read (`v1.rs`), never written: the first open after an upgrade starts
+//!   a format-2 segment, and the old ones go as their records are delivered or copied forward.
+//! - *Accepted* means `append` returned a seq: the reading is in the core and a durable
+//!   reservation covers its seq, but it is durable only once a sync covering it returned (only
+//!   then is it handed to the uplink). So a power cut may take accepted readings; they are never
+//!   silent: recovery declares them `PowerLoss` from the reservation.
+//! - Recovery applies one rule, the segment layer's ([`sluice_proto::segment::salvage`], the
+//!   keep-going form of its scan): a torn write can only be the last write. An entry that does
+//!   not check is a torn tail (zeroed, reported as truncated bytes; it held nothing synced, and
+//!   the reservation covers its seqs, declared `PowerLoss`) only at the end of the last segment
+//!   with no valid entry after it. Anything else — a bad entry followed by a valid one, damage
+//!   in a closed segment, a damaged header, a file shorter than its preallocation — is damage:
+//!   reported ([`SpoolReport::damage`]: file, byte, length; logged at error level by the agent;
+//!   `spool check` fails), every entry that checks is kept (entries name their segment and
+//!   position, so they are found even behind a damaged header), and the seqs it took are
+//!   declared `Dropped { reason: Corrupted }` (gaps between surviving records, and past the
+//!   last surviving reservation as many seqs as the lost bytes could hold). Seqs below the send
+//!   mark are declared one each (a declaration of exactly a stored reading's seq is answered as
+//!   a duplicate). A segment with a damaged header or cut short is not appended to again. A
+//!   last segment with no intact header and no entry anywhere is a creation cut short and is
+//!   removed. Known gap (issue 7): damage that cuts a last segment inside its header looks the
+//!   same, so what it held beyond the surviving reservation is lost undeclared; telling the two
+//!   apart needs a durable record outside the log, as the node's manifest is. A log that checks
+//!   but does not replay consistently is a typed error.
 //! - Timers and record ages run on the monotonic clock (a spool clock persisted at every sync;
 //!   across a restart it counts the wall clock's downtime only within `[0, downtime_ms_max]`),
 //!   so a wall clock stepped by NTP neither expires readings nor holds syncs back. See
@@ -55,6 +70,7 @@ mod core;
 mod format;
 #[cfg(test)]
 mod tests;
+mod v1;
 
 pub use self::config::{FullPolicy, SpoolConfig, SEGMENT_BYTES_MIN};
 pub use self::core::{
@@ -62,9 +78,10 @@ pub use self::core::{
 };
 
 use self::core::Replay;
-use self::format::{Entry, FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use self::format::{Entry, BODY_BYTES_MAX, SEGMENT_HEADER_LEN, SEGMENT_KIND};
 use sluice_proto::env::{Disk, DiskError, DiskFile};
-use sluice_proto::{codec, BootEpoch, DropReason, Payload, Record, SensorId, UnixMillis};
+use sluice_proto::segment::{self, CorruptionKind, SalvageExpect, SegmentError, SegmentHeader};
+use sluice_proto::{BootEpoch, DropReason, Payload, Record, SensorId, UnixMillis};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -486,22 +503,17 @@ impl Spool {
         match output {
             Output::CreateSegment { id } => {
                 let path = self.dir.join(format::segment_name(id));
-                let file = self.disk.open(&path, true)?;
-                let created = (|| {
-                    file.truncate(0)?;
-                    file.write_at(0, &format::segment_header(id, self.segment_bytes_max))?;
-                    file.allocate(self.segment_bytes_max)?;
-                    file.sync_data()?;
-                    self.disk.sync_dir(&self.dir)
-                })();
-                if let Err(error) = created {
-                    // Never leave a partial preallocation behind (a full disk stays full).
-                    // Best effort: recovery discards a segment without a durable header anyway.
-                    let _ = self.disk.remove(&path);
-                    let _ = self.disk.sync_dir(&self.dir);
-                    return Err(error.into());
-                }
-                self.files.insert(id, file);
+                let header = SegmentHeader {
+                    kind: SEGMENT_KIND,
+                    id,
+                    preallocated: self.segment_bytes_max,
+                };
+                // The segment layer checks for room, preallocates, writes and syncs the header
+                // and the directory, and removes the file if any of it fails (a full disk stays
+                // full, with no partial preallocation left behind).
+                let writer = segment::SegmentWriter::create(&*self.disk, &path, header)
+                    .map_err(|e| segment_error(&path, e))?;
+                self.files.insert(id, writer.file().clone());
                 self.written_end.insert(id, SEGMENT_HEADER_LEN);
                 self.durable = Some(DurablePoint {
                     segment: id,
@@ -517,11 +529,10 @@ impl Spool {
                 self.wrote(segment, pos + bytes.len() as u64);
             }
             Output::Copy { from, segment, pos } => {
-                let mut frame = vec![0u8; from.len as usize];
-                if self.file(from.segment)?.read_at(from.pos, &mut frame)? < frame.len() {
-                    let path = self.dir.join(format::segment_name(from.segment));
-                    return Err(corrupt(&path, from.pos, "frame to relocate is cut short"));
-                }
+                // Framed again for its new place (an entry checks only where it was written).
+                let body = self.read_body(from)?;
+                let mut frame = Vec::with_capacity(body.len() + 16);
+                format::encode_frame(segment, pos, &body, &mut frame);
                 self.file(segment)?.write_at(pos, &frame)?;
                 self.wrote(segment, pos + frame.len() as u64);
             }
@@ -556,6 +567,26 @@ impl Spool {
             })
     }
 
+    /// The body of the frame at `loc`, checked (by the framing of its segment's format).
+    fn read_body(&self, loc: Loc) -> Result<Vec<u8>, SpoolError> {
+        let path = self.dir.join(format::segment_name(loc.segment));
+        let file = self.file(loc.segment)?;
+        let end = loc.pos + u64::from(loc.len);
+        if !self.core.is_v1(loc.segment) {
+            return segment::read_entry(&*file, &path, loc.segment, loc.pos, end, BODY_BYTES_MAX)
+                .map(|(body, _)| body)
+                .map_err(|e| segment_error(&path, e));
+        }
+        let mut frame = vec![0u8; loc.len as usize];
+        if file.read_at(loc.pos, &mut frame)? < frame.len() {
+            return Err(corrupt(&path, loc.pos, "frame cut short"));
+        }
+        match v1::frame_body(&frame) {
+            Some(body) => Ok(body.to_vec()),
+            None => Err(corrupt(&path, loc.pos, "frame does not check")),
+        }
+    }
+
     fn read_record(&self, item: &Outgoing) -> Result<Record, SpoolError> {
         let path = self.dir.join(format::segment_name(item.loc.segment));
         let corrupt = |reason: String| SpoolError::Corrupt {
@@ -563,17 +594,8 @@ impl Spool {
             pos: item.loc.pos,
             reason,
         };
-        let file = self.file(item.loc.segment)?;
-        let mut frame = vec![0u8; item.loc.len as usize];
-        if file.read_at(item.loc.pos, &mut frame)? < frame.len() || frame.len() < FRAME_HEADER_LEN {
-            return Err(corrupt("frame cut short".into()));
-        }
-        let (header, body) = frame.split_at(FRAME_HEADER_LEN);
-        let header: [u8; FRAME_HEADER_LEN] = header.try_into().unwrap_or([0; FRAME_HEADER_LEN]);
-        if !FrameHeader::parse(&header).is_some_and(|h| h.checks(body)) {
-            return Err(corrupt("frame does not check".into()));
-        }
-        match Entry::decode(body) {
+        let body = self.read_body(item.loc)?;
+        match Entry::decode(&body) {
             Ok(Entry::Record { record, .. })
                 if record.sensor == item.key.sensor
                     && record.boot_epoch == item.key.epoch
@@ -654,7 +676,12 @@ fn recover(
             Some(point) if point.segment == *id => point.pos.min(file_len),
             _ => file_len,
         };
-        let scanned = scan_segment(&*file, &path, *id, is_last, limit, &mut replay, &mut report)?;
+        let scanned = if is_v1_segment(&*file, *id, limit)? {
+            replay.v1_segment(*id);
+            v1::scan_segment(&*file, &path, *id, is_last, limit, &mut replay, &mut report)?
+        } else {
+            scan_segment(&*file, &path, *id, is_last, limit, &mut replay, &mut report)?
+        };
         let Some(data_end) = scanned else {
             // A segment whose creation was cut short: its header never became durable.
             report.truncated_bytes += file_len;
@@ -718,14 +745,50 @@ fn corrupt(path: &Path, pos: u64, reason: impl Into<String>) -> SpoolError {
     }
 }
 
-/// Replays the frames of one segment; returns the end of its data, or `None` when the last
-/// segment has no valid header and no frame (its creation was cut short).
+/// A segment layer error as a spool error: damage names the file and byte; a full disk stays a
+/// disk error with `ENOSPC`'s kind, so callers tell it as they tell a failed write.
+fn segment_error(path: &Path, error: SegmentError) -> SpoolError {
+    match error {
+        SegmentError::Disk(error) => SpoolError::Disk(error),
+        SegmentError::Corrupt(c) => SpoolError::Corrupt {
+            path: c.path,
+            pos: c.pos,
+            reason: c.kind.to_string(),
+        },
+        SegmentError::NoSpace { path, reason, .. } => SpoolError::Disk(DiskError::Io {
+            op: "allocate",
+            path,
+            kind: std::io::ErrorKind::StorageFull,
+            message: reason,
+        }),
+        other => corrupt(path, 0, other.to_string()),
+    }
+}
+
+/// Which format a segment file is: 1 only when its header is an intact format-1 header, or,
+/// when no header is intact, when no format-2 entry checks in it but a format-1 frame does.
+fn is_v1_segment(file: &dyn DiskFile, id: u64, limit: u64) -> Result<bool, SpoolError> {
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    let got = file.read_at(0, &mut header)?;
+    if v1::is_v1_header(&header[..got]) {
+        return Ok(true);
+    }
+    if got == header.len() && SegmentHeader::decode(&header, SEGMENT_KIND).is_ok() {
+        return Ok(false);
+    }
+    let holds_v2 = !segment::holds_no_entries(file, id, BODY_BYTES_MAX)?;
+    Ok(!holds_v2 && v1::holds_frames(file, limit)?)
+}
+
+/// Replays the entries of one format-2 segment; returns the end of its data, or `None` when the
+/// last segment has no intact header and no entry (its creation was cut short). Reads nothing
+/// at or past `limit`.
 ///
-/// The recovery rule: a torn write can only be the last write. A frame that does not check is a
-/// torn tail only in the last segment and only when no valid frame follows it; then it and
-/// everything after it is dropped (the caller zeroes it). Anything else is damage: it is
-/// reported in `report.damage` (file, byte, length), every frame that checks on either side of
-/// it is kept, and the seqs it took are declared `Corrupted` by the replay.
+/// The recovery rule is the segment layer's ([`segment::salvage`]): an entry that does not
+/// check is a torn tail (the caller zeroes it) only in the last segment and only when no valid
+/// entry follows it. Anything else is damage: reported in `report.damage` (file, byte, length);
+/// every entry that checks on either side of it is kept, and the seqs it took are declared
+/// `Corrupted` by the replay.
 fn scan_segment(
     file: &dyn DiskFile,
     path: &Path,
@@ -735,160 +798,89 @@ fn scan_segment(
     replay: &mut Replay,
     report: &mut SpoolReport,
 ) -> Result<Option<u64>, SpoolError> {
-    let file_len = limit;
-    let mut damage = Vec::new();
-    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    let got = file.read_at(0, &mut header)?;
-    let parsed = if got < header.len() {
-        Err("segment shorter than its header".to_string())
-    } else {
-        format::parse_segment_header(&header)
+    let expect = SalvageExpect {
+        id,
+        // The spool keeps no record of its durable end apart from the log itself.
+        durable_end: 0,
+        sealed: !is_last,
+        entry_bytes_max: BODY_BYTES_MAX,
+        read_end: limit,
+        // A checkpoint of many streams may outgrow a segment: the file grows past its
+        // preallocation.
+        past_preallocation: true,
     };
-    let (header_problem, preallocated) = match parsed {
-        Ok((found, preallocated)) if found == id => (None, preallocated),
-        Ok((found, _)) => (Some(format!("header names segment {found}")), None),
-        Err(reason) => (Some(reason), None),
-    };
-    let mut pos = SEGMENT_HEADER_LEN;
-    let mut n_frames = 0u64;
-    loop {
-        if let Some(body) = read_frame(file, pos, file_len)? {
-            let len = (FRAME_HEADER_LEN + body.len()) as u64;
-            let entry = Entry::decode(&body).map_err(|e| {
-                corrupt(path, pos, format!("frame checks but does not decode: {e}"))
-            })?;
-            let loc = Loc {
-                segment: id,
-                pos,
-                len: u32::try_from(len).unwrap_or(u32::MAX),
-            };
-            replay
-                .entry(loc, entry)
-                .map_err(|reason| corrupt(path, pos, reason))?;
-            pos += len;
-            n_frames += 1;
-            continue;
-        }
-        // The end of the data, or a frame that does not check: is anything valid after it?
-        let Some(bad) = first_nonzero(file, pos, file_len)? else {
-            break;
+    let mut inconsistent = None;
+    let found = segment::salvage(file, path, SEGMENT_KIND, &expect, |pos, body| {
+        let entry =
+            Entry::decode(body).map_err(|e| format!("entry checks but does not decode: {e}"))?;
+        let loc = Loc {
+            segment: id,
+            pos,
+            len: u32::try_from(segment::entry_len(body.len())).unwrap_or(u32::MAX),
         };
-        let from = if bad == pos { pos + 1 } else { bad };
-        match next_valid_frame(file, from, file_len)? {
-            Some(next) => {
-                damage.push((pos, next - pos, "frames do not check, valid frames follow"));
-                pos = next;
-            }
-            None if is_last => break, // a torn tail
-            None => {
-                damage.push((
-                    pos,
-                    file_len - pos,
-                    "frame does not check in a closed segment",
-                ));
-                break;
+        if inconsistent.is_none() {
+            if let Err(reason) = replay.entry(loc, entry) {
+                inconsistent = Some(corrupt(path, pos, reason));
             }
         }
+        Ok(())
+    })?;
+    if let Some(error) = inconsistent {
+        return Err(error);
     }
-    if let Some(problem) = header_problem {
-        let cut_short = got < header.len() || header.iter().all(|b| *b == 0);
-        if is_last && n_frames == 0 && damage.is_empty() && cut_short {
-            // The header is synced before any frame is written, so a last segment shorter than
-            // its header (possibly a torn prefix of it) or still all zeros, without frames, is
-            // a creation cut short.
-            return Ok(None);
-        }
+    let creation_damage = |kind: &CorruptionKind| {
+        matches!(
+            kind,
+            CorruptionKind::HeaderZeroed
+                | CorruptionKind::HeaderChecksum
+                | CorruptionKind::Short { .. }
+        )
+    };
+    if is_last
+        && found.n_entries == 0
+        && found.data_end == SEGMENT_HEADER_LEN
+        && !found.damage.is_empty()
+        && found
+            .damage
+            .iter()
+            .all(|d| creation_damage(&d.corruption.kind))
+    {
+        // Entries are written only after the segment layer synced the preallocation and the
+        // header, so a last segment without either and without any entry that checks anywhere
+        // is a creation cut short: it never held anything.
+        return Ok(None);
+    }
+    let mut short = false;
+    for d in &found.damage {
+        short |= matches!(d.corruption.kind, CorruptionKind::Short { .. });
         report.damage.push(Damage {
-            path: path.display().to_string(),
-            pos: 0,
-            len: SEGMENT_HEADER_LEN,
-            reason: problem,
+            path: d.corruption.path.clone(),
+            pos: d.corruption.pos,
+            len: d.end.saturating_sub(d.corruption.pos),
+            reason: d.corruption.kind.to_string(),
         });
     }
-    for (at, len, reason) in damage {
-        report.damage.push(Damage {
-            path: path.display().to_string(),
-            pos: at,
-            len,
-            reason: reason.to_string(),
-        });
+    if found.header.is_none() || short {
+        replay.no_resume(id);
     }
-    let size = file.size()?;
-    if let Some(preallocated) = preallocated.filter(|p| size < *p) {
-        if is_last
-            && n_frames == 0
-            && report
-                .damage
-                .iter()
-                .all(|d| d.path != path.display().to_string())
-        {
-            // Frames come only after the preallocation is synced: a creation cut short.
-            return Ok(None);
-        }
-        // Never a torn write: the file was preallocated before its header was synced. Frames
+    if short && is_last {
+        // Never a torn write: the file was preallocated before its header was synced. Entries
         // past the cut were lost; in the last segment nothing later bounds their seqs, so the
         // replay declares beyond the reservation as many seqs as the lost bytes could hold.
-        report.damage.push(Damage {
-            path: path.display().to_string(),
-            pos: size,
-            len: preallocated - size,
-            reason: format!(
-                "segment shorter than its preallocation ({size} of {preallocated} bytes)"
-            ),
-        });
-        if is_last {
-            replay.tail_lost(preallocated.saturating_sub(pos));
-        }
+        let preallocated = found.header.map_or(found.file_len, |h| h.preallocated);
+        replay.tail_lost(preallocated.saturating_sub(found.data_end));
     }
-    report.n_frames += n_frames;
-    replay.segment(id, pos, n_frames);
-    Ok(Some(pos))
-}
-
-/// The position of the first frame that checks at or after `from`, if any. Frames do not depend
-/// on where they are, so every position is tried (zero runs are skipped: a frame header starts
-/// with its nonzero length, whose nonzero bytes come within its first 4).
-fn next_valid_frame(file: &dyn DiskFile, from: u64, to: u64) -> Result<Option<u64>, DiskError> {
-    let mut pos = from;
-    while pos + FRAME_HEADER_LEN as u64 <= to {
-        let Some(nonzero) = first_nonzero(file, pos, to)? else {
-            return Ok(None);
-        };
-        pos = pos.max(nonzero.saturating_sub(3));
-        if read_frame(file, pos, to)?.is_some() {
-            return Ok(Some(pos));
-        }
-        pos += 1;
-    }
-    Ok(None)
-}
-
-/// The body of the frame at `pos`, or `None` at the end of the data or at a frame that does
-/// not check (torn).
-fn read_frame(file: &dyn DiskFile, pos: u64, file_len: u64) -> Result<Option<Vec<u8>>, DiskError> {
-    let mut header_bytes = [0u8; FRAME_HEADER_LEN];
-    if pos + FRAME_HEADER_LEN as u64 > file_len
-        || file.read_at(pos, &mut header_bytes)? < FRAME_HEADER_LEN
-    {
-        return Ok(None);
-    }
-    let Some(header) = FrameHeader::parse(&header_bytes) else {
-        return Ok(None);
-    };
-    let body_end = pos + FRAME_HEADER_LEN as u64 + u64::from(header.body_len);
-    if header.body_len as usize > codec::DECODE_BYTES_MAX || body_end > file_len {
-        return Ok(None);
-    }
-    let mut body = vec![0u8; header.body_len as usize];
-    if file.read_at(pos + FRAME_HEADER_LEN as u64, &mut body)? < body.len() || !header.checks(&body)
-    {
-        return Ok(None);
-    }
-    Ok(Some(body))
+    report.n_frames += found.n_entries;
+    replay.segment(id, found.data_end, found.n_entries);
+    Ok(Some(found.data_end))
 }
 
 /// Position of the first nonzero byte in `[from, to)`, if any.
-fn first_nonzero(file: &dyn DiskFile, from: u64, to: u64) -> Result<Option<u64>, DiskError> {
+pub(crate) fn first_nonzero(
+    file: &dyn DiskFile,
+    from: u64,
+    to: u64,
+) -> Result<Option<u64>, DiskError> {
     let mut buf = vec![0u8; 1 << 16];
     let mut pos = from;
     while pos < to {

@@ -674,3 +674,145 @@ fn slot_file_keeps_the_previous_record_through_a_torn_write_and_reports_two_bad_
     let error = SlotFile::open(&disk.mount(), &path, SLOTS).unwrap_err();
     assert!(matches!(error, SegmentError::Corrupt(_)), "{error}");
 }
+
+fn salvage_expect(durable_end: u64, sealed: bool) -> SalvageExpect {
+    SalvageExpect {
+        id: ID,
+        durable_end,
+        sealed,
+        entry_bytes_max: 1 << 10,
+        read_end: u64::MAX,
+        past_preallocation: false,
+    }
+}
+
+/// Salvages and returns the result plus `(pos, payload)` of each entry handed over.
+fn salvage_of(disk: &CrashDisk, expect: SalvageExpect) -> (Salvage, Vec<(u64, Vec<u8>)>) {
+    let file = disk.open(&path(), false).unwrap();
+    let mut seen = Vec::new();
+    let found = salvage(&*file, &path(), KIND, &expect, |pos, p| {
+        seen.push((pos, p.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    (found, seen)
+}
+
+#[test]
+fn salvage_classifies_as_scan_does_and_keeps_every_entry_that_checks() {
+    // Checks the keep-going scan against the stopping one on a flip of every bit position's byte
+    // of a segment (header, entry headers, payloads, the preallocated tail), under each thing
+    // the caller may know: the first damage salvage reports is the corruption scan reports (same
+    // byte), a torn tail is the same torn tail, and every entry the flip did not touch is handed
+    // over, before and after the damage.
+    let (clean, spans) = written(6);
+    let data_end = spans[5].1;
+    let bytes = clean.bytes(&path()).unwrap();
+    for byte in 0..bytes.len() as u64 {
+        for (durable_end, sealed) in [(0, false), (data_end, false), (data_end, true)] {
+            let (disk, _) = written(6);
+            disk.flip_bit(&path(), byte, (byte % 8) as u8).unwrap();
+            let what = format!("byte {byte}, durable {durable_end}, sealed {sealed}");
+            let (scanned, _) = scan_of(&disk, expect(durable_end, sealed));
+            let (found, seen) = salvage_of(&disk, salvage_expect(durable_end, sealed));
+            match &scanned.corruption {
+                Some(c) => {
+                    let first = found.damage.first().map(|d| d.corruption.pos);
+                    assert_eq!(first, Some(c.pos), "{what}: {c}");
+                    assert_eq!(found.torn, None, "{what}");
+                }
+                None => {
+                    assert!(found.damage.is_empty(), "{what}: {:?}", found.damage);
+                    assert_eq!(found.torn, scanned.torn, "{what}");
+                }
+            }
+            let untouched: Vec<(u64, Vec<u8>)> = spans
+                .iter()
+                .enumerate()
+                .filter(|(_, (p, e))| !(*p..*e).contains(&byte))
+                .map(|(i, (p, _))| (*p, payload(i)))
+                .collect();
+            assert_eq!(seen, untouched, "{what}");
+            // Every damaged region starts at or before the flipped byte's entry and ends where
+            // the next kept entry starts.
+            for d in &found.damage {
+                assert!(
+                    d.corruption.pos <= byte.max(SEGMENT_HEADER_LEN),
+                    "{what}: {d:?}"
+                );
+                assert!(d.end > d.corruption.pos, "{what}: {d:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn salvage_reports_zeroed_headers_truncation_and_refused_payloads_and_reads_on() {
+    // Checks the keep-going scan on damage scan stops at: a zeroed header (entries still read,
+    // they check against the id from the name), a file cut short in the middle of an entry (the
+    // entries before kept, the cut entry a torn tail or damage, the missing preallocation
+    // damage), a refused payload (damage at that entry only), and a read end (nothing past it
+    // read).
+    let (disk, spans) = written(6);
+    disk.zero_range(&path(), 0, SEGMENT_HEADER_LEN).unwrap();
+    let (found, seen) = salvage_of(&disk, salvage_expect(0, false));
+    assert_eq!(seen.len(), 6);
+    assert_eq!(found.header, None);
+    assert_eq!(
+        found
+            .damage
+            .iter()
+            .map(|d| (d.corruption.pos, d.end))
+            .collect::<Vec<_>>(),
+        vec![(0, SEGMENT_HEADER_LEN)]
+    );
+
+    let (disk, spans2) = written(6);
+    assert_eq!(spans, spans2);
+    let cut = spans[3].0 + 5;
+    disk.truncate_file(&path(), cut).unwrap();
+    let (found, seen) = salvage_of(&disk, salvage_expect(0, true));
+    assert_eq!(seen.len(), 3);
+    let regions: Vec<(u64, u64)> = found
+        .damage
+        .iter()
+        .map(|d| (d.corruption.pos, d.end))
+        .collect();
+    assert_eq!(regions.len(), 2, "{regions:?}");
+    assert_eq!(regions[0].0, spans[3].0);
+    assert!(regions[0].1 <= cut);
+    assert_eq!(regions[1], (cut, PREALLOC));
+
+    let (disk, _) = written(6);
+    let file = disk.open(&path(), false).unwrap();
+    let mut n = 0;
+    let found = salvage(
+        &*file,
+        &path(),
+        KIND,
+        &salvage_expect(0, false),
+        |pos, _| {
+            n += 1;
+            if pos == spans[2].0 {
+                Err("no".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!((n, found.n_entries, found.data_end), (6, 5, spans[5].1));
+    assert_eq!(found.damage.len(), 1);
+    assert_eq!(found.damage[0].corruption.pos, spans[2].0);
+    assert_eq!(found.damage[0].end, spans[2].1);
+
+    let (found, seen) = salvage_of(
+        &disk,
+        SalvageExpect {
+            read_end: spans[4].0,
+            ..salvage_expect(0, false)
+        },
+    );
+    assert_eq!((seen.len(), found.data_end), (4, spans[4].0));
+    assert!(found.damage.is_empty(), "{:?}", found.damage);
+}

@@ -104,17 +104,19 @@ impl Driver {
     }
 }
 
+/// The entries of bytes written from the start of a segment's data (format 2 framing: length,
+/// payload CRC, header CRC, payload; a zero length ends them).
 fn frames(bytes: &[u8]) -> Vec<Entry> {
+    let header = FRAME_HEADER_LEN as usize;
     let mut out = Vec::new();
     let mut rest = bytes;
-    while rest.len() >= FRAME_HEADER_LEN {
-        let header: [u8; FRAME_HEADER_LEN] = rest[..FRAME_HEADER_LEN].try_into().unwrap();
-        let Some(h) = format::FrameHeader::parse(&header) else {
+    while rest.len() >= header {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        if len == 0 {
             break;
-        };
-        let end = FRAME_HEADER_LEN + h.body_len as usize;
-        out.push(Entry::decode(&rest[FRAME_HEADER_LEN..end]).unwrap());
-        rest = &rest[end..];
+        }
+        out.push(Entry::decode(&rest[header..header + len]).unwrap());
+        rest = &rest[header + len..];
     }
     out
 }
