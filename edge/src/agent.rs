@@ -101,7 +101,7 @@ impl Agent {
     ) -> Result<Agent, EdgeError> {
         let names: Vec<String> = config.sources.iter().map(|s| s.name().to_owned()).collect();
         let metrics = Metrics::new(identity, &names);
-        let spools = open_spools(config, &env).await?;
+        let spools = open_spools(config, &env, observer.clone()).await?;
         let mut children = Vec::with_capacity(config.sources.len());
         let (sink_tx, sink_rx) = mpsc::channel(config.edge.sink_queue_max.max(1) as usize);
         for (idx, spec) in config.sources.iter().enumerate() {
@@ -242,6 +242,8 @@ struct Spools {
     root: PathBuf,
     share: SpoolConfig,
     cursor: usize,
+    /// Told the epoch of every open (the simulator's checkers follow epochs this way).
+    observer: Option<Arc<dyn OfferObserver>>,
 }
 
 /// A stream whose spool failed.
@@ -286,7 +288,11 @@ pub fn spool_streams(config: &EdgeConfig, disk: &dyn Disk) -> Vec<StreamName> {
 }
 
 /// Opens the spool of every stream of [`spool_streams`].
-async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, EdgeError> {
+async fn open_spools(
+    config: &EdgeConfig,
+    env: &Env,
+    observer: Option<Arc<dyn OfferObserver>>,
+) -> Result<SharedSpools, EdgeError> {
     let root = config.edge.data_dir.join("spool");
     env.disk
         .create_dir_all(&root)
@@ -305,6 +311,7 @@ async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, Edg
         root,
         share,
         cursor: 0,
+        observer,
     };
     let (initial, max) = (
         Duration::from_millis(share.retry_backoff_initial_ms),
@@ -324,7 +331,7 @@ async fn open_spools(config: &EdgeConfig, env: &Env) -> Result<SharedSpools, Edg
         let opened = run_blocking(env.blocking, move || Spool::open(disk, &dir, share, now)).await;
         match opened {
             Ok((spool, report)) => {
-                log_opened(&stream, &report);
+                spools.opened(&stream, &report);
                 spools.by_stream.insert(stream, spool);
             }
             Err(error) => spools.fail(&stream, None, &error, now),
@@ -359,6 +366,24 @@ enum Appended {
     /// The spool is full: the reading waits (it comes back).
     Full(SourceReading),
     Refused(Refusal),
+    /// The spool issued the reading seq `seq` of `key`, then failed before the append
+    /// returned: the reading is stored, declared lost (`Storage`) by the reopen, or never
+    /// counted (the reservation of its seq did not reach the disk). The reopened spool tells
+    /// which ([`Spools::in_doubt_outcome`]); until then the source waits for its answer.
+    InDoubt {
+        stream: StreamName,
+        key: StreamKey,
+        seq: u64,
+    },
+}
+
+/// An offer whose append failed after its seq was issued, waiting for the spool's reopen.
+struct InDoubt {
+    source_idx: usize,
+    stream: StreamName,
+    key: StreamKey,
+    seq: u64,
+    reply: oneshot::Sender<Offered>,
 }
 
 /// An offer waiting for its append.
@@ -369,6 +394,14 @@ struct Pending {
 }
 
 impl Spools {
+    /// Logs what the open of `stream`'s spool found and tells the observer its epoch.
+    fn opened(&self, stream: &StreamName, report: &crate::spool::SpoolReport) {
+        log_opened(stream, report);
+        if let Some(observer) = &self.observer {
+            observer.spool_opened(stream, report.epoch);
+        }
+    }
+
     /// Takes the spool of `stream` out of service after `error` and schedules its reopen.
     /// `after` says what to trust on reopen (see [`Down`]).
     fn fail(
@@ -406,6 +439,24 @@ impl Spools {
         self.fail(stream, Some(point.flatten()), error, now);
     }
 
+    /// Whether seq `seq` of `key`, issued by the spool of `stream` just before it failed
+    /// ([`Appended::InDoubt`]), is accounted for: `None` while the spool is still down; after
+    /// the reopen, true when the recovered spool holds it, as a record or inside a `Storage`
+    /// declaration (it lay under a durable reservation), false when the disk never got its
+    /// reservation (no seq of it survives).
+    fn in_doubt_outcome(&self, stream: &StreamName, key: &StreamKey, seq: u64) -> Option<bool> {
+        if self.down.contains_key(stream) {
+            return None;
+        }
+        let spool = self.by_stream.get(stream)?;
+        Some(
+            spool
+                .core()
+                .stream_ends(key)
+                .is_some_and(|(_, issued_end)| issued_end > seq),
+        )
+    }
+
     /// Reopens the failed spools whose retry is due.
     fn reopen_due(&mut self, now: Now) {
         let due: Vec<StreamName> = self
@@ -427,7 +478,7 @@ impl Spools {
             match opened {
                 Ok((spool, report)) => {
                     self.down.remove(&stream);
-                    log_opened(&stream, &report);
+                    self.opened(&stream, &report);
                     self.by_stream.insert(stream, spool);
                 }
                 Err(error) => self.fail(&stream, None, &error, now),
@@ -451,6 +502,12 @@ impl Spools {
                 reason: format!("no spool for stream {}", reading.stream),
             }));
         };
+        let key = StreamKey {
+            sensor: reading.sensor.clone(),
+            epoch: spool.epoch(),
+        };
+        let issued = |spool: &Spool| spool.core().stream_ends(&key).map_or(0, |(_, end)| end);
+        let issued_before = issued(spool);
         let result = match spool.append(
             now,
             reading.sensor.clone(),
@@ -459,8 +516,19 @@ impl Spools {
         ) {
             Ok(result) => result,
             Err(error) => {
-                // The reading got no seq: its source is told, the others go on.
+                let issued_after = issued(spool);
                 self.failed(&reading.stream, &error, now);
+                if issued_after > issued_before {
+                    // A later write or sync of the append failed after the seq was issued:
+                    // the reading may be stored or declared, so "refused" could be a lie (found
+                    // by `sluice-sim --seed 24 --edge-disk-faults`). The reopen tells.
+                    return Ok(Appended::InDoubt {
+                        stream: reading.stream.clone(),
+                        key,
+                        seq: issued_before,
+                    });
+                }
+                // The reading got no seq: its source is told, the others go on.
                 return Ok(Appended::Refused(Refusal::Spool {
                     label: "spool_unavailable",
                     reason: format!("the spool of stream {} failed: {error}", reading.stream),
@@ -610,7 +678,7 @@ impl Spools {
             let dir = self.root.join(stream.as_str());
             match Spool::open(self.disk.clone(), &dir, self.share, now) {
                 Ok((spool, report)) => {
-                    log_opened(stream, &report);
+                    self.opened(stream, &report);
                     self.by_stream.insert(stream.clone(), spool);
                 }
                 Err(error) => {
@@ -789,6 +857,9 @@ struct AgentLoop {
     sink_rx: mpsc::Receiver<SinkRequest>,
     sink_closed: bool,
     parked: VecDeque<Pending>,
+    /// Offers whose append failed after their seq was issued, answered once their spool
+    /// reopens (at most one per stream: a failed spool refuses appends until it reopens).
+    in_doubt: Vec<InDoubt>,
     /// Most offers parked before the loop stops taking offers (`sink_queue_max`).
     parked_max: usize,
     /// Records may be ready to send (a sync, an ack, a rewind or a connect happened since the
@@ -841,6 +912,7 @@ impl AgentLoop {
             sink_rx,
             sink_closed: false,
             parked: VecDeque::new(),
+            in_doubt: Vec::new(),
             parked_max: config.edge.sink_queue_max.max(1) as usize,
             maybe_sendable: true,
             n_syncs_seen: 0,
@@ -939,6 +1011,7 @@ impl AgentLoop {
     async fn on_timer(&mut self) -> Result<(), EdgeError> {
         let had_parked = !self.parked.is_empty();
         self.spools(|s, now| s.timeout(now)).await?;
+        self.resolve_in_doubt();
         if had_parked {
             // Expiry may have freed space.
             self.retry_parked().await?;
@@ -1275,6 +1348,13 @@ impl AgentLoop {
                     self.refused(source_idx, &refusal, now);
                     let _ = reply.send(Offered::Refused(refusal));
                 }
+                Appended::InDoubt { stream, key, seq } => self.in_doubt.push(InDoubt {
+                    source_idx,
+                    stream,
+                    key,
+                    seq,
+                    reply,
+                }),
             }
         }
         if !self.parked.is_empty() {
@@ -1282,6 +1362,49 @@ impl AgentLoop {
         }
         self.refresh_counts();
         Ok(())
+    }
+
+    /// Answers the offers in doubt whose spool reopened: accepted with their seq when the
+    /// reopened spool accounts for it, refused when no seq of theirs survived.
+    fn resolve_in_doubt(&mut self) {
+        if self.in_doubt.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.in_doubt);
+        let mut resolved = Vec::new();
+        {
+            let spools = lock(&self.spools);
+            for doubt in waiting {
+                match spools.in_doubt_outcome(&doubt.stream, &doubt.key, doubt.seq) {
+                    Some(kept) => resolved.push((doubt, kept)),
+                    None => self.in_doubt.push(doubt),
+                }
+            }
+        }
+        let now = self.now();
+        for (doubt, kept) in resolved {
+            if kept {
+                if let Some(name) = self.source_names.get(doubt.source_idx) {
+                    self.metrics.spooled(name);
+                }
+                info!(stream = %doubt.stream, sensor = %doubt.key.sensor, epoch = %doubt.key.epoch,
+                    seq = doubt.seq, "a reading whose append failed survived in the reopened spool (stored or declared): accepted");
+                let _ = doubt.reply.send(Offered::Accepted {
+                    epoch: doubt.key.epoch.0,
+                    seq: doubt.seq,
+                });
+            } else {
+                let refusal = Refusal::Spool {
+                    label: "spool_unavailable",
+                    reason: format!(
+                        "the spool of stream {} failed before the reading was stored",
+                        doubt.stream
+                    ),
+                };
+                self.refused(doubt.source_idx, &refusal, now);
+                let _ = doubt.reply.send(Offered::Refused(refusal));
+            }
+        }
     }
 
     async fn retry_parked(&mut self) -> Result<(), EdgeError> {
@@ -1337,6 +1460,9 @@ impl AgentLoop {
         self.sink_rx.close();
         for pending in self.parked.drain(..) {
             drop(pending.reply);
+        }
+        for doubt in self.in_doubt.drain(..) {
+            drop(doubt.reply);
         }
         let grace = self.request_timeout.min(STOP_GRACE_MAX);
         let until = self.now() + grace;

@@ -34,7 +34,7 @@ use sluice_proto::env::{
 use sluice_proto::msg::{
     Durability, Message, ProduceRequest, ProduceResponse, RecordOutcome, RecordRejection,
 };
-use sluice_proto::{BootEpoch, Identity, Offset, PartitionId, SensorId};
+use sluice_proto::{BootEpoch, Identity, Offset, PartitionId, Record, SensorId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -194,6 +194,16 @@ impl EdgeLink {
         Ok(())
     }
 
+    /// Notes in the ledger that the node refused `record`'s epoch as forgotten (what lets the
+    /// agent move its sensor to a newer epoch and declare the old one's seqs closed).
+    fn note_expired(&self, record: &Record) {
+        let mut ledger = self.world.edges();
+        if let Some(edge) = ledger.edges.iter_mut().find(|e| e.idx == self.idx) {
+            edge.expired_answers
+                .insert((record.sensor.clone(), record.boot_epoch));
+        }
+    }
+
     /// Notes the answer the agent receives for `request` (what reached the node of it).
     fn observe(
         &self,
@@ -240,6 +250,13 @@ impl EdgeLink {
                             history.on_edge_too_old(&key)
                         }
                         RecordOutcome::Rejected(rejection) if alive => {
+                            if matches!(
+                                rejection,
+                                RecordRejection::ProducerExpired { .. }
+                                    | RecordRejection::EpochStart { .. }
+                            ) {
+                                self.note_expired(record);
+                            }
                             well_formed_responses::check_edge_rejection(&self.name, id, rejection)?
                         }
                         RecordOutcome::Rejected(_) => {}

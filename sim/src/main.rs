@@ -65,8 +65,8 @@ struct RunArgs {
     #[arg(long)]
     no_sync_errors: bool,
     /// Also inject faults on edge disks: failed `fdatasync` calls (Linux semantics) and a full
-    /// disk for a while (writes that grow a file fail with ENOSPC). Off by default until the
-    /// agent survives them.
+    /// disk for a while (writes that grow a file fail with ENOSPC). Off by default, so seeds
+    /// keep their traces; CI runs a profile of its own with them.
     #[arg(long)]
     edge_disk_faults: bool,
     /// Also damage node partition files while the node is down (a flipped bit, a zeroed range

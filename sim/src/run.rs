@@ -6,7 +6,7 @@
 //! acknowledged and every edge to drain (liveness phase). The log is read back and checked after
 //! every restart and at the end.
 
-use crate::edge_ledger::EdgeLedger;
+use crate::edge_ledger::{Boot, EdgeLedger};
 use crate::edge_link::EdgeLink;
 use crate::env::{clock, process_env, sim_disk, SimClock};
 use crate::invariants::disk_corruption::{self, PartitionKey};
@@ -268,11 +268,7 @@ fn add_edge_counts(ledger: &EdgeLedger, summary: &mut RunSummary) {
         summary.n_edge_sync_failures += disk.n_sync_failures;
         summary.n_edge_disk_full += edge.n_disk_full;
         summary.n_edge_no_space += disk.n_no_space;
-        summary.n_edge_accepted += edge
-            .boots
-            .iter()
-            .flat_map(|b| b.accepted.values())
-            .sum::<u64>();
+        summary.n_edge_accepted += edge.boots.iter().map(Boot::n_accepted).sum::<u64>();
     }
 }
 

@@ -29,7 +29,7 @@ pub use supervisor::SupervisionSection;
 
 use crate::metrics::Metrics;
 use sluice_proto::env::{BoxFuture, Clock, Env};
-use sluice_proto::{SensorId, StreamName};
+use sluice_proto::{BootEpoch, SensorId, StreamName};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -109,6 +109,10 @@ pub trait OfferObserver: Send + Sync + 'static {
     fn offering(&self, _source: &str, _stream: &StreamName, _sensor: &SensorId) {}
     /// Source `source` offered a reading of `sensor` for `stream` and was told `offered`.
     fn offered(&self, source: &str, stream: &StreamName, sensor: &SensorId, offered: &Offered);
+    /// The spool of `stream` opened in boot epoch `epoch`: at the start, and again within one
+    /// run of the agent when a failed spool is reopened or a sensor is moved to a newer epoch
+    /// after the node forgot its producer state. Seqs accepted from then on are in `epoch`.
+    fn spool_opened(&self, _stream: &StreamName, _epoch: BootEpoch) {}
 }
 
 /// A source's way into the agent. Cheap to clone.
