@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::BufReader;
-use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::{debug, error, info, info_span, trace, warn, Instrument};
 
 /// Serves requests from authenticated peers.
@@ -752,16 +752,28 @@ impl Held {
             .min(u64::from(u32::MAX)) as u32;
         let gauges = &shared.gauges;
         let (current, peak, paused) = gauges.held(budget);
-        if connection.available_permits() < n as usize || node.available_permits() < n as usize {
-            gauges.bump(paused);
-            trace!(
-                ?budget,
-                bytes = n,
-                "byte budget spent; stream reading paused"
-            );
-        }
-        let connection = connection.clone().acquire_many_owned(n).await.ok()?;
-        let node = node.clone().acquire_many_owned(n).await.ok()?;
+        // A reservation that has to wait is counted once, when it finds a budget spent (trying
+        // first, so a budget taken between a look and the wait is counted too).
+        let mut counted = false;
+        let mut acquire =
+            async |semaphore: &Arc<Semaphore>| match semaphore.clone().try_acquire_many_owned(n) {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::Closed) => None,
+                Err(TryAcquireError::NoPermits) => {
+                    if !counted {
+                        counted = true;
+                        gauges.bump(paused);
+                        trace!(
+                            ?budget,
+                            bytes = n,
+                            "byte budget spent; stream reading paused"
+                        );
+                    }
+                    semaphore.clone().acquire_many_owned(n).await.ok()
+                }
+            };
+        let connection = acquire(connection).await?;
+        let node = acquire(node).await?;
         gauges.add_with_peak(current, peak, u64::from(n));
         Some(Held {
             connection,
