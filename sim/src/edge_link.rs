@@ -34,7 +34,7 @@ use sluice_proto::env::{
 use sluice_proto::msg::{
     Durability, Message, ProduceRequest, ProduceResponse, RecordOutcome, RecordRejection,
 };
-use sluice_proto::{BootEpoch, Identity, Offset, PartitionId, Record, SensorId};
+use sluice_proto::{BootEpoch, Identity, Offset, PartitionId, Payload, Record, SensorId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -57,10 +57,11 @@ impl LinkState {
     }
 }
 
-/// The planted bug's state: the sensor stream whose records it swallows.
+/// The planted bug's state: the sensor stream whose readings it swallows, and the seq of its
+/// first reading sent (which reaches the node).
 #[derive(Debug, Default)]
 struct PlantState {
-    victim: Option<(SensorId, BootEpoch)>,
+    victim: Option<(SensorId, BootEpoch, u64)>,
 }
 
 /// One edge's link to the cluster. Shared by its transports (one per boot) and fault tasks.
@@ -173,10 +174,16 @@ impl EdgeLink {
         };
         let mut swallowed = Vec::new();
         for (idx, record) in request.records.iter().enumerate() {
-            let victim = state
-                .victim
-                .get_or_insert_with(|| (record.sensor.clone(), record.boot_epoch));
-            if victim.0 == record.sensor && victim.1 == record.boot_epoch && record.seq >= 1 {
+            // The victim is the sensor stream of the first reading sent (a declaration may be
+            // all that is left of an epoch); its records after that first one are swallowed.
+            let is_reading = !matches!(record.payload, Payload::Dropped { .. });
+            if state.victim.is_none() && is_reading {
+                state.victim = Some((record.sensor.clone(), record.boot_epoch, record.seq));
+            }
+            let swallow = state.victim.as_ref().is_some_and(|(sensor, epoch, first)| {
+                *sensor == record.sensor && *epoch == record.boot_epoch && record.seq > *first
+            });
+            if swallow {
                 swallowed.push(idx);
             } else {
                 forward.records.push(record.clone());

@@ -8,9 +8,9 @@ pub enum Plant {
     /// `fdatasync` of the first partition's segment files does nothing after their first sync,
     /// so the node acknowledges writes that a crash then loses.
     AckBeforeFsync,
-    /// The simulated transport of edge 0 swallows every record of the first sensor stream it
-    /// carries from seq 1 on and tells the agent they were appended: the agent releases
-    /// readings the node never stored.
+    /// The simulated transport of edge 0 swallows every record of the sensor stream of the
+    /// first reading it carries after that reading, and tells the agent they were appended:
+    /// the agent releases readings the node never stored.
     EdgeAckUnstored,
 }
 
