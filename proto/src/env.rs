@@ -5,8 +5,11 @@
 //!
 //! [`Transport`] is the message-level connection to the cluster: request in, response out, over
 //! QUIC + mTLS in production (`net::QuicTransport`) and over a simulated link with loss, delay,
-//! duplication and outages in the simulator. The edge uplink is written against it, and so will
-//! node-to-node traffic be.
+//! duplication and outages in the simulator. The edge uplink is written against it.
+//!
+//! [`PeerTransport`] and [`PeerHandler`] are the node-to-node transport (module [`peer`]): one
+//! connection per node pair, requests addressed by a [`PeerEnvelope`], two lanes with bounded
+//! queues.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -18,6 +21,12 @@ use crate::ids::UnixMillis;
 use crate::msg::{ErrorCode, Message};
 use std::future::Future;
 use std::pin::Pin;
+
+pub mod peer;
+pub use peer::{
+    check_envelope, PeerEnvelope, PeerError, PeerErrorKind, PeerGroup, PeerHandler, PeerLane,
+    PeerRefusal, PeerRequest, PeerTransport,
+};
 
 /// Time. `now` is monotonic and is the simulator's paused clock under simulation; `wall` is only
 /// for timestamps written into data, never for measuring intervals.
