@@ -125,6 +125,25 @@ pub enum BlockingMode {
     Inline,
 }
 
+/// Runs blocking work the way the environment says: on tokio's blocking pool, or inline under
+/// the simulator so its timing is part of the seeded schedule. (Feature `blocking`, which `os`
+/// includes; `os::run_blocking` is the same function.)
+#[cfg(feature = "blocking")]
+pub async fn run_blocking<F, R>(mode: BlockingMode, work: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match mode {
+        BlockingMode::Inline => work(),
+        BlockingMode::ThreadPool => match tokio::task::spawn_blocking(work).await {
+            Ok(r) => r,
+            // The closure panicked: a programmer error. Carry the panic to this task.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+    }
+}
+
 /// The environment of one node or edge.
 #[derive(Clone)]
 pub struct Env {

@@ -157,22 +157,7 @@ pub fn real_env(seed: u64) -> Env {
     }
 }
 
-/// Runs blocking work the way the environment says: on tokio's blocking pool, or inline under
-/// the simulator so its timing is part of the seeded schedule.
-pub async fn run_blocking<F, R>(mode: BlockingMode, work: F) -> R
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    match mode {
-        BlockingMode::Inline => work(),
-        BlockingMode::ThreadPool => match tokio::task::spawn_blocking(work).await {
-            Ok(r) => r,
-            // The closure panicked: a programmer error. Carry the panic to this task.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        },
-    }
-}
+pub use crate::env::run_blocking;
 
 /// Opens `path` for reading if it is a regular file, and never blocks doing so: opening a FIFO
 /// for reading waits for a writer, possibly forever, so the open is non-blocking and the type

@@ -1035,6 +1035,54 @@ pub fn read_entry(
     Ok((payload, next))
 }
 
+/// A segment's sparse in-memory index: `(key, byte position)` of one entry every
+/// `interval_bytes` of entries or so, so memory grows with the bytes a segment holds divided by
+/// the interval, not with its entry count. The key is whatever the log orders entries by (the
+/// first offset of an entry, a raft index); keys and positions grow with every noted entry.
+/// A reader seeks to the last point at or below its key and reads forward with [`read_entry`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SparseIndex {
+    points: Vec<(u64, u64)>,
+    interval_bytes: u64,
+}
+
+impl SparseIndex {
+    /// An empty index taking a point every `interval_bytes` (every entry when 0).
+    pub fn new(interval_bytes: u64) -> SparseIndex {
+        SparseIndex {
+            points: Vec::new(),
+            interval_bytes,
+        }
+    }
+
+    /// Notes the entry with key `key` at `pos`, the next one in the segment: it becomes a point
+    /// when it is the first, or at least `interval_bytes` after the last point.
+    pub fn note(&mut self, key: u64, pos: u64) {
+        match self.points.last() {
+            Some(&(_, last)) if pos < last.saturating_add(self.interval_bytes) => {}
+            _ => self.points.push((key, pos)),
+        }
+    }
+
+    /// Where to start reading for `key`: the position of the last point at or below it, or
+    /// `None` when every point is above it (or there is none).
+    pub fn seek(&self, key: u64) -> Option<(u64, u64)> {
+        let i = self.points.partition_point(|(k, _)| *k <= key);
+        i.checked_sub(1).map(|i| self.points[i])
+    }
+
+    /// Forgets the points at or after `key` (a truncation from `key` on).
+    pub fn truncate_from(&mut self, key: u64) {
+        let keep = self.points.partition_point(|(k, _)| *k < key);
+        self.points.truncate(keep);
+    }
+
+    /// How many points the index holds.
+    pub fn points(&self) -> usize {
+        self.points.len()
+    }
+}
+
 /// Reads into all of `buf` unless the file ends first; returns the bytes read.
 fn read_full(file: &dyn DiskFile, pos: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
     let mut got = 0;

@@ -23,8 +23,14 @@
 //! [`LogStoreError::Corrupt`]: the store does not open, so the replica cannot vote with damaged
 //! state; the layer above rebuilds it from its peers. Nothing is ever silently discarded.
 //!
-//! Not done here: disk IO runs inline on the calling task (the node's shell will move it to the
-//! blocking pool), appends of many groups are not coalesced into one flush, snapshots (the
+//! Disk work of openraft's calls runs through [`run_blocking`] in the store's [`BlockingMode`]:
+//! on tokio's blocking pool in production, so a slow `fdatasync` never holds an async worker,
+//! inline under the simulator. The synchronous methods (used by tests and by recovery) do the
+//! same work on the calling thread. Readers find an entry through a sparse index per segment
+//! ([`SparseIndex`], a point every `index_interval_bytes`) and read forward from it, so memory
+//! grows with the bytes held, not with the entry count.
+//!
+//! Not done here: appends of many groups are not coalesced into one flush; snapshots (the
 //! retained segments streamed to a follower) are the state machine's business.
 
 mod format;
@@ -38,15 +44,15 @@ use format::{ManifestState, StoredEntry, MANIFEST_KIND, SEGMENT_KIND};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
 use sluice_proto::codec;
-use sluice_proto::env::{Disk, DiskError, DiskFile};
+use sluice_proto::env::{run_blocking, BlockingMode, Disk, DiskError, DiskFile};
 use sluice_proto::segment::{
     self, Corruption, CorruptionKind, Scan, ScanExpect, SegmentError, SegmentHeader, SegmentWriter,
-    SlotFile, SEGMENT_HEADER_LEN,
+    SlotFile, SparseIndex, SEGMENT_HEADER_LEN,
 };
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Sizes of a raft log store.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +61,20 @@ pub struct LogStoreConfig {
     pub segment_bytes_max: u64,
     /// The largest encoded entry accepted on append, on recovery and on read.
     pub entry_bytes_max: u32,
+    /// One sparse index point per this many bytes of entries: a read of one entry reads at most
+    /// this many bytes before it.
+    pub index_interval_bytes: u64,
+}
+
+impl Default for LogStoreConfig {
+    /// 64 MiB segments, entries up to 8 MiB, an index point per 64 KiB.
+    fn default() -> Self {
+        LogStoreConfig {
+            segment_bytes_max: 64 << 20,
+            entry_bytes_max: 8 << 20,
+            index_interval_bytes: 64 << 10,
+        }
+    }
 }
 
 /// Where a raft log store lives.
@@ -149,35 +169,68 @@ struct SegmentView {
     id: u64,
     path: PathBuf,
     file: Arc<dyn DiskFile>,
-    /// Index of the entry at `positions[0]`.
+    /// Index of the segment's first entry.
     first_index: u64,
-    /// Byte position of each entry, in index order.
-    positions: Vec<u64>,
+    /// How many entries the segment holds (`first_index..first_index + count`).
+    count: u64,
+    /// Raft index → byte position, sparse.
+    index: SparseIndex,
     /// One past the last entry.
     end_pos: u64,
 }
 
 impl SegmentView {
-    fn new(id: u64, path: PathBuf, file: Arc<dyn DiskFile>) -> SegmentView {
+    fn new(
+        id: u64,
+        path: PathBuf,
+        file: Arc<dyn DiskFile>,
+        config: &LogStoreConfig,
+    ) -> SegmentView {
         SegmentView {
             id,
             path,
             file,
             first_index: id,
-            positions: Vec::new(),
+            count: 0,
+            index: SparseIndex::new(config.index_interval_bytes),
             end_pos: SEGMENT_HEADER_LEN,
         }
     }
 
     fn holds(&self, index: u64) -> bool {
-        index >= self.first_index && index - self.first_index < self.positions.len() as u64
+        index >= self.first_index && index - self.first_index < self.count
     }
 
-    /// The entry's byte position and the end of its bytes (the next entry's position).
-    fn span(&self, index: u64) -> (u64, u64) {
-        let i = (index - self.first_index) as usize;
-        let end = self.positions.get(i + 1).copied().unwrap_or(self.end_pos);
-        (self.positions[i], end)
+    /// Notes the next entry, `index` at `pos`, ending at `end`.
+    fn push(&mut self, index: u64, pos: u64, end: u64) {
+        if self.count == 0 {
+            self.first_index = index;
+        }
+        self.index.note(index, pos);
+        self.count += 1;
+        self.end_pos = end;
+    }
+
+    /// The byte position of held entry `index`: from the index point at or below it, reading
+    /// forward entry by entry (each checked by the segment layer).
+    fn position(&self, index: u64, entry_bytes_max: u32) -> Result<u64, LogStoreError> {
+        let (mut at, mut pos) = self
+            .index
+            .seek(index)
+            .unwrap_or((self.first_index, SEGMENT_HEADER_LEN));
+        while at < index {
+            let (_, next) = segment::read_entry(
+                &*self.file,
+                &self.path,
+                self.id,
+                pos,
+                self.end_pos,
+                entry_bytes_max,
+            )?;
+            pos = next;
+            at += 1;
+        }
+        Ok(pos)
     }
 }
 
@@ -203,29 +256,47 @@ impl Shared {
 
     /// Reads the entries of `[start, end)` that the log holds and has not purged.
     fn read(&self, start: u64, end: u64) -> Result<Vec<GroupEntry>, LogStoreError> {
-        let first_held = self.segments.iter().find(|s| !s.positions.is_empty());
+        let first_held = self.segments.iter().find(|s| s.count > 0);
         let start = start
             .max(self.purged.map_or(0, |p| p.index + 1))
             .max(first_held.map_or(0, |s| s.first_index));
         let end = end.min(self.last_entry.map_or(0, |l| l.index + 1));
         let mut out = Vec::with_capacity(end.saturating_sub(start).min(1024) as usize);
-        for index in start..end {
+        let mut index = start;
+        while index < end {
             let Some(view) = self.locate(index) else {
                 break;
             };
-            out.push(self.read_entry(view, index)?);
+            let mut pos = view.position(index, self.entry_bytes_max)?;
+            while index < end && view.holds(index) {
+                let (entry, next) = self.read_entry_at(view, index, pos)?;
+                out.push(entry);
+                pos = next;
+                index += 1;
+            }
         }
         Ok(out)
     }
 
+    /// Reads held entry `index`.
     fn read_entry(&self, view: &SegmentView, index: u64) -> Result<GroupEntry, LogStoreError> {
-        let (pos, end) = view.span(index);
-        let (payload, _) = segment::read_entry(
+        let pos = view.position(index, self.entry_bytes_max)?;
+        Ok(self.read_entry_at(view, index, pos)?.0)
+    }
+
+    /// Reads entry `index` at `pos`; returns it and the next entry's position.
+    fn read_entry_at(
+        &self,
+        view: &SegmentView,
+        index: u64,
+        pos: u64,
+    ) -> Result<(GroupEntry, u64), LogStoreError> {
+        let (payload, next) = segment::read_entry(
             &*view.file,
             &view.path,
             view.id,
             pos,
-            end,
+            view.end_pos,
             self.entry_bytes_max,
         )?;
         let refused = |reason: String| {
@@ -242,7 +313,7 @@ impl Shared {
                 stored.index
             )));
         }
-        stored.into_entry().map_err(refused)
+        Ok((stored.into_entry().map_err(refused)?, next))
     }
 }
 
@@ -250,10 +321,19 @@ impl Shared {
 #[derive(Clone)]
 pub struct LogStoreReader {
     shared: Arc<RwLock<Shared>>,
+    blocking: BlockingMode,
 }
 
-/// The raft log store of one group. Owned by the group's raft core.
+/// The raft log store of one group. Owned by the group's raft core. openraft's calls do their
+/// disk work through [`run_blocking`]; the synchronous methods do it on the calling thread.
 pub struct LogStore {
+    core: Arc<Mutex<Core>>,
+    shared: Arc<RwLock<Shared>>,
+    blocking: BlockingMode,
+}
+
+/// The store's writing side: what runs on the blocking pool.
+struct Core {
     disk: Arc<dyn Disk>,
     paths: LogStorePaths,
     config: LogStoreConfig,
@@ -322,25 +402,102 @@ struct Recovered {
 }
 
 impl LogStore {
-    /// Opens (or creates) the store at `paths`, recovering it under the segment layer's rule.
-    /// Corruption is [`LogStoreError::Corrupt`], naming the file and byte; any other error
-    /// (a full disk) may go away when opening again later.
+    /// Opens (or creates) the store at `paths`, recovering it under the segment layer's rule,
+    /// on the calling thread (a caller on an async task wraps it in [`run_blocking`]); later
+    /// calls from openraft run their disk work in `blocking` mode. Corruption is
+    /// [`LogStoreError::Corrupt`], naming the file and byte; any other error (a full disk) may
+    /// go away when opening again later.
     pub fn open(
         disk: Arc<dyn Disk>,
         paths: &LogStorePaths,
         config: LogStoreConfig,
+        blocking: BlockingMode,
     ) -> Result<(LogStore, LogRecovery), LogStoreError> {
         let recovered = recover(&*disk, paths, &config)?;
-        make_writable(disk, paths, config, recovered)
+        let (core, recovery) = make_writable(disk, paths, config, recovered)?;
+        let store = LogStore {
+            shared: core.shared.clone(),
+            core: Arc::new(Mutex::new(core)),
+            blocking,
+        };
+        Ok((store, recovery))
     }
 
     /// A reader sharing this store's entries.
     pub fn reader(&self) -> LogStoreReader {
         LogStoreReader {
             shared: self.shared.clone(),
+            blocking: self.blocking,
         }
     }
 
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `op` on the core in the store's blocking mode.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Core) -> T + Send + 'static,
+    ) -> T {
+        let core = self.core.clone();
+        run_blocking(self.blocking, move || {
+            let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+            op(&mut core)
+        })
+        .await
+    }
+
+    /// Saves the vote durably.
+    pub fn save_vote(&mut self, vote: &GroupVote) -> Result<(), LogStoreError> {
+        self.core().save_vote(vote)
+    }
+
+    /// The last vote saved.
+    pub fn vote(&self) -> Option<GroupVote> {
+        self.core().manifest.vote
+    }
+
+    /// Saves the committed log id durably.
+    pub fn save_committed(&mut self, committed: Option<GroupLogId>) -> Result<(), LogStoreError> {
+        self.core().save_committed(committed)
+    }
+
+    /// The last committed log id saved.
+    pub fn committed(&self) -> Option<GroupLogId> {
+        self.core().manifest.committed
+    }
+
+    /// The last purged log id and the last log id (the purge point when nothing follows it).
+    pub fn log_state(&self) -> (Option<GroupLogId>, Option<GroupLogId>) {
+        let shared = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        (shared.purged, shared.last_log_id())
+    }
+
+    /// Writes `entries` after the last one and makes them durable (`fdatasync`) before
+    /// returning; they are readable once it returns. Entries at or below the purge point are
+    /// skipped: they are purged already. One write and one sync per segment the
+    /// entries touch (a roll adds the new segment's creation and a manifest record).
+    pub fn append(&mut self, entries: &[GroupEntry]) -> Result<(), LogStoreError> {
+        self.core().mutate(|core| core.append_inner(entries))
+    }
+
+    /// Removes every entry from `index` on, durably: the cut is recorded in the manifest
+    /// first, then later segments are removed and the rest of the cut segment zeroed, and the
+    /// manifest records the cut as done.
+    pub fn truncate(&mut self, index: u64) -> Result<(), LogStoreError> {
+        self.core().mutate(|core| core.truncate_inner(index))
+    }
+
+    /// Purges every entry up to `log_id`, durably: the purge point (and the new first segment)
+    /// is recorded in the manifest before segments are removed. Segments are removed whole; a
+    /// purge at or past the last entry starts a new, empty segment for the next index.
+    pub fn purge(&mut self, log_id: GroupLogId) -> Result<(), LogStoreError> {
+        self.core().mutate(|core| core.purge_inner(log_id))
+    }
+}
+
+impl Core {
     fn shared(&self) -> std::sync::RwLockReadGuard<'_, Shared> {
         self.shared.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -395,8 +552,7 @@ impl LogStore {
         }
     }
 
-    /// Saves the vote durably.
-    pub fn save_vote(&mut self, vote: &GroupVote) -> Result<(), LogStoreError> {
+    fn save_vote(&mut self, vote: &GroupVote) -> Result<(), LogStoreError> {
         let vote = *vote;
         self.mutate(|store| {
             store.record(ManifestState {
@@ -406,38 +562,13 @@ impl LogStore {
         })
     }
 
-    /// The last vote saved.
-    pub fn vote(&self) -> Option<GroupVote> {
-        self.manifest.vote
-    }
-
-    /// Saves the committed log id durably.
-    pub fn save_committed(&mut self, committed: Option<GroupLogId>) -> Result<(), LogStoreError> {
+    fn save_committed(&mut self, committed: Option<GroupLogId>) -> Result<(), LogStoreError> {
         self.mutate(|store| {
             store.record(ManifestState {
                 committed,
                 ..store.current()
             })
         })
-    }
-
-    /// The last committed log id saved.
-    pub fn committed(&self) -> Option<GroupLogId> {
-        self.manifest.committed
-    }
-
-    /// The last purged log id and the last log id (the purge point when nothing follows it).
-    pub fn log_state(&self) -> (Option<GroupLogId>, Option<GroupLogId>) {
-        let shared = self.shared();
-        (shared.purged, shared.last_log_id())
-    }
-
-    /// Writes `entries` after the last one and makes them durable (`fdatasync`) before
-    /// returning; they are readable once it returns. Entries at or below the purge point are
-    /// skipped: they are purged already. One write and one sync per segment the
-    /// entries touch (a roll adds the new segment's creation and a manifest record).
-    pub fn append(&mut self, entries: &[GroupEntry]) -> Result<(), LogStoreError> {
-        self.mutate(|store| store.append_inner(entries))
     }
 
     fn append_inner(&mut self, entries: &[GroupEntry]) -> Result<(), LogStoreError> {
@@ -504,11 +635,10 @@ impl LogStore {
         let end_pos = self.writer.end();
         let mut shared = self.shared_mut();
         if let Some(view) = shared.segments.last_mut() {
-            if view.positions.is_empty() {
-                view.first_index = batch[0].0.index;
+            for (i, ((log_id, _), pos)) in batch.iter().zip(&positions).enumerate() {
+                let end = positions.get(i + 1).copied().unwrap_or(end_pos);
+                view.push(log_id.index, *pos, end);
             }
-            view.positions.extend_from_slice(&positions);
-            view.end_pos = end_pos;
         }
         shared.last_entry = Some(*last);
         Ok(())
@@ -536,13 +666,6 @@ impl LogStore {
         Ok(())
     }
 
-    /// Removes every entry from `index` on, durably: the cut is recorded in the manifest
-    /// first, then later segments are removed and the rest of the cut segment zeroed, and the
-    /// manifest records the cut as done.
-    pub fn truncate(&mut self, index: u64) -> Result<(), LogStoreError> {
-        self.mutate(|store| store.truncate_inner(index))
-    }
-
     fn truncate_inner(&mut self, index: u64) -> Result<(), LogStoreError> {
         let (cut_at, new_last, removed) = {
             let shared = self.shared();
@@ -565,7 +688,8 @@ impl LogStore {
                 },
             };
             let removed: Vec<SegmentView> = shared.segments[i + 1..].to_vec();
-            ((view.clone(), view.span(index).0), new_last, removed)
+            let pos = view.position(index, shared.entry_bytes_max)?;
+            ((view.clone(), pos), new_last, removed)
         };
         let (view, pos) = cut_at;
         self.record(ManifestState {
@@ -582,7 +706,8 @@ impl LogStore {
             shared.segments.truncate(keep);
             let mut old_end = view.end_pos;
             if let Some(last) = shared.segments.last_mut() {
-                last.positions.truncate((index - last.first_index) as usize);
+                last.count = index - last.first_index;
+                last.index.truncate_from(index);
                 if view.id == self.writer.header().id {
                     old_end = self.writer.end();
                 }
@@ -615,13 +740,6 @@ impl LogStore {
         })
     }
 
-    /// Purges every entry up to `log_id`, durably: the purge point (and the new first segment)
-    /// is recorded in the manifest before segments are removed. Segments are removed whole; a
-    /// purge at or past the last entry starts a new, empty segment for the next index.
-    pub fn purge(&mut self, log_id: GroupLogId) -> Result<(), LogStoreError> {
-        self.mutate(|store| store.purge_inner(log_id))
-    }
-
     fn purge_inner(&mut self, log_id: GroupLogId) -> Result<(), LogStoreError> {
         let (all, first_kept, reuse_last) = {
             let shared = self.shared();
@@ -631,10 +749,7 @@ impl LogStore {
             let all = shared.last_entry.is_none_or(|l| l.index <= log_id.index);
             // An empty last segment (a roll whose entries never came, a purge before) can take
             // the entries after the purge point: a new one could even take its name.
-            let reuse_last = shared
-                .segments
-                .last()
-                .is_some_and(|s| s.positions.is_empty());
+            let reuse_last = shared.segments.last().is_some_and(|s| s.count == 0);
             // The first segment holding an entry after the purge point.
             let first_kept = shared
                 .segments
@@ -708,7 +823,7 @@ fn create_segment(
         preallocated: config.segment_bytes_max.max(SEGMENT_HEADER_LEN),
     };
     let writer = SegmentWriter::create(disk, &path, header)?;
-    let view = SegmentView::new(id, path, writer.file().clone());
+    let view = SegmentView::new(id, path, writer.file().clone(), config);
     Ok((view, writer))
 }
 
@@ -812,7 +927,7 @@ fn recover(
     }
     if let (Some(purged), Some(first)) = (state.purged, out.segments.first()) {
         let first_index = first.view.first_index;
-        if !first.view.positions.is_empty() && first_index > purged.index + 1 {
+        if first.view.count > 0 && first_index > purged.index + 1 {
             return Err(missing(
                 &first.view.path,
                 format!(
@@ -847,7 +962,7 @@ fn scan_segment(
         sealed: !is_last,
         entry_bytes_max: config.entry_bytes_max,
     };
-    let mut view = SegmentView::new(id, path.clone(), file.clone());
+    let mut view = SegmentView::new(id, path.clone(), file.clone(), config);
     let mut last_term = out.last_entry.map_or(0, |l| l.leader_id.term);
     let scan = segment::scan(&*file, &path, SEGMENT_KIND, &expect, |pos, payload| {
         if cut.is_some_and(|c| pos >= c) {
@@ -873,11 +988,7 @@ fn scan_segment(
             ));
         }
         last_term = stored.term;
-        if view.positions.is_empty() {
-            view.first_index = stored.index;
-        }
-        view.positions.push(pos);
-        view.end_pos = pos + segment::entry_len(payload.len());
+        view.push(stored.index, pos, pos + segment::entry_len(payload.len()));
         *next = Some(stored.index + 1);
         out.last_entry = Some(stored.log_id());
         Ok(())
@@ -888,7 +999,7 @@ fn scan_segment(
         return Err(corruption.clone().into());
     }
     out.recovery.n_segments += 1;
-    out.recovery.n_entries += view.positions.len() as u64;
+    out.recovery.n_entries += view.count;
     Ok(Scanned { view, scan })
 }
 
@@ -899,7 +1010,7 @@ fn make_writable(
     paths: &LogStorePaths,
     config: LogStoreConfig,
     recovered: Recovered,
-) -> Result<(LogStore, LogRecovery), LogStoreError> {
+) -> Result<(Core, LogRecovery), LogStoreError> {
     let Recovered {
         manifest,
         mut segments,
@@ -949,7 +1060,7 @@ fn make_writable(
         entry_bytes_max: config.entry_bytes_max,
         segments: views,
     };
-    let mut store = LogStore {
+    let mut store = Core {
         disk,
         paths: paths.clone(),
         config,
@@ -1043,12 +1154,21 @@ fn range_of<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
 }
 
 impl LogStoreReader {
-    /// The entries of `range` the log holds (purged ones excluded); damage is an error.
+    /// The entries of `range` the log holds (purged ones excluded); damage is an error. Reads
+    /// on the calling thread.
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<GroupEntry>, LogStoreError> {
-        // Reads hold the lock so a truncation cannot zero bytes under them.
-        let shared = self.shared.read().unwrap_or_else(|p| p.into_inner());
-        shared.read(start, end)
+        read_shared(&self.shared, start, end)
     }
+}
+
+/// Reads `[start, end)` holding the lock, so a truncation cannot zero bytes under the read.
+fn read_shared(
+    shared: &RwLock<Shared>,
+    start: u64,
+    end: u64,
+) -> Result<Vec<GroupEntry>, LogStoreError> {
+    let shared = shared.read().unwrap_or_else(|p| p.into_inner());
+    shared.read(start, end)
 }
 
 impl RaftLogReader<GroupConfig> for LogStoreReader {
@@ -1057,7 +1177,10 @@ impl RaftLogReader<GroupConfig> for LogStoreReader {
         range: RB,
     ) -> Result<Vec<GroupEntry>, GroupStorageError> {
         let (start, end) = range_of(&range);
-        self.entries(start, end).map_err(read_error)
+        let shared = self.shared.clone();
+        run_blocking(self.blocking, move || read_shared(&shared, start, end))
+            .await
+            .map_err(read_error)
     }
 }
 
@@ -1066,8 +1189,7 @@ impl RaftLogReader<GroupConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<GroupEntry>, GroupStorageError> {
-        let (start, end) = range_of(&range);
-        self.reader().entries(start, end).map_err(read_error)
+        self.reader().try_get_log_entries(range).await
     }
 }
 
@@ -1087,7 +1209,9 @@ impl RaftLogStorage<GroupConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &GroupVote) -> Result<(), GroupStorageError> {
-        LogStore::save_vote(self, vote)
+        let vote = *vote;
+        self.blocking(move |core| core.save_vote(&vote))
+            .await
             .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
     }
 
@@ -1099,7 +1223,9 @@ impl RaftLogStorage<GroupConfig> for LogStore {
         &mut self,
         committed: Option<GroupLogId>,
     ) -> Result<(), GroupStorageError> {
-        LogStore::save_committed(self, committed).map_err(storage_error)
+        self.blocking(move |core| core.save_committed(committed))
+            .await
+            .map_err(storage_error)
     }
 
     async fn read_committed(&mut self) -> Result<Option<GroupLogId>, GroupStorageError> {
@@ -1116,7 +1242,10 @@ impl RaftLogStorage<GroupConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<GroupEntry> = entries.into_iter().collect();
-        match LogStore::append(self, &entries) {
+        let result = self
+            .blocking(move |core| core.mutate(|core| core.append_inner(&entries)))
+            .await;
+        match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -1129,10 +1258,15 @@ impl RaftLogStorage<GroupConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: GroupLogId) -> Result<(), GroupStorageError> {
-        LogStore::truncate(self, log_id.index).map_err(storage_error)
+        let index = log_id.index;
+        self.blocking(move |core| core.mutate(|core| core.truncate_inner(index)))
+            .await
+            .map_err(storage_error)
     }
 
     async fn purge(&mut self, log_id: GroupLogId) -> Result<(), GroupStorageError> {
-        LogStore::purge(self, log_id).map_err(storage_error)
+        self.blocking(move |core| core.mutate(|core| core.purge_inner(log_id)))
+            .await
+            .map_err(storage_error)
     }
 }

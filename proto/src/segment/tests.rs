@@ -816,3 +816,33 @@ fn salvage_reports_zeroed_headers_truncation_and_refused_payloads_and_reads_on()
     assert_eq!((seen.len(), found.data_end), (4, spans[4].0));
     assert!(found.damage.is_empty(), "{:?}", found.damage);
 }
+
+// Checks the sparse index: a point per interval of bytes (the first entry always), seeking the
+// last point at or below a key, nothing below the first point, and a truncation forgetting the
+// points from its key on.
+#[test]
+fn sparse_index_takes_a_point_per_interval_and_seeks_at_or_below() {
+    let mut index = SparseIndex::new(100);
+    // Entries of 40 bytes from position 64: keys 10, 11, ...
+    for i in 0..10u64 {
+        index.note(10 + i, 64 + 40 * i);
+    }
+    // Points at 64 (key 10), 184 (key 13: 120 past 64), 304 (key 16), 424 (key 19).
+    assert_eq!(index.points(), 4);
+    assert_eq!(index.seek(9), None);
+    assert_eq!(index.seek(10), Some((10, 64)));
+    assert_eq!(index.seek(12), Some((10, 64)));
+    assert_eq!(index.seek(13), Some((13, 184)));
+    assert_eq!(index.seek(1000), Some((19, 424)));
+    index.truncate_from(16);
+    assert_eq!(index.points(), 2);
+    assert_eq!(index.seek(18), Some((13, 184)));
+    index.note(16, 304);
+    assert_eq!(index.seek(18), Some((16, 304)));
+
+    let mut every = SparseIndex::new(0);
+    for i in 0..5u64 {
+        every.note(i, 64 + i);
+    }
+    assert_eq!(every.points(), 5);
+}

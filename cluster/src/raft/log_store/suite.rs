@@ -136,6 +136,8 @@ fn suite_config() -> LogStoreConfig {
     LogStoreConfig {
         segment_bytes_max: 256,
         entry_bytes_max: 1 << 10,
+        // A point per entry here; the unit tests cover reading forward from sparse points.
+        index_interval_bytes: 0,
     }
 }
 
@@ -161,7 +163,14 @@ impl StoreBuilder<GroupConfig, LogStore, MapStateMachine, tempfile::TempDir> for
             .map_err(|e| build_error(DiskError::io("tempdir", Path::new("."), e).into()))?;
         let disk: Arc<dyn Disk> = Arc::new(sluice_proto::os::FsDisk);
         let (store, _) =
-            LogStore::open(disk, &paths_under(dir.path()), suite_config()).map_err(build_error)?;
+        // The real disk through tokio's blocking pool, as in production.
+            LogStore::open(
+                disk,
+                &paths_under(dir.path()),
+                suite_config(),
+                BlockingMode::ThreadPool,
+            )
+            .map_err(build_error)?;
         Ok((dir, store, MapStateMachine::default()))
     }
 }
@@ -176,6 +185,7 @@ impl StoreBuilder<GroupConfig, LogStore, MapStateMachine, CrashDisk> for CrashDi
             Arc::new(disk.mount()),
             &paths_under(Path::new("/data")),
             suite_config(),
+            BlockingMode::Inline,
         )
         .map_err(build_error)?;
         Ok((disk, store, MapStateMachine::default()))
