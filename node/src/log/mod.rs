@@ -24,7 +24,7 @@ use format::{ManifestState, SEGMENT_KIND};
 use sluice_proto::env::{Disk, DiskError, DiskFile};
 use sluice_proto::segment::{
     self, Corruption, CorruptionKind, ScanExpect, SegmentError, SegmentHeader, SegmentWriter,
-    SlotFile, SEGMENT_HEADER_LEN,
+    SlotFile, SparseIndex, SEGMENT_HEADER_LEN,
 };
 use sluice_proto::{codec, Event, Offset, StoredEvent};
 use std::path::{Path, PathBuf};
@@ -124,11 +124,19 @@ struct SegmentView {
     base: Offset,
     path: PathBuf,
     file: Arc<dyn DiskFile>,
-    /// `(first offset of an entry, its byte position)`, every `index_interval_bytes` or so.
-    index: Vec<(Offset, u64)>,
+    /// First offset of an entry → its byte position, every `index_interval_bytes` or so.
+    index: SparseIndex,
     /// One past the last offset written to this segment.
     end: Offset,
     /// Byte position after the last entry.
+    end_pos: u64,
+}
+
+/// What a read needs of the segment it reads: a [`SegmentView`] without its index.
+struct Located {
+    base: Offset,
+    path: PathBuf,
+    file: Arc<dyn DiskFile>,
     end_pos: u64,
 }
 
@@ -199,7 +207,6 @@ pub struct LogWriter {
     segments: Arc<RwLock<Vec<SegmentView>>>,
     active: SegmentView,
     writer: SegmentWriter,
-    last_index_pos: u64,
     /// One past the last offset made durable.
     durable: Offset,
 }
@@ -357,14 +364,13 @@ fn recover(
             base,
             path: path.clone(),
             file: file.clone(),
-            index: Vec::new(),
+            index: SparseIndex::new(config.index_interval_bytes),
             end: base,
             end_pos: SEGMENT_HEADER_LEN,
         };
         // Entries from the durable mark on are not adopted: after a failed fdatasync their bytes
         // may exist only in the page cache (only the last segment can hold such entries).
         let mut cut: Option<u64> = None;
-        let mut last_index_pos = 0u64;
         let mut n_entries = 0u64;
         let scan = segment::scan(&*file, &path, SEGMENT_KIND, &expect, |pos, payload| {
             let (entry_base, _, _) = format::decode_entry(payload)?;
@@ -377,12 +383,7 @@ fn recover(
                 decode_events(payload, Some(view.end), |offset, event, _| {
                     each(offset, event)
                 })?;
-            if view.index.is_empty()
-                || pos >= last_index_pos.saturating_add(config.index_interval_bytes)
-            {
-                view.index.push((entry_base, pos));
-                last_index_pos = pos;
-            }
+            view.index.note(entry_base.0, pos);
             view.end = Offset(entry_base.0 + u64::from(count));
             view.end_pos = pos + segment::entry_len(payload.len());
             n_entries += 1;
@@ -559,7 +560,6 @@ fn make_writable(
         }
         None => Manifest::create(&*disk, &paths.manifest, state)?,
     };
-    let last_index_pos = active.index.last().map_or(0, |(_, pos)| *pos);
     Ok(LogWriter {
         paths: paths.clone(),
         disk,
@@ -569,7 +569,6 @@ fn make_writable(
         durable: active.end,
         active,
         writer,
-        last_index_pos,
     })
 }
 
@@ -590,7 +589,7 @@ fn create_segment(
         base,
         path,
         file: writer.file().clone(),
-        index: Vec::new(),
+        index: SparseIndex::new(config.index_interval_bytes),
         end: base,
         end_pos: SEGMENT_HEADER_LEN,
     };
@@ -650,25 +649,18 @@ impl LogWriter {
         let payloads: Vec<&[u8]> = batch.iter().map(|(_, _, p)| p.as_slice()).collect();
         let positions = self.writer.append(&payloads)?;
         self.writer.sync()?;
-        let mut index_points = Vec::new();
         for (pos, (base, count, _)) in positions.iter().zip(batch) {
-            if self.active.index.is_empty() && index_points.is_empty()
-                || *pos
-                    >= self
-                        .last_index_pos
-                        .saturating_add(self.config.index_interval_bytes)
-            {
-                index_points.push((*base, *pos));
-                self.last_index_pos = *pos;
-            }
+            self.active.index.note(base.0, *pos);
             self.active.end = Offset(base.0 + u64::from(*count));
         }
         self.active.end_pos = self.writer.end();
         self.durable = self.active.end;
-        self.active.index.extend_from_slice(&index_points);
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         if let Some(last) = segments.last_mut() {
-            last.index.append(&mut index_points);
+            // The readers' copy takes the same points (it was equal to `active` before).
+            for (pos, (base, _, _)) in positions.iter().zip(batch) {
+                last.index.note(base.0, *pos);
+            }
             last.end = self.active.end;
             last.end_pos = self.active.end_pos;
         }
@@ -692,7 +684,6 @@ impl LogWriter {
         self.manifest.write(state)?;
         self.active = view.clone();
         self.writer = writer;
-        self.last_index_pos = 0;
         self.segments
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -834,8 +825,9 @@ impl LogReader {
         Ok(out)
     }
 
-    /// The segment holding `offset` and the byte position to start scanning from.
-    fn locate(&self, offset: Offset) -> Option<(SegmentView, u64)> {
+    /// The segment holding `offset` (without its index) and the byte position to start
+    /// scanning from.
+    fn locate(&self, offset: Offset) -> Option<(Located, u64)> {
         let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
         let idx = segments
             .partition_point(|s| s.base <= offset)
@@ -844,11 +836,17 @@ impl LogReader {
         if offset >= view.end {
             return None;
         }
-        let point = view.index.partition_point(|(o, _)| *o <= offset);
-        let pos = point
-            .checked_sub(1)
-            .map_or(SEGMENT_HEADER_LEN, |i| view.index[i].1);
-        Some((view.clone(), pos))
+        let pos = view
+            .index
+            .seek(offset.0)
+            .map_or(SEGMENT_HEADER_LEN, |(_, pos)| pos);
+        let located = Located {
+            base: view.base,
+            path: view.path.clone(),
+            file: view.file.clone(),
+            end_pos: view.end_pos,
+        };
+        Some((located, pos))
     }
 }
 
