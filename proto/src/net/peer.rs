@@ -55,7 +55,7 @@ use crate::env::{
     check_envelope, rng_for, BoxFuture, PeerError, PeerErrorKind, PeerHandler, PeerLane,
     PeerRefusal, PeerRequest, PeerTransport,
 };
-use crate::frame::{Kind, HEADER_LEN};
+use crate::frame::{FrameHeader, Kind, HEADER_LEN};
 use crate::ids::{NodeId, Role};
 use crate::msg::{Message, PeerAnswer, PeerCall, PeerReply};
 use crate::PEER_ALPN;
@@ -759,40 +759,45 @@ async fn exchange(
     }
     let _ = send.finish();
     let deadline = Some(Duration::from_millis(inner.limits.frame_timeout_ms));
-    let protocol = |reason: String| {
-        PeerError::new(
-            PeerErrorKind::Protocol,
-            format!("call to node {to}: {reason}"),
-        )
-    };
-    let header = match read_header(&mut recv, lane.frame_bytes_max(), deadline).await {
-        Ok(Some(header)) => header,
-        Ok(None) => {
-            return Err(closed(NetError::Closed {
-                reason: "stream ended without a reply".to_owned(),
-            }))
-        }
-        Err(error @ NetError::Frame(_)) => return Err(protocol(error.to_string())),
-        Err(error) => return Err(closed(error)),
-    };
-    if header.kind != Kind::PeerReply {
-        return Err(protocol(format!(
-            "a {:?} frame instead of a reply",
-            header.kind
-        )));
-    }
-    let reply = match read_body(&mut recv, &header, deadline).await {
-        Ok(Message::PeerReply(reply)) => reply,
-        Ok(other) => return Err(protocol(format!("a {:?} instead of a reply", other.kind()))),
-        Err(error @ NetError::Frame(_)) => return Err(protocol(error.to_string())),
-        Err(error) => return Err(closed(error)),
-    };
+    let reply = read_reply(&mut recv, lane.frame_bytes_max(), deadline)
+        .await
+        .map_err(|(kind, reason)| PeerError::new(kind, format!("call to node {to}: {reason}")))?;
     match reply.answer {
         PeerAnswer::Body(body) => Ok(body),
         PeerAnswer::Refused(refusal) => Err(PeerError::new(
             PeerErrorKind::Remote(refusal.clone()),
             format!("node {to} refused the call: {refusal}"),
         )),
+    }
+}
+
+/// Reads the reply frame of a call, at most `frame_bytes_max` of body.
+async fn read_reply(
+    recv: &mut quinn::RecvStream,
+    frame_bytes_max: u32,
+    deadline: Option<Duration>,
+) -> Result<PeerReply, (PeerErrorKind, String)> {
+    let failed = |error: NetError| match error {
+        NetError::Frame(_) => (PeerErrorKind::Protocol, error.to_string()),
+        other => (PeerErrorKind::Closed, other.to_string()),
+    };
+    let header = read_header(recv, frame_bytes_max, deadline)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| {
+            let reason = "stream ended without a reply".to_owned();
+            (PeerErrorKind::Closed, reason)
+        })?;
+    if header.kind != Kind::PeerReply {
+        let reason = format!("a {:?} frame instead of a reply", header.kind);
+        return Err((PeerErrorKind::Protocol, reason));
+    }
+    match read_body(recv, &header, deadline).await.map_err(failed)? {
+        Message::PeerReply(reply) => Ok(reply),
+        other => {
+            let reason = format!("a {:?} instead of a reply", other.kind());
+            Err((PeerErrorKind::Protocol, reason))
+        }
     }
 }
 
@@ -1050,6 +1055,10 @@ async fn serve_connection(inner: Arc<Inner>, link: Arc<PeerLink>, connection: Ar
     }
 }
 
+fn stop(recv: &mut quinn::RecvStream) {
+    let _ = recv.stop(quinn::VarInt::from_u32(STREAM_FRAME_ERROR));
+}
+
 /// Serves one call: reads the request within the lane's bounds (refusing, unread, what does not
 /// fit), checks its envelope, runs the handler, writes the reply.
 async fn serve_call(
@@ -1059,77 +1068,23 @@ async fn serve_call(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let limits = &inner.limits;
-    let deadline = Some(Duration::from_millis(limits.frame_timeout_ms));
-    let largest = limits
-        .lane(PeerLane::Control)
-        .frame_bytes_max()
-        .max(limits.lane(PeerLane::Bulk).frame_bytes_max());
-    let stop = |recv: &mut quinn::RecvStream| {
-        let _ = recv.stop(quinn::VarInt::from_u32(STREAM_FRAME_ERROR));
+    let deadline = Some(Duration::from_millis(inner.limits.frame_timeout_ms));
+    let Some((lane, header)) = read_call_header(&inner, peer, &mut recv).await else {
+        return;
     };
-    let header = match read_header(&mut recv, largest, deadline).await {
-        Ok(Some(header)) => header,
-        Ok(None) => return,
-        Err(error) => {
-            warn!(peer_id = %peer, %error, "bad peer request frame");
+    let (request_id, answer) = match take_place(&inner, &connection, peer, lane, &header) {
+        Err(refusal) => {
             stop(&mut recv);
-            return;
+            (0, PeerAnswer::Refused(refusal))
         }
-    };
-    let lane = match header.kind {
-        Kind::PeerControlCall => PeerLane::Control,
-        Kind::PeerBulkCall => PeerLane::Bulk,
-        other => {
-            warn!(peer_id = %peer, kind = ?other, "not a peer call; stream closed");
-            stop(&mut recv);
-            return;
-        }
-    };
-    let lane_limits = limits.lane(lane);
-    let refuse_unread = |refusal: PeerRefusal| PeerAnswer::Refused(refusal);
-    let mut answer = None;
-    if header.body_len > lane_limits.frame_bytes_max() {
-        let text = format!(
-            "{lane:?} frame of {} bytes exceeds the lane's bound of {}",
-            header.body_len,
-            lane_limits.frame_bytes_max()
-        );
-        answer = Some(refuse_unread(PeerRefusal::Handler(text)));
-    }
-    let serving = match connection.serving[lane_idx(lane)]
-        .clone()
-        .try_acquire_owned()
-    {
-        Ok(permit) => Some(permit),
-        Err(_) => {
-            answer.get_or_insert(refuse_unread(PeerRefusal::Overloaded));
-            None
-        }
-    };
-    let bytes = HEADER_LEN as u64 + u64::from(header.body_len);
-    let held = match answer {
-        Some(_) => None,
-        None => {
-            let held =
-                Held::try_reserve_from(&inner.pools(&connection, lane), Budget::Request, bytes);
-            if held.is_none() {
-                debug!(peer_id = %peer, ?lane, bytes, "peer byte budget spent; refused as overloaded");
-                answer = Some(refuse_unread(PeerRefusal::Overloaded));
-            }
-            held
-        }
-    };
-    let (request_id, answer) = match answer {
-        Some(refusal) => {
-            stop(&mut recv);
-            (0, refusal)
-        }
-        None => match read_body(&mut recv, &header, deadline).await {
+        Ok((serving, held)) => match read_body(&mut recv, &header, deadline).await {
             Ok(Message::PeerControlCall(call) | Message::PeerBulkCall(call)) => {
                 let request_id = call.request_id;
                 let answer = handle(&inner, peer, lane, call).await;
                 drop(held);
+                // The place is free before the reply can reach the sender, so a sender at its
+                // in-flight bound never finds the place still taken by a call it saw answered.
+                drop(serving);
                 (request_id, answer)
             }
             Ok(_) => return,
@@ -1140,10 +1095,7 @@ async fn serve_call(
             }
         },
     };
-    // The place is free before the reply can reach the sender, so a sender at its in-flight
-    // bound never finds the place still taken by a call it saw answered.
-    drop(serving);
-    let bytes = encode_reply(request_id, answer, lane_limits);
+    let bytes = encode_reply(request_id, answer, inner.limits.lane(lane));
     let pools = inner.pools(&connection, lane);
     let _answer_held = Held::reserve_from(&pools, Budget::Answer, bytes.len() as u64).await;
     if let Err(error) = send.write_chunk(bytes.into()).await {
@@ -1153,6 +1105,72 @@ async fn serve_call(
     let _ = send.finish();
     // The answer's bytes stay held until the peer acknowledged them (or the stream failed).
     let _ = send.stopped().await;
+}
+
+/// Reads a call's frame header, whose kind is its lane; `None` (the stream stopped) for
+/// anything else.
+async fn read_call_header(
+    inner: &Inner,
+    peer: NodeId,
+    recv: &mut quinn::RecvStream,
+) -> Option<(PeerLane, FrameHeader)> {
+    let limits = &inner.limits;
+    let deadline = Some(Duration::from_millis(limits.frame_timeout_ms));
+    let largest = limits
+        .lane(PeerLane::Control)
+        .frame_bytes_max()
+        .max(limits.lane(PeerLane::Bulk).frame_bytes_max());
+    let header = match read_header(recv, largest, deadline).await {
+        Ok(Some(header)) => header,
+        Ok(None) => return None,
+        Err(error) => {
+            warn!(peer_id = %peer, %error, "bad peer request frame");
+            stop(recv);
+            return None;
+        }
+    };
+    let lane = match header.kind {
+        Kind::PeerControlCall => PeerLane::Control,
+        Kind::PeerBulkCall => PeerLane::Bulk,
+        other => {
+            warn!(peer_id = %peer, kind = ?other, "not a peer call; stream closed");
+            stop(recv);
+            return None;
+        }
+    };
+    Some((lane, header))
+}
+
+/// Takes the call's place among the connection's calls of its lane and holds its bytes from
+/// the lane's budget, or refuses it without waiting: too large for the lane, or `Overloaded`.
+fn take_place(
+    inner: &Inner,
+    connection: &PeerConnection,
+    peer: NodeId,
+    lane: PeerLane,
+    header: &FrameHeader,
+) -> Result<(OwnedSemaphorePermit, Held), PeerRefusal> {
+    let frame_bytes_max = inner.limits.lane(lane).frame_bytes_max();
+    if header.body_len > frame_bytes_max {
+        return Err(PeerRefusal::Handler(format!(
+            "{lane:?} frame of {} bytes exceeds the lane's bound of {frame_bytes_max}",
+            header.body_len
+        )));
+    }
+    let Ok(serving) = connection.serving[lane_idx(lane)]
+        .clone()
+        .try_acquire_owned()
+    else {
+        debug!(peer_id = %peer, ?lane, "peer calls in flight at the bound; refused as overloaded");
+        return Err(PeerRefusal::Overloaded);
+    };
+    let bytes = HEADER_LEN as u64 + u64::from(header.body_len);
+    let pools = inner.pools(connection, lane);
+    let Some(held) = Held::try_reserve_from(&pools, Budget::Request, bytes) else {
+        debug!(peer_id = %peer, ?lane, bytes, "peer byte budget spent; refused as overloaded");
+        return Err(PeerRefusal::Overloaded);
+    };
+    Ok((serving, held))
 }
 
 /// Runs the transport's envelope check, then the handler.
