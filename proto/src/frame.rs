@@ -29,11 +29,17 @@ pub enum Kind {
     MetadataResponse = 6,
     /// [`crate::msg::ErrorResponse`]
     Error = 7,
+    /// [`crate::msg::PeerCall`] on the control lane (peer ALPN only).
+    PeerControlCall = 8,
+    /// [`crate::msg::PeerCall`] on the bulk lane (peer ALPN only).
+    PeerBulkCall = 9,
+    /// [`crate::msg::PeerReply`] (peer ALPN only).
+    PeerReply = 10,
 }
 
 impl Kind {
     /// Every kind, in number order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
         Kind::ProduceRequest,
         Kind::ProduceResponse,
         Kind::FetchRequest,
@@ -41,6 +47,9 @@ impl Kind {
         Kind::MetadataRequest,
         Kind::MetadataResponse,
         Kind::Error,
+        Kind::PeerControlCall,
+        Kind::PeerBulkCall,
+        Kind::PeerReply,
     ];
 
     /// The kind with this number, if any.
@@ -162,6 +171,8 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
         Message::MetadataRequest(m) => codec::encode_into(m, &mut out),
         Message::MetadataResponse(m) => codec::encode_into(m, &mut out),
         Message::Error(m) => codec::encode_into(m, &mut out),
+        Message::PeerControlCall(m) | Message::PeerBulkCall(m) => codec::encode_into(m, &mut out),
+        Message::PeerReply(m) => codec::encode_into(m, &mut out),
     }?;
     let body_len =
         u32::try_from(out.len() - HEADER_LEN).map_err(|_| EncodeError::too_large(out.len()))?;
@@ -186,6 +197,9 @@ pub fn decode_body(kind: Kind, body: &[u8]) -> Result<Message, FrameError> {
         Kind::MetadataRequest => Message::MetadataRequest(codec::decode(body).map_err(wrap)?),
         Kind::MetadataResponse => Message::MetadataResponse(codec::decode(body).map_err(wrap)?),
         Kind::Error => Message::Error(codec::decode(body).map_err(wrap)?),
+        Kind::PeerControlCall => Message::PeerControlCall(codec::decode(body).map_err(wrap)?),
+        Kind::PeerBulkCall => Message::PeerBulkCall(codec::decode(body).map_err(wrap)?),
+        Kind::PeerReply => Message::PeerReply(codec::decode(body).map_err(wrap)?),
     })
 }
 

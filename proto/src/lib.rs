@@ -43,3 +43,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 /// ALPN identifier for [`PROTOCOL_VERSION`]; a peer offering anything else is refused.
 pub const ALPN: &[u8] = b"sluice/1";
+
+/// ALPN identifier of the node-to-node protocol (`proto::net::peer`), served on the same listener
+/// as [`ALPN`]; only node certificates of the cluster are admitted on it.
+pub const PEER_ALPN: &[u8] = b"sluice-peer/1";

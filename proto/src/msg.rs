@@ -4,6 +4,7 @@
 //! These layouts are released: never reorder, remove or retype a field, and only append enum
 //! variants. `proto/tests/golden/` freezes their bytes.
 
+use crate::env::peer::{PeerEnvelope, PeerRefusal};
 use crate::event::{Record, StoredEvent};
 use crate::frame::Kind;
 use crate::ids::{Offset, PartitionId, StreamName};
@@ -292,6 +293,37 @@ pub struct ErrorResponse {
     pub message: String,
 }
 
+/// One node-to-node request on the peer protocol (ALPN [`crate::PEER_ALPN`]). Its lane is its
+/// frame kind ([`Kind::PeerControlCall`] or [`Kind::PeerBulkCall`]), so a receiver knows the
+/// lane's size bound and byte budget from the 12-byte header, before it reads the body.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PeerCall {
+    /// Correlation id, echoed in the reply.
+    pub request_id: u64,
+    /// Who the request is from and for.
+    pub envelope: PeerEnvelope,
+    /// What the group's handler decodes.
+    pub body: Vec<u8>,
+}
+
+/// How a peer answered a [`PeerCall`]. Append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum PeerAnswer {
+    /// The handler's response body.
+    Body(Vec<u8>),
+    /// The receiver refused the request without (or instead of) an answer.
+    Refused(PeerRefusal),
+}
+
+/// The answer to one [`PeerCall`].
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PeerReply {
+    /// The call's `request_id`.
+    pub request_id: u64,
+    /// The answer.
+    pub answer: PeerAnswer,
+}
+
 /// Any message that travels in a frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
@@ -309,6 +341,12 @@ pub enum Message {
     MetadataResponse(MetadataResponse),
     /// See [`ErrorResponse`].
     Error(ErrorResponse),
+    /// A [`PeerCall`] on the control lane.
+    PeerControlCall(PeerCall),
+    /// A [`PeerCall`] on the bulk lane.
+    PeerBulkCall(PeerCall),
+    /// See [`PeerReply`].
+    PeerReply(PeerReply),
 }
 
 impl Message {
@@ -322,6 +360,9 @@ impl Message {
             Message::MetadataRequest(_) => Kind::MetadataRequest,
             Message::MetadataResponse(_) => Kind::MetadataResponse,
             Message::Error(_) => Kind::Error,
+            Message::PeerControlCall(_) => Kind::PeerControlCall,
+            Message::PeerBulkCall(_) => Kind::PeerBulkCall,
+            Message::PeerReply(_) => Kind::PeerReply,
         }
     }
 
@@ -335,6 +376,8 @@ impl Message {
             Message::MetadataRequest(m) => m.request_id,
             Message::MetadataResponse(m) => m.request_id,
             Message::Error(m) => m.request_id,
+            Message::PeerControlCall(m) | Message::PeerBulkCall(m) => m.request_id,
+            Message::PeerReply(m) => m.request_id,
         }
     }
 }

@@ -8,12 +8,14 @@
 //! rewritten by the test.
 
 use sluice_proto::codec;
+use sluice_proto::env::{PeerEnvelope, PeerGroup, PeerRefusal};
 use sluice_proto::frame;
 use sluice_proto::msg::{
     Durability, ErrorCode, ErrorResponse, FetchFrom, FetchRequest, FetchResponse, Message,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RecordOutcome,
-    RecordRejection,
+    MetadataRequest, MetadataResponse, PeerAnswer, PeerCall, PeerReply, ProduceRequest,
+    ProduceResponse, RecordOutcome, RecordRejection,
 };
+use sluice_proto::NodeId;
 use sluice_proto::{
     BootEpoch, DropReason, Event, Identity, Offset, PartitionId, Payload, Reading, Record, Role,
     SensorId, StoredEvent, StreamName, UnixMillis,
@@ -328,7 +330,10 @@ fn message_cases() -> Vec<(String, Message)> {
             | Message::FetchResponse(_)
             | Message::MetadataRequest(_)
             | Message::MetadataResponse(_)
-            | Message::Error(_) => {}
+            | Message::Error(_)
+            | Message::PeerControlCall(_)
+            | Message::PeerBulkCall(_)
+            | Message::PeerReply(_) => {}
         }
         cases.push((name, msg));
     };
@@ -391,6 +396,7 @@ fn message_cases() -> Vec<(String, Message)> {
             n_partitions: 16,
         }),
     );
+    add_peer_cases(&mut add);
     for code in ErrorCode::ALL {
         let message = format!("{} for request 6", error_code_name(code).replace('_', " "));
         add(
@@ -403,6 +409,101 @@ fn message_cases() -> Vec<(String, Message)> {
         );
     }
     cases
+}
+
+/// Every peer group, with its fixture name.
+fn peer_groups() -> Vec<(&'static str, PeerGroup)> {
+    vec![
+        ("node", PeerGroup::Node),
+        ("metadata", PeerGroup::Metadata),
+        (
+            "partition",
+            PeerGroup::Partition {
+                stream: stream(),
+                partition: PartitionId(70_000),
+            },
+        ),
+    ]
+}
+
+/// Every peer refusal, with its fixture name.
+fn peer_refusals() -> Vec<(&'static str, PeerRefusal)> {
+    let refusals = vec![
+        PeerRefusal::WrongCluster {
+            got: "staging".into(),
+            ours: "prod".into(),
+        },
+        PeerRefusal::WrongNode {
+            from: NodeId(1),
+            to: NodeId(3),
+            receiver: NodeId(2),
+            authenticated: NodeId(u64::MAX),
+        },
+        PeerRefusal::UnknownGroup,
+        PeerRefusal::StaleIncarnation {
+            got: 4,
+            current: 70_000,
+        },
+        PeerRefusal::Overloaded,
+        PeerRefusal::Handler("body does not decode".into()),
+    ];
+    refusals
+        .into_iter()
+        .map(|refusal| {
+            // A new refusal must get a fixture here.
+            let name = match &refusal {
+                PeerRefusal::WrongCluster { .. } => "wrong_cluster",
+                PeerRefusal::WrongNode { .. } => "wrong_node",
+                PeerRefusal::UnknownGroup => "unknown_group",
+                PeerRefusal::StaleIncarnation { .. } => "stale_incarnation",
+                PeerRefusal::Overloaded => "overloaded",
+                PeerRefusal::Handler(_) => "handler",
+            };
+            (name, refusal)
+        })
+        .collect()
+}
+
+/// The peer protocol's messages: a call of each group on each lane, a reply with a body and one
+/// with each refusal.
+fn add_peer_cases(add: &mut impl FnMut(String, Message)) {
+    for (name, group) in peer_groups() {
+        let call = PeerCall {
+            request_id: 300,
+            envelope: PeerEnvelope {
+                cluster: "prod".into(),
+                from: NodeId(1),
+                to: NodeId(70_000),
+                group,
+                incarnation: u64::MAX,
+            },
+            body: vec![0, 1, 0xfe, 0xff],
+        };
+        add(
+            format!("peer_control_call_{name}"),
+            Message::PeerControlCall(call.clone()),
+        );
+        add(
+            format!("peer_bulk_call_{name}"),
+            Message::PeerBulkCall(call),
+        );
+    }
+    add(
+        "peer_reply_body".into(),
+        Message::PeerReply(PeerReply {
+            request_id: 300,
+            answer: PeerAnswer::Body(vec![7; 3]),
+        }),
+    );
+    for (name, refusal) in peer_refusals() {
+        add(
+            format!("peer_reply_refused_{name}"),
+            Message::PeerReply(PeerReply {
+                request_id: 301,
+                answer: PeerAnswer::Refused(refusal),
+            }),
+        );
+    }
 }
 
 /// Every stored-event case, named `event_<payload>`.

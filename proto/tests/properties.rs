@@ -15,15 +15,16 @@ use proptest::test_runner::TestRunner;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_proto::codec::{self, DecodeError};
+use sluice_proto::env::{PeerEnvelope, PeerGroup, PeerRefusal};
 use sluice_proto::frame::{self, FrameError, FrameHeader, Kind, HEADER_LEN, MAGIC};
 use sluice_proto::msg::{
     Durability, ErrorCode, ErrorResponse, FetchFrom, FetchRequest, FetchResponse, Message,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RecordOutcome,
-    RecordRejection,
+    MetadataRequest, MetadataResponse, PeerAnswer, PeerCall, PeerReply, ProduceRequest,
+    ProduceResponse, RecordOutcome, RecordRejection,
 };
 use sluice_proto::{
-    BootEpoch, DropReason, Event, Identity, Offset, PartitionId, Payload, Reading, Record, Role,
-    SensorId, StoredEvent, StreamName, UnixMillis, PROTOCOL_VERSION,
+    BootEpoch, DropReason, Event, Identity, NodeId, Offset, PartitionId, Payload, Reading, Record,
+    Role, SensorId, StoredEvent, StreamName, UnixMillis, PROTOCOL_VERSION,
 };
 
 /// The frame body bound used where the test does not vary it.
@@ -304,7 +305,72 @@ fn message() -> impl Strategy<Value = Message> {
                 message
             }
         )),
+        peer_message(),
     ]
+}
+
+/// Any message of the peer protocol, boxed (the union of every message is deep enough already
+/// to overflow a test thread's stack in debug builds).
+fn peer_message() -> BoxedStrategy<Message> {
+    prop_oneof![
+        (
+            varint(),
+            peer_envelope(),
+            vec(any::<u8>(), 0..64),
+            any::<bool>()
+        )
+            .prop_map(|(request_id, envelope, body, bulk)| {
+                let call = PeerCall {
+                    request_id,
+                    envelope,
+                    body,
+                };
+                match bulk {
+                    true => Message::PeerBulkCall(call),
+                    false => Message::PeerControlCall(call),
+                }
+            }),
+        (varint(), vec(any::<u8>(), 0..64), text(), varint()).prop_map(
+            |(request_id, body, reason, n)| {
+                let answer = match n % 3 {
+                    0 => PeerAnswer::Body(body),
+                    1 => PeerAnswer::Refused(PeerRefusal::Handler(reason)),
+                    _ => PeerAnswer::Refused(PeerRefusal::StaleIncarnation { got: n, current: 1 }),
+                };
+                Message::PeerReply(PeerReply { request_id, answer })
+            }
+        ),
+    ]
+    .boxed()
+}
+
+/// Any peer envelope.
+fn peer_envelope() -> impl Strategy<Value = PeerEnvelope> {
+    (
+        text(),
+        varint(),
+        varint(),
+        stream_name(),
+        small_u32(),
+        varint(),
+        0..3u8,
+    )
+        .prop_map(
+            |(cluster, from, to, stream, partition, incarnation, group)| PeerEnvelope {
+                cluster,
+                from: NodeId(from),
+                to: NodeId(to),
+                group: match group {
+                    0 => PeerGroup::Node,
+                    1 => PeerGroup::Metadata,
+                    _ => PeerGroup::Partition {
+                        stream,
+                        partition: PartitionId(partition),
+                    },
+                },
+                incarnation,
+            },
+        )
 }
 
 /// One edit of a valid frame.

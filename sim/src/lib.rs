@@ -14,8 +14,9 @@
 //! them offline for simulated days. The edge no-silent-gaps checker compares the log with its
 //! own record of what each agent accepted and how each boot ended ([`edge_ledger`]).
 //!
-//! It does not yet simulate a network between nodes, several nodes, bit flips, full disks or
-//! `fdatasync` failures on an edge's disk: those arrive with the cluster work.
+//! [`peer_link`] is the simulated network between nodes (a `PeerTransport` with loss,
+//! duplication, reordering, delay and partitions), but no run uses it yet: runs have one node,
+//! and their RNG draws are unchanged.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
@@ -30,6 +31,7 @@ pub mod history;
 pub mod invariants;
 pub mod link;
 pub mod logging;
+pub mod peer_link;
 pub mod run;
 pub mod scenario;
 pub mod settings;

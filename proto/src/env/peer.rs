@@ -10,9 +10,10 @@
 //! Requests travel on one of two [`PeerLane`]s, each with its own bounded queue per peer, so bulk
 //! replication and segment transfer can never delay a vote or a heartbeat behind them.
 //!
-//! Implementations: QUIC + mTLS on the node's listener in production (only
-//! `sluice://<cluster>/node/<id>` certificates are admitted on the peer protocol), and the
-//! simulator's link with loss, delay, duplication, reordering and partitions.
+//! Implementations: QUIC + mTLS on the node's listener in production (`net::QuicPeerTransport`;
+//! only `sluice://<cluster>/node/<id>` certificates are admitted on the peer protocol), and the
+//! simulator's link with loss, delay, duplication, reordering and partitions
+//! (`sluice_sim::peer_link`). The wire messages are `msg::PeerCall` and `msg::PeerReply`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -136,6 +137,8 @@ pub enum PeerErrorKind {
     Remote(PeerRefusal),
     /// The peer sent something the protocol does not allow, or a frame did not decode.
     Protocol,
+    /// The request's body exceeds its lane's bound (configuration); split it or send less.
+    TooLarge,
 }
 
 /// A peer transport failure, with a message naming the peer and what failed.

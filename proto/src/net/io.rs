@@ -129,6 +129,8 @@ pub fn encode_frame_into(
         Message::MetadataRequest(m) => codec::encode_into(m, out),
         Message::MetadataResponse(m) => codec::encode_into(m, out),
         Message::Error(m) => codec::encode_into(m, out),
+        Message::PeerControlCall(m) | Message::PeerBulkCall(m) => codec::encode_into(m, out),
+        Message::PeerReply(m) => codec::encode_into(m, out),
     };
     let body_len = out.len() - start - HEADER_LEN;
     let checked = match encoded {
@@ -170,10 +172,13 @@ pub fn set_request_id(message: &mut Message, request_id: u64) {
         Message::MetadataRequest(m) => m.request_id = request_id,
         Message::MetadataResponse(m) => m.request_id = request_id,
         Message::Error(m) => m.request_id = request_id,
+        Message::PeerControlCall(m) | Message::PeerBulkCall(m) => m.request_id = request_id,
+        Message::PeerReply(m) => m.request_id = request_id,
     }
 }
 
-/// True for the messages a client may send to a server.
+/// True for the messages a client may send to a server on the client protocol (peer calls are
+/// not: they travel only on connections of the peer protocol).
 pub fn is_request(message: &Message) -> bool {
     matches!(
         message,

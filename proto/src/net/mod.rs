@@ -6,24 +6,34 @@
 //! - [`io`] reads and writes frames on QUIC streams, checking the body length before allocating.
 //! - [`server`] accepts connections (handshakes in progress bounded apart from authenticated
 //!   connections, which are bounded per node and per identity), authenticates the peer's
-//!   identity and role, and runs a [`server::Handler`] for every request, pipelined per stream.
+//!   identity and role, and runs a [`server::Handler`] for every request, pipelined per stream;
+//!   [`server::serve_with_peers`] also hands connections of the peer protocol to [`peer`].
 //! - [`client`] connects to the first reachable node and pipelines requests over one stream.
 //! - [`transport`] is the real [`crate::env::Transport`]: a client per connection, rotating
 //!   through the node addresses on reconnect.
+//! - [`peer`] is the real [`crate::env::PeerTransport`]: node-to-node calls on the same
+//!   listener under ALPN [`crate::PEER_ALPN`], one connection per node pair, two lanes.
 //!
 //! Identities come from certificates only (URI SAN `sluice://<cluster>/<role>/<name>`); nothing
-//! here trusts an identity claimed in a payload. This layer does not retry requests or reconnect
-//! after a connection is lost: callers decide, because only they know what is idempotent.
+//! here trusts an identity claimed in a payload. The client layer does not retry requests or
+//! reconnect after a connection is lost: callers decide, because only they know what is
+//! idempotent. The peer transport reconnects (it owns one connection per peer), but never
+//! retries a request either.
 
 pub mod client;
 pub mod io;
+pub mod peer;
 pub mod server;
 pub mod tls;
 pub mod transport;
 
 pub use client::{Client, ClientSettings};
 pub use io::{read_frame, write_frame};
-pub use server::{serve, serve_with_gauges, Handler, ServerGauges, ServerLimits, ServerStats};
+pub use peer::{PeerAcceptor, PeerLimits, QuicPeerTransport};
+pub use server::{
+    serve, serve_with_gauges, serve_with_peers, ClientSide, Handler, ServerGauges, ServerLimits,
+    ServerStats,
+};
 pub use tls::{client_config, peer_identity, server_config, TlsMaterial};
 pub use transport::QuicTransport;
 
@@ -46,6 +56,15 @@ pub const CLOSE_BAD_IDENTITY: u32 = 4;
 pub const CLOSE_BUSY: u32 = 5;
 /// Application close code: the peer's identity holds `connections_per_identity_max` already.
 pub const CLOSE_IDENTITY_LIMIT: u32 = 6;
+/// Application close code (peer protocol): the dialing node is not in this node's address book.
+pub const CLOSE_PEER_UNKNOWN: u32 = 7;
+/// Application close code (peer protocol): the node with the lower id dials; a dial from the
+/// higher one only asks it to (see [`peer`]).
+pub const CLOSE_PEER_LOWER_DIALS: u32 = 8;
+/// Application close code (peer protocol): the node was removed from the address book.
+pub const CLOSE_PEER_REMOVED: u32 = 9;
+/// Application close code (peer protocol): a newer connection of the node pair replaced this one.
+pub const CLOSE_PEER_REPLACED: u32 = 10;
 /// Stream error code (reset or stop) after a frame error.
 pub const STREAM_FRAME_ERROR: u32 = 1;
 

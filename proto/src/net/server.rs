@@ -24,6 +24,7 @@
 //! retries (a client retries on a new stream or connection).
 
 use super::io::{encode_frame_into, is_request, read_body, read_header, set_request_id};
+use super::peer::PeerAcceptor;
 use super::tls::connection_identity;
 use super::{
     describe_connection_error, frame_error_code, NetError, CLOSE_BAD_IDENTITY, CLOSE_BUSY,
@@ -337,6 +338,7 @@ impl Drop for ConnectionSlot {
 /// What every connection task of one server shares.
 struct Shared {
     cluster: String,
+    peers: Option<PeerAcceptor>,
     allowed_roles: Vec<Role>,
     handler: Arc<dyn Handler>,
     limits: ServerLimits,
@@ -466,8 +468,47 @@ pub async fn serve_with_gauges(
     handler: Arc<dyn Handler>,
     limits: ServerLimits,
     gauges: Arc<ServerGauges>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let clients = ClientSide {
+        allowed_roles,
+        handler,
+        limits,
+        gauges,
+    };
+    serve_with_peers(endpoint, cluster, clients, None, shutdown).await
+}
+
+/// The client protocol's side of a server: who may connect, what serves them, their bounds.
+pub struct ClientSide {
+    /// The roles admitted on the client protocol ([`crate::ALPN`]).
+    pub allowed_roles: Vec<Role>,
+    /// What serves their requests.
+    pub handler: Arc<dyn Handler>,
+    /// Their bounds.
+    pub limits: ServerLimits,
+    /// Where what they hold is counted.
+    pub gauges: Arc<ServerGauges>,
+}
+
+/// [`serve_with_gauges`], and connections of the peer protocol ([`crate::PEER_ALPN`]) on the
+/// same endpoint handed to `peers` (a [`super::peer::QuicPeerTransport`]'s acceptor) once their
+/// handshake is done. Without `peers`, a peer connection is closed with a reason. Peer
+/// connections do not take client connection slots: only nodes in the address book are
+/// admitted, one connection each.
+pub async fn serve_with_peers(
+    endpoint: quinn::Endpoint,
+    cluster: String,
+    clients: ClientSide,
+    peers: Option<PeerAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ClientSide {
+        allowed_roles,
+        handler,
+        limits,
+        gauges,
+    } = clients;
     let local = endpoint
         .local_addr()
         .map(|a| a.to_string())
@@ -478,6 +519,7 @@ pub async fn serve_with_gauges(
     let answer_bytes = Arc::new(Semaphore::new(permits(limits.answer_bytes_max)));
     let shared = Arc::new(Shared {
         cluster,
+        peers,
         allowed_roles,
         handler,
         connections: Arc::new(Semaphore::new(limits.connections_max as usize)),
@@ -554,6 +596,20 @@ async fn serve_connection(
         return;
     };
     drop(place);
+    if super::peer::is_peer_protocol(&connection) {
+        match &shared.peers {
+            Some(peers) => peers.accept(connection, remote),
+            None => {
+                let reason = "the peer protocol is not served on this listener";
+                warn!(%remote, reason, "connection refused");
+                connection.close(
+                    quinn::VarInt::from_u32(CLOSE_ROLE_NOT_ALLOWED),
+                    reason.as_bytes(),
+                );
+            }
+        }
+        return;
+    }
     let Some((peer, _slot)) = admit(&shared, &connection, remote) else {
         return;
     };
@@ -685,7 +741,7 @@ struct ConnectionBudgets {
 }
 
 /// Semaphore permits standing for a byte budget (tokio's limit is far above any memory).
-fn permits(bytes: u64) -> usize {
+pub(super) fn permits(bytes: u64) -> usize {
     usize::try_from(bytes)
         .unwrap_or(usize::MAX)
         .min(Semaphore::MAX_PERMITS)
@@ -693,7 +749,7 @@ fn permits(bytes: u64) -> usize {
 
 /// Which byte budget a [`Held`] is from.
 #[derive(Clone, Copy, Debug)]
-enum Budget {
+pub(super) enum Budget {
     Request,
     Answer,
 }
@@ -715,8 +771,26 @@ impl ServerGauges {
     }
 }
 
+/// The two byte pools one reservation draws from: a connection's and the node's.
+pub(super) struct BytePools<'a> {
+    /// Where the reservation is counted.
+    pub(super) gauges: &'a Arc<ServerGauges>,
+    /// The connection's pool.
+    pub(super) connection: &'a Arc<Semaphore>,
+    /// The node's pool.
+    pub(super) node: &'a Arc<Semaphore>,
+    /// The smaller pool's size: a larger reservation is cut to it.
+    pub(super) cap: u64,
+}
+
+impl BytePools<'_> {
+    fn permits_for(&self, bytes: u64) -> u32 {
+        bytes.min(self.cap).min(u64::from(u32::MAX)) as u32
+    }
+}
+
 /// Bytes held from one connection's budget and the node's at once; released when dropped.
-struct Held {
+pub(super) struct Held {
     connection: OwnedSemaphorePermit,
     node: OwnedSemaphorePermit,
     gauges: Arc<ServerGauges>,
@@ -746,11 +820,23 @@ impl Held {
                 shared.limits.answer_bytes_max,
             ),
         };
-        let n = bytes
-            .min(connection_max)
-            .min(node_max)
-            .min(u64::from(u32::MAX)) as u32;
-        let gauges = &shared.gauges;
+        let pools = BytePools {
+            gauges: &shared.gauges,
+            connection,
+            node,
+            cap: connection_max.min(node_max),
+        };
+        Held::reserve_from(&pools, budget, bytes).await
+    }
+
+    /// [`Held::reserve`] from any pair of pools (the peer transport's per-lane budgets too).
+    pub(super) async fn reserve_from(
+        pools: &BytePools<'_>,
+        budget: Budget,
+        bytes: u64,
+    ) -> Option<Held> {
+        let n = pools.permits_for(bytes);
+        let gauges = pools.gauges;
         let (current, peak, paused) = gauges.held(budget);
         // A reservation that has to wait is counted once, when it finds a budget spent (trying
         // first, so a budget taken between a look and the wait is counted too).
@@ -772,8 +858,8 @@ impl Held {
                     semaphore.clone().acquire_many_owned(n).await.ok()
                 }
             };
-        let connection = acquire(connection).await?;
-        let node = acquire(node).await?;
+        let connection = acquire(pools.connection).await?;
+        let node = acquire(pools.node).await?;
         gauges.add_with_peak(current, peak, u64::from(n));
         Some(Held {
             connection,
@@ -783,7 +869,39 @@ impl Held {
         })
     }
 
-    fn bytes(&self) -> usize {
+    /// Holds `bytes` from both pools if they fit now; never waits. For a reader that must not
+    /// leave data unread in the connection's flow-control window (the peer transport, where a
+    /// bulk stream waiting for a budget could otherwise hold up a vote behind it).
+    pub(super) fn try_reserve_from(
+        pools: &BytePools<'_>,
+        budget: Budget,
+        bytes: u64,
+    ) -> Option<Held> {
+        let n = pools.permits_for(bytes);
+        let gauges = pools.gauges;
+        let (current, peak, paused) = gauges.held(budget);
+        let taken = pools
+            .connection
+            .clone()
+            .try_acquire_many_owned(n)
+            .and_then(|connection| {
+                let node = pools.node.clone().try_acquire_many_owned(n)?;
+                Ok((connection, node))
+            });
+        let Ok((connection, node)) = taken else {
+            gauges.bump(paused);
+            return None;
+        };
+        gauges.add_with_peak(current, peak, u64::from(n));
+        Some(Held {
+            connection,
+            node,
+            gauges: gauges.clone(),
+            budget,
+        })
+    }
+
+    pub(super) fn bytes(&self) -> usize {
         self.connection.num_permits()
     }
 

@@ -10,8 +10,9 @@
 
 use super::server::ServerLimits;
 use super::NetError;
+use crate::ids::NodeId;
 use crate::ids::{Identity, Role, IDENTITY_SCHEME};
-use crate::ALPN;
+use crate::{ALPN, PEER_ALPN};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -253,7 +254,8 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(material.chain.clone(), material.key.clone_key())
         .map_err(tls_error("own certificate and key"))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // The peer protocol shares the listener; `serve_with_peers` dispatches on the ALPN chosen.
+    tls.alpn_protocols = vec![ALPN.to_vec(), PEER_ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let quic =
         quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).map_err(|error| {
@@ -297,16 +299,9 @@ pub fn client_config(
     let verifier = Arc::new(NodeVerifier {
         inner,
         cluster: cluster.to_owned(),
+        node: None,
     });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_error("tls 1.3 with ring"))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(material.chain.clone(), material.key.clone_key())
-        .map_err(tls_error("own certificate and key"))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.enable_early_data = false;
+    let tls = client_tls(material, provider, verifier, ALPN)?;
     let quic =
         quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).map_err(|error| {
             NetError::Tls {
@@ -318,16 +313,70 @@ pub fn client_config(
     Ok(config)
 }
 
+/// A client configuration of the peer protocol ([`PEER_ALPN`]) for dialing node `node`: the
+/// server must present the certificate of `sluice://<cluster>/node/<node>` issued by the CA (and
+/// match the server name), checked during the handshake, so this node's own certificate is
+/// never shown to anyone else. `transport` carries the peer limits (streams the dialed node may
+/// open towards us, idle timeout).
+pub fn peer_client_config(
+    material: &TlsMaterial,
+    cluster: &str,
+    node: NodeId,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ClientConfig, NetError> {
+    let provider = provider();
+    let inner = WebPkiServerVerifier::builder_with_provider(roots(material)?, provider.clone())
+        .build()
+        .map_err(|error| NetError::Tls {
+            reason: format!("server certificate verifier: {error}"),
+        })?;
+    let verifier = Arc::new(NodeVerifier {
+        inner,
+        cluster: cluster.to_owned(),
+        node: Some(node.to_string()),
+    });
+    let tls = client_tls(material, provider, verifier, PEER_ALPN)?;
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).map_err(|error| {
+            NetError::Tls {
+                reason: format!("quic client: {error}"),
+            }
+        })?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+fn client_tls(
+    material: &TlsMaterial,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<NodeVerifier>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, NetError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error("tls 1.3 with ring"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(material.chain.clone(), material.key.clone_key())
+        .map_err(tls_error("own certificate and key"))?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.enable_early_data = false;
+    Ok(tls)
+}
+
 /// Why a server certificate was refused beyond what webpki checks.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct NotANode(String);
 
-/// The webpki server verifier plus the check that the server is a node of our cluster.
+/// The webpki server verifier plus the check that the server is a node of our cluster (and, when
+/// dialing a peer, the node the address book names).
 #[derive(Debug)]
 struct NodeVerifier {
     inner: Arc<WebPkiServerVerifier>,
     cluster: String,
+    node: Option<String>,
 }
 
 impl ServerCertVerifier for NodeVerifier {
@@ -362,6 +411,11 @@ impl ServerCertVerifier for NodeVerifier {
             return Err(refuse(format!(
                 "server certificate is {identity}, not of cluster {}",
                 self.cluster
+            )));
+        }
+        if let Some(node) = self.node.as_ref().filter(|node| **node != identity.name) {
+            return Err(refuse(format!(
+                "server certificate is {identity}, but the address book names node {node} there"
             )));
         }
         Ok(verified)
