@@ -887,6 +887,8 @@ async fn a_client_that_does_not_read_its_answers_is_not_read_from() {
     answered.sort_unstable();
     assert_eq!(answered, (1..=200).collect::<Vec<_>>());
     let done = within(server.gauges.wait_until(|s| s.answer_bytes == 0)).await;
-    assert!(done.answer_bytes_peak <= 2 * HELD, "{done:?}");
+    // The peak is node-wide: from the second client on, its answer may be held at the same
+    // time as the hoarder's, so the node-wide budget is the bound here.
+    assert!(done.answer_bytes_peak <= 3 * HELD, "{done:?}");
     assert!(done.reads_paused_for_answers_total >= 1, "{done:?}");
 }
