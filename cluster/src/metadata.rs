@@ -145,8 +145,9 @@ pub enum Command {
     },
 }
 
-/// What an applied command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an applied command did. Encoded (by the metadata group's state machine) as the answer
+/// to a proposal: variants and fields are append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Applied {
     /// The node is registered.
     NodeAdded,
@@ -184,8 +185,9 @@ pub enum Applied {
     },
 }
 
-/// Why a command was rejected (it changed nothing).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a command was rejected (it changed nothing). Encoded like [`Applied`]: variants and
+/// fields are append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, thiserror::Error)]
 pub enum MetadataError {
     /// `AddNode` for a node id that exists.
     #[error("node {0} already exists")]
@@ -212,7 +214,7 @@ pub enum MetadataError {
         /// The node.
         node: NodeId,
         /// How many partitions list it as a replica.
-        n_replicas: usize,
+        n_replicas: u64,
     },
     /// A command names a stream that does not exist.
     #[error("unknown stream {0}")]
@@ -221,7 +223,7 @@ pub enum MetadataError {
     #[error("invalid partition count {n_partitions} (1..={max})")]
     InvalidPartitionCount {
         /// Asked for.
-        n_partitions: usize,
+        n_partitions: u64,
         /// The bound.
         max: u32,
     },
@@ -231,7 +233,7 @@ pub enum MetadataError {
         /// Asked for.
         factor: u32,
         /// Active nodes now.
-        n_active: usize,
+        n_active: u64,
     },
     /// A replica set with the wrong size or a node that is not active.
     #[error("invalid replica set for partition {partition}")]
@@ -252,6 +254,13 @@ pub enum MetadataError {
     /// nothing, or would leave the partition below its factor.
     #[error("invalid move on partition {}/{}", .0.stream, .0.partition)]
     InvalidMove(PartitionKey),
+    /// A log entry that does not decode as a [`Command`] (written by a proposer of another
+    /// version, or damaged before it was proposed): refused alike on every replica.
+    #[error("metadata command does not decode: {reason}")]
+    Undecodable {
+        /// What the codec said.
+        reason: String,
+    },
 }
 
 /// Why a snapshot could not be restored.
@@ -437,7 +446,10 @@ impl MetadataState {
             .filter(|p| p.replicas.contains(&node) || p.moving.is_some_and(|m| m.add == Some(node)))
             .count();
         if state == NodeState::Removed && n_replicas > 0 {
-            return Err(MetadataError::NodeHoldsReplicas { node, n_replicas });
+            return Err(MetadataError::NodeHoldsReplicas {
+                node,
+                n_replicas: n_replicas as u64,
+            });
         }
         let record = self
             .nodes
@@ -473,12 +485,15 @@ impl MetadataState {
             .ok()
             .filter(|n| (1..=STREAM_PARTITIONS_MAX).contains(n))
             .ok_or(MetadataError::InvalidPartitionCount {
-                n_partitions: replicas.len(),
+                n_partitions: replicas.len() as u64,
                 max: STREAM_PARTITIONS_MAX,
             })?;
         let n_active = self.n_active();
         if factor == 0 || usize::try_from(factor).map_or(true, |f| f > n_active) {
-            return Err(MetadataError::InvalidReplicationFactor { factor, n_active });
+            return Err(MetadataError::InvalidReplicationFactor {
+                factor,
+                n_active: n_active as u64,
+            });
         }
         for (idx, set) in (0u32..).zip(replicas) {
             let active = set.iter().all(|id| {

@@ -37,7 +37,7 @@ openraft::declare_raft_types!(
         Node = GroupNode,
         Entry = openraft::Entry<GroupConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::raft::runtime::SeededRuntime,
 );
 
 /// A log id of a group (leader term, leader node, index).

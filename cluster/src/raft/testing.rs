@@ -1,0 +1,118 @@
+//! An in-process peer transport for the raft tests: every node's [`PeerTransport`] routes a
+//! request straight to the target's registered [`PeerHandler`] (run on a task of its own, as a
+//! real receiver would), after the transport's envelope check. Nodes can be cut off: a request
+//! from or to a cut node fails as unreachable, like a lost connection.
+
+use sluice_proto::env::{
+    check_envelope, BoxFuture, PeerError, PeerErrorKind, PeerHandler, PeerRequest, PeerTransport,
+};
+use sluice_proto::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct NetState {
+    handlers: BTreeMap<NodeId, Arc<dyn PeerHandler>>,
+    cut: BTreeSet<NodeId>,
+}
+
+/// The network of one test cluster. Clones share it.
+#[derive(Clone)]
+pub(crate) struct TestNet {
+    cluster: String,
+    state: Arc<Mutex<NetState>>,
+}
+
+impl TestNet {
+    pub(crate) fn new(cluster: &str) -> Self {
+        TestNet {
+            cluster: cluster.to_string(),
+            state: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The transport node `local` sends with.
+    pub(crate) fn transport(&self, local: NodeId) -> Arc<dyn PeerTransport> {
+        Arc::new(TestTransport {
+            net: self.clone(),
+            local,
+        })
+    }
+
+    /// Routes requests for `node` to `handler` (replacing an earlier one).
+    pub(crate) fn register(&self, node: NodeId, handler: Arc<dyn PeerHandler>) {
+        self.lock().handlers.insert(node, handler);
+    }
+
+    /// Requests for `node` find nobody (a stopped process).
+    pub(crate) fn unregister(&self, node: NodeId) {
+        self.lock().handlers.remove(&node);
+    }
+
+    /// Cuts `node` off from every other node.
+    pub(crate) fn cut(&self, node: NodeId) {
+        self.lock().cut.insert(node);
+    }
+
+    /// Joins `node` to the others again.
+    pub(crate) fn heal(&self, node: NodeId) {
+        self.lock().cut.remove(&node);
+    }
+}
+
+struct TestTransport {
+    net: TestNet,
+    local: NodeId,
+}
+
+impl PeerTransport for TestTransport {
+    fn local(&self) -> NodeId {
+        self.local
+    }
+
+    fn set_peers(&self, _peers: BTreeMap<NodeId, String>) {}
+
+    fn call(
+        &self,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Vec<u8>, PeerError>> {
+        Box::pin(async move {
+            let to = request.envelope.to;
+            let handler = {
+                let state = self.net.lock();
+                if state.cut.contains(&self.local) || state.cut.contains(&to) {
+                    None
+                } else {
+                    state.handlers.get(&to).cloned()
+                }
+            };
+            let Some(handler) = handler else {
+                return Err(PeerError::new(
+                    PeerErrorKind::Unreachable,
+                    format!("node {to} unreachable from node {}", self.local),
+                ));
+            };
+            check_envelope(&request.envelope, &self.net.cluster, to, self.local)
+                .map_err(|r| PeerError::new(PeerErrorKind::Remote(r.clone()), r.to_string()))?;
+            let task = tokio::spawn(async move { handler.handle(request).await });
+            match tokio::time::timeout(timeout, task).await {
+                Err(_) => Err(PeerError::new(
+                    PeerErrorKind::Timeout,
+                    format!("node {to} did not answer within {timeout:?}"),
+                )),
+                Ok(Err(join)) => Err(PeerError::new(PeerErrorKind::Closed, join.to_string())),
+                Ok(Ok(Err(refusal))) => Err(PeerError::new(
+                    PeerErrorKind::Remote(refusal.clone()),
+                    refusal.to_string(),
+                )),
+                Ok(Ok(Ok(body))) => Ok(body),
+            }
+        })
+    }
+}
