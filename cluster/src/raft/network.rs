@@ -24,8 +24,8 @@ use crate::raft::wire::{
     WireAppendResponse, WireReadIndexResponse, WireRequest, WireSnapshotResponse, WireVoteResponse,
 };
 use openraft::error::{
-    CheckIsLeaderError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
-    SnapshotMismatch, Timeout, Unreachable,
+    CheckIsLeaderError, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
+    RemoteError, SnapshotMismatch, Timeout, Unreachable,
 };
 use openraft::network::{Backoff as RaftBackoff, RPCOption};
 use openraft::raft::{
@@ -194,7 +194,10 @@ impl PeerNetwork {
                 target: self.target.0,
                 timeout,
             }),
-            PeerErrorKind::Overloaded
+            // A lone entry or a vote over the lane's bound: configuration (`entry_bytes_max`
+            // above the peer message bound); retried, and logged by openraft.
+            PeerErrorKind::TooLarge
+            | PeerErrorKind::Overloaded
             | PeerErrorKind::Closed
             | PeerErrorKind::Protocol
             | PeerErrorKind::Remote(PeerRefusal::Overloaded | PeerRefusal::Handler(_)) => {
@@ -233,10 +236,20 @@ impl RaftNetwork<GroupConfig> for PeerNetwork {
             PeerLane::Bulk
         };
         let timeout = option.hard_ttl();
+        let n_entries = rpc.entries.len() as u64;
         let answer: WireAppendResponse = self
             .call(lane, &WireRequest::append(&rpc), timeout)
             .await
-            .map_err(|e| self.rpc_error(e, RPCTypes::AppendEntries, timeout))?;
+            .map_err(|e| match e {
+                // Over the bulk lane's message bound: openraft sends fewer entries next time.
+                CallError::Peer(PeerError {
+                    kind: PeerErrorKind::TooLarge,
+                    ..
+                }) if n_entries > 1 => {
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n_entries / 2))
+                }
+                e => self.rpc_error(e, RPCTypes::AppendEntries, timeout),
+            })?;
         Ok(answer.into_response())
     }
 
@@ -430,6 +443,7 @@ mod tests {
             ),
             (PeerErrorKind::Timeout, 'T'),
             (PeerErrorKind::Overloaded, 'N'),
+            (PeerErrorKind::TooLarge, 'N'),
             (PeerErrorKind::Closed, 'N'),
             (PeerErrorKind::Protocol, 'N'),
             (PeerErrorKind::Remote(PeerRefusal::Overloaded), 'N'),
