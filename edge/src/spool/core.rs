@@ -451,6 +451,20 @@ impl SpoolCore {
         self.outputs.pop_front()
     }
 
+    /// The output [`SpoolCore::poll_output`] gives next, left in place.
+    pub fn peek_output(&self) -> Option<&Output> {
+        self.outputs.front()
+    }
+
+    /// The segments the next outputs remove (the run of `RemoveSegment`s at the front of the
+    /// queue: the segments the sync just executed left dead).
+    pub fn queued_removals(&self) -> impl Iterator<Item = u64> + '_ {
+        self.outputs.iter().map_while(|o| match o {
+            Output::RemoveSegment { id } => Some(*id),
+            _ => None,
+        })
+    }
+
     /// When [`SpoolCore::handle_timeout`] is next due, on the monotonic clock: a sync, or an
     /// expiry.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -1635,6 +1649,8 @@ pub(crate) struct Replay {
     v1_segments: BTreeSet<u64>,
     /// Segments never to be appended to again (a damaged header, a file cut short).
     no_resume: BTreeSet<u64>,
+    /// The largest id of a segment the manifest records but that is gone: never reused.
+    lost_segment_max: Option<u64>,
 }
 
 /// What recovery decided.
@@ -1661,7 +1677,13 @@ impl Replay {
             tail_lost_bytes: 0,
             v1_segments: BTreeSet::new(),
             no_resume: BTreeSet::new(),
+            lost_segment_max: None,
         }
+    }
+
+    /// Segment `id` was recorded but is gone: the open starts a segment after it.
+    pub(crate) fn lost_segment(&mut self, id: u64) {
+        self.lost_segment_max = self.lost_segment_max.max(Some(id));
     }
 
     /// Damage took `bytes` at the end of the last segment: frames no later entry accounts for.
@@ -1950,15 +1972,27 @@ impl Replay {
             core.segments.entry(*id).or_default();
         }
         core.v1_segments = self.v1_segments;
-        match self.segments.last_key_value() {
-            Some((id, _)) if core.v1_segments.contains(id) || self.no_resume.contains(id) => {
+        let lost_last = self.lost_segment_max.filter(|lost| {
+            self.segments
+                .last_key_value()
+                .is_none_or(|(id, _)| id < lost)
+        });
+        match (lost_last, self.segments.last_key_value()) {
+            (Some(lost), _) => {
+                // The last segment is gone: a new one after it (ids are never reused).
+                core.open_segment(lost + 1);
+                core.write_entry(&Entry::Open { epoch });
+            }
+            (None, Some((id, _)))
+                if core.v1_segments.contains(id) || self.no_resume.contains(id) =>
+            {
                 // Format 1 is never written: the first open after the upgrade starts a new
                 // segment of format 2, with a checkpoint. Nor is a segment whose header is
                 // damaged or whose file was cut short (its damage stays as found).
                 core.open_segment(id + 1);
                 core.write_entry(&Entry::Open { epoch });
             }
-            Some((id, (end, n_frames))) => {
+            (None, Some((id, (end, n_frames)))) => {
                 core.active = *id;
                 core.active_end = *end;
                 core.buffer_pos = *end;
@@ -1970,7 +2004,7 @@ impl Replay {
                 }
                 core.write_entry(&Entry::Open { epoch });
             }
-            None => {
+            (None, None) => {
                 core.open_segment(0);
                 core.write_entry(&Entry::Open { epoch });
             }
