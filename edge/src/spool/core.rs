@@ -195,6 +195,9 @@ pub struct SpoolStats {
     pub n_resent_new_epoch: u64,
     /// `fdatasync`s of the log.
     pub n_syncs: u64,
+    /// Readings of `n_appended` that a sync made durable: those appended before the last sync
+    /// the shell executed.
+    pub n_synced: u64,
     /// Segments removed.
     pub n_segments_removed: u64,
     /// Times a control frame (declaration, ack, mark, checkpoint) or a relocated frame rolled a
@@ -1074,6 +1077,7 @@ impl SpoolCore {
             segment: self.active,
         });
         self.stats.n_syncs += 1;
+        self.stats.n_synced = self.stats.n_appended;
         self.durable_log_idx = self.next_log_idx;
         let id = self.active + 1;
         self.open_segment(id);
@@ -1131,6 +1135,7 @@ impl SpoolCore {
             segment: self.active,
         });
         self.stats.n_syncs += 1;
+        self.stats.n_synced = self.stats.n_appended;
         self.durable_log_idx = self.next_log_idx;
         self.dirty_since = None;
         let epoch = self.epoch;
