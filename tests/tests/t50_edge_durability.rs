@@ -276,18 +276,15 @@ async fn uplink_fails_over_to_the_next_node_address() -> Result<()> {
     let node = TestNode::in_process().await?;
     let dead = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
     let nodes = [dead.to_string(), node.addr().to_string()];
-    let mut edge = TestEdge::create_with_nodes(
-        &node,
-        "pi-failover",
-        &nodes,
-        &format!(
+    let mut edge = TestEdge::builder(&node, "pi-failover")
+        .nodes(&nodes)
+        .create(&format!(
             r#"
 [spool]
 sync_interval_ms = 20
 {}"#,
             sim_source("s", 1, 5).readings_max(20)
-        ),
-    )?;
+        ))?;
     edge.start().await?;
     let status = edge
         .wait_for("delivered through the second node", LONG, |s| {
