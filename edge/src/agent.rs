@@ -788,6 +788,7 @@ impl Spools {
                     bytes: core.live_bytes(),
                     segments: core.n_segments(),
                     oldest_age_ms: oldest_age.then(|| core.oldest_age_ms(now)).flatten(),
+                    synced: stats.n_synced,
                     dropped,
                 };
                 (stream.to_string(), status)

@@ -42,6 +42,9 @@ pub struct SpoolStatus {
     pub segments: u64,
     /// Age of the oldest waiting record, ms.
     pub oldest_age_ms: Option<u64>,
+    /// Readings accepted since the spool was opened that a sync made durable.
+    #[serde(default)]
+    pub synced: u64,
     /// Seqs declared dropped since start, by reason (`spool_full`, `expired`, `power_loss`).
     pub dropped: BTreeMap<String, u64>,
 }

@@ -2,6 +2,7 @@
 //! tree, and the `sluice` CLI's commands. `node::Node::start` is the entry point both `main` and
 //! the simulator use.
 pub mod acl;
+pub mod catalog;
 pub mod certs;
 pub mod client_cli;
 pub mod config;

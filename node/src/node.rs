@@ -3,7 +3,9 @@
 //! — and, in production, `Node::serve` puts the QUIC listener in front of it. The simulator calls
 //! `Node::start` with its own environment and talks to the service directly.
 
+use crate::catalog::{self, Created};
 use crate::config::NodeConfig;
+use crate::env::run_blocking;
 use crate::log::{LogConfig, LogPaths};
 use crate::metrics::Metrics;
 use crate::partition::actor::{PartitionArgs, Registry, RetryConfig};
@@ -61,10 +63,12 @@ pub struct Node {
     server_gauges: Arc<ServerGauges>,
 }
 
+/// The partitions of `config`, each told whether the catalog recorded it before (`created`).
 fn partition_args(
     config: &NodeConfig,
     env: &Env,
     registry: &Arc<Registry>,
+    created: &Created,
 ) -> Result<Vec<PartitionArgs>, StartError> {
     let core = CoreConfig {
         dedup_window_max: config.ingest.dedup_window_max,
@@ -92,10 +96,12 @@ fn partition_args(
         let name =
             StreamName::new(stream.name.clone()).map_err(|e| StartError::Config(e.to_string()))?;
         for partition in 0..stream.partitions {
+            let mut paths = partition_paths(&config.node.data_dir, &name, partition);
+            paths.created = created.get(&stream.name).is_some_and(|n| partition < *n);
             out.push(PartitionArgs {
                 stream: name.clone(),
                 partition: PartitionId(partition),
-                paths: partition_paths(&config.node.data_dir, &name, partition),
+                paths,
                 env: env.clone(),
                 core,
                 log,
@@ -117,15 +123,25 @@ pub fn partition_paths(
     stream: &StreamName,
     partition: u32,
 ) -> LogPaths {
+    partition_paths_of(data_dir, stream.as_str(), partition)
+}
+
+/// [`partition_paths`] of a stream name already checked (as one the catalog recorded).
+pub(crate) fn partition_paths_of(
+    data_dir: &std::path::Path,
+    stream: &str,
+    partition: u32,
+) -> LogPaths {
     LogPaths {
         dir: data_dir
             .join("streams")
-            .join(stream.as_str())
+            .join(stream)
             .join(partition.to_string()),
         manifest: data_dir
             .join("manifests")
-            .join(stream.as_str())
+            .join(stream)
             .join(format!("{partition}.manifest")),
+        created: false,
     }
 }
 
@@ -137,8 +153,24 @@ impl Node {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let registry = Arc::new(Registry::default());
         let metrics = Arc::new(Metrics::default());
+        // Every partition is recorded in the catalog (synced) before its directory is first
+        // used; the ones recorded before must be found.
+        let configured: Created = config
+            .streams
+            .iter()
+            .map(|s| (s.name.clone(), s.partitions))
+            .collect();
+        let (disk, data_dir) = (env.disk.clone(), config.node.data_dir.clone());
+        let (created, recorded) = run_blocking(env.blocking, move || {
+            catalog::prepare(&*disk, &data_dir, &configured)
+        })
+        .await;
+        if let Err(error) = recorded {
+            // A full or failing disk degrades partitions, never the node.
+            tracing::error!(%error, "partition catalog not recorded: partitions it does not record yet start without its protection");
+        }
         let args = SupervisorArgs {
-            partitions: partition_args(config, &env, &registry)?,
+            partitions: partition_args(config, &env, &registry, &created)?,
             supervision: config.supervision.clone(),
             clock: env.clock.clone(),
         };

@@ -1,7 +1,9 @@
 //! `sluice storage check`: checks every partition log under a data directory without changing
 //! anything, the way a node would recover it, and reports each one as clean or as corrupt with
-//! the file and byte of the damage. Refuses to run beside a node that holds the directory.
+//! the file and byte of the damage (a partition the node's catalog records whose directory and
+//! manifest are both gone included). Refuses to run beside a node that holds the directory.
 
+use crate::catalog;
 use crate::env::FsDisk;
 use crate::log::{self, LogConfig, Recovery};
 use crate::node::partition_paths;
@@ -10,7 +12,7 @@ use sluice_proto::env::{Disk, DiskError};
 use sluice_proto::os::DirLock;
 use sluice_proto::segment::Corruption;
 use sluice_proto::StreamName;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// What `check` found for one partition.
@@ -71,12 +73,24 @@ pub fn check(data_dir: &Path) -> anyhow::Result<Vec<PartitionReport>> {
         durable_record_interval: std::time::Duration::ZERO,
         entry_bytes_max: u32::MAX - 1,
     };
+    let mut found = partitions(&disk, data_dir)?;
+    // Partitions the catalog records must be there even when none of their files is.
+    let on_disk: catalog::Created = found.iter().fold(BTreeMap::new(), |mut m, (s, p)| {
+        let n = m.entry(s.clone()).or_insert(0);
+        *n = (*n).max(p + 1);
+        m
+    });
+    let (created, _) = catalog::known(&disk, data_dir, &on_disk)?;
+    for (stream, n) in &created {
+        found.extend((0..*n).map(|p| (stream.clone(), p)));
+    }
     let mut reports = Vec::new();
-    for (stream, partition) in partitions(&disk, data_dir)? {
+    for (stream, partition) in found {
         let name = StreamName::new(stream.clone()).map_err(|e| {
             anyhow::anyhow!("{}: {e}", data_dir.join("streams").join(&stream).display())
         })?;
-        let paths = partition_paths(data_dir, &name, partition);
+        let mut paths = partition_paths(data_dir, &name, partition);
+        paths.created = created.get(&stream).is_some_and(|n| partition < *n);
         let (recovery, corruption) = log::check(&disk, &paths, config)
             .with_context(|| format!("cannot read partition {stream}/{partition}"))?;
         reports.push(PartitionReport {

@@ -16,7 +16,7 @@ use crate::link::Link;
 use crate::logging;
 use crate::scenario::{
     Scenario, DATA_DIR, OWNER_PRODUCER_BASE, OWNER_RUN, SALT_CONSUMER, SALT_CRASH,
-    SALT_DISK_DAMAGE, SALT_FAULTS, SALT_LINK, SALT_TAILER,
+    SALT_DISK_DAMAGE, SALT_FAULTS, SALT_LINK, SALT_PARTITION_LOSS, SALT_TAILER,
 };
 use crate::settings::{Plant, Settings};
 use crate::workload::consumer::{probe, read_all, run_tailer};
@@ -180,6 +180,9 @@ struct Controller {
     summary: RunSummary,
     /// Draws the disk damage of `--disk-corruption` (used only then).
     damage_rng: ChaCha8Rng,
+    /// Draws the loss of a whole partition (its directory and manifest) with
+    /// `--disk-corruption`, apart from `damage_rng` so its draws stay as they were.
+    partition_loss_rng: ChaCha8Rng,
     /// Partitions whose files were damaged, with what was done.
     damaged: BTreeMap<PartitionKey, Vec<String>>,
     /// Damaged partitions that reported corruption, with the refusal's reason.
@@ -214,6 +217,7 @@ async fn simulate(seed: u64, settings: Settings) -> RunOutcome {
             ..RunSummary::default()
         },
         damage_rng: rng_for(seed, OWNER_RUN, SALT_DISK_DAMAGE),
+        partition_loss_rng: rng_for(seed, OWNER_RUN, SALT_PARTITION_LOSS),
         damaged: BTreeMap::new(),
         reported: BTreeMap::new(),
     };
@@ -360,6 +364,9 @@ impl Controller {
             if self.settings.disk_corruption && self.damage_rng.random_bool(0.5) {
                 self.damage_disk();
             }
+            if self.settings.disk_corruption && self.partition_loss_rng.random_bool(0.1) {
+                self.lose_partition();
+            }
             let downtime = Duration::from_millis(self.fault_rng.random_range(0..=1_000u64));
             tokio::time::sleep(downtime).await;
             self.restart().await?;
@@ -418,6 +425,7 @@ impl Controller {
 
     /// Damages one node partition file at rest (the node is down): flips a bit in, zeroes a
     /// range of or truncates the written part of a segment or manifest, or deletes a segment.
+    /// (`lose_partition` deletes a whole partition, from an RNG of its own.)
     fn damage_disk(&mut self) {
         let data_dir = Path::new(DATA_DIR);
         let files: Vec<(std::path::PathBuf, Vec<u8>, PartitionKey)> = self
@@ -482,6 +490,41 @@ impl Controller {
         self.summary.n_disk_damage += 1;
         self.damaged.entry(part.clone()).or_default().push(line);
         self.world.reads().exempt.insert(part.clone());
+    }
+
+    /// Deletes every file of one node partition that has any (its segments and its manifest),
+    /// as an operator's `rm -r` of both would, while the node is down: the node's partition
+    /// catalog must make that corruption, never an empty partition.
+    fn lose_partition(&mut self) {
+        let data_dir = Path::new(DATA_DIR);
+        let mut by_partition: BTreeMap<PartitionKey, Vec<std::path::PathBuf>> = BTreeMap::new();
+        for path in self.world.disk.files().into_keys() {
+            if let Some(part) = partition_of(data_dir, &path) {
+                by_partition.entry(part).or_default().push(path);
+            }
+        }
+        if by_partition.is_empty() {
+            return;
+        }
+        let idx = self.partition_loss_rng.random_range(0..by_partition.len());
+        let Some((part, paths)) = by_partition.into_iter().nth(idx) else {
+            return;
+        };
+        let results: Vec<String> = paths
+            .iter()
+            .map(|p| format!("{} {:?}", p.display(), self.world.disk.delete_file(p)))
+            .collect();
+        let line = format!(
+            "partition {}/{} lost: delete {}",
+            part.0,
+            part.1,
+            results.join(", ")
+        );
+        tracing::info!(damage = %line, "disk damage");
+        self.world.record("disk-damage", line.as_bytes());
+        self.summary.n_disk_damage += 1;
+        self.damaged.entry(part.clone()).or_default().push(line);
+        self.world.reads().exempt.insert(part);
     }
 
     /// Holds the damaged partitions to `disk_corruption`: acked records not read back must be

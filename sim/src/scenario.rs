@@ -52,6 +52,9 @@ pub const SALT_EDGE_CRASH: u64 = 0xed9e_c000_0000;
 pub const SALT_EDGE_ENV: u64 = 0xed9e_e000;
 /// Salt of the node disk damage drawn with `Settings::disk_corruption` (owner [`OWNER_RUN`]).
 pub const SALT_DISK_DAMAGE: u64 = 0xd15c_da3a;
+/// Salt of the whole-partition losses drawn with `Settings::disk_corruption` (owner
+/// [`OWNER_RUN`]): an RNG of their own, so the other damage draws stay as they were.
+pub const SALT_PARTITION_LOSS: u64 = 0xd15c_0105;
 /// Salt of the run's clock jumps (owner [`OWNER_RUN`]).
 pub const SALT_JUMPS: u64 = 0x1c4b_0000;
 

@@ -115,6 +115,42 @@ pub fn toml_path(path: &Path) -> String {
     serde_json::to_string(&path.display().to_string()).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// Builds a [`TestEdge`] whose config differs from [`TestEdge::create`]'s in its uplink: see
+/// [`TestEdge::builder`].
+pub struct EdgeBuilder<'a> {
+    node: &'a TestNode,
+    name: &'a str,
+    nodes: Option<Vec<String>>,
+    uplink: String,
+}
+
+impl EdgeBuilder<'_> {
+    /// The uplink's node addresses, instead of the node's own.
+    pub fn nodes(mut self, nodes: &[String]) -> Self {
+        self.nodes = Some(nodes.to_vec());
+        self
+    }
+
+    /// `key = value` lines added to the `[uplink]` table (which the body cannot reopen).
+    pub fn uplink(mut self, lines: &str) -> Self {
+        self.uplink = format!("{lines}\n");
+        self
+    }
+
+    /// Writes the config, with `body` appended as in [`TestEdge::create`].
+    pub fn create(self, body: &str) -> Result<TestEdge> {
+        let stem = self.node.edge(self.name)?;
+        TestEdge::build(
+            self.node,
+            self.name,
+            &self.node.certs().files(&stem),
+            self.nodes.as_deref(),
+            &self.uplink,
+            body,
+        )
+    }
+}
+
 impl TestEdge {
     /// Writes the config of agent `name` for `node` (its certificate issued by the node's CA
     /// unless `cert_stem` names another in the node's certs dir), with `body` appended (sources
@@ -135,44 +171,15 @@ impl TestEdge {
         Self::create_from(node, name, &node.certs().files(cert_stem), body)
     }
 
-    /// Like [`TestEdge::create`] with the uplink's node addresses given.
-    pub fn create_with_nodes(
-        node: &TestNode,
-        name: &str,
-        nodes: &[String],
-        body: &str,
-    ) -> Result<TestEdge> {
-        let stem = node.edge(name)?;
-        Self::build(
+    /// A builder for agent `name` of `node`, for configs [`TestEdge::create`] cannot write: other
+    /// node addresses, or `[uplink]` keys.
+    pub fn builder<'a>(node: &'a TestNode, name: &'a str) -> EdgeBuilder<'a> {
+        EdgeBuilder {
             node,
             name,
-            &node.certs().files(&stem),
-            Some(nodes),
-            "",
-            body,
-        )
-    }
-
-    /// Like [`TestEdge::create`] with `uplink` (`key = value` lines) added to the
-    /// `[uplink]` table, which `body` cannot reopen.
-    pub fn create_with_uplink(
-        node: &TestNode,
-        name: &str,
-        uplink: &str,
-        body: &str,
-    ) -> Result<TestEdge> {
-        let stem = node.edge(name)?;
-        Self::build(
-            node,
-            name,
-            &node.certs().files(&stem),
-            None,
-            &format!(
-                "{uplink}
-"
-            ),
-            body,
-        )
+            nodes: None,
+            uplink: String::new(),
+        }
     }
 
     /// Like [`TestEdge::create`] with the uplink's `[ca_cert, cert, key]` files given.

@@ -167,18 +167,15 @@ async fn a_node_taking_smaller_batches_than_the_edge_sends_still_gets_everything
         .configure(|c| c.ingest.batch_records_max = 7)
         .start()
         .await?;
-    let mut edge = TestEdge::create_with_uplink(
-        &node,
-        "pi-big-batches",
-        "batch_records_max = 500\nlinger_ms = 200",
-        &format!(
+    let mut edge = TestEdge::builder(&node, "pi-big-batches")
+        .uplink("batch_records_max = 500\nlinger_ms = 200")
+        .create(&format!(
             "[spool]\nsync_interval_ms = 20\n\n{}",
             sim_source("cellar", 3, 2)
                 .temperature_only()
                 .readings_max(300)
                 .no_dropouts()
-        ),
-    )?;
+        ))?;
     edge.start().await?;
     let status = edge
         .wait_for("900 readings delivered", LONG, |s| {

@@ -118,3 +118,71 @@ async fn a_flipped_bit_mid_segment_is_reported_and_nothing_after_it_is_reused() 
         "the damage was rewritten"
     );
 }
+
+#[tokio::test]
+async fn a_partition_whose_directory_and_manifest_are_both_deleted_is_reported_not_restarted_empty()
+{
+    // Checks the node's partition catalog end to end: a data directory without one (an earlier
+    // release's) adopts it at start; after both the segment directory and the manifest of a
+    // partition holding acknowledged records are deleted, `sluice storage check` exits 1 naming
+    // that partition as corrupt, and the node starts but refuses produces to it with a Storage
+    // error naming its directory (it never starts it empty, handing its offsets to new
+    // records), while other streams go on.
+    let mut node = TestNode::in_process().await.unwrap();
+    let edge = node.edge_client("pi").await.unwrap();
+    produce_acked(&edge, SINGLE, tagged_records("gone", 1, 0..10, 50).unwrap())
+        .await
+        .unwrap();
+    drop(edge);
+    node.stop().await.unwrap();
+    let data_dir = node.config().node.data_dir.clone();
+    let catalog = sluice_node::catalog::catalog_path(&data_dir);
+    std::fs::remove_file(&catalog).unwrap();
+    node.start().await.unwrap();
+    node.stop().await.unwrap();
+    assert!(catalog.exists(), "the catalog was not adopted");
+
+    let paths = sluice_node::node::partition_paths(&data_dir, &stream(SINGLE).unwrap(), 0);
+    std::fs::remove_dir_all(&paths.dir).unwrap();
+    std::fs::remove_file(&paths.manifest).unwrap();
+    let dir = paths.dir.display().to_string();
+    let out = run_cli(
+        &[
+            "storage",
+            "check",
+            "--data-dir",
+            &data_dir.display().to_string(),
+        ],
+        b"",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{SINGLE}/0:")))
+        .unwrap_or_else(|| panic!("no line for {SINGLE}/0: {out:?}"));
+    assert!(line.contains("CORRUPT") && line.contains(&dir), "{line}");
+
+    node.start().await.unwrap();
+    let edge = node.edge_client("pi").await.unwrap();
+    let more = tagged_records("gone", 1, 10..11, 50).unwrap();
+    let response = within("produce", STEP, edge.produce(stream(SINGLE).unwrap(), more))
+        .await
+        .unwrap()
+        .unwrap();
+    match &response.outcomes[0] {
+        RecordOutcome::Rejected(RecordRejection::Storage { reason }) => {
+            assert!(reason.contains(&dir), "{reason}")
+        }
+        other => panic!("a lost partition answered {other:?}"),
+    }
+    let acks = produce_acked(&edge, EVENTS, tagged_records("other", 1, 0..5, 50).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(acks.len(), 5);
+    node.stop().await.unwrap();
+    assert!(!paths.dir.exists(), "the lost partition was started empty");
+}

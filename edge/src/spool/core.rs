@@ -195,6 +195,9 @@ pub struct SpoolStats {
     pub n_resent_new_epoch: u64,
     /// `fdatasync`s of the log.
     pub n_syncs: u64,
+    /// Readings of `n_appended` that a sync made durable: those appended before the last sync
+    /// the shell executed.
+    pub n_synced: u64,
     /// Segments removed.
     pub n_segments_removed: u64,
     /// Times a control frame (declaration, ack, mark, checkpoint) or a relocated frame rolled a
@@ -449,6 +452,20 @@ impl SpoolCore {
     /// The next output to execute.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// The output [`SpoolCore::poll_output`] gives next, left in place.
+    pub fn peek_output(&self) -> Option<&Output> {
+        self.outputs.front()
+    }
+
+    /// The segments the next outputs remove (the run of `RemoveSegment`s at the front of the
+    /// queue: the segments the sync just executed left dead).
+    pub fn queued_removals(&self) -> impl Iterator<Item = u64> + '_ {
+        self.outputs.iter().map_while(|o| match o {
+            Output::RemoveSegment { id } => Some(*id),
+            _ => None,
+        })
     }
 
     /// When [`SpoolCore::handle_timeout`] is next due, on the monotonic clock: a sync, or an
@@ -1060,6 +1077,7 @@ impl SpoolCore {
             segment: self.active,
         });
         self.stats.n_syncs += 1;
+        self.stats.n_synced = self.stats.n_appended;
         self.durable_log_idx = self.next_log_idx;
         let id = self.active + 1;
         self.open_segment(id);
@@ -1117,6 +1135,7 @@ impl SpoolCore {
             segment: self.active,
         });
         self.stats.n_syncs += 1;
+        self.stats.n_synced = self.stats.n_appended;
         self.durable_log_idx = self.next_log_idx;
         self.dirty_since = None;
         let epoch = self.epoch;
@@ -1635,6 +1654,8 @@ pub(crate) struct Replay {
     v1_segments: BTreeSet<u64>,
     /// Segments never to be appended to again (a damaged header, a file cut short).
     no_resume: BTreeSet<u64>,
+    /// The largest id of a segment the manifest records but that is gone: never reused.
+    lost_segment_max: Option<u64>,
 }
 
 /// What recovery decided.
@@ -1661,7 +1682,13 @@ impl Replay {
             tail_lost_bytes: 0,
             v1_segments: BTreeSet::new(),
             no_resume: BTreeSet::new(),
+            lost_segment_max: None,
         }
+    }
+
+    /// Segment `id` was recorded but is gone: the open starts a segment after it.
+    pub(crate) fn lost_segment(&mut self, id: u64) {
+        self.lost_segment_max = self.lost_segment_max.max(Some(id));
     }
 
     /// Damage took `bytes` at the end of the last segment: frames no later entry accounts for.
@@ -1950,15 +1977,27 @@ impl Replay {
             core.segments.entry(*id).or_default();
         }
         core.v1_segments = self.v1_segments;
-        match self.segments.last_key_value() {
-            Some((id, _)) if core.v1_segments.contains(id) || self.no_resume.contains(id) => {
+        let lost_last = self.lost_segment_max.filter(|lost| {
+            self.segments
+                .last_key_value()
+                .is_none_or(|(id, _)| id < lost)
+        });
+        match (lost_last, self.segments.last_key_value()) {
+            (Some(lost), _) => {
+                // The last segment is gone: a new one after it (ids are never reused).
+                core.open_segment(lost + 1);
+                core.write_entry(&Entry::Open { epoch });
+            }
+            (None, Some((id, _)))
+                if core.v1_segments.contains(id) || self.no_resume.contains(id) =>
+            {
                 // Format 1 is never written: the first open after the upgrade starts a new
                 // segment of format 2, with a checkpoint. Nor is a segment whose header is
                 // damaged or whose file was cut short (its damage stays as found).
                 core.open_segment(id + 1);
                 core.write_entry(&Entry::Open { epoch });
             }
-            Some((id, (end, n_frames))) => {
+            (None, Some((id, (end, n_frames)))) => {
                 core.active = *id;
                 core.active_end = *end;
                 core.buffer_pos = *end;
@@ -1970,7 +2009,7 @@ impl Replay {
                 }
                 core.write_entry(&Entry::Open { epoch });
             }
-            None => {
+            (None, None) => {
                 core.open_segment(0);
                 core.write_entry(&Entry::Open { epoch });
             }

@@ -42,12 +42,24 @@
 //!   declared `Dropped { reason: Corrupted }` (gaps between surviving records, and past the
 //!   last surviving reservation as many seqs as the lost bytes could hold). Seqs below the send
 //!   mark are declared one each (a declaration of exactly a stored reading's seq is answered as
-//!   a duplicate). A segment with a damaged header or cut short is not appended to again. A
-//!   last segment with no intact header and no entry anywhere is a creation cut short and is
-//!   removed. Known gap (issue 7): damage that cuts a last segment inside its header looks the
-//!   same, so what it held beyond the surviving reservation is lost undeclared; telling the two
-//!   apart needs a durable record outside the log, as the node's manifest is. A log that checks
-//!   but does not replay consistently is a typed error.
+//!   a duplicate). A segment with a damaged header or cut short is not appended to again. A log
+//!   that checks but does not replay consistently is a typed error.
+//! - The manifest (`manifest.rs`, a `SlotFile` in the spool directory, as the node's partition
+//!   manifest) records the segments held, the last one and how far it is durable. It is
+//!   written when a segment is created (after its header is synced, before anything is written
+//!   to it), after every sync of the last segment, before a segment is removed, and after each
+//!   recovery; each record is one slot write and `fdatasync`, skipped when nothing changed.
+//!   Recovery checks the directory against it: a recorded segment that is gone, a recorded
+//!   last segment cut anywhere (inside its header too: only a segment the manifest does not
+//!   record may be a creation cut short, removed when no entry checks in it), a file shorter
+//!   than its recorded durable end, and a bad entry below that end are damage, reported and
+//!   declared `Corrupted` like any other (the seqs a lost end of the last segment could hold
+//!   are declared beyond the surviving reservations). Unrecorded segments below the last are
+//!   the remains of a removal cut short and are read as usual. A manifest none of whose slots
+//!   checks is reported (unless its first slot is still all zeros: a creation cut short) and
+//!   recovery goes on without it. A spool without a manifest (format 2 before it, format 1,
+//!   or one whose manifest was deleted or emptied) is recovered by the rules above without it
+//!   and adopted: the open records one.
 //! - Timers and record ages run on the monotonic clock (a spool clock persisted at every sync;
 //!   across a restart it counts the wall clock's downtime only within `[0, downtime_ms_max]`),
 //!   so a wall clock stepped by NTP neither expires readings nor holds syncs back. See
@@ -68,6 +80,7 @@
 mod config;
 mod core;
 mod format;
+mod manifest;
 #[cfg(test)]
 mod tests;
 mod v1;
@@ -79,10 +92,11 @@ pub use self::core::{
 
 use self::core::Replay;
 use self::format::{Entry, BODY_BYTES_MAX, SEGMENT_HEADER_LEN, SEGMENT_KIND};
+use self::manifest::{Manifest, ManifestState};
 use sluice_proto::env::{Disk, DiskError, DiskFile};
 use sluice_proto::segment::{self, CorruptionKind, SalvageExpect, SegmentError, SegmentHeader};
 use sluice_proto::{BootEpoch, DropReason, Payload, Record, SensorId, UnixMillis};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -245,6 +259,9 @@ pub struct Spool {
     written_end: BTreeMap<u64, u64>,
     /// The end of the last successful sync.
     durable: Option<DurablePoint>,
+    /// The durable record of the segments and the last one's durable end (`None` until the
+    /// first segment exists).
+    manifest: Option<Manifest>,
 }
 
 impl fmt::Debug for Spool {
@@ -295,7 +312,16 @@ impl Spool {
         } else {
             DropReason::PowerLoss
         };
-        let (core, files, mut report) = recover(&*disk, dir, config, now, true, trust, lost)?;
+        let (core, files, mut report, manifest) =
+            recover(&*disk, dir, config, now, true, trust, lost)?;
+        // Recovery synced what it adopted of the last segment.
+        let durable = report
+            .data_ends
+            .last_key_value()
+            .map(|(id, end)| DurablePoint {
+                segment: *id,
+                pos: *end,
+            });
         let mut spool = Spool {
             disk,
             dir: dir.to_path_buf(),
@@ -304,8 +330,12 @@ impl Spool {
             files,
             fenced: false,
             written_end: report.data_ends.clone(),
-            durable: None,
+            durable,
+            manifest,
         };
+        // The recovered state is recorded before anything is written (a spool without a
+        // manifest, of an earlier release, is adopted here).
+        spool.record_manifest(None)?;
         spool.execute()?;
         report.n_segments = spool.core.n_segments();
         Ok((spool, report))
@@ -329,7 +359,7 @@ impl Spool {
         now: Now,
     ) -> Result<SpoolReport, SpoolError> {
         recover(disk, dir, config, now, false, None, DropReason::PowerLoss)
-            .map(|(_, _, report)| report)
+            .map(|(_, _, report, _)| report)
     }
 
     /// The core, for its getters and invariants.
@@ -519,6 +549,9 @@ impl Spool {
                     segment: id,
                     pos: SEGMENT_HEADER_LEN,
                 });
+                // Recorded before anything is written to it: a recorded segment cut inside its
+                // header is damage, never taken for a creation cut short.
+                self.record_manifest(None)?;
             }
             Output::Write {
                 segment,
@@ -541,8 +574,16 @@ impl Spool {
                 if let Some(end) = self.written_end.get(&segment) {
                     self.durable = Some(DurablePoint { segment, pos: *end });
                 }
+                // A roll creates the next segment at once, which records the manifest.
+                let rolls = matches!(self.core.peek_output(), Some(Output::CreateSegment { .. }));
+                if !rolls {
+                    self.record_manifest(None)?;
+                }
             }
             Output::RemoveSegment { id } => {
+                // Recorded gone before it goes (normally already done by the sync before it),
+                // so a recorded segment that is missing is damage.
+                self.record_manifest(Some(id))?;
                 self.files.remove(&id);
                 self.written_end.remove(&id);
                 self.disk.remove(&self.dir.join(format::segment_name(id)))?;
@@ -550,6 +591,35 @@ impl Spool {
             }
         }
         Ok(())
+    }
+
+    /// Records the segments held (less `removing` and the removals the core queued next) and
+    /// the last one's durable end in the manifest, creating it if there is none; writes
+    /// nothing when that is what it holds.
+    fn record_manifest(&mut self, removing: Option<u64>) -> Result<(), SpoolError> {
+        let mut held: BTreeSet<u64> = self.files.keys().copied().collect();
+        if let Some(id) = removing {
+            held.remove(&id);
+        }
+        for id in self.core.queued_removals() {
+            held.remove(&id);
+        }
+        let durable_pos = match (held.last(), self.durable) {
+            (Some(last), Some(point)) if point.segment == *last => point.pos,
+            // Nothing synced in it since the open: what recovery adopted (and synced).
+            (Some(last), _) => self.written_end.get(last).copied().unwrap_or(0),
+            (None, _) => return Ok(()),
+        };
+        let Some(state) = ManifestState::new(&held, durable_pos) else {
+            return Ok(());
+        };
+        let result = match &mut self.manifest {
+            Some(manifest) => manifest.write(state),
+            None => Manifest::create(&*self.disk, &self.dir, state).map(|m| {
+                self.manifest = Some(m);
+            }),
+        };
+        result.map_err(|e| segment_error(&Manifest::path(&self.dir), e))
     }
 
     fn wrote(&mut self, segment: u64, end: u64) {
@@ -610,7 +680,12 @@ impl Spool {
     }
 }
 
-type Recovery = (SpoolCore, BTreeMap<u64, Arc<dyn DiskFile>>, SpoolReport);
+type Recovery = (
+    SpoolCore,
+    BTreeMap<u64, Arc<dyn DiskFile>>,
+    SpoolReport,
+    Option<Manifest>,
+);
 
 /// Scans and replays the directory. With `repair`, discards aborted segments and zeroes torn
 /// tails on disk; without, only reports them. With `trust`, nothing beyond that point is read
@@ -665,8 +740,39 @@ fn recover(
             disk.sync_dir(dir)?;
         }
     }
-    for (i, id) in ids.iter().enumerate() {
-        let is_last = i + 1 == ids.len();
+    let manifest = read_manifest(disk, dir, &mut report)?;
+    // What the manifest says must exist (after a failed disk, up to the trusted point only:
+    // nothing later was ever recorded).
+    let recorded = manifest.as_ref().map(|m| m.state().clone());
+    let expected: BTreeSet<u64> = recorded
+        .as_ref()
+        .map(|r| r.expected())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| trust.is_none_or(|point| *id <= point.segment))
+        .collect();
+    let last_id = ids.last().copied().max(expected.last().copied());
+    for id in expected.iter().filter(|id| !ids.contains(id)) {
+        let path = dir.join(format::segment_name(*id));
+        report.damage.push(Damage {
+            path: path.display().to_string(),
+            pos: 0,
+            len: 0,
+            reason: format!(
+                "segment recorded by the manifest {} is gone",
+                Manifest::path(dir).display()
+            ),
+        });
+        replay.lost_segment(*id);
+        if Some(*id) == last_id {
+            // Nothing later bounds what it held: as many seqs as its bytes could hold.
+            let durable = recorded.as_ref().map_or(0, |r| r.durable_pos);
+            let bound = durable.max(config.segment_bytes_max);
+            replay.tail_lost(bound.saturating_sub(SEGMENT_HEADER_LEN));
+        }
+    }
+    for id in ids.iter() {
+        let is_last = Some(*id) == last_id;
         let path = dir.join(format::segment_name(*id));
         let file = disk.open(&path, false)?;
         let file_len = file.size()?;
@@ -676,11 +782,25 @@ fn recover(
             Some(point) if point.segment == *id => point.pos.min(file_len),
             _ => file_len,
         };
+        // (Not capped by the file's length: a file shorter than its durable end was cut.)
+        let durable_end = match (&recorded, trust) {
+            (Some(r), Some(point)) if is_last && r.last == *id && point.segment == *id => {
+                r.durable_pos.min(point.pos)
+            }
+            (Some(r), _) if is_last && r.last == *id => r.durable_pos,
+            _ => 0,
+        };
+        let role = Role {
+            is_last,
+            recorded: recorded.as_ref().is_some_and(|r| r.holds(*id)),
+            durable_end,
+            lost_bound: durable_end.max(config.segment_bytes_max),
+        };
         let scanned = if is_v1_segment(&*file, *id, limit)? {
             replay.v1_segment(*id);
             v1::scan_segment(&*file, &path, *id, is_last, limit, &mut replay, &mut report)?
         } else {
-            scan_segment(&*file, &path, *id, is_last, limit, &mut replay, &mut report)?
+            scan_segment(&*file, &path, *id, role, limit, &mut replay, &mut report)?
         };
         let Some(data_end) = scanned else {
             // A segment whose creation was cut short: its header never became durable.
@@ -734,7 +854,49 @@ fn recover(
     report.downtime_counted_ms = recovered.downtime_counted_ms;
     report.downtime_wall_ms = recovered.downtime_wall_ms;
     report.power_loss = recovered.power_loss;
-    Ok((core, files, report))
+    Ok((core, files, report, manifest))
+}
+
+/// Reads the spool's manifest. One none of whose slots checks is reported as damage and
+/// ignored (the segments are recovered as a spool without one, and the open records a new
+/// one), unless it is the remains of a creation cut short: its first slot, written only by the
+/// second record, still all zeros.
+fn read_manifest(
+    disk: &dyn Disk,
+    dir: &Path,
+    report: &mut SpoolReport,
+) -> Result<Option<Manifest>, SpoolError> {
+    let path = Manifest::path(dir);
+    match Manifest::read(disk, dir) {
+        Ok(manifest) => Ok(manifest),
+        Err(SegmentError::Corrupt(c)) => {
+            let file = disk.open(&path, false)?;
+            let slot_end = segment::SLOT_STRIDE.min(file.size()?);
+            if first_nonzero(&*file, 0, slot_end)?.is_some() {
+                report.damage.push(Damage {
+                    path: c.path,
+                    pos: c.pos,
+                    len: file.size()?.saturating_sub(c.pos),
+                    reason: c.kind.to_string(),
+                });
+            }
+            Ok(None)
+        }
+        Err(e) => Err(segment_error(&path, e)),
+    }
+}
+
+/// What recovery knows of one segment before scanning it.
+#[derive(Debug, Clone, Copy)]
+struct Role {
+    /// The last segment (the one appended to): only it may end in a torn write.
+    is_last: bool,
+    /// The manifest records it: it was complete before anything was written to it.
+    recorded: bool,
+    /// How far the manifest records it durable (0: no record).
+    durable_end: u64,
+    /// The bytes it could have held.
+    lost_bound: u64,
 }
 
 fn corrupt(path: &Path, pos: u64, reason: impl Into<String>) -> SpoolError {
@@ -781,8 +943,8 @@ fn is_v1_segment(file: &dyn DiskFile, id: u64, limit: u64) -> Result<bool, Spool
 }
 
 /// Replays the entries of one format-2 segment; returns the end of its data, or `None` when the
-/// last segment has no intact header and no entry (its creation was cut short). Reads nothing
-/// at or past `limit`.
+/// last segment has no intact header and no entry and the manifest does not record it (its
+/// creation was cut short). Reads nothing at or past `limit`.
 ///
 /// The recovery rule is the segment layer's ([`segment::salvage`]): an entry that does not
 /// check is a torn tail (the caller zeroes it) only in the last segment and only when no valid
@@ -793,15 +955,16 @@ fn scan_segment(
     file: &dyn DiskFile,
     path: &Path,
     id: u64,
-    is_last: bool,
+    role: Role,
     limit: u64,
     replay: &mut Replay,
     report: &mut SpoolReport,
 ) -> Result<Option<u64>, SpoolError> {
+    let is_last = role.is_last;
     let expect = SalvageExpect {
         id,
-        // The spool keeps no record of its durable end apart from the log itself.
-        durable_end: 0,
+        // Damage below the end the manifest records durable is never a torn tail.
+        durable_end: role.durable_end,
         sealed: !is_last,
         entry_bytes_max: BODY_BYTES_MAX,
         read_end: limit,
@@ -837,6 +1000,7 @@ fn scan_segment(
         )
     };
     if is_last
+        && !role.recorded
         && found.n_entries == 0
         && found.data_end == SEGMENT_HEADER_LEN
         && !found.damage.is_empty()
@@ -846,11 +1010,29 @@ fn scan_segment(
             .all(|d| creation_damage(&d.corruption.kind))
     {
         // Entries are written only after the segment layer synced the preallocation and the
-        // header, so a last segment without either and without any entry that checks anywhere
-        // is a creation cut short: it never held anything.
+        // header and the manifest recorded the segment, so a last segment the manifest does not
+        // record, without either and without any entry that checks anywhere, is a creation cut
+        // short: it never held anything.
         return Ok(None);
     }
-    let mut short = false;
+    // A file shorter than the end the manifest records durable was cut, whatever its header.
+    let mut short = found.file_len < role.durable_end;
+    if short
+        && !found
+            .damage
+            .iter()
+            .any(|d| matches!(d.corruption.kind, CorruptionKind::Short { .. }))
+    {
+        report.damage.push(Damage {
+            path: path.display().to_string(),
+            pos: found.file_len,
+            len: role.durable_end - found.file_len,
+            reason: format!(
+                "file is {} bytes, shorter than its recorded durable end {}",
+                found.file_len, role.durable_end
+            ),
+        });
+    }
     for d in &found.damage {
         short |= matches!(d.corruption.kind, CorruptionKind::Short { .. });
         report.damage.push(Damage {
@@ -867,8 +1049,13 @@ fn scan_segment(
         // Never a torn write: the file was preallocated before its header was synced. Entries
         // past the cut were lost; in the last segment nothing later bounds their seqs, so the
         // replay declares beyond the reservation as many seqs as the lost bytes could hold.
-        let preallocated = found.header.map_or(found.file_len, |h| h.preallocated);
+        let preallocated = found
+            .header
+            .map_or(role.lost_bound.max(found.file_len), |h| h.preallocated);
         replay.tail_lost(preallocated.saturating_sub(found.data_end));
+    } else if is_last && found.data_end < role.durable_end {
+        // Data recorded durable is gone from the end (zeroed): nothing later bounds its seqs.
+        replay.tail_lost(role.durable_end - found.data_end);
     }
     report.n_frames += found.n_entries;
     replay.segment(id, found.data_end, found.n_entries);

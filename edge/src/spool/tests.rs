@@ -90,8 +90,21 @@ fn drain(spool: &mut Spool) -> Vec<Record> {
     panic!("spool did not drain");
 }
 
+/// The segment files (not the manifest), in id order.
 fn segment_paths(disk: &CrashDisk) -> Vec<PathBuf> {
-    disk.files().into_keys().collect()
+    disk.files()
+        .into_keys()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(format::parse_segment_name)
+                .is_some()
+        })
+        .collect()
+}
+
+fn manifest_path() -> PathBuf {
+    Manifest::path(&dir())
 }
 
 #[test]
@@ -681,7 +694,8 @@ fn crash_recovery_cycles_keep_every_seq_delivered_or_declared() {
         run.reopen();
         for _ in 0..1500 {
             run.random_step();
-            let over = run.disk.n_files() as i64 - config.n_segments_max() as i64;
+            // (The manifest is not a segment.)
+            let over = segment_paths(&run.disk).len() as i64 - config.n_segments_max() as i64;
             peak_over = peak_over.max(over);
         }
         run.drain();
@@ -988,17 +1002,29 @@ enum Harm {
     Flip(usize),
     Zero(usize, usize),
     Truncate(usize),
+    Delete,
+}
+
+fn harm(disk: &CrashDisk, path: &Path, harm: Harm) {
+    match harm {
+        Harm::Flip(at) => disk.flip_bit(path, at as u64, 5),
+        Harm::Zero(at, len) => disk.zero_range(path, at as u64, len as u64),
+        Harm::Truncate(len) => disk.truncate_file(path, len as u64),
+        Harm::Delete => disk.delete_file(path),
+    }
+    .unwrap();
 }
 
 #[test]
 fn damage_anywhere_keeps_what_checks_and_declares_the_rest() {
     // Checks the recovery rule on every region of closed and last spool segments (header,
     // entry length, payload CRC, entry header CRC, payload, an entry boundary, the preallocated
-    // tail, the last entry; bit flips, zeroed ranges, and truncation in each): the open never
-    // fails, damage where a torn write cannot
-    // be is reported (file and byte) by check and open alike, and for every sensor the delivered
-    // readings and declared ranges tile every seq issued, losing at most the damaged frames and
-    // one reservation block.
+    // tail, the last entry; bit flips, zeroed ranges, truncation in each, and the file deleted):
+    // the open never fails, damage where a torn write cannot be (with the manifest's record:
+    // anything below the durable end, a cut anywhere, a recorded segment gone) is reported
+    // (file and byte) by check and open alike, and for every sensor the delivered readings and
+    // declared ranges tile every seq issued, losing at most the damaged frames and one
+    // reservation block.
     let n = 150u64;
     let build = || {
         let disk = CrashDisk::new();
@@ -1032,12 +1058,14 @@ fn damage_anywhere_keeps_what_checks_and_declares_the_rest() {
             ("payload", Harm::Flip(mid + mid_len / 2 + 4), true),
             ("entry boundary", Harm::Zero(mid + mid_len - 2, 4), true),
             ("zeroed run", Harm::Zero(mid, 3 * mid_len), true),
-            // In the last segment a bad last entry or garbage after it is a torn tail.
+            // In the last segment garbage after the durable end is a torn tail; the last entry
+            // lies below the end the manifest records durable.
             ("preallocated tail", Harm::Flip(in_tail), closed),
-            ("last entry", Harm::Flip(last + last_len - 1), closed),
-            // A last segment cut inside its header cannot be told from a creation cut short:
-            // discarded, and what it could hold declared (PowerLoss, not reported).
-            ("cut in the header", Harm::Truncate(10), closed),
+            ("last entry", Harm::Flip(last + last_len - 1), true),
+            // The manifest records the segment: a cut in its header is not a creation cut
+            // short.
+            ("cut in the header", Harm::Truncate(10), true),
+            ("deleted", Harm::Delete, true),
             ("cut in an entry header", Harm::Truncate(mid + 3), true),
             ("cut in a payload", Harm::Truncate(mid + mid_len / 2), true),
             ("cut between entries", Harm::Truncate(mid), true),
@@ -1052,32 +1080,10 @@ fn damage_anywhere_keeps_what_checks_and_declares_the_rest() {
                 true,
             ),
         ];
-        for (region, harm, reported) in cases {
+        for (region, damage, reported) in cases {
             let disk = build();
-            match harm {
-                Harm::Flip(at) => disk.flip_bit(path, at as u64, 5),
-                Harm::Zero(at, len) => disk.zero_range(path, at as u64, len as u64),
-                Harm::Truncate(len) => disk.truncate_file(path, len as u64),
-            }
-            .unwrap();
+            harm(&disk, path, damage);
             let what = format!("{which} segment, {region}");
-            if which == "last" && region == "cut in the header" {
-                // FIXME(issue 7): a last segment cut inside its header cannot be told from a
-                // creation cut short (the spool keeps no durable record outside its log, as the
-                // node's manifest is), so it is discarded: its readings beyond the surviving
-                // reservation are neither delivered nor declared, and nothing is reported.
-                let (mut spool, report) = open(&disk, config(), 2);
-                assert!(report.damage.is_empty(), "{what}");
-                let got = drain(&mut spool);
-                let end = got
-                    .iter()
-                    .filter(|r| r.sensor == sensor("a") && r.boot_epoch == BootEpoch(1))
-                    .map(|r| r.seq_last() + 1)
-                    .max()
-                    .unwrap_or(0);
-                assert!(end < n, "{what}: the known gap closed, update this test");
-                continue;
-            }
             let before = disk.files();
             let check = Spool::check(&disk.mount(), &dir(), config(), t(2))
                 .unwrap_or_else(|e| panic!("{what}: check failed: {e}"));
@@ -1097,7 +1103,7 @@ fn damage_anywhere_keeps_what_checks_and_declares_the_rest() {
             let got = drain(&mut spool);
             for name in ["a", "b"] {
                 let (readings, declared) = tiling_of(&got, name, n, &what);
-                if !matches!(harm, Harm::Truncate(_) | Harm::Zero(_, _)) {
+                if matches!(damage, Harm::Flip(_)) {
                     // One damaged frame holds one reading; a reservation block is at most 16.
                     assert!(
                         readings + 1 + 16 >= n,
@@ -1116,6 +1122,135 @@ fn damage_anywhere_keeps_what_checks_and_declares_the_rest() {
             );
         }
     }
+}
+
+/// A spool of `n` readings of sensors "a" and "b" over several segments, synced, then crashed.
+fn spooled(n: u64) -> CrashDisk {
+    let disk = CrashDisk::new();
+    let (mut spool, _) = open(&disk, config(), 0);
+    for seq in 0..n {
+        append(&mut spool, "a", seq);
+        append(&mut spool, "b", seq);
+    }
+    spool.sync(t(1)).unwrap();
+    drop(spool);
+    disk
+}
+
+#[test]
+fn damage_to_the_manifest_loses_nothing_and_is_reported_when_no_slot_checks() {
+    // Checks every region of the manifest (either slot's magic, sequence number, body and CRC;
+    // both slots; zeroed, cut inside either slot, emptied, deleted): the open never fails and
+    // delivers every reading (the segments are intact), damage is reported (by check and open
+    // alike) exactly when no slot checks while the first holds bytes, and the open records a
+    // manifest that checks again, so a second open reports nothing.
+    let n = 150u64;
+    let path = manifest_path();
+    let len = spooled(n).bytes(&path).unwrap().len();
+    assert_eq!(len, 8192);
+    let mut cases = Vec::new();
+    for slot in [0usize, 4096] {
+        for (region, at) in [("magic", 2), ("sequence", 17), ("body", 40), ("crc", 4093)] {
+            cases.push((
+                format!("slot at {slot}, {region}"),
+                vec![Harm::Flip(slot + at)],
+                false,
+            ));
+        }
+        cases.push((
+            format!("slot at {slot} zeroed"),
+            vec![Harm::Zero(slot, 4096)],
+            false,
+        ));
+    }
+    cases.extend([
+        (
+            "both slots".to_string(),
+            vec![Harm::Flip(40), Harm::Flip(4096 + 40)],
+            true,
+        ),
+        ("all zeroed".to_string(), vec![Harm::Zero(0, 8192)], false),
+        (
+            "cut in the second slot".to_string(),
+            vec![Harm::Truncate(5000)],
+            false,
+        ),
+        (
+            "cut in the first slot".to_string(),
+            vec![Harm::Truncate(100)],
+            true,
+        ),
+        ("emptied".to_string(), vec![Harm::Truncate(0)], false),
+        ("deleted".to_string(), vec![Harm::Delete], false),
+    ]);
+    for (what, harms, reported) in cases {
+        let disk = spooled(n);
+        for damage in harms {
+            harm(&disk, &path, damage);
+        }
+        let check = Spool::check(&disk.mount(), &dir(), config(), t(2))
+            .unwrap_or_else(|e| panic!("{what}: check failed: {e}"));
+        let (mut spool, report) = Spool::open(Arc::new(disk.mount()), &dir(), config(), t(2))
+            .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+        assert_eq!(check.damage, report.damage, "{what}");
+        assert_eq!(!report.damage.is_empty(), reported, "{what}: {report}");
+        assert!(report
+            .damage
+            .iter()
+            .all(|d| d.path == path.display().to_string()));
+        let got = drain(&mut spool);
+        for name in ["a", "b"] {
+            let (readings, _) = tiling_of(&got, name, n, &what);
+            assert_eq!(readings, n, "{what}: {name}");
+        }
+        drop(spool);
+        let (_, again) = open(&disk, config(), 3);
+        assert_eq!(
+            (again.damage.len(), again.power_loss.len()),
+            (0, 0),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_spool_without_a_manifest_is_adopted_and_then_guarded_by_one() {
+    // Checks the upgrade from format-2 spools written before the manifest: without one nothing
+    // is reported and every reading is kept; the open records one, and from then on a last
+    // segment cut inside its header (which without a manifest looks like a creation cut short)
+    // is reported and what it held is declared Corrupted.
+    let n = 150u64;
+    let disk = spooled(n);
+    harm(&disk, &manifest_path(), Harm::Delete);
+    let (spool, report) = open(&disk, config(), 2);
+    assert_eq!(report.damage, vec![], "{report}");
+    assert!(
+        disk.bytes(&manifest_path()).is_some(),
+        "no manifest recorded"
+    );
+    drop(spool);
+    let last = segment_paths(&disk).pop().unwrap();
+    harm(&disk, &last, Harm::Truncate(10));
+    let (mut spool, report) = open(&disk, config(), 3);
+    assert!(
+        report
+            .damage
+            .iter()
+            .any(|d| d.path == last.display().to_string()),
+        "{report}"
+    );
+    let got = drain(&mut spool);
+    for name in ["a", "b"] {
+        let (readings, declared) = tiling_of(&got, name, n, "adopted");
+        assert!(readings + declared >= n, "{name}");
+    }
+    assert!(got.iter().any(|r| matches!(
+        r.payload,
+        Payload::Dropped {
+            reason: DropReason::Corrupted,
+            ..
+        }
+    )));
 }
 
 /// `(epoch, seq, what)` of each record of sensor "a": the reading's value, or the declaration.
@@ -1288,6 +1423,11 @@ fn a_v1_spool_of_the_previous_release_is_delivered_after_the_upgrade() {
     let (mut spool, report) = open(&disk, config(), 10);
     assert_eq!(check.damage, vec![], "{check}");
     assert_eq!(report.damage, vec![], "{report}");
+    // A spool of that release has no manifest: it is adopted and gets one.
+    assert!(
+        disk.bytes(&manifest_path()).is_some(),
+        "no manifest recorded"
+    );
     // Epochs follow the wall clock (10 ms) once it is ahead of the spool's count.
     assert_eq!(report.epoch, BootEpoch(10));
     for (path, bytes) in v1_paths.iter().zip(&before) {

@@ -31,6 +31,16 @@ fn record(sensor: &str, seq: u64) -> Record {
     }
 }
 
+/// The declaration of `sensor`'s seqs `seq..=seq_last` as dropped (reason `Invalid`).
+fn declaration(sensor: &str, seq: u64, seq_last: u64) -> Record {
+    let mut drop = record(sensor, seq);
+    drop.payload = Payload::Dropped {
+        seq_last,
+        reason: sluice_proto::DropReason::Invalid,
+    };
+    drop
+}
+
 fn key(sensor: &str) -> StreamKey {
     StreamKey {
         sensor: SensorId::new(sensor).unwrap_or_else(|e| panic!("{e}")),
@@ -321,12 +331,7 @@ fn a_lone_declaration_refused_as_too_large_backs_off() {
     // an ordinary refusal needing an operator: a failure counted, a backoff before resending.
     let t0 = origin();
     let mut core = connected(t0);
-    let mut drop = record("a", 0);
-    drop.payload = Payload::Dropped {
-        seq_last: 4,
-        reason: sluice_proto::DropReason::Invalid,
-    };
-    core.handle_sent(t0, stream(), &[drop]);
+    core.handle_sent(t0, stream(), &[declaration("a", 0, 4)]);
     let report = core.handle_response(t0, 1, 1, too_large());
     assert_eq!(report.refusals[0].1, Severity::NeedsOperator);
     assert_eq!(outputs(&mut core), [Output::Rewind]);
@@ -425,12 +430,7 @@ fn a_declaration_refused_as_invalid_backs_off_and_is_not_redeclared() {
     // ordinary refusal: no Output::Refused, a failure counted, a backoff before resending.
     let t0 = origin();
     let mut core = connected(t0);
-    let mut drop = record("a", 0);
-    drop.payload = Payload::Dropped {
-        seq_last: 4,
-        reason: sluice_proto::DropReason::Invalid,
-    };
-    core.handle_sent(t0, stream(), &[drop]);
+    core.handle_sent(t0, stream(), &[declaration("a", 0, 4)]);
     let report = core.handle_response(t0, 1, 1, response(vec![invalid()]));
     assert_eq!(report.refusals[0].1, Severity::NeedsOperator);
     let out = outputs(&mut core);

@@ -52,6 +52,9 @@ pub struct LogPaths {
     pub dir: PathBuf,
     /// The manifest file, outside `dir` so that losing the directory is detected.
     pub manifest: PathBuf,
+    /// The node's catalog records the partition as created (see `crate::catalog`): its
+    /// directory or manifest must exist, so losing both is corruption, not a new partition.
+    pub created: bool,
 }
 
 /// A log operation failed.
@@ -331,8 +334,19 @@ fn recover(
         None => match (bases.first(), bases.last()) {
             (None, _) | (_, None) => {
                 // Segment 0 is created before the manifest: a manifest without any segment
-                // means the segments were lost.
-                out.corruption = damaged_manifest;
+                // means the segments were lost. Neither, for a partition the catalog records,
+                // means both were.
+                out.corruption = damaged_manifest.or_else(|| {
+                    paths.created.then(|| {
+                        missing(
+                            &paths.dir,
+                            format!(
+                                "the partition directory and its manifest {} are gone, but the node's partition catalog records the partition",
+                                paths.manifest.display()
+                            ),
+                        )
+                    })
+                });
                 return Ok(out);
             }
             (Some(first), Some(last)) => (*first, *last, None),

@@ -39,6 +39,7 @@ fn paths(root: &Path) -> LogPaths {
     LogPaths {
         dir: root.join("streams").join("s").join("0"),
         manifest: root.join("manifests").join("s").join("0.manifest"),
+        created: false,
     }
 }
 
@@ -359,6 +360,40 @@ fn a_deleted_segment_or_directory_is_detected() {
         readable(&opened.reader).len(),
         1000,
         "segments still readable"
+    );
+}
+
+#[test]
+fn a_created_partition_whose_directory_and_manifest_are_both_gone_is_corruption() {
+    // Checks the node catalog's rule: with both the segment directory and the manifest deleted,
+    // a partition the catalog records as created opens read-only with a Missing corruption
+    // naming its directory (and creates nothing), while one it does not record starts empty.
+    let dir = tempfile::tempdir().unwrap();
+    write_some(dir.path(), 10, 5, true);
+    std::fs::remove_dir_all(paths(dir.path()).dir).unwrap();
+    std::fs::remove_file(paths(dir.path()).manifest).unwrap();
+    let created = LogPaths {
+        created: true,
+        ..paths(dir.path())
+    };
+    let opened = super::open(Arc::new(FsDisk), &created, config(), None, |_, _| {}).unwrap();
+    let c = corruption(&opened);
+    assert!(matches!(c.kind, CorruptionKind::Missing(_)), "{c}");
+    assert_eq!(c.path, created.dir.display().to_string());
+    assert!(
+        !created.dir.exists() && !created.manifest.exists(),
+        "files created"
+    );
+    let (check, found) = super::check(&FsDisk, &created, config()).unwrap();
+    assert_eq!(
+        (check.next_offset, found.map(|c| c.path)),
+        (Offset(0), Some(c.path))
+    );
+    let (_, _, rec, _) = open_ok(dir.path());
+    assert_eq!(
+        rec.next_offset,
+        Offset(0),
+        "a partition never recorded starts empty"
     );
 }
 
