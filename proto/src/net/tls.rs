@@ -290,27 +290,7 @@ pub fn client_config(
     material: &TlsMaterial,
     cluster: &str,
 ) -> Result<quinn::ClientConfig, NetError> {
-    let provider = provider();
-    let inner = WebPkiServerVerifier::builder_with_provider(roots(material)?, provider.clone())
-        .build()
-        .map_err(|error| NetError::Tls {
-            reason: format!("server certificate verifier: {error}"),
-        })?;
-    let verifier = Arc::new(NodeVerifier {
-        inner,
-        cluster: cluster.to_owned(),
-        node: None,
-    });
-    let tls = client_tls(material, provider, verifier, ALPN)?;
-    let quic =
-        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).map_err(|error| {
-            NetError::Tls {
-                reason: format!("quic client: {error}"),
-            }
-        })?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(transport(0, 30_000)?));
-    Ok(config)
+    dialing_config(material, cluster, None, ALPN, transport(0, 30_000)?)
 }
 
 /// A client configuration of the peer protocol ([`PEER_ALPN`]) for dialing node `node`: the
@@ -324,6 +304,18 @@ pub fn peer_client_config(
     node: NodeId,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ClientConfig, NetError> {
+    dialing_config(material, cluster, Some(node), PEER_ALPN, transport)
+}
+
+/// The one client configuration builder: a verifier of a node of `cluster` (of `node` only,
+/// when given), this endpoint's certificate, `alpn` and `transport`.
+fn dialing_config(
+    material: &TlsMaterial,
+    cluster: &str,
+    node: Option<NodeId>,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ClientConfig, NetError> {
     let provider = provider();
     let inner = WebPkiServerVerifier::builder_with_provider(roots(material)?, provider.clone())
         .build()
@@ -333,9 +325,9 @@ pub fn peer_client_config(
     let verifier = Arc::new(NodeVerifier {
         inner,
         cluster: cluster.to_owned(),
-        node: Some(node.to_string()),
+        node: node.map(|n| n.to_string()),
     });
-    let tls = client_tls(material, provider, verifier, PEER_ALPN)?;
+    let tls = client_tls(material, provider, verifier, alpn)?;
     let quic =
         quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).map_err(|error| {
             NetError::Tls {
