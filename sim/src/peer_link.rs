@@ -28,12 +28,12 @@ use sluice_proto::env::{
     check_envelope, BoxFuture, PeerError, PeerErrorKind, PeerHandler, PeerLane, PeerRefusal,
     PeerRequest, PeerTransport,
 };
+use sluice_proto::net::PeerLaneQueue;
 use sluice_proto::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::env::SimClock;
@@ -319,53 +319,16 @@ impl PeerNet {
     }
 }
 
-/// One lane's sending queue to one peer.
-struct LaneQueue {
-    in_flight: Arc<Semaphore>,
-    waiting: AtomicU32,
-    queue_max: u32,
-}
-
-struct Waiting<'a>(&'a AtomicU32);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl LaneQueue {
-    /// A place in flight, waiting for one only if the queue has room; decided on first poll.
-    async fn enter(&self, to: NodeId, lane: PeerLane) -> Result<OwnedSemaphorePermit, PeerError> {
-        if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        let n = self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&self.waiting);
-        if n >= self.queue_max {
-            return Err(PeerError::new(
-                PeerErrorKind::Overloaded,
-                format!("queue to node {to} on the {lane:?} lane is full"),
-            ));
-        }
-        self.in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| PeerError::new(PeerErrorKind::Closed, "queue closed"))
-    }
-}
-
 /// One simulated node's side of the [`PeerNet`].
 pub struct SimPeerTransport {
     net: Arc<NetInner>,
     local: NodeId,
     peers: Mutex<BTreeMap<NodeId, String>>,
-    queues: Mutex<BTreeMap<(NodeId, usize), Arc<LaneQueue>>>,
+    queues: Mutex<BTreeMap<(NodeId, usize), Arc<PeerLaneQueue>>>,
 }
 
 impl SimPeerTransport {
-    fn queue(&self, to: NodeId, lane: PeerLane) -> Arc<LaneQueue> {
+    fn queue(&self, to: NodeId, lane: PeerLane) -> Arc<PeerLaneQueue> {
         let idx = lane_idx(lane);
         let config = &self.net.config;
         self.queues
@@ -373,11 +336,10 @@ impl SimPeerTransport {
             .unwrap_or_else(PoisonError::into_inner)
             .entry((to, idx))
             .or_insert_with(|| {
-                Arc::new(LaneQueue {
-                    in_flight: Arc::new(Semaphore::new(config.in_flight_max[idx].max(1) as usize)),
-                    waiting: AtomicU32::new(0),
-                    queue_max: config.queue_max[idx],
-                })
+                Arc::new(PeerLaneQueue::new(
+                    config.in_flight_max[idx],
+                    config.queue_max[idx],
+                ))
             })
             .clone()
     }
@@ -472,6 +434,7 @@ impl PeerTransport for SimPeerTransport {
 mod tests {
     use super::*;
     use sluice_proto::env::{rng_for, PeerEnvelope, PeerGroup};
+    use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::sync::watch;
 
     /// Answers `<id>:<body>`; holds calls while `held` is on; counts calls.

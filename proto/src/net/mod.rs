@@ -29,7 +29,7 @@ pub mod transport;
 
 pub use client::{Client, ClientSettings};
 pub use io::{read_frame, write_frame};
-pub use peer::{PeerAcceptor, PeerLimits, QuicPeerTransport};
+pub use peer::{PeerAcceptor, PeerLaneQueue, PeerLimits, QuicPeerTransport};
 pub use server::{
     serve, serve_with_gauges, serve_with_peers, ClientSide, Handler, ServerGauges, ServerLimits,
     ServerStats,

@@ -232,11 +232,14 @@ pub fn node_id_of(name: &str) -> Option<NodeId> {
         .flatten()
 }
 
-/// One lane's sending queue to one peer: places in flight and a bounded wait for them.
-struct LaneQueue {
+/// One lane's sending queue to one peer: `in_flight_max` places in flight and at most
+/// `queue_max` calls waiting for one. The one implementation of the peer queue bound: the QUIC
+/// transport and the simulator's peer link both use it.
+pub struct PeerLaneQueue {
     in_flight: Arc<Semaphore>,
     waiting: AtomicU32,
-    limits: LaneLimits,
+    in_flight_max: u32,
+    queue_max: u32,
 }
 
 /// Counts a call waiting for a place until it leaves the wait, however it leaves.
@@ -248,30 +251,37 @@ impl Drop for Waiting<'_> {
     }
 }
 
-impl LaneQueue {
-    fn new(limits: LaneLimits) -> Self {
+impl PeerLaneQueue {
+    /// A queue with `in_flight_max` places (at least one) and room for `queue_max` waiting.
+    pub fn new(in_flight_max: u32, queue_max: u32) -> Self {
         Self {
-            in_flight: Arc::new(Semaphore::new(limits.in_flight_max.max(1) as usize)),
+            in_flight: Arc::new(Semaphore::new(in_flight_max.max(1) as usize)),
             waiting: AtomicU32::new(0),
-            limits,
+            in_flight_max,
+            queue_max,
         }
     }
 
     /// Takes a place in flight, waiting for one if fewer than `queue_max` calls wait already;
-    /// otherwise fails at once. The decision is made on the first poll, before any await.
-    async fn enter(&self, peer: NodeId, lane: PeerLane) -> Result<OwnedSemaphorePermit, PeerError> {
+    /// otherwise fails at once with [`PeerErrorKind::Overloaded`]. The decision is made on the
+    /// first poll, before any await.
+    pub async fn enter(
+        &self,
+        peer: NodeId,
+        lane: PeerLane,
+    ) -> Result<OwnedSemaphorePermit, PeerError> {
         let closed = || PeerError::new(PeerErrorKind::Closed, "peer transport closed");
         if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
             return Ok(permit);
         }
         let n = self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.waiting);
-        if n >= self.limits.queue_max {
+        if n >= self.queue_max {
             return Err(PeerError::new(
                 PeerErrorKind::Overloaded,
                 format!(
                     "queue to node {peer} on the {lane:?} lane is full ({} in flight, {} waiting)",
-                    self.limits.in_flight_max, self.limits.queue_max
+                    self.in_flight_max, self.queue_max
                 ),
             ));
         }
@@ -280,6 +290,25 @@ impl LaneQueue {
             .acquire_owned()
             .await
             .map_err(|_| closed())
+    }
+}
+
+/// A lane's queue to one peer and the limits of its messages.
+struct LaneQueue {
+    queue: PeerLaneQueue,
+    limits: LaneLimits,
+}
+
+impl LaneQueue {
+    fn new(limits: LaneLimits) -> Self {
+        Self {
+            queue: PeerLaneQueue::new(limits.in_flight_max, limits.queue_max),
+            limits,
+        }
+    }
+
+    async fn enter(&self, peer: NodeId, lane: PeerLane) -> Result<OwnedSemaphorePermit, PeerError> {
+        self.queue.enter(peer, lane).await
     }
 }
 
