@@ -400,6 +400,11 @@ impl RaftGroup {
             })
     }
 
+    /// Whether this replica is the leader now (its log may not be applied yet).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
     /// The leader this replica knows of.
     pub fn leader(&self) -> Option<GroupLeader> {
         let metrics = self.raft.metrics();

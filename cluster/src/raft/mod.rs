@@ -13,7 +13,7 @@ pub mod metadata_group;
 pub mod network;
 pub mod partition_group;
 pub mod runtime;
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod types;
 pub(crate) mod wire;

@@ -1,4 +1,5 @@
-//! An in-process peer transport for the raft tests: every node's [`PeerTransport`] routes a
+//! An in-process peer transport for the raft tests (this crate's, and other crates' through the
+//! `testing` feature): every node's [`PeerTransport`] routes a
 //! request straight to the target's registered [`PeerHandler`] (run on a task of its own, as a
 //! real receiver would), after the transport's envelope check. Nodes can be cut off: a request
 //! from or to a cut node fails as unreachable, like a lost connection.
@@ -19,13 +20,14 @@ struct NetState {
 
 /// The network of one test cluster. Clones share it.
 #[derive(Clone)]
-pub(crate) struct TestNet {
+pub struct TestNet {
     cluster: String,
     state: Arc<Mutex<NetState>>,
 }
 
 impl TestNet {
-    pub(crate) fn new(cluster: &str) -> Self {
+    /// The network of a test cluster named `cluster`.
+    pub fn new(cluster: &str) -> Self {
         TestNet {
             cluster: cluster.to_string(),
             state: Arc::default(),
@@ -37,7 +39,7 @@ impl TestNet {
     }
 
     /// The transport node `local` sends with.
-    pub(crate) fn transport(&self, local: NodeId) -> Arc<dyn PeerTransport> {
+    pub fn transport(&self, local: NodeId) -> Arc<dyn PeerTransport> {
         Arc::new(TestTransport {
             net: self.clone(),
             local,
@@ -45,22 +47,22 @@ impl TestNet {
     }
 
     /// Routes requests for `node` to `handler` (replacing an earlier one).
-    pub(crate) fn register(&self, node: NodeId, handler: Arc<dyn PeerHandler>) {
+    pub fn register(&self, node: NodeId, handler: Arc<dyn PeerHandler>) {
         self.lock().handlers.insert(node, handler);
     }
 
     /// Requests for `node` find nobody (a stopped process).
-    pub(crate) fn unregister(&self, node: NodeId) {
+    pub fn unregister(&self, node: NodeId) {
         self.lock().handlers.remove(&node);
     }
 
     /// Cuts `node` off from every other node.
-    pub(crate) fn cut(&self, node: NodeId) {
+    pub fn cut(&self, node: NodeId) {
         self.lock().cut.insert(node);
     }
 
     /// Joins `node` to the others again.
-    pub(crate) fn heal(&self, node: NodeId) {
+    pub fn heal(&self, node: NodeId) {
         self.lock().cut.remove(&node);
     }
 }

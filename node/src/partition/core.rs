@@ -112,6 +112,9 @@ pub struct PartitionCore {
     waiters: VecDeque<Waiter>,
     fenced: Option<String>,
     outputs: VecDeque<Output>,
+    /// The core of a replicated partition's leader: its flushes are quorum commits, so acks
+    /// say `QuorumFsync` and a failed one (leadership lost, no quorum) is `Unavailable`.
+    replicated: bool,
 }
 
 impl PartitionCore {
@@ -134,7 +137,19 @@ impl PartitionCore {
             waiters: VecDeque::new(),
             fenced: None,
             outputs: VecDeque::new(),
+            replicated: false,
         }
+    }
+
+    /// A core continuing from this one's durable state for the leader of a replicated
+    /// partition: the same producer table and next offset, nothing pending or waiting; its
+    /// flushes are quorum commits (acks say `QuorumFsync`; a failed one answers `Unavailable`).
+    /// `self` is a replica's table, fed only by [`PartitionCore::recover_event`].
+    pub fn replicated_successor(&self) -> PartitionCore {
+        let mut next = PartitionCore::new(self.partition, self.config, self.durable);
+        next.producers = self.producers.clone();
+        next.replicated = true;
+        next
     }
 
     /// Replays a recovered event so duplicate detection survives restarts. `now` is the
@@ -281,7 +296,11 @@ impl PartitionCore {
         RecordOutcome::Appended {
             partition: self.partition,
             offset,
-            durability: Durability::LeaderFsync,
+            durability: if self.replicated {
+                Durability::QuorumFsync
+            } else {
+                Durability::LeaderFsync
+            },
             duplicate,
         }
     }
@@ -399,8 +418,15 @@ impl PartitionCore {
                 // After a failed fsync the page cache can no longer be trusted (its dirty pages
                 // may be dropped): answer everything not durable with an error and stop, so the
                 // partition restarts from what the disk really holds.
-                let rejection = RecordRejection::Storage {
-                    reason: reason.clone(),
+                let rejection = if self.replicated {
+                    RecordRejection::Unavailable {
+                        partition: self.partition.0,
+                        reason: reason.clone(),
+                    }
+                } else {
+                    RecordRejection::Storage {
+                        reason: reason.clone(),
+                    }
                 };
                 for waiter in self.waiters.drain(..) {
                     let outcomes = waiter

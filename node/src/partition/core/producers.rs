@@ -70,7 +70,7 @@ impl ProducerState {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct IdentityState {
     sensors: HashMap<SensorId, ProducerState>,
     /// Live sensors by serial: least recently active first.
@@ -102,7 +102,7 @@ pub(super) enum Full {
 }
 
 /// The producer table of one partition. See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct ProducerTable {
     bounds: ProducerBounds,
     identities: HashMap<Arc<Identity>, IdentityState>,
