@@ -36,6 +36,9 @@ fn the_planted_unsynced_append_is_caught() {
     let caught: Vec<u64> = (1..=5)
         .filter(|seed| {
             let outcome = run_seed(*seed, &settings(Some(Plant::MetadataAckBeforeFsync)), 3);
+            if let Some(failure) = &outcome.failure {
+                assert!(failure.invariant.starts_with("cluster-"), "{failure}");
+            }
             outcome.failure.is_some()
         })
         .collect();
