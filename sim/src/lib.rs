@@ -14,9 +14,12 @@
 //! them offline for simulated days. The edge no-silent-gaps checker compares the log with its
 //! own record of what each agent accepted and how each boot ended ([`edge_ledger`]).
 //!
-//! [`peer_link`] is the simulated network between nodes (a `PeerTransport` with loss,
-//! duplication, reordering, delay and partitions), but no run uses it yet: runs have one node,
-//! and their RNG draws are unchanged.
+//! With `--nodes 3..5` a run is a cluster run instead ([`cluster`]): replicas of the real
+//! metadata group, each on its own simulated disk, over [`peer_link`] (the simulated network
+//! between nodes: a `PeerTransport` with loss, duplication, reordering, delay, partitions and
+//! pauses), with crashes, power loss of every node at once, clients following leader hints, and
+//! checkers for linearizability, committed-log agreement, convergence and liveness. Without
+//! `--nodes` runs are unchanged (same RNG draws, same traces).
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
@@ -24,6 +27,7 @@ compile_error!(
      .cargo/config.toml sets it — do not override it with a bare RUSTFLAGS"
 );
 
+pub mod cluster;
 pub mod edge_ledger;
 pub mod edge_link;
 pub mod env;

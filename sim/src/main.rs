@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sluice_sim::cluster::{self, ClusterSummary};
 use sluice_sim::trace::hex;
 use sluice_sim::{logging, run_seed, Plant, RunOutcome, RunSummary, Settings};
 use std::io::IsTerminal;
@@ -78,6 +79,12 @@ struct RunArgs {
     /// Plant a bug, to check that the checkers catch it.
     #[arg(long, value_enum, hide = true)]
     plant: Option<Plant>,
+    /// Run the cluster mode on this many nodes (3 to 5): replicas of the metadata group, each
+    /// on its own simulated disk, over a faulty simulated network (partitions, one-way cuts,
+    /// flapping, loss, duplication, delay, crashes, pauses, power loss of every node), with
+    /// clients and a linearizability checker. Without it: one node with edges, as before.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=5))]
+    nodes: Option<u32>,
 }
 
 /// One line of a replay file: the settings flags after its seed.
@@ -140,6 +147,7 @@ impl RunArgs {
             edge_disk_faults: self.edge_disk_faults,
             disk_corruption: self.disk_corruption,
             plant: self.plant,
+            nodes: self.nodes,
         }
     }
 
@@ -189,6 +197,10 @@ fn settings_flags(settings: &Settings) -> Vec<String> {
     if let Some(plant) = settings.plant {
         flags.push("--plant".to_owned());
         flags.push(plant.flag().to_owned());
+    }
+    if let Some(nodes) = settings.nodes {
+        flags.push("--nodes".to_owned());
+        flags.push(nodes.to_string());
     }
     flags
 }
@@ -263,6 +275,61 @@ fn report_failure(outcome: &RunOutcome, settings: &Settings, log: &str) -> Strin
     text
 }
 
+/// One line describing a finished cluster run.
+fn cluster_summary_line(s: &ClusterSummary) -> String {
+    format!(
+        "seed {} nodes {} hash {} steps {} clients {} writes applied {} rejected {} unknown {} \
+         reads {}, partitions {} one-way {} flaps {} delay spikes {} crashes {} pauses {} \
+         power losses {} torn writes {}, last index {}, simulated {:.1}s",
+        s.seed,
+        s.n_nodes,
+        hex(&s.trace_hash),
+        s.n_steps,
+        s.n_clients,
+        s.n_applied,
+        s.n_rejected,
+        s.n_unknown,
+        s.n_reads,
+        s.n_partitions,
+        s.n_one_way,
+        s.n_flaps,
+        s.n_delay_spikes,
+        s.n_crashes,
+        s.n_pauses,
+        s.n_power_losses,
+        s.n_torn_writes,
+        s.last_index,
+        s.sim_time.as_secs_f64()
+    )
+}
+
+/// Runs one seed in the mode its settings say; its outcome and its summary line.
+fn run_one(seed: u64, settings: &Settings) -> (RunOutcome, String) {
+    match settings.nodes {
+        None => {
+            let outcome = run_seed(seed, settings);
+            let line = summary_line(&outcome.summary);
+            (outcome, line)
+        }
+        Some(nodes) => {
+            let outcome = cluster::run_seed(seed, settings, nodes);
+            let line = cluster_summary_line(&outcome.summary);
+            let summary = RunSummary {
+                seed,
+                trace_hash: outcome.summary.trace_hash,
+                n_steps: outcome.summary.n_steps,
+                sim_time: outcome.summary.sim_time,
+                ..RunSummary::default()
+            };
+            let outcome = RunOutcome {
+                summary,
+                failure: outcome.failure,
+            };
+            (outcome, line)
+        }
+    }
+}
+
 /// One line describing a finished run.
 fn summary_line(s: &RunSummary) -> String {
     let damage = if s.n_disk_damage > 0 {
@@ -329,7 +396,7 @@ fn summary_line_base(s: &RunSummary) -> String {
 fn run_workers(
     seeds: &[(u64, Settings)],
     jobs: usize,
-    results: mpsc::Sender<(RunOutcome, Settings, String)>,
+    results: mpsc::Sender<(RunOutcome, String, Settings, String)>,
 ) {
     let next = Arc::new(AtomicUsize::new(0));
     let capture = seeds.len() > 1;
@@ -343,9 +410,12 @@ fn run_workers(
             if capture {
                 logging::capture_start();
             }
-            let outcome = run_seed(*seed, settings);
+            let (outcome, line) = run_one(*seed, settings);
             let log = logging::capture_take();
-            if results.send((outcome, settings.clone(), log)).is_err() {
+            if results
+                .send((outcome, line, settings.clone(), log))
+                .is_err()
+            {
                 return;
             }
         });
@@ -357,6 +427,21 @@ fn main() -> Result<()> {
     let seeds = cli.seeds()?;
     if seeds.is_empty() {
         bail!("no seeds to run");
+    }
+    for (seed, settings) in &seeds {
+        if let Some(plant) = settings.plant {
+            if plant.is_cluster() != settings.nodes.is_some() {
+                bail!(
+                    "seed {seed}: --plant {} {} --nodes",
+                    plant.flag(),
+                    if plant.is_cluster() {
+                        "needs"
+                    } else {
+                        "does not go with"
+                    }
+                );
+            }
+        }
     }
     let default_filter = if cli.verbose { "debug" } else { "warn" };
     logging::init(cli.log.as_deref().unwrap_or(default_filter));
@@ -371,11 +456,11 @@ fn main() -> Result<()> {
     let (mut n_done, mut n_failed, mut n_records) = (0usize, 0usize, 0usize);
     let (results_tx, results) = mpsc::channel();
     run_workers(&seeds, jobs, results_tx);
-    for (outcome, settings, log) in results {
+    for (outcome, line, settings, log) in results {
         n_done += 1;
         n_records += outcome.summary.n_records;
         if cli.print_hash || single {
-            bar.suspend(|| println!("{}", summary_line(&outcome.summary)));
+            bar.suspend(|| println!("{line}"));
         }
         if outcome.failure.is_some() {
             n_failed += 1;
@@ -429,6 +514,26 @@ mod tests {
         assert_eq!(seeds[0].1.producers_max, Settings::default().producers_max);
         assert_eq!((seeds[1].0, seeds[1].1.edges_max), (7141, 6));
         assert_eq!(seeds[1].1.producers_max, 8);
+        let cluster = parse_seed_file(
+            "5 --nodes 5 --plant metadata-ack-before-fsync\n",
+            "s",
+            &base,
+        )
+        .unwrap();
+        assert_eq!(cluster[0].1.nodes, Some(5));
+        assert_eq!(
+            settings_flags(&cluster[0].1),
+            [
+                "--edges-max",
+                "5",
+                "--plant",
+                "metadata-ack-before-fsync",
+                "--nodes",
+                "5"
+            ]
+        );
+        assert!(parse_seed_file("5 --nodes 2\n", "s", &base).is_err());
+        assert!(parse_seed_file("5 --nodes 6\n", "s", &base).is_err());
         let error = parse_seed_file("9 --edges-maxx 2\n", "seeds.txt", &base).unwrap_err();
         assert!(error.to_string().contains("seeds.txt:1"), "{error}");
         assert!(parse_seed_file("x\n", "seeds.txt", &base).is_err());

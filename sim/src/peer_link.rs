@@ -19,8 +19,9 @@
 //!   [`PeerRefusal::Overloaded`] goes back.
 //!
 //! Every delivery decision is appended to a trace ([`PeerNet::trace`]) stamped with simulated
-//! time, so two runs of one seed can be compared. Nothing in the simulator's runs uses this
-//! network yet; it arrives with the cluster's simulation.
+//! time, so two runs of one seed can be compared. The cluster runs (`--nodes`, [`crate::cluster`])
+//! use it; a node's process is [`PeerNet::detach`]ed when it crashes (its transport sends
+//! nothing more) and may be [`PeerNet::pause`]d (its messages in and out are held, not lost).
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -104,9 +105,24 @@ struct NetState {
     delays: BTreeMap<(NodeId, NodeId), (u64, u64)>,
     /// Calls being served per (receiver, sender, lane).
     serving: BTreeMap<(NodeId, NodeId, usize), Arc<Semaphore>>,
+    /// Each node's boot: bumped by [`PeerNet::detach`], so a crashed process's transport
+    /// sends nothing more.
+    boots: BTreeMap<NodeId, u64>,
+    /// Paused nodes, with the end of their pause.
+    paused: BTreeMap<NodeId, Instant>,
+    /// No loss and no duplication (the faults healed).
+    calm: bool,
 }
 
 impl NetState {
+    fn boot(&self, id: NodeId) -> u64 {
+        self.boots.get(&id).copied().unwrap_or(0)
+    }
+
+    fn pause_end(&self, id: NodeId, now: Instant) -> Option<Instant> {
+        self.paused.get(&id).copied().filter(|end| *end > now)
+    }
+
     fn is_cut(&self, from: NodeId, to: NodeId, now: Instant) -> bool {
         self.cuts.contains(&(from, to))
             || [(from, to), (to, from)]
@@ -161,6 +177,7 @@ impl NetInner {
                 delay((to, from)).unwrap_or(self.config.delay_ms),
             )
         };
+        let calm = self.state().calm;
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
         let c = &self.config;
         let mut draw = |(low, high): (u64, u64)| {
@@ -169,9 +186,9 @@ impl NetInner {
         let request_delay = draw(forward);
         let response_delay = draw(back);
         let duplicate_extra = draw(forward) * 4;
-        let request_lost = rng.random_bool(c.loss_request);
-        let response_lost = rng.random_bool(c.loss_response);
-        let duplicate = rng.random_bool(c.duplicate);
+        let request_lost = rng.random_bool(c.loss_request) && !calm;
+        let response_lost = rng.random_bool(c.loss_response) && !calm;
+        let duplicate = rng.random_bool(c.duplicate) && !calm;
         Fate {
             request_delay,
             request_lost,
@@ -192,6 +209,7 @@ impl NetInner {
     ) -> Option<Result<Vec<u8>, PeerRefusal>> {
         tokio::time::sleep(delay).await;
         let to = request.envelope.to;
+        self.hold_while_paused(to).await;
         let lane = request.lane;
         let what = if copy { "copy" } else { "request" };
         let (handler, serving) = {
@@ -227,6 +245,19 @@ impl NetInner {
     }
 }
 
+impl NetInner {
+    /// Waits while `id` is paused: what it sends or receives meanwhile is held, not lost.
+    async fn hold_while_paused(&self, id: NodeId) {
+        loop {
+            let end = self.state().pause_end(id, self.now());
+            match end {
+                Some(end) => tokio::time::sleep_until(end).await,
+                None => return,
+            }
+        }
+    }
+}
+
 /// The simulated network between the nodes of one world. Cheap to clone.
 #[derive(Clone)]
 pub struct PeerNet {
@@ -257,18 +288,54 @@ impl PeerNet {
 
     /// Puts node `id` on the network, answering with `handler`, and returns its transport.
     pub fn attach(&self, id: NodeId, handler: Arc<dyn PeerHandler>) -> SimPeerTransport {
-        self.inner.state().handlers.insert(id, handler);
+        let transport = self.transport(id);
+        self.register(id, handler);
+        transport
+    }
+
+    /// The transport of node `id`'s current process, before it answers anything (a process
+    /// that needs its transport to build its handler registers the handler after).
+    pub fn transport(&self, id: NodeId) -> SimPeerTransport {
         SimPeerTransport {
             net: self.inner.clone(),
             local: id,
+            boot: self.inner.state().boot(id),
             peers: Mutex::new(BTreeMap::new()),
             queues: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Takes node `id` off the network (it crashed): requests to it are lost from now on.
+    /// Node `id` answers with `handler` from now on.
+    pub fn register(&self, id: NodeId, handler: Arc<dyn PeerHandler>) {
+        self.inner.state().handlers.insert(id, handler);
+    }
+
+    /// Takes node `id` off the network (its process crashed or exited): requests to it are
+    /// lost from now on, and its transports send nothing more (a call fails as closed).
     pub fn detach(&self, id: NodeId) {
-        self.inner.state().handlers.remove(&id);
+        let mut state = self.inner.state();
+        state.handlers.remove(&id);
+        *state.boots.entry(id).or_insert(0) += 1;
+    }
+
+    /// Pauses node `id` for `length` (a stopped-the-world process): what it sends and what
+    /// reaches it meanwhile is held and delivered when the pause ends.
+    pub fn pause(&self, id: NodeId, length: Duration) {
+        let end = self.inner.now() + length;
+        self.inner.state().paused.insert(id, end);
+        self.inner
+            .note(format!("{id} paused for {} ms", length.as_millis()));
+    }
+
+    /// Waits until node `id` is not paused.
+    pub async fn wait_unpaused(&self, id: NodeId) {
+        self.inner.hold_while_paused(id).await;
+    }
+
+    /// Stops (`true`) or resumes (`false`) the configured loss and duplication; every call
+    /// still draws its fate, so the draws after are the same either way.
+    pub fn set_calm(&self, calm: bool) {
+        self.inner.state().calm = calm;
     }
 
     /// Cuts `a` and `b` apart, both ways.
@@ -294,11 +361,17 @@ impl PeerNet {
         self.inner.state().flaps.insert((a, b), flap);
     }
 
-    /// Ends every cut and every flap.
+    /// Ends every cut, every flap and every pause.
     pub fn heal(&self) {
         let mut state = self.inner.state();
         state.cuts.clear();
         state.flaps.clear();
+        state.paused.clear();
+    }
+
+    /// Ends every per-pair delay (back to the configured range).
+    pub fn clear_delays(&self) {
+        self.inner.state().delays.clear();
     }
 
     /// Sets the one-way delay range between `a` and `b` (both ways), in milliseconds.
@@ -323,6 +396,7 @@ impl PeerNet {
 pub struct SimPeerTransport {
     net: Arc<NetInner>,
     local: NodeId,
+    boot: u64,
     peers: Mutex<BTreeMap<NodeId, String>>,
     queues: Mutex<BTreeMap<(NodeId, usize), Arc<PeerLaneQueue>>>,
 }
@@ -364,6 +438,13 @@ impl SimPeerTransport {
                 format!("request of {} bytes exceeds {bound}", request.body.len()),
             ));
         }
+        self.net.hold_while_paused(from).await;
+        if self.net.state().boot(from) != self.boot {
+            return Err(PeerError::new(
+                PeerErrorKind::Closed,
+                format!("node {from}'s process is gone"),
+            ));
+        }
         let queue = self.queue(to, lane);
         let _place = queue.enter(to, lane).await?;
         let fate = self.net.fate(from, to);
@@ -385,6 +466,7 @@ impl SimPeerTransport {
             return std::future::pending().await;
         };
         tokio::time::sleep(fate.response_delay).await;
+        self.net.hold_while_paused(from).await;
         let cut = self.net.state().is_cut(to, from, self.net.now());
         if fate.response_lost || cut {
             let why = if cut { "to a cut" } else { "" };
@@ -619,6 +701,43 @@ mod tests {
         // 20 s: down again.
         let error = n.call(2, 1, PeerLane::Control).await.unwrap_err();
         assert_eq!(error.kind, PeerErrorKind::Timeout);
+    }
+
+    // Checks that a pause holds messages instead of losing them (a call to a paused node is
+    // answered once the pause ends, within its timeout), and that a detached node's old
+    // transport sends nothing more while a new one works.
+    #[tokio::test(start_paused = true)]
+    async fn pauses_hold_messages_and_detach_closes_the_old_transport() {
+        let n = net(5, PeerNetConfig::default());
+        n.net.set_delay(NodeId(1), NodeId(2), 0, 0);
+        n.net.pause(NodeId(2), Duration::from_millis(600));
+        let start = n.net.inner.now();
+        assert_eq!(n.call(1, 2, PeerLane::Control).await.unwrap(), b"2:x");
+        let took = n.net.inner.now().saturating_duration_since(start);
+        assert_eq!(took, Duration::from_millis(600));
+        n.net.pause(NodeId(1), Duration::from_secs(5));
+        let error = n.call(1, 3, PeerLane::Control).await.unwrap_err();
+        assert_eq!(error.kind, PeerErrorKind::Timeout, "held past the timeout");
+        n.net.heal();
+
+        n.net.detach(NodeId(1));
+        let error = n.call(1, 2, PeerLane::Control).await.unwrap_err();
+        assert_eq!(error.kind, PeerErrorKind::Closed);
+        let error = n.call(2, 1, PeerLane::Control).await.unwrap_err();
+        assert_eq!(
+            error.kind,
+            PeerErrorKind::Timeout,
+            "nobody answers for node 1"
+        );
+        let fresh = n.net.transport(NodeId(1));
+        fresh.set_peers(n.transport(1).peers.lock().unwrap().clone());
+        n.net.register(NodeId(1), n.nodes[0].0.clone());
+        let answer = fresh
+            .call(request(1, 2, PeerLane::Control, b"y"), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(answer, b"2:y");
+        assert_eq!(n.call(2, 1, PeerLane::Control).await.unwrap(), b"1:x");
     }
 
     // Checks that the receiver runs the envelope check: another target, another sender or

@@ -1,5 +1,5 @@
 //! What a run does: its length, its size and its planted bug. Everything else about a run (the
-//! node's streams and bounds, the producers, the edges, the link's faults, the crash and outage
+//! node's streams and bounds, in cluster runs the network's fault rates and the clients, the producers, the edges, the link's faults, the crash and outage
 //! schedules) is drawn from the seed, so one seed plus these settings is one run.
 
 /// A bug planted on purpose, to prove the checkers can fail.
@@ -12,6 +12,10 @@ pub enum Plant {
     /// first reading it carries after that reading, and tells the agent they were appended:
     /// the agent releases readings the node never stored.
     EdgeAckUnstored,
+    /// Cluster runs (`--nodes`) only: the raft log store's appends skip their `fdatasync` and
+    /// still complete openraft's `LogFlushed`, so replicas acknowledge entries, and the leader
+    /// commits them, before they are durable on a quorum; a power cut then loses them.
+    MetadataAckBeforeFsync,
 }
 
 impl Plant {
@@ -20,7 +24,13 @@ impl Plant {
         match self {
             Plant::AckBeforeFsync => "ack-before-fsync",
             Plant::EdgeAckUnstored => "edge-ack-unstored",
+            Plant::MetadataAckBeforeFsync => "metadata-ack-before-fsync",
         }
+    }
+
+    /// Whether the plant belongs to cluster runs (`--nodes`) rather than single-node runs.
+    pub fn is_cluster(self) -> bool {
+        matches!(self, Plant::MetadataAckBeforeFsync)
     }
 }
 
@@ -50,6 +60,10 @@ pub struct Settings {
     pub disk_corruption: bool,
     /// A planted bug, if any.
     pub plant: Option<Plant>,
+    /// Run the cluster mode with this many nodes (3 to 5): replicas of the metadata group over
+    /// the simulated peer network ([`crate::cluster`]) instead of one node with edges. `None`
+    /// (the default) is the single-node run.
+    pub nodes: Option<u32>,
 }
 
 impl Default for Settings {
@@ -64,6 +78,7 @@ impl Default for Settings {
             edge_disk_faults: false,
             disk_corruption: false,
             plant: None,
+            nodes: None,
         }
     }
 }

@@ -54,6 +54,27 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+/// Planted bugs, for the simulator's checkers only (feature `plant`), off unless a run turns
+/// them on for its thread (the simulator runs the store's work inline on the run's thread).
+#[cfg(feature = "plant")]
+pub mod plant {
+    use std::cell::Cell;
+
+    thread_local! {
+        static APPEND_UNSYNCED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// From now on, on this thread, appends skip their `fdatasync` and still complete
+    /// openraft's `LogFlushed`: replicas acknowledge entries a power cut then loses.
+    pub fn set_append_unsynced(on: bool) {
+        APPEND_UNSYNCED.with(|c| c.set(on));
+    }
+
+    pub(super) fn append_unsynced() -> bool {
+        APPEND_UNSYNCED.with(Cell::get)
+    }
+}
+
 /// Sizes of a raft log store.
 #[derive(Debug, Clone, Copy)]
 pub struct LogStoreConfig {
@@ -631,7 +652,13 @@ impl Core {
         };
         let payloads: Vec<&[u8]> = batch.iter().map(|(_, p)| p.as_slice()).collect();
         let positions = self.writer.append(&payloads)?;
-        self.writer.sync()?;
+        #[cfg(feature = "plant")]
+        let planted = plant::append_unsynced();
+        #[cfg(not(feature = "plant"))]
+        let planted = false;
+        if !planted {
+            self.writer.sync()?;
+        }
         let end_pos = self.writer.end();
         let mut shared = self.shared_mut();
         if let Some(view) = shared.segments.last_mut() {
