@@ -12,7 +12,9 @@ use sluice_proto::msg::{
 };
 use sluice_proto::net::{Client, ClientSettings, NetError};
 use sluice_proto::{Identity, NodeId, Role, StreamName};
-use sluice_tests::{free_udp_port, stem, within, CertDir, TestNode, Validity, CLUSTER, STEP};
+use sluice_tests::{
+    free_udp_port, run_cli, stem, within, CertDir, TestNode, Validity, CLUSTER, STEP,
+};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -261,7 +263,8 @@ async fn three_nodes_form_a_metadata_group_and_keep_it_across_a_restart() {
     // visible at once (linearizable reads) on every node with replicas on all three sites; an
     // ACL entry added through node 1 is listed by node 2; an edge certificate is refused as
     // Forbidden; a bad name, a replication factor above the nodes and a duplicate stream get
-    // typed errors. After all three nodes stop and start again, the metadata is the same on
+    // typed errors; the CLI does the same over the same requests. After all three nodes stop
+    // and start again, the metadata is the same on
     // every node and a second init is refused.
     let mut cluster = Cluster::create();
     cluster.start_all().await;
@@ -396,6 +399,8 @@ async fn three_nodes_form_a_metadata_group_and_keep_it_across_a_restart() {
         "{bad_identity:?}"
     );
 
+    check_cli(&cluster).await;
+
     cluster.stop_all().await;
     cluster.start_all().await;
     cluster.leader().await;
@@ -413,6 +418,87 @@ async fn three_nodes_form_a_metadata_group_and_keep_it_across_a_restart() {
     );
     cluster.stop_all().await;
     drop(cluster.dir);
+}
+
+/// The `sluice` CLI against the running cluster: `cluster status --output json` from node 1
+/// lists three active nodes, `streams create` prints the created stream, a bad name exits 1
+/// with the typed error printed, and `acl list` shows the bootstrap entry.
+async fn check_cli(cluster: &Cluster) {
+    let addr = cluster.addr(1).to_string();
+    let certs = cluster.certs.path().display().to_string();
+    let connect = [
+        "--node",
+        addr.as_str(),
+        "--certs",
+        certs.as_str(),
+        "--as",
+        ADMIN,
+    ];
+    let cli = |args: Vec<&str>| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(connect.iter().map(|a| a.to_string()));
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            run_cli(&args, b"", Duration::from_secs(120)).await.unwrap()
+        }
+    };
+    let status = cli(vec!["cluster", "status", "--output", "json"]).await;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let nodes = json["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{json}");
+    assert!(nodes.iter().all(|n| n["state"] == "active"), "{json}");
+
+    let created = cli(vec![
+        "streams",
+        "create",
+        "doors",
+        "--partitions",
+        "2",
+        "--replication-factor",
+        "3",
+        "--retention",
+        "7d",
+        "--retention-bytes",
+        "50GiB",
+    ])
+    .await;
+    assert_eq!(created.code, Some(0), "{created:?}");
+    assert!(
+        created.stdout.contains("created stream doors"),
+        "{created:?}"
+    );
+    assert!(
+        created
+            .stdout
+            .contains("retention=604800000ms retention_bytes=53687091200B"),
+        "{created:?}"
+    );
+
+    let bad = cli(vec![
+        "streams",
+        "create",
+        "../etc",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "1",
+    ])
+    .await;
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+    assert!(
+        bad.stderr.contains("invalid stream name \"../etc\""),
+        "{bad:?}"
+    );
+    let acls = cli(vec!["acl", "list"]).await;
+    assert_eq!(acls.code, Some(0), "{acls:?}");
+    assert!(
+        acls.stdout
+            .contains(&format!("sluice://{CLUSTER}/edge/pi-1")),
+        "{acls:?}"
+    );
+    let deleted = cli(vec!["streams", "delete", "doors"]).await;
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
