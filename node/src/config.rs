@@ -6,8 +6,11 @@
 use figment::providers::{Env as EnvProvider, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use sluice_cluster::raft::metadata_group::MetadataGroupConfig;
 use sluice_proto::msg::FetchResponse;
-use sluice_proto::{Identity, StreamName};
+use sluice_proto::net::peer::node_id_of;
+use sluice_proto::{Identity, NodeId, StreamName};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +38,223 @@ pub struct NodeConfig {
     /// allows it.
     #[serde(default)]
     pub acl: Vec<AclRule>,
+    /// This node as a voter of a replicated cluster's metadata group. Without it the node runs
+    /// alone, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: the metadata group this node is a voter of.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The voters the cluster is formed with: node id (decimal, as a TOML key) to that node's
+    /// peer address (`host:port` of its listener, which serves clients and peers alike). Every
+    /// member lists the same map; this node must be in it.
+    pub initial_members: BTreeMap<String, String>,
+    /// This node's site label (placement spreads a partition's replicas over sites).
+    pub site: String,
+    /// This node's rack label (a tie-break of placement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
+    /// The metadata group's timing and sizes.
+    #[serde(default)]
+    pub metadata: MetadataSection,
+}
+
+/// `[cluster.metadata]`: timing and sizes of the metadata group (defaults from
+/// `MetadataGroupConfig::default()`, sized for sites up to 150 ms apart).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataSection {
+    /// The leader's heartbeat interval, also the deadline of each replication call.
+    #[serde(default = "default_metadata_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A follower hearing no leader for a random time in `[min, max)` stands for election.
+    #[serde(default = "default_metadata_election_timeout_min_ms")]
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    #[serde(default = "default_metadata_election_timeout_max_ms")]
+    pub election_timeout_max_ms: u64,
+    /// Deadline of a proposal, a read or a membership change (a proposal that misses it may
+    /// still be applied).
+    #[serde(default = "default_metadata_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// First wait before replicating again to an unreachable member.
+    #[serde(default = "default_metadata_unreachable_backoff_initial_ms")]
+    pub unreachable_backoff_initial_ms: u64,
+    /// Longest such wait.
+    #[serde(default = "default_metadata_unreachable_backoff_max_ms")]
+    pub unreachable_backoff_max_ms: u64,
+    /// Entries per replication call.
+    #[serde(default = "default_metadata_entries_per_append_max")]
+    pub entries_per_append_max: u64,
+    /// Bytes per snapshot chunk.
+    #[serde(default = "default_metadata_snapshot_chunk_bytes_max")]
+    pub snapshot_chunk_bytes_max: u64,
+    /// Preallocated size of a metadata log segment.
+    #[serde(default = "default_metadata_segment_bytes_max")]
+    pub segment_bytes_max: u64,
+    /// The largest metadata log entry.
+    #[serde(default = "default_metadata_entry_bytes_max")]
+    pub entry_bytes_max: u32,
+}
+
+impl MetadataSection {
+    /// The metadata group's configuration.
+    pub fn group_config(&self) -> MetadataGroupConfig {
+        MetadataGroupConfig {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            request_timeout_ms: self.request_timeout_ms,
+            unreachable_backoff_initial_ms: self.unreachable_backoff_initial_ms,
+            unreachable_backoff_max_ms: self.unreachable_backoff_max_ms,
+            entries_per_append_max: self.entries_per_append_max,
+            snapshot_chunk_bytes_max: self.snapshot_chunk_bytes_max,
+            segment_bytes_max: self.segment_bytes_max,
+            entry_bytes_max: self.entry_bytes_max,
+        }
+    }
+}
+
+impl Default for MetadataSection {
+    fn default() -> Self {
+        let d = MetadataGroupConfig::default();
+        MetadataSection {
+            heartbeat_interval_ms: d.heartbeat_interval_ms,
+            election_timeout_min_ms: d.election_timeout_min_ms,
+            election_timeout_max_ms: d.election_timeout_max_ms,
+            request_timeout_ms: d.request_timeout_ms,
+            unreachable_backoff_initial_ms: d.unreachable_backoff_initial_ms,
+            unreachable_backoff_max_ms: d.unreachable_backoff_max_ms,
+            entries_per_append_max: d.entries_per_append_max,
+            snapshot_chunk_bytes_max: d.snapshot_chunk_bytes_max,
+            segment_bytes_max: d.segment_bytes_max,
+            entry_bytes_max: d.entry_bytes_max,
+        }
+    }
+}
+
+fn default_metadata_heartbeat_interval_ms() -> u64 {
+    MetadataSection::default().heartbeat_interval_ms
+}
+fn default_metadata_election_timeout_min_ms() -> u64 {
+    MetadataSection::default().election_timeout_min_ms
+}
+fn default_metadata_election_timeout_max_ms() -> u64 {
+    MetadataSection::default().election_timeout_max_ms
+}
+fn default_metadata_request_timeout_ms() -> u64 {
+    MetadataSection::default().request_timeout_ms
+}
+fn default_metadata_unreachable_backoff_initial_ms() -> u64 {
+    MetadataSection::default().unreachable_backoff_initial_ms
+}
+fn default_metadata_unreachable_backoff_max_ms() -> u64 {
+    MetadataSection::default().unreachable_backoff_max_ms
+}
+fn default_metadata_entries_per_append_max() -> u64 {
+    MetadataSection::default().entries_per_append_max
+}
+fn default_metadata_snapshot_chunk_bytes_max() -> u64 {
+    MetadataSection::default().snapshot_chunk_bytes_max
+}
+fn default_metadata_segment_bytes_max() -> u64 {
+    MetadataSection::default().segment_bytes_max
+}
+fn default_metadata_entry_bytes_max() -> u32 {
+    MetadataSection::default().entry_bytes_max
+}
+
+impl ClusterSection {
+    /// `initial_members` with their ids parsed; members whose key is not a node id are left
+    /// out (validation lists them).
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        self.initial_members
+            .iter()
+            .filter_map(|(id, address)| Some((node_id_of(id)?, address.clone())))
+            .collect()
+    }
+
+    fn validate(&self, node_id: u64, problems: &mut Vec<String>) {
+        if self.initial_members.is_empty() {
+            problems.push(
+                "cluster.initial_members is empty: list every voter (id = \"host:port\")".into(),
+            );
+        }
+        for (id, address) in &self.initial_members {
+            if node_id_of(id).is_none() {
+                problems.push(format!(
+                    "cluster.initial_members: key {id:?} is not a node id (decimal, no leading zero)"
+                ));
+            }
+            let port = address
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                problems.push(format!(
+                    "cluster.initial_members.{id} = {address:?} is not host:port"
+                ));
+            }
+        }
+        if !self.members().contains_key(&NodeId(node_id)) {
+            problems.push(format!(
+                "cluster.initial_members does not list this node (node.id = {node_id})"
+            ));
+        }
+        for (what, label) in [
+            ("cluster.site", Some(&self.site)),
+            ("cluster.rack", self.rack.as_ref()),
+        ] {
+            if let Some(label) = label {
+                if label.is_empty() || label.len() > 64 || label.chars().any(char::is_control) {
+                    problems.push(format!(
+                        "{what} must be 1 to 64 printable characters, got {label:?}"
+                    ));
+                }
+            }
+        }
+        let m = &self.metadata;
+        for (name, value) in [
+            ("heartbeat_interval_ms", m.heartbeat_interval_ms),
+            ("request_timeout_ms", m.request_timeout_ms),
+            (
+                "unreachable_backoff_initial_ms",
+                m.unreachable_backoff_initial_ms,
+            ),
+            ("entries_per_append_max", m.entries_per_append_max),
+            ("snapshot_chunk_bytes_max", m.snapshot_chunk_bytes_max),
+            ("entry_bytes_max", u64::from(m.entry_bytes_max)),
+        ] {
+            if value == 0 {
+                problems.push(format!("cluster.metadata.{name} must be greater than 0"));
+            }
+        }
+        if m.election_timeout_min_ms <= m.heartbeat_interval_ms {
+            problems.push(format!(
+                "cluster.metadata.election_timeout_min_ms ({}) must be above heartbeat_interval_ms ({})",
+                m.election_timeout_min_ms, m.heartbeat_interval_ms
+            ));
+        }
+        if m.election_timeout_max_ms <= m.election_timeout_min_ms {
+            problems.push(format!(
+                "cluster.metadata.election_timeout_max_ms ({}) must be above election_timeout_min_ms ({})",
+                m.election_timeout_max_ms, m.election_timeout_min_ms
+            ));
+        }
+        if m.unreachable_backoff_max_ms < m.unreachable_backoff_initial_ms {
+            problems.push(
+                "cluster.metadata.unreachable_backoff_max_ms must be at least unreachable_backoff_initial_ms".into(),
+            );
+        }
+        if m.segment_bytes_max < 1 << 20 || u64::from(m.entry_bytes_max) > m.segment_bytes_max / 2 {
+            problems.push(format!(
+                "cluster.metadata.segment_bytes_max ({}) must be at least 1048576 and twice entry_bytes_max ({})",
+                m.segment_bytes_max, m.entry_bytes_max
+            ));
+        }
+    }
 }
 
 /// `[node]`
@@ -242,6 +462,35 @@ pub struct StreamSection {
     pub name: String,
     /// Fixed partition count; a sensor id always maps to the same partition.
     pub partitions: u32,
+    /// Replicas per partition when the stream is created in a cluster's metadata group at
+    /// bootstrap (default: 3, or the number of initial members if fewer). Unused alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<u32>,
+    /// Retention by age (ms) recorded with the stream at bootstrap (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_age_ms_max: Option<u64>,
+    /// Retention by bytes per partition recorded with the stream at bootstrap (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_bytes_max: Option<u64>,
+}
+
+impl StreamSection {
+    /// A stream of `partitions` partitions with the bootstrap defaults.
+    pub fn new(name: impl Into<String>, partitions: u32) -> Self {
+        StreamSection {
+            name: name.into(),
+            partitions,
+            replication_factor: None,
+            retention_age_ms_max: None,
+            retention_bytes_max: None,
+        }
+    }
+
+    /// The replication factor this stream is bootstrapped with in a cluster of `n_members`.
+    pub fn bootstrap_factor(&self, n_members: usize) -> u32 {
+        self.replication_factor
+            .unwrap_or_else(|| u32::try_from(n_members.min(3)).unwrap_or(3))
+    }
 }
 
 /// `[[acl]]`: identities matching `identity` may produce to the streams matching `produce` and
@@ -591,6 +840,25 @@ impl NodeConfig {
                     stream.partitions
                 ));
             }
+            let n_members = self.cluster.as_ref().map_or(1, |c| c.initial_members.len());
+            if let Some(factor) = stream.replication_factor {
+                if factor == 0 || factor as usize > n_members.max(1) {
+                    problems.push(format!(
+                        "streams[{idx}].replication_factor must be 1 to the number of cluster.initial_members ({n_members}), got {factor}"
+                    ));
+                }
+            }
+            for (key, value) in [
+                ("retention_age_ms_max", stream.retention_age_ms_max),
+                ("retention_bytes_max", stream.retention_bytes_max),
+            ] {
+                if value == Some(0) {
+                    problems.push(format!("streams[{idx}].{key} must be greater than 0"));
+                }
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(self.node.id, &mut problems);
         }
         for (idx, rule) in self.acl.iter().enumerate() {
             if !rule
@@ -835,6 +1103,76 @@ mod tests {
             problems[0].contains("transport.request_bytes_max"),
             "{problems:#?}"
         );
+    }
+
+    /// The example config with its commented `[cluster]` block switched on.
+    fn example_with_cluster() -> String {
+        let text = include_str!("../../deploy/node.example.toml");
+        let (head, tail) = text.split_once("# [cluster]\n").unwrap();
+        let mut out = format!("{head}[cluster]\n");
+        for line in tail.lines() {
+            match line.strip_prefix("# ") {
+                // A commented key or table header; "# # text" stays a comment.
+                Some(rest) if !rest.starts_with('#') => out.push_str(rest),
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn the_example_cluster_section_loads_with_the_metadata_group_defaults() {
+        // Checks that the documented [cluster] block of the example config parses and
+        // validates, that its members and labels come through, that every documented timing
+        // value is MetadataGroupConfig's default, and that a config without it has no cluster.
+        let config = from_toml(&example_with_cluster()).unwrap();
+        let cluster = config.cluster.expect("cluster section");
+        assert_eq!(cluster.site, "site-a");
+        assert_eq!(cluster.rack.as_deref(), Some("rack-1"));
+        assert_eq!(cluster.members().len(), 3);
+        assert_eq!(cluster.members()[&NodeId(2)], "127.0.0.1:7401");
+        assert_eq!(
+            cluster.metadata.group_config(),
+            MetadataGroupConfig::default()
+        );
+        let defaults = from_toml(&minimal(
+            "[cluster]\nsite = \"a\"\n[cluster.initial_members]\n1 = \"h:1\"\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            defaults.cluster.unwrap().metadata.group_config(),
+            MetadataGroupConfig::default()
+        );
+        let alone = from_toml(include_str!("../../deploy/node.example.toml")).unwrap();
+        assert!(alone.cluster.is_none());
+    }
+
+    #[test]
+    fn every_cluster_problem_is_listed() {
+        // Checks that a bad [cluster] section lists each problem: a key that is no node id, an
+        // address without a port, this node missing from the members, an empty site, election
+        // timeouts out of order (twice), and a replication factor above the members.
+        let found = problems(&minimal(
+            "[[streams]]\nname = \"s\"\npartitions = 1\nreplication_factor = 3\n\
+             [cluster]\nsite = \"\"\n[cluster.initial_members]\n01 = \"h:1\"\n2 = \"nowhere\"\n\
+             [cluster.metadata]\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 300\n",
+        ));
+        for needle in [
+            "key \"01\" is not a node id",
+            "cluster.initial_members.2 = \"nowhere\" is not host:port",
+            "does not list this node (node.id = 1)",
+            "cluster.site must be 1 to 64",
+            "election_timeout_min_ms (400) must be above heartbeat_interval_ms (500)",
+            "election_timeout_max_ms (300) must be above election_timeout_min_ms (400)",
+            "streams[0].replication_factor must be 1 to the number of cluster.initial_members (2)",
+        ] {
+            assert!(
+                found.iter().any(|p| p.contains(needle)),
+                "{needle}: {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), 7, "{found:#?}");
     }
 
     #[test]

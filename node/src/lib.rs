@@ -2,6 +2,8 @@
 //! tree, and the `sluice` CLI's commands. `node::Node::start` is the entry point both `main` and
 //! the simulator use.
 pub mod acl;
+pub mod admin;
+pub mod admin_cli;
 pub mod catalog;
 pub mod certs;
 pub mod client_cli;

@@ -1,7 +1,9 @@
-//! `sluice`: run a node, make certificates, produce, tail, and the local demo.
+//! `sluice`: run a node, make certificates, produce, tail, the local demo, and the cluster's
+//! admin commands (streams, acl, cluster).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluice_node::admin_cli::{self, AclCommand, ClusterCommand, StreamsCommand};
 use sluice_node::client_cli::{self, ProduceArgs, TailArgs};
 use sluice_node::demo::{self, DemoArgs};
 use sluice_node::env::{real_env, RealClock};
@@ -43,6 +45,15 @@ enum Command {
     /// Inspect the node's storage.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Create, list, describe and delete the cluster's streams (admin certificate).
+    #[command(subcommand)]
+    Streams(StreamsCommand),
+    /// Add, list and remove the cluster's ACL entries (admin certificate).
+    #[command(subcommand)]
+    Acl(AclCommand),
+    /// Form the cluster and watch it (admin certificate).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 #[derive(Subcommand)]
@@ -109,6 +120,18 @@ async fn run_async(command: &Command) -> anyhow::Result<()> {
             // screen with expected warnings. SLUICE_LOG=warn shows them.
             init_tracing("error");
             demo::run(args).await
+        }
+        Command::Streams(command) => {
+            init_tracing("warn");
+            admin_cli::streams(command).await
+        }
+        Command::Acl(command) => {
+            init_tracing("warn");
+            admin_cli::acl(command).await
+        }
+        Command::Cluster(command) => {
+            init_tracing("warn");
+            admin_cli::cluster(command).await
         }
         Command::Certs(_) | Command::Storage(_) => Ok(()),
     }

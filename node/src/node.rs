@@ -3,6 +3,7 @@
 //! — and, in production, `Node::serve` puts the QUIC listener in front of it. The simulator calls
 //! `Node::start` with its own environment and talks to the service directly.
 
+use crate::admin::{Admin, PeerRouter, METADATA_INCARNATION};
 use crate::catalog::{self, Created};
 use crate::config::NodeConfig;
 use crate::env::run_blocking;
@@ -13,11 +14,13 @@ use crate::partition::core::CoreConfig;
 use crate::service::{QuicHandler, Service};
 use crate::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use ractor::{Actor, ActorRef};
+use sluice_cluster::raft::metadata_group::{ClusterIncarnation, MetadataGroup};
 use sluice_proto::certcheck::{load_checked, CertProblems, ExpectedIdentity, TlsFiles};
+use sluice_proto::env::PeerTransport as _;
 use sluice_proto::env::{Clock, Env};
-use sluice_proto::net::server::{serve_with_gauges, ServerGauges};
-use sluice_proto::net::{self, NetError};
-use sluice_proto::{PartitionId, Role, StreamName};
+use sluice_proto::net::server::{serve_with_peers, ClientSide, ServerGauges};
+use sluice_proto::net::{self, NetError, PeerAcceptor, PeerLimits, QuicPeerTransport, TlsMaterial};
+use sluice_proto::{NodeId, PartitionId, Role, StreamName};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +43,9 @@ pub enum StartError {
     /// The certificate, key or CA files are unusable for this node; every problem is listed.
     #[error("tls files:\n  - {}", .0.0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  - "))]
     Certificates(#[from] CertProblems),
+    /// The metadata group (or its peer transport) could not start.
+    #[error("metadata group: {0}")]
+    Metadata(String),
     /// The listener could not bind.
     #[error("cannot listen on {addr}: {reason}")]
     Bind {
@@ -61,6 +67,23 @@ pub struct Node {
     clock: Arc<dyn Clock>,
     /// What clients hold at the listener (handshakes, connections, bytes).
     server_gauges: Arc<ServerGauges>,
+    /// The environment, and what `serve` starts for `[cluster]` (boxed: `Node` stays small).
+    cluster: Box<ClusterSlot>,
+}
+
+/// The environment the metadata group starts on, and the cluster parts once started.
+struct ClusterSlot {
+    env: Env,
+    parts: Option<ClusterParts>,
+}
+
+/// What a node of a cluster runs besides its partitions: the metadata replica, the peer
+/// transport it talks through, and the task registering this node.
+struct ClusterParts {
+    admin: Arc<Admin>,
+    transport: QuicPeerTransport,
+    registration: JoinHandle<()>,
+    stop: watch::Sender<bool>,
 }
 
 /// The partitions of `config`, each told whether the catalog recorded it before (`created`).
@@ -198,6 +221,7 @@ impl Node {
             server: None,
             clock: env.clock.clone(),
             server_gauges: Arc::new(ServerGauges::default()),
+            cluster: Box::new(ClusterSlot { env, parts: None }),
         })
     }
 
@@ -235,14 +259,25 @@ impl Node {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let handler = Arc::new(QuicHandler(self.service.clone()));
         let span = tracing::info_span!("node", node_id = config.node.id);
+        let peers = match self.start_cluster(config, &endpoint, &material).await {
+            Ok(peers) => peers,
+            Err(e) => {
+                endpoint.close(0u32.into(), b"start failed");
+                return Err(e);
+            }
+        };
+        let clients = ClientSide {
+            allowed_roles: vec![Role::Edge, Role::Admin],
+            handler,
+            limits,
+            gauges: self.server_gauges.clone(),
+        };
         let task = tokio::spawn(
-            serve_with_gauges(
+            serve_with_peers(
                 endpoint.clone(),
                 config.node.cluster.clone(),
-                vec![Role::Edge, Role::Admin],
-                handler,
-                limits,
-                self.server_gauges.clone(),
+                clients,
+                peers,
                 shutdown_rx,
             )
             .instrument(span),
@@ -250,6 +285,74 @@ impl Node {
         info!(%addr, "listening");
         self.server = Some((shutdown_tx, task, endpoint));
         Ok(addr)
+    }
+
+    /// With `[cluster]`: the peer transport on `endpoint`, the metadata replica under
+    /// `<data_dir>/metadata/` registered for `PeerGroup::Metadata`, the admin requests and the
+    /// self-registration task. Returns what the listener hands peer connections to.
+    async fn start_cluster(
+        &mut self,
+        config: &NodeConfig,
+        endpoint: &quinn::Endpoint,
+        material: &TlsMaterial,
+    ) -> Result<Option<PeerAcceptor>, StartError> {
+        let Some(section) = &config.cluster else {
+            return Ok(None);
+        };
+        let node = NodeId(config.node.id);
+        let router = Arc::new(PeerRouter::default());
+        let transport = QuicPeerTransport::new(
+            endpoint.clone(),
+            material.clone(),
+            &config.node.cluster,
+            node,
+            PeerLimits::default(),
+            router.clone(),
+            self.cluster.env.seed,
+        )
+        .map_err(|e| StartError::Metadata(e.to_string()))?;
+        transport.set_peers(section.members());
+        let cluster = ClusterIncarnation {
+            cluster: config.node.cluster.clone(),
+            incarnation: METADATA_INCARNATION,
+        };
+        let group = MetadataGroup::start(
+            &self.cluster.env,
+            node,
+            &config.node.data_dir.join("metadata"),
+            Arc::new(transport.clone()),
+            &cluster,
+            &section.metadata.group_config(),
+        )
+        .await
+        .map_err(|e| StartError::Metadata(e.to_string()))?;
+        router.set_metadata(group.handler());
+        let admin = Arc::new(Admin::new(group, config));
+        self.service.set_admin(admin.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        let backoff = admin.registration_backoff(&self.cluster.env);
+        let registering = admin.clone();
+        let span = tracing::info_span!("node", node_id = config.node.id);
+        let registration = tokio::spawn(
+            async move { registering.register(backoff, stop_rx).await }.instrument(span),
+        );
+        info!(
+            n_members = section.initial_members.len(),
+            "metadata group started"
+        );
+        let acceptor = transport.acceptor();
+        self.cluster.parts = Some(ClusterParts {
+            admin,
+            transport,
+            registration,
+            stop,
+        });
+        Ok(Some(acceptor))
+    }
+
+    /// The metadata group's admin side, when the node serves a cluster.
+    pub fn admin(&self) -> Option<&Arc<Admin>> {
+        self.cluster.parts.as_ref().map(|c| &c.admin)
     }
 
     /// What clients hold at the listener now and at most (handshakes, connections, bytes).
@@ -274,8 +377,17 @@ impl Node {
         }
     }
 
-    /// Stops the listener, then the partitions in reverse start order, then the supervisor.
+    /// Stops the metadata replica and its peer transport, the listener, then the partitions in
+    /// reverse start order, then the supervisor.
     pub async fn stop(self) {
+        if let Some(cluster) = self.cluster.parts {
+            let _ = cluster.stop.send(true);
+            let _ = cluster.registration.await;
+            if let Err(error) = cluster.admin.group().shutdown().await {
+                tracing::warn!(%error, "metadata replica did not stop cleanly");
+            }
+            cluster.transport.close();
+        }
         if let Some((shutdown, task, endpoint)) = self.server {
             let _ = shutdown.send(true);
             let _ = task.await;

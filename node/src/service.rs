@@ -4,6 +4,7 @@
 //! routes them to their partitions and gathers the outcomes in request order.
 
 use crate::acl::{Acl, Operation};
+use crate::admin::Admin;
 use crate::config::{IngestSection, NodeConfig};
 use crate::env::run_blocking;
 use crate::metrics::{add, Metrics};
@@ -13,14 +14,15 @@ use ractor::rpc::CallResult;
 use sluice_cluster::placement::partition_for;
 use sluice_proto::env::{BlockingMode, Clock};
 use sluice_proto::msg::{
-    ErrorCode, ErrorResponse, FetchFrom, FetchRequest, FetchResponse, Message, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, RecordOutcome, RecordRejection,
+    AdminError, AdminRequest, AdminResponse, ErrorCode, ErrorResponse, FetchFrom, FetchRequest,
+    FetchResponse, Message, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RecordOutcome, RecordRejection,
 };
-use sluice_proto::{codec, Event, Identity, PartitionId, Payload, Record, StreamName};
+use sluice_proto::{codec, Event, Identity, PartitionId, Payload, Record, Role, StreamName};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -33,6 +35,8 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     blocking: BlockingMode,
     metrics: Arc<Metrics>,
+    /// The metadata group's admin side, once the node serves a cluster.
+    admin: OnceLock<Arc<Admin>>,
 }
 
 fn error(request_id: u64, code: ErrorCode, message: impl Into<String>) -> Message {
@@ -97,7 +101,14 @@ impl Service {
             clock,
             blocking,
             metrics,
+            admin: OnceLock::new(),
         }
+    }
+
+    /// Serves admin requests with `admin` from now on (set once, when the node joins its
+    /// cluster's metadata group).
+    pub fn set_admin(&self, admin: Arc<Admin>) {
+        let _ = self.admin.set(admin);
     }
 
     /// The node's counters.
@@ -111,6 +122,7 @@ impl Service {
             Message::ProduceRequest(req) => self.produce(peer, req).await,
             Message::FetchRequest(req) => self.fetch(&peer, req).await,
             Message::MetadataRequest(req) => self.metadata(&peer, req),
+            Message::AdminRequest(req) => self.admin(&peer, req).await,
             other => {
                 add(&self.metrics.ingest_bad_requests_total, 1);
                 error(
@@ -403,6 +415,29 @@ impl Service {
             }),
             Err(response) => response,
         }
+    }
+}
+
+impl Service {
+    /// An admin request: only from an `admin` certificate, and only on a node of a cluster.
+    async fn admin(&self, peer: &Identity, req: AdminRequest) -> Message {
+        if peer.role != Role::Admin {
+            add(&self.metrics.acl_denied_requests_total, 1);
+            warn!(peer = %peer, "admin request refused: not an admin certificate");
+            return error(
+                req.request_id,
+                ErrorCode::Forbidden,
+                format!("{peer} may not make admin requests: they need an admin certificate"),
+            );
+        }
+        let result = match self.admin.get() {
+            Some(admin) => admin.handle(req.op).await,
+            None => Err(AdminError::NotClustered),
+        };
+        Message::AdminResponse(AdminResponse {
+            request_id: req.request_id,
+            result,
+        })
     }
 }
 

@@ -35,11 +35,15 @@ pub enum Kind {
     PeerBulkCall = 9,
     /// [`crate::msg::PeerReply`] (peer ALPN only).
     PeerReply = 10,
+    /// [`crate::msg::AdminRequest`]
+    AdminRequest = 11,
+    /// [`crate::msg::AdminResponse`]
+    AdminResponse = 12,
 }
 
 impl Kind {
     /// Every kind, in number order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 12] = [
         Kind::ProduceRequest,
         Kind::ProduceResponse,
         Kind::FetchRequest,
@@ -50,6 +54,8 @@ impl Kind {
         Kind::PeerControlCall,
         Kind::PeerBulkCall,
         Kind::PeerReply,
+        Kind::AdminRequest,
+        Kind::AdminResponse,
     ];
 
     /// The kind with this number, if any.
@@ -173,6 +179,8 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
         Message::Error(m) => codec::encode_into(m, &mut out),
         Message::PeerControlCall(m) | Message::PeerBulkCall(m) => codec::encode_into(m, &mut out),
         Message::PeerReply(m) => codec::encode_into(m, &mut out),
+        Message::AdminRequest(m) => codec::encode_into(m, &mut out),
+        Message::AdminResponse(m) => codec::encode_into(m, &mut out),
     }?;
     let body_len =
         u32::try_from(out.len() - HEADER_LEN).map_err(|_| EncodeError::too_large(out.len()))?;
@@ -200,6 +208,8 @@ pub fn decode_body(kind: Kind, body: &[u8]) -> Result<Message, FrameError> {
         Kind::PeerControlCall => Message::PeerControlCall(codec::decode(body).map_err(wrap)?),
         Kind::PeerBulkCall => Message::PeerBulkCall(codec::decode(body).map_err(wrap)?),
         Kind::PeerReply => Message::PeerReply(codec::decode(body).map_err(wrap)?),
+        Kind::AdminRequest => Message::AdminRequest(codec::decode(body).map_err(wrap)?),
+        Kind::AdminResponse => Message::AdminResponse(codec::decode(body).map_err(wrap)?),
     })
 }
 

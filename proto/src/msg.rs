@@ -7,7 +7,7 @@
 use crate::env::peer::{PeerEnvelope, PeerRefusal};
 use crate::event::{Record, StoredEvent};
 use crate::frame::Kind;
-use crate::ids::{Offset, PartitionId, StreamName};
+use crate::ids::{Identity, NodeId, Offset, PartitionId, StreamName};
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
@@ -324,6 +324,268 @@ pub struct PeerReply {
     pub answer: PeerAnswer,
 }
 
+/// An operator's request about the cluster's metadata. Only `admin` certificates may send it;
+/// any voter node answers it (a node that is not the metadata leader forwards proposals to the
+/// leader over the peer link). Names travel as text so that the node, not the frame decoder,
+/// refuses an invalid one, with a typed [`AdminError::InvalidName`].
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct AdminRequest {
+    /// Correlation id.
+    pub request_id: u64,
+    /// What to do.
+    pub op: AdminOp,
+}
+
+/// An admin operation. Append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum AdminOp {
+    /// Creates a stream; the node places its replicas.
+    StreamCreate {
+        /// The stream's name.
+        name: String,
+        /// Its number of partitions.
+        n_partitions: u32,
+        /// Replicas per partition.
+        factor: u32,
+        /// Segments whose newest event is older than this many ms are deleted (`None`: no bound).
+        retention_age_ms_max: Option<u64>,
+        /// Oldest segments are deleted while a partition holds more (`None`: no bound).
+        retention_bytes_max: Option<u64>,
+    },
+    /// Lists the streams (without their partitions).
+    StreamList,
+    /// One stream with its partitions.
+    StreamDescribe {
+        /// The stream's name.
+        name: String,
+    },
+    /// Deletes a stream, its partitions and the ACL entries naming it.
+    StreamDelete {
+        /// The stream's name.
+        name: String,
+    },
+    /// Allows an identity to write a stream.
+    AclAdd {
+        /// The identity URI, `sluice://<cluster>/<role>/<name>`.
+        identity: String,
+        /// The stream.
+        stream: String,
+    },
+    /// Lists the ACL entries.
+    AclList,
+    /// Withdraws an identity's right to write a stream.
+    AclRemove {
+        /// The identity URI.
+        identity: String,
+        /// The stream.
+        stream: String,
+    },
+    /// The cluster's nodes, leader and partition counts.
+    ClusterStatus,
+    /// Forms the cluster from the receiving node's `initial_members` and applies its config's
+    /// streams and ACL rules once as bootstrap defaults.
+    ClusterInit,
+}
+
+/// A stream as the metadata group holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct StreamInfo {
+    /// Its name.
+    pub name: StreamName,
+    /// Its number of partitions.
+    pub n_partitions: u32,
+    /// Replicas per partition.
+    pub factor: u32,
+    /// Retention by age, in ms.
+    pub retention_age_ms_max: Option<u64>,
+    /// Retention by bytes per partition.
+    pub retention_bytes_max: Option<u64>,
+    /// Its partitions (empty in a list).
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// One partition in the partition map.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct PartitionInfo {
+    /// The partition.
+    pub partition: PartitionId,
+    /// Its replica group's incarnation.
+    pub incarnation: u64,
+    /// Its voters.
+    pub replicas: Vec<NodeId>,
+    /// Whether a replica move is in progress.
+    pub moving: bool,
+}
+
+/// The streams one identity may write.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct AclEntry {
+    /// The identity.
+    pub identity: Identity,
+    /// The streams.
+    pub streams: Vec<StreamName>,
+}
+
+/// A member node's state. Append-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminNodeState {
+    /// Registered, not yet given replicas.
+    Joining,
+    /// Holds replicas.
+    Active,
+    /// Giving its replicas away.
+    Draining,
+    /// Gone for good.
+    Removed,
+}
+
+/// One member node in a cluster status.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub id: NodeId,
+    /// Its peer address.
+    pub address: String,
+    /// Its site.
+    pub site: String,
+    /// Its rack.
+    pub rack: Option<String>,
+    /// Its state.
+    pub state: AdminNodeState,
+    /// Whether it votes in the metadata group.
+    pub voter: bool,
+    /// Partitions listing it as a replica.
+    pub n_replicas: u32,
+}
+
+/// The cluster as the answering node sees it at a linearizable point.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node: NodeId,
+    /// The metadata leader it knows.
+    pub leader: Option<NodeId>,
+    /// Its metadata raft term.
+    pub term: u64,
+    /// The last metadata log index it applied.
+    pub applied_index: u64,
+    /// The registered nodes, by id.
+    pub nodes: Vec<NodeStatus>,
+    /// Streams.
+    pub n_streams: u32,
+    /// Partitions over all streams.
+    pub n_partitions: u32,
+}
+
+/// What an admin operation did. Append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum AdminAnswer {
+    /// The stream exists now, placed as shown.
+    StreamCreated(StreamInfo),
+    /// Streams (a list, or the one described).
+    Streams(Vec<StreamInfo>),
+    /// The stream is gone.
+    StreamDeleted {
+        /// How many partitions it had.
+        n_partitions: u32,
+    },
+    /// An ACL entry was added or removed; `changed` is false when nothing needed to change.
+    AclChanged {
+        /// Whether the ACL changed.
+        changed: bool,
+    },
+    /// The ACL entries.
+    Acls(Vec<AclEntry>),
+    /// The cluster's status.
+    Cluster(ClusterStatus),
+    /// The cluster is formed and its bootstrap defaults applied.
+    ClusterInitialized {
+        /// Streams created from the config.
+        n_streams: u32,
+        /// ACL entries added from the config.
+        n_acl_entries: u32,
+        /// Config ACL rules the metadata ACL cannot express (identity patterns), not applied.
+        n_acl_rules_skipped: u32,
+    },
+}
+
+/// Why an admin operation was refused. Append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, thiserror::Error)]
+pub enum AdminError {
+    /// The node runs without a `[cluster]` section: it has no metadata group.
+    #[error("this node is not part of a cluster (no [cluster] section in its config)")]
+    NotClustered,
+    /// A stream name or identity is not valid.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        /// What was named (`stream name`, `identity`).
+        what: String,
+        /// The name as sent.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The request is malformed (the text says how).
+    #[error("bad request: {reason}")]
+    InvalidRequest {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A stream of that name exists.
+    #[error("stream {name} already exists")]
+    StreamExists {
+        /// The stream.
+        name: StreamName,
+    },
+    /// No stream of that name.
+    #[error("no stream named {name}")]
+    UnknownStream {
+        /// The stream.
+        name: StreamName,
+    },
+    /// The replication factor is 0 or above the active nodes.
+    #[error("replication factor {factor} is not possible with {n_active} active nodes")]
+    InvalidReplicationFactor {
+        /// Asked for.
+        factor: u32,
+        /// Active nodes now.
+        n_active: u64,
+    },
+    /// The partition count is 0 or above the bound.
+    #[error("partition count {n_partitions} is outside 1..={max}")]
+    InvalidPartitionCount {
+        /// Asked for.
+        n_partitions: u64,
+        /// The bound.
+        max: u32,
+    },
+    /// The metadata group refused the command for another reason (the text names it).
+    #[error("refused: {reason}")]
+    Rejected {
+        /// The metadata group's reason.
+        reason: String,
+    },
+    /// No metadata leader answered in time: for a change, the outcome is unknown (list to see).
+    #[error("metadata group unavailable: {reason}")]
+    Unavailable {
+        /// What happened.
+        reason: String,
+    },
+    /// `ClusterInit` on a node whose metadata group is formed already.
+    #[error("the cluster is already initialized")]
+    AlreadyInitialized,
+}
+
+/// The answer to an [`AdminRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct AdminResponse {
+    /// The request's id.
+    pub request_id: u64,
+    /// What the operation did, or why it was refused.
+    pub result: Result<AdminAnswer, AdminError>,
+}
+
 /// Any message that travels in a frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
@@ -347,6 +609,10 @@ pub enum Message {
     PeerBulkCall(PeerCall),
     /// See [`PeerReply`].
     PeerReply(PeerReply),
+    /// See [`AdminRequest`].
+    AdminRequest(AdminRequest),
+    /// See [`AdminResponse`].
+    AdminResponse(AdminResponse),
 }
 
 impl Message {
@@ -363,6 +629,8 @@ impl Message {
             Message::PeerControlCall(_) => Kind::PeerControlCall,
             Message::PeerBulkCall(_) => Kind::PeerBulkCall,
             Message::PeerReply(_) => Kind::PeerReply,
+            Message::AdminRequest(_) => Kind::AdminRequest,
+            Message::AdminResponse(_) => Kind::AdminResponse,
         }
     }
 
@@ -378,6 +646,8 @@ impl Message {
             Message::Error(m) => m.request_id,
             Message::PeerControlCall(m) | Message::PeerBulkCall(m) => m.request_id,
             Message::PeerReply(m) => m.request_id,
+            Message::AdminRequest(m) => m.request_id,
+            Message::AdminResponse(m) => m.request_id,
         }
     }
 }

@@ -11,6 +11,10 @@ use sluice_proto::codec;
 use sluice_proto::env::{PeerEnvelope, PeerGroup, PeerRefusal};
 use sluice_proto::frame;
 use sluice_proto::msg::{
+    AclEntry, AdminAnswer, AdminError, AdminNodeState, AdminOp, AdminRequest, AdminResponse,
+    ClusterStatus, NodeStatus, PartitionInfo, StreamInfo,
+};
+use sluice_proto::msg::{
     Durability, ErrorCode, ErrorResponse, FetchFrom, FetchRequest, FetchResponse, Message,
     MetadataRequest, MetadataResponse, PeerAnswer, PeerCall, PeerReply, ProduceRequest,
     ProduceResponse, RecordOutcome, RecordRejection,
@@ -333,7 +337,9 @@ fn message_cases() -> Vec<(String, Message)> {
             | Message::Error(_)
             | Message::PeerControlCall(_)
             | Message::PeerBulkCall(_)
-            | Message::PeerReply(_) => {}
+            | Message::PeerReply(_)
+            | Message::AdminRequest(_)
+            | Message::AdminResponse(_) => {}
         }
         cases.push((name, msg));
     };
@@ -397,6 +403,7 @@ fn message_cases() -> Vec<(String, Message)> {
         }),
     );
     add_peer_cases(&mut add);
+    add_admin_cases(&mut add);
     for code in ErrorCode::ALL {
         let message = format!("{} for request 6", error_code_name(code).replace('_', " "));
         add(
@@ -501,6 +508,230 @@ fn add_peer_cases(add: &mut impl FnMut(String, Message)) {
             Message::PeerReply(PeerReply {
                 request_id: 301,
                 answer: PeerAnswer::Refused(refusal),
+            }),
+        );
+    }
+}
+
+/// Every admin operation, with its fixture name. The exhaustive `match` makes a new operation
+/// a build error here until it has a case.
+fn admin_ops() -> Vec<(&'static str, AdminOp)> {
+    let ops = vec![
+        AdminOp::StreamCreate {
+            name: "sensors.temp-1".into(),
+            n_partitions: 300,
+            factor: 3,
+            retention_age_ms_max: Some(604_800_000),
+            retention_bytes_max: None,
+        },
+        AdminOp::StreamList,
+        AdminOp::StreamDescribe {
+            name: "sensors.temp-1".into(),
+        },
+        AdminOp::StreamDelete {
+            name: "../etc".into(),
+        },
+        AdminOp::AclAdd {
+            identity: "sluice://prod/edge/pi-01".into(),
+            stream: "sensors.temp-1".into(),
+        },
+        AdminOp::AclList,
+        AdminOp::AclRemove {
+            identity: "sluice://prod/edge/pi-01".into(),
+            stream: "sensors.temp-1".into(),
+        },
+        AdminOp::ClusterStatus,
+        AdminOp::ClusterInit,
+    ];
+    ops.into_iter()
+        .map(|op| {
+            let name = match &op {
+                AdminOp::StreamCreate { .. } => "stream_create",
+                AdminOp::StreamList => "stream_list",
+                AdminOp::StreamDescribe { .. } => "stream_describe",
+                AdminOp::StreamDelete { .. } => "stream_delete",
+                AdminOp::AclAdd { .. } => "acl_add",
+                AdminOp::AclList => "acl_list",
+                AdminOp::AclRemove { .. } => "acl_remove",
+                AdminOp::ClusterStatus => "cluster_status",
+                AdminOp::ClusterInit => "cluster_init",
+            };
+            (name, op)
+        })
+        .collect()
+}
+
+fn stream_info() -> StreamInfo {
+    StreamInfo {
+        name: stream(),
+        n_partitions: 2,
+        factor: 3,
+        retention_age_ms_max: None,
+        retention_bytes_max: Some(50 << 30),
+        partitions: vec![
+            PartitionInfo {
+                partition: PartitionId(0),
+                incarnation: 0,
+                replicas: vec![NodeId(1), NodeId(2), NodeId(70_000)],
+                moving: false,
+            },
+            PartitionInfo {
+                partition: PartitionId(1),
+                incarnation: 1 << 33,
+                replicas: vec![NodeId(1), NodeId(3), NodeId(u64::MAX)],
+                moving: true,
+            },
+        ],
+    }
+}
+
+/// Every admin answer (with every node state), with its fixture name.
+fn admin_answers() -> Vec<(&'static str, AdminAnswer)> {
+    let node = |id: u64, state: AdminNodeState, rack: Option<&str>| NodeStatus {
+        id: NodeId(id),
+        address: format!("10.0.0.{id}:7400"),
+        site: "site-a".into(),
+        rack: rack.map(str::to_owned),
+        state,
+        voter: id != 4,
+        n_replicas: 300,
+    };
+    let answers = vec![
+        AdminAnswer::StreamCreated(stream_info()),
+        AdminAnswer::Streams(vec![
+            StreamInfo {
+                partitions: vec![],
+                ..stream_info()
+            },
+            StreamInfo {
+                name: StreamName::new("a").unwrap(),
+                n_partitions: 4096,
+                factor: 1,
+                retention_age_ms_max: Some(1),
+                retention_bytes_max: None,
+                partitions: vec![],
+            },
+        ]),
+        AdminAnswer::StreamDeleted { n_partitions: 300 },
+        AdminAnswer::AclChanged { changed: true },
+        AdminAnswer::Acls(vec![AclEntry {
+            identity: producer(Role::Edge),
+            streams: vec![stream(), StreamName::new("a").unwrap()],
+        }]),
+        AdminAnswer::Cluster(ClusterStatus {
+            node: NodeId(2),
+            leader: Some(NodeId(1)),
+            term: 70_000,
+            applied_index: 1 << 40,
+            nodes: vec![
+                node(1, AdminNodeState::Joining, Some("r1")),
+                node(2, AdminNodeState::Active, None),
+                node(3, AdminNodeState::Draining, None),
+                node(4, AdminNodeState::Removed, None),
+            ],
+            n_streams: 2,
+            n_partitions: 4098,
+        }),
+        AdminAnswer::ClusterInitialized {
+            n_streams: 2,
+            n_acl_entries: 3,
+            n_acl_rules_skipped: 1,
+        },
+    ];
+    answers
+        .into_iter()
+        .map(|answer| {
+            let name = match &answer {
+                AdminAnswer::StreamCreated(_) => "stream_created",
+                AdminAnswer::Streams(_) => "streams",
+                AdminAnswer::StreamDeleted { .. } => "stream_deleted",
+                AdminAnswer::AclChanged { .. } => "acl_changed",
+                AdminAnswer::Acls(_) => "acls",
+                AdminAnswer::Cluster(_) => "cluster",
+                AdminAnswer::ClusterInitialized { .. } => "cluster_initialized",
+            };
+            (name, answer)
+        })
+        .collect()
+}
+
+/// Every admin error, with its fixture name.
+fn admin_errors() -> Vec<(&'static str, AdminError)> {
+    let errors = vec![
+        AdminError::NotClustered,
+        AdminError::InvalidName {
+            what: "stream name".into(),
+            name: "../etc".into(),
+            reason: "stream name \"../etc\" holds '/'".into(),
+        },
+        AdminError::InvalidRequest {
+            reason: "retention of 0 ms".into(),
+        },
+        AdminError::StreamExists { name: stream() },
+        AdminError::UnknownStream { name: stream() },
+        AdminError::InvalidReplicationFactor {
+            factor: 5,
+            n_active: 3,
+        },
+        AdminError::InvalidPartitionCount {
+            n_partitions: 1 << 32,
+            max: 4096,
+        },
+        AdminError::Rejected {
+            reason: "node 9 still holds 3 replicas".into(),
+        },
+        AdminError::Unavailable {
+            reason: "no leader".into(),
+        },
+        AdminError::AlreadyInitialized,
+    ];
+    errors
+        .into_iter()
+        .map(|error| {
+            let name = match &error {
+                AdminError::NotClustered => "not_clustered",
+                AdminError::InvalidName { .. } => "invalid_name",
+                AdminError::InvalidRequest { .. } => "invalid_request",
+                AdminError::StreamExists { .. } => "stream_exists",
+                AdminError::UnknownStream { .. } => "unknown_stream",
+                AdminError::InvalidReplicationFactor { .. } => "invalid_replication_factor",
+                AdminError::InvalidPartitionCount { .. } => "invalid_partition_count",
+                AdminError::Rejected { .. } => "rejected",
+                AdminError::Unavailable { .. } => "unavailable",
+                AdminError::AlreadyInitialized => "already_initialized",
+            };
+            (name, error)
+        })
+        .collect()
+}
+
+/// The admin protocol's messages: a request of each operation, an answer of each kind and a
+/// refusal of each error.
+fn add_admin_cases(add: &mut impl FnMut(String, Message)) {
+    for (name, op) in admin_ops() {
+        add(
+            format!("admin_request_{name}"),
+            Message::AdminRequest(AdminRequest {
+                request_id: 400,
+                op,
+            }),
+        );
+    }
+    for (name, answer) in admin_answers() {
+        add(
+            format!("admin_response_{name}"),
+            Message::AdminResponse(AdminResponse {
+                request_id: 401,
+                result: Ok(answer),
+            }),
+        );
+    }
+    for (name, error) in admin_errors() {
+        add(
+            format!("admin_response_error_{name}"),
+            Message::AdminResponse(AdminResponse {
+                request_id: 65_536,
+                result: Err(error),
             }),
         );
     }

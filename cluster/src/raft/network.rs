@@ -19,13 +19,14 @@
 //!   not decode: `Network`, transient, retried at the next heartbeat.
 
 use crate::raft::runtime::SeededRuntime;
-use crate::raft::types::{GroupConfig, GroupNode};
+use crate::raft::types::{GroupConfig, GroupData, GroupNode};
 use crate::raft::wire::{
-    WireAppendResponse, WireReadIndexResponse, WireRequest, WireSnapshotResponse, WireVoteResponse,
+    WireAppendResponse, WireProposeResponse, WireReadIndexResponse, WireRequest,
+    WireSnapshotResponse, WireVoteResponse,
 };
 use openraft::error::{
-    CheckIsLeaderError, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
-    RemoteError, SnapshotMismatch, Timeout, Unreachable,
+    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, PayloadTooLarge,
+    RPCError, RaftError, RemoteError, SnapshotMismatch, Timeout, Unreachable,
 };
 use openraft::network::{Backoff as RaftBackoff, RPCOption};
 use openraft::raft::{
@@ -363,8 +364,27 @@ impl GroupPeerHandler {
                 codec::encode(&answer)
             }
             WireRequest::ReadIndex => codec::encode(&self.read_index().await),
+            WireRequest::Propose(data) => codec::encode(&self.propose(data).await),
         };
         encoded.map_err(|e| refused(e.to_string()))
+    }
+
+    /// A client write a member forwarded: committed here if this replica leads, else the
+    /// leader it knows.
+    async fn propose(&self, data: Vec<u8>) -> WireProposeResponse {
+        match self.raft.client_write(GroupData(data)).await {
+            Ok(response) => WireProposeResponse::Applied(response.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                WireProposeResponse::NotLeader(
+                    f.leader_id
+                        .map(|id| (id, f.leader_node.map(|n| n.address).unwrap_or_default())),
+                )
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                WireProposeResponse::Unavailable(e.to_string())
+            }
+            Err(RaftError::Fatal(f)) => WireProposeResponse::Unavailable(f.to_string()),
+        }
     }
 
     async fn read_index(&self) -> WireReadIndexResponse {

@@ -218,6 +218,21 @@ pub(crate) enum WireRequest {
     /// A follower asks the leader for a read index (a linearizable read served by the
     /// follower once it applied that far).
     ReadIndex,
+    /// A member forwards a client write (the group's entry data) to the leader it knows.
+    Propose(Vec<u8>),
+}
+
+/// The answer to a forwarded proposal. Variants are append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) enum WireProposeResponse {
+    /// Committed and applied: the state machine's answer bytes.
+    Applied(Vec<u8>),
+    /// The receiver is not the leader; the leader it knows (id, address), if any. Nothing was
+    /// proposed.
+    NotLeader(Option<(u64, String)>),
+    /// The receiver could not commit it (membership trouble, a stopped replica): the outcome
+    /// is unknown.
+    Unavailable(String),
 }
 
 /// The answer to a read-index request. Variants are append-only.
@@ -580,5 +595,21 @@ mod tests {
             codec::encode(&heartbeat).unwrap(),
             vec![0, 3, 1, 1, 0, 0, 0]
         );
+        let propose = WireRequest::Propose(vec![7, 8]);
+        assert_eq!(codec::encode(&propose).unwrap(), vec![4, 2, 7, 8]);
+        let answers = [
+            (WireProposeResponse::Applied(vec![9]), vec![0, 1, 9]),
+            (
+                WireProposeResponse::NotLeader(Some((3, "n3:1".into()))),
+                vec![1, 1, 3, 4, b'n', b'3', b':', b'1'],
+            ),
+            (
+                WireProposeResponse::Unavailable("x".into()),
+                vec![2, 1, b'x'],
+            ),
+        ];
+        for (answer, bytes) in answers {
+            assert_eq!(codec::encode(&answer).unwrap(), bytes, "{answer:?}");
+        }
     }
 }

@@ -131,6 +131,8 @@ pub fn encode_frame_into(
         Message::Error(m) => codec::encode_into(m, out),
         Message::PeerControlCall(m) | Message::PeerBulkCall(m) => codec::encode_into(m, out),
         Message::PeerReply(m) => codec::encode_into(m, out),
+        Message::AdminRequest(m) => codec::encode_into(m, out),
+        Message::AdminResponse(m) => codec::encode_into(m, out),
     };
     let body_len = out.len() - start - HEADER_LEN;
     let checked = match encoded {
@@ -174,6 +176,8 @@ pub fn set_request_id(message: &mut Message, request_id: u64) {
         Message::Error(m) => m.request_id = request_id,
         Message::PeerControlCall(m) | Message::PeerBulkCall(m) => m.request_id = request_id,
         Message::PeerReply(m) => m.request_id = request_id,
+        Message::AdminRequest(m) => m.request_id = request_id,
+        Message::AdminResponse(m) => m.request_id = request_id,
     }
 }
 
@@ -182,7 +186,10 @@ pub fn set_request_id(message: &mut Message, request_id: u64) {
 pub fn is_request(message: &Message) -> bool {
     matches!(
         message,
-        Message::ProduceRequest(_) | Message::FetchRequest(_) | Message::MetadataRequest(_)
+        Message::ProduceRequest(_)
+            | Message::FetchRequest(_)
+            | Message::MetadataRequest(_)
+            | Message::AdminRequest(_)
     )
 }
 

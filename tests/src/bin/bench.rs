@@ -235,10 +235,7 @@ async fn run(args: Args) -> Result<()> {
     let partitions = args.partitions;
     let durable_record_interval_ms = args.durable_record_interval_ms;
     let mut builder = TestNode::builder().env(env).configure(move |config| {
-        config.streams.push(StreamSection {
-            name: "bench".into(),
-            partitions,
-        });
+        config.streams.push(StreamSection::new("bench", partitions));
         config.acl.push(AclRule {
             identity: format!("sluice://{CLUSTER}/edge/bench"),
             produce: vec!["bench".into()],

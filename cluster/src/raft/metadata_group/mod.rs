@@ -12,11 +12,14 @@
 //! it applied that far), membership changes go through [`MetadataGroup::add_learner`] and
 //! [`MetadataGroup::change_membership`]. Every call has a deadline
 //! ([`MetadataGroupConfig::request_timeout_ms`]) and a typed error ([`GroupError`]): a proposal
-//! made to a follower is refused as [`GroupError::NotLeader`] with the leader's id and address.
+//! made to a follower is refused as [`GroupError::NotLeader`] with the leader's id and address;
+//! [`MetadataGroup::propose_anywhere`] instead forwards it to the leader over the peer link
+//! (`WireRequest::Propose` on the control lane, following at most [`FORWARD_HOPS_MAX`] hints,
+//! waiting for an election when no leader is known), which is what the node's admin requests
+//! and self-registration use.
 //!
-//! Not here: forwarding proposals to the leader (the caller follows the hint), batching
-//! proposals into one entry (metadata changes are rare), durable snapshots (the log is never
-//! purged; see `state_machine`).
+//! Not here: batching proposals into one entry (metadata changes are rare), durable snapshots
+//! (the log is never purged; see `state_machine`).
 
 pub mod state_machine;
 #[cfg(test)]
@@ -29,7 +32,7 @@ use crate::raft::network::{
 };
 use crate::raft::runtime::{replica_rng, with_replica_rng, SeededRuntime};
 use crate::raft::types::{GroupConfig, GroupData, GroupNode};
-use crate::raft::wire::{WireReadIndexResponse, WireRequest};
+use crate::raft::wire::{WireProposeResponse, WireReadIndexResponse, WireRequest};
 use openraft::error::{
     CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
 };
@@ -44,6 +47,10 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The most leader hints [`MetadataGroup::propose_anywhere`] follows (or elections it waits for)
+/// before it gives up with the last `NotLeader`.
+pub const FORWARD_HOPS_MAX: u32 = 4;
 
 /// The salt of the metadata group's replica RNG streams (`rng_for(seed, node, salt)`).
 pub const METADATA_RNG_SALT: u64 = 0x4d45_5441_4441_5441;
@@ -380,6 +387,81 @@ impl MetadataGroup {
             Ok(outcome?)
         })
         .await
+    }
+
+    /// [`MetadataGroup::propose`] from any member: a replica that is not the leader forwards
+    /// the command to the leader it knows over the peer link; with no leader known it waits
+    /// for one (within the deadline). At most [`FORWARD_HOPS_MAX`] hints are followed.
+    /// [`GroupError::Unavailable`] when the leader did not answer: the outcome is unknown.
+    pub async fn propose_anywhere(&self, command: &Command) -> Result<Applied, GroupError> {
+        let bytes = command.encode().map_err(|e| GroupError::Stopped {
+            reason: format!("command did not encode: {e}"),
+        })?;
+        self.bounded("forwarded proposal", async {
+            let mut last = match self.propose(command).await {
+                Err(e @ GroupError::NotLeader { .. }) => e,
+                other => return other,
+            };
+            for _ in 0..FORWARD_HOPS_MAX {
+                let GroupError::NotLeader { leader_hint } = &last else {
+                    return Err(last);
+                };
+                last = match leader_hint {
+                    Some(hint) if hint.node != self.node => {
+                        match self.forward(hint.node, bytes.clone()).await {
+                            Err(e @ GroupError::NotLeader { .. }) => e,
+                            other => return other,
+                        }
+                    }
+                    // No leader known (an election): wait until one is.
+                    _ => {
+                        let mut metrics = self.raft.metrics();
+                        let _ = metrics
+                            .wait_for(|m| {
+                                m.current_leader.is_some_and(|l| l != self.node.0)
+                                    || m.state == openraft::ServerState::Leader
+                            })
+                            .await;
+                        match self.propose(command).await {
+                            Err(e @ GroupError::NotLeader { .. }) => e,
+                            other => return other,
+                        }
+                    }
+                };
+            }
+            Err(last)
+        })
+        .await
+    }
+
+    async fn forward(&self, leader: NodeId, bytes: Vec<u8>) -> Result<Applied, GroupError> {
+        let answer: Result<WireProposeResponse, CallError> = call(
+            &*self.transport,
+            &self.address,
+            (self.node, leader),
+            PeerLane::Control,
+            &WireRequest::Propose(bytes),
+            self.config.request_timeout(),
+        )
+        .await;
+        let answer = answer.map_err(|e| GroupError::Unavailable {
+            reason: format!("proposal forwarded to leader {leader}: {e}"),
+        })?;
+        match answer {
+            WireProposeResponse::Applied(bytes) => {
+                let outcome: Outcome = codec::decode(&bytes).map_err(|e| GroupError::Stopped {
+                    reason: format!("state machine answer did not decode: {e}"),
+                })?;
+                Ok(outcome?)
+            }
+            WireProposeResponse::NotLeader(h) => Err(GroupError::NotLeader {
+                leader_hint: h.map(|(node, address)| LeaderHint {
+                    node: NodeId(node),
+                    address,
+                }),
+            }),
+            WireProposeResponse::Unavailable(reason) => Err(GroupError::Unavailable { reason }),
+        }
     }
 
     /// The state as of a linearizable point: it reflects every proposal committed before the

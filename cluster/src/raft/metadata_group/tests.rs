@@ -283,6 +283,47 @@ fn three_replicas_commit_and_every_replica_reads_linearizably() {
 }
 
 #[test]
+fn a_follower_forwards_a_proposal_to_the_leader() {
+    // Checks `propose_anywhere` on a follower: the command is committed through the leader and
+    // answered with what the state machine did (a typed rejection too, changing nothing), every
+    // replica reads it; a follower cut off from everyone cannot forward and says unavailable.
+    run(5, async {
+        let cluster = TestCluster::start(3, 5).await;
+        let leader = cluster.initialize().await;
+        populate(&cluster, leader).await;
+        let followers: Vec<NodeId> = nodes(&[1, 2, 3])
+            .into_iter()
+            .filter(|n| *n != leader)
+            .collect();
+        let follower = cluster.group(followers[0]);
+        assert_eq!(
+            follower.propose_anywhere(&add_node(9, "z")).await,
+            Ok(Applied::NodeAdded)
+        );
+        assert_eq!(
+            follower.propose_anywhere(&add_node(9, "z")).await,
+            Err(GroupError::Rejected(MetadataError::DuplicateNode(NodeId(
+                9
+            ))))
+        );
+        let state = cluster.group(leader).read_linearizable().await.unwrap();
+        assert_eq!(state.nodes[&NodeId(9)].site, "z");
+        for id in nodes(&[1, 2, 3]) {
+            assert_eq!(cluster.group(id).read_linearizable().await.unwrap(), state);
+        }
+        cluster.net.cut(followers[1]);
+        let cut_off = cluster
+            .group(followers[1])
+            .propose_anywhere(&add_node(10, "y"))
+            .await;
+        assert!(
+            matches!(cut_off, Err(GroupError::Unavailable { .. })),
+            "{cut_off:?}"
+        );
+    });
+}
+
+#[test]
 fn a_cut_off_leader_is_replaced_and_cannot_commit() {
     // Checks that when the leader is cut off, the two others elect a new leader that commits,
     // while a proposal to the old leader is never committed (it times out as unavailable, and
