@@ -1617,3 +1617,33 @@ fn a_checkpoint_larger_than_a_segment_is_read_back() {
         assert_eq!(values, vec![0], "{name}");
     }
 }
+
+#[test]
+fn a_sensor_with_many_old_readings_does_not_fill_every_batch() {
+    // Checks the batch shares: with one sensor holding many older readings (one the node keeps
+    // refusing, so they are rewound and resent every round) and another sensor's reading
+    // behind them, every batch, the first after a rewind too, carries the second sensor's
+    // reading instead of only the first sensor's oldest ones.
+    let disk = CrashDisk::new();
+    let (mut spool, _) = open(&disk, config(), 0);
+    for seq in 0..40 {
+        append(&mut spool, "a", seq);
+    }
+    append(&mut spool, "b", 0);
+    spool.sync(t(1)).unwrap();
+    for round in 0..3 {
+        let batch = spool.next_batch(8, 1 << 20).unwrap();
+        assert_eq!(batch.len(), 8, "round {round}");
+        assert!(
+            batch.iter().any(|r| r.sensor == sensor("b")),
+            "round {round}: {:?}",
+            batch.iter().map(|r| (&r.sensor, r.seq)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            batch[0].sensor,
+            sensor("a"),
+            "oldest first within the shares"
+        );
+        spool.rewind();
+    }
+}

@@ -38,7 +38,7 @@ use sluice_edge::spool::FullPolicy;
 use sluice_proto::{
     BootEpoch, DropReason, PartitionId, Payload, SensorId, StoredEvent, StreamName, UnixMillis,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Seqs declared dropped in the log, by reason, and edge events seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +88,16 @@ fn fail(details: String) -> Violation {
     Violation::new("edge_no_silent_gaps", details)
 }
 
+/// `(edge, sensor)` pairs whose partition reported corruption (`--disk-corruption`): the node
+/// serves that partition's readable prefix and refuses writes to it, so what the sensor
+/// delivered past the damage is gone and what it sent since is never stored. Only that is
+/// exempt: the prefix is checked like any log, and at the end every seq the agent accepted in
+/// an epoch older than the sensor's last epoch in the prefix must be delivered or declared, as
+/// must every seq of that last epoch below the prefix's end (a sensor's records are stored in
+/// seq order, epoch after epoch, so what was lost at or after the damage is exactly what
+/// follows its last record in the prefix).
+pub type Exempt = BTreeSet<(u32, SensorId)>;
+
 /// Checks the snapshot against the ledger. `wall_now` is the wall clock of the check; with
 /// `at_end`, every edge has drained and accepted counts of running boots are final.
 pub fn check(
@@ -95,6 +105,18 @@ pub fn check(
     snapshot: &LogSnapshot,
     wall_now: UnixMillis,
     at_end: bool,
+) -> Result<EdgeTotals, Violation> {
+    check_except(ledger, snapshot, wall_now, at_end, &Exempt::new())
+}
+
+/// [`check`], with the sensors of `exempt` held only to what their corrupt partition still
+/// holds (see [`Exempt`]).
+pub fn check_except(
+    ledger: &EdgeLedger,
+    snapshot: &LogSnapshot,
+    wall_now: UnixMillis,
+    at_end: bool,
+    exempt: &Exempt,
 ) -> Result<EdgeTotals, Violation> {
     let mut totals = EdgeTotals::default();
     let groups = collect(ledger, snapshot, &mut totals)?;
@@ -112,7 +134,7 @@ pub fn check(
     }
     if at_end {
         for edge in &ledger.edges {
-            check_coverage(edge, &tiled)?;
+            check_coverage(edge, &tiled, exempt)?;
         }
     }
     Ok(totals)
@@ -451,10 +473,16 @@ fn check_issued(
 fn check_coverage(
     edge: &EdgeRecord,
     tiled: &BTreeMap<(u32, &SensorId), (Vec<Tiles>, Closed)>,
+    exempt: &Exempt,
 ) -> Result<(), Violation> {
     for (boot_idx, boot) in edge.boots.iter().enumerate() {
         for (sensor, by_epoch) in &boot.accepted {
             let found = tiled.get(&(edge.idx, sensor));
+            // A sensor of a corrupt partition: only up to its last record in the prefix.
+            // (Its last epoch there is covered up to the prefix's end by the tiling itself.)
+            let held_to = exempt
+                .contains(&(edge.idx, sensor.clone()))
+                .then(|| found.and_then(|(tiles, _)| tiles.last()).map(|t| t.epoch));
             for (epoch, told) in by_epoch {
                 let end = found
                     .and_then(|(tiles, _)| tiles.iter().find(|t| t.epoch == *epoch))
@@ -462,13 +490,22 @@ fn check_coverage(
                 let closed = found
                     .and_then(|(_, closed)| closed.get(epoch))
                     .map_or(&[][..], Vec::as_slice);
-                let Some(lost) = first_uncovered(told, end, closed) else {
+                let lost = match held_to {
+                    None => first_uncovered(told, end, closed),
+                    Some(Some(last)) if *epoch < last => first_uncovered(told, end, closed),
+                    Some(_) => None,
+                };
+                let Some(lost) = lost else {
                     continue;
+                };
+                let why = match held_to {
+                    Some(_) => "; its partition reported corruption, but this precedes the damage",
+                    None => "",
                 };
                 return Err(fail(format!(
                     "edge e{} sensor {sensor} epoch {epoch} (boot {boot_idx}, ended {:?}): the \
                      agent accepted seqs {:?}, but the log delivers or declares only 0..{end} \
-                     (and closes {closed:?}): seq {lost} is silently lost",
+                     (and closes {closed:?}): seq {lost} is silently lost{why}",
                     edge.idx,
                     boot.end,
                     told.ranges()
@@ -745,6 +782,34 @@ mod tests {
             .unwrap_err()
             .details;
         assert!(details.contains("at most 1 more"), "{details}");
+    }
+
+    #[test]
+    fn a_sensor_of_a_corrupt_partition_is_exempt_only_past_the_damage() {
+        // Checks the disk-corruption exemption: the log of a sensor whose partition reported
+        // corruption ends at the damage, so the seqs after its last record there (the rest of
+        // that epoch, and later epochs) are not expected; but an older epoch it left behind
+        // short is a silent loss still, and so is the same log for a sensor not exempt.
+        let boots = [(1, CLEAN, 10), (2, BootEnd::Running, 5)];
+        let ledger = ledger(DROP, &boots, 0);
+        let exempt: Exempt = [(0, sensor())].into();
+        let run = |events: &[Stored], exempt: &Exempt| {
+            check_except(&ledger, &snapshot(events), UnixMillis(NOW), true, exempt)
+                .err()
+                .map(|v| v.details)
+        };
+        let cut_in_one: Vec<Stored> = (0..6).map(|seq| (1, seq, None)).collect();
+        assert_fails(run(&cut_in_one, &Exempt::new()), "silently lost");
+        assert_eq!(run(&cut_in_one, &exempt), None);
+        let mut cut_in_two: Vec<Stored> = (0..10).map(|seq| (1, seq, None)).collect();
+        cut_in_two.extend([(2, 0, None), (2, 1, None)]);
+        assert_fails(run(&cut_in_two, &Exempt::new()), "silently lost");
+        assert_eq!(run(&cut_in_two, &exempt), None);
+        let mut short_before: Vec<Stored> = (0..6).map(|seq| (1, seq, None)).collect();
+        short_before.extend([(2, 0, None), (2, 1, None)]);
+        assert_fails(run(&short_before, &exempt), "epoch 1");
+        let other: Exempt = [(0, SensorId::new("e0-d0-1/temperature").unwrap())].into();
+        assert_fails(run(&cut_in_one, &other), "silently lost");
     }
 
     /// One boot whose spool opened in epochs 1 then 2 (a reopen after a disk failure, or a
