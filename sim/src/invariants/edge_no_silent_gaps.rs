@@ -77,11 +77,18 @@ impl Tiles {
 /// Ranges of older epochs closed by `ProducerExpired` declarations, by epoch, inclusive.
 type Closed = BTreeMap<BootEpoch, Vec<(u64, u64)>>;
 
+/// One `(edge, sensor)` tiled: its epochs, the ranges they close, and whether its partition's
+/// log lost its beginning.
+type Tiled = (Vec<Tiles>, Closed, bool);
+
 /// One `(edge, sensor)` as stored: its stream, partition and events in offset order.
 struct Group<'a> {
     stream: &'a StreamName,
     partition: PartitionId,
     events: Vec<&'a StoredEvent>,
+    /// The partition's log starts after offset 0: damage took its beginning (nothing else
+    /// removes records), so the sensor's first stored event may be anywhere in an epoch.
+    late_start: bool,
 }
 
 fn fail(details: String) -> Violation {
@@ -120,7 +127,7 @@ pub fn check_except(
 ) -> Result<EdgeTotals, Violation> {
     let mut totals = EdgeTotals::default();
     let groups = collect(ledger, snapshot, &mut totals)?;
-    let mut tiled: BTreeMap<(u32, &SensorId), (Vec<Tiles>, Closed)> = BTreeMap::new();
+    let mut tiled: BTreeMap<(u32, &SensorId), Tiled> = BTreeMap::new();
     for ((idx, sensor), group) in &groups {
         let Some(edge) = ledger.edges.iter().find(|e| e.idx == *idx) else {
             continue;
@@ -130,7 +137,7 @@ pub fn check_except(
         for t in &tiles {
             check_epoch(edge, sensor, group.stream, t, wall_now, at_end, &mut totals)?;
         }
-        tiled.insert((*idx, sensor), (tiles, closed));
+        tiled.insert((*idx, sensor), (tiles, closed, group.late_start));
     }
     if at_end {
         for edge in &ledger.edges {
@@ -170,6 +177,7 @@ fn collect<'a>(
                     stream,
                     partition: *partition,
                     events: Vec::new(),
+                    late_start: log.log_start.0 > 0,
                 });
             if group.partition != *partition {
                 return Err(fail(format!(
@@ -224,12 +232,13 @@ fn tile(edge: &EdgeRecord, sensor: &SensorId, group: &Group) -> Result<Vec<Tiles
                 return Err(fail(format!("{}: after epoch {}", at(), t.epoch)));
             }
             _ => {
-                if e.seq != 0 {
+                let cut_off = group.late_start && out.is_empty();
+                if e.seq != 0 && !cut_off {
                     return Err(fail(format!("{}: the epoch starts there, not at 0", at())));
                 }
                 out.push(Tiles {
                     epoch: e.boot_epoch,
-                    end: 0,
+                    end: e.seq,
                     items: Vec::new(),
                 });
             }
@@ -472,7 +481,7 @@ fn check_issued(
 /// range a `ProducerExpired` declaration closed.
 fn check_coverage(
     edge: &EdgeRecord,
-    tiled: &BTreeMap<(u32, &SensorId), (Vec<Tiles>, Closed)>,
+    tiled: &BTreeMap<(u32, &SensorId), Tiled>,
     exempt: &Exempt,
 ) -> Result<(), Violation> {
     for (boot_idx, boot) in edge.boots.iter().enumerate() {
@@ -480,17 +489,25 @@ fn check_coverage(
             let found = tiled.get(&(edge.idx, sensor));
             // A sensor of a corrupt partition: only up to its last record in the prefix.
             // (Its last epoch there is covered up to the prefix's end by the tiling itself.)
-            let held_to = exempt
-                .contains(&(edge.idx, sensor.clone()))
-                .then(|| found.and_then(|(tiles, _)| tiles.last()).map(|t| t.epoch));
+            let held_to = exempt.contains(&(edge.idx, sensor.clone())).then(|| {
+                found
+                    .and_then(|(tiles, _, _)| tiles.last())
+                    .map(|t| t.epoch)
+            });
+            // And when damage took the log's beginning, the epochs before its first there.
+            let held_from = found
+                .filter(|(_, _, late)| *late && exempt.contains(&(edge.idx, sensor.clone())))
+                .and_then(|(tiles, _, _)| tiles.first())
+                .map(|t| t.epoch);
             for (epoch, told) in by_epoch {
                 let end = found
-                    .and_then(|(tiles, _)| tiles.iter().find(|t| t.epoch == *epoch))
+                    .and_then(|(tiles, _, _)| tiles.iter().find(|t| t.epoch == *epoch))
                     .map_or(0, |t| t.end);
                 let closed = found
-                    .and_then(|(_, closed)| closed.get(epoch))
+                    .and_then(|(_, closed, _)| closed.get(epoch))
                     .map_or(&[][..], Vec::as_slice);
                 let lost = match held_to {
+                    _ if held_from.is_some_and(|first| *epoch < first) => None,
                     None => first_uncovered(told, end, closed),
                     Some(Some(last)) if *epoch < last => first_uncovered(told, end, closed),
                     Some(_) => None,
@@ -810,6 +827,27 @@ mod tests {
         assert_fails(run(&short_before, &exempt), "epoch 1");
         let other: Exempt = [(0, SensorId::new("e0-d0-1/temperature").unwrap())].into();
         assert_fails(run(&cut_in_one, &other), "silently lost");
+        // Damage that took the log's beginning (its first segment): the sensor's first stored
+        // event may be anywhere in an epoch, and earlier epochs went with it; what follows
+        // still tiles.
+        let mut late = snapshot(&[(2, 3, None), (2, 4, None)]);
+        let start = |snapshot: &mut LogSnapshot, at: u64| {
+            for log in snapshot.partitions.values_mut() {
+                log.log_start = Offset(at);
+            }
+        };
+        let late_run = |snapshot: &LogSnapshot, exempt: &Exempt| {
+            check_except(&ledger, snapshot, UnixMillis(NOW), true, exempt)
+                .err()
+                .map(|v| v.details)
+        };
+        assert_fails(late_run(&late, &exempt), "the epoch starts there, not at 0");
+        start(&mut late, 10);
+        assert_eq!(late_run(&late, &exempt), None);
+        assert_fails(late_run(&late, &Exempt::new()), "silently lost");
+        let mut holed = snapshot(&[(2, 3, None), (2, 5, None)]);
+        start(&mut holed, 10);
+        assert_fails(late_run(&holed, &exempt), "a hole");
     }
 
     /// One boot whose spool opened in epochs 1 then 2 (a reopen after a disk failure, or a
