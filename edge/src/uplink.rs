@@ -43,7 +43,9 @@
 //!   it are forgotten, the spool is rewound, and a new connection is tried after a backoff.
 //! - Backoff is the project's one schedule, [`sluice_proto::backoff::Backoff`]: it doubles per
 //!   consecutive failure from `backoff_initial_ms` to `backoff_max_ms`, with jitter seeded from
-//!   the RNG the shell hands in (derived from `Env::rng`); a fully stored batch resets it.
+//!   the RNG the shell hands in (derived from `Env::rng`); a fully stored batch resets it, and
+//!   so does a refused batch that stored some records (progress: one sensor the node keeps
+//!   refusing must not slow the others to the longest wait), whose wait is then the first step.
 
 use crate::spool::StreamKey;
 use rand_chacha::ChaCha8Rng;
@@ -374,6 +376,12 @@ impl UplinkCore {
                     }
                     self.hold = self.hold.max(Some(Hold::Reordered));
                 } else {
+                    if report.n_delivered > 0 {
+                        // Partly stored: the round made progress (a sensor the node keeps
+                        // refusing must not slow the others to the longest wait); the backoff
+                        // grows again once nothing but refusals comes back.
+                        self.backoff.reset();
+                    }
                     self.refused(now);
                 }
             }

@@ -5,7 +5,8 @@
 //!
 //! The catalog is a [`SlotFile`] (`<data_dir>/partitions.catalog`, the segment layer's two-slot
 //! record file) whose body lists, per stream, how many partitions (`0..n`) were created. A
-//! partition is recorded, and the record synced, before its directory is first used. A data
+//! partition is recorded, and the record synced, before it takes its first write (and before
+//! a new partition's directory is first created). A data
 //! directory without a catalog (of an earlier release) adopts one at start: every partition
 //! that has a manifest or a segment directory is recorded as created. A catalog none of whose
 //! slots checks is logged and adopted again the same way (it held nothing but this record).
@@ -13,10 +14,13 @@
 //! Not here: which partitions a node should have (its configuration; in the cluster, the
 //! metadata group's partition map will replace this record).
 
+use crate::log::LogPaths;
 use sluice_proto::env::{Disk, DiskError};
 use sluice_proto::segment::{SegmentError, SlotFile, SlotKind, SLOT_OVERHEAD};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The catalog's file name in the data directory.
 pub const CATALOG_NAME: &str = "partitions.catalog";
@@ -187,7 +191,14 @@ pub fn has_files(
     stream: &str,
     partition: u32,
 ) -> Result<bool, DiskError> {
-    let paths = crate::node::partition_paths_of(data_dir, stream, partition);
+    paths_have_files(
+        disk,
+        &crate::node::partition_paths_of(data_dir, stream, partition),
+    )
+}
+
+/// Whether the partition at `paths` has a manifest or a segment directory.
+pub fn paths_have_files(disk: &dyn Disk, paths: &LogPaths) -> Result<bool, DiskError> {
     let found = |r: Result<(), DiskError>| match r {
         Ok(()) => Ok(true),
         Err(DiskError::Io {
@@ -217,20 +228,40 @@ pub fn known(
     Ok((known, found))
 }
 
+/// What [`prepare`] found and did.
+#[derive(Debug)]
+pub struct Prepared {
+    /// What the catalog recorded before (adopted as in [`known`]): the partitions whose files
+    /// recovery must find.
+    pub known: Created,
+    /// What the catalog durably records now: every configured partition when recording
+    /// succeeded; otherwise what a catalog read whole held, nothing when there was none.
+    pub durable: Created,
+    /// Whether recording succeeded.
+    pub result: Result<(), CatalogError>,
+}
+
+impl Prepared {
+    /// Whether the catalog durably records partition `partition` of `stream`.
+    pub fn records(&self, stream: &str, partition: u32) -> bool {
+        self.durable.get(stream).is_some_and(|n| partition < *n)
+    }
+}
+
 /// At start: what the catalog records (adopted as in [`known`]), then the configured `streams`
-/// recorded too (synced) before any of their partitions is used. Returns what was recorded
-/// before, which the partitions' recovery must find, and whether recording succeeded: a
-/// catalog that cannot be read or written (a full disk, a failing one) must not stop the node,
-/// so the caller logs it and goes on, and the partitions it could not record are started
-/// without its protection until a later start records them.
-pub fn prepare(
-    disk: &dyn Disk,
-    data_dir: &Path,
-    streams: &Created,
-) -> (Created, Result<(), CatalogError>) {
+/// recorded too (synced) before any of their partitions is written. A catalog that cannot be
+/// read or written (a full disk, a failing one) must not stop the node: the caller logs it and
+/// the partitions it does not durably record refuse writes until a [`PendingRecord`] succeeds.
+pub fn prepare(disk: &dyn Disk, data_dir: &Path, streams: &Created) -> Prepared {
     let (known, found) = match known(disk, data_dir, streams) {
         Ok(known) => known,
-        Err(e) => return (Created::new(), Err(e)),
+        Err(e) => {
+            return Prepared {
+                known: Created::new(),
+                durable: Created::new(),
+                result: Err(e),
+            }
+        }
     };
     match &found {
         Found::Damaged(why) => tracing::error!(
@@ -259,7 +290,59 @@ pub fn prepare(
     } else {
         Ok(())
     };
-    (known, result)
+    let durable = match (&result, recorded) {
+        (Ok(()), _) => wanted,
+        (Err(_), true) => known.clone(),
+        (Err(_), false) => Created::new(),
+    };
+    Prepared {
+        known,
+        durable,
+        result,
+    }
+}
+
+/// The catalog record that failed at start, tried again by each partition it leaves
+/// unrecorded before that partition takes writes (on the partition's write-retry backoff):
+/// the first success records every configured partition, and later calls return at once.
+pub struct PendingRecord {
+    disk: Arc<dyn Disk>,
+    data_dir: PathBuf,
+    streams: Created,
+    recorded: Mutex<bool>,
+}
+
+impl fmt::Debug for PendingRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingRecord")
+            .field("data_dir", &self.data_dir)
+            .field("streams", &self.streams)
+            .finish()
+    }
+}
+
+impl PendingRecord {
+    /// A record of the configured `streams` still to be made.
+    pub fn new(disk: Arc<dyn Disk>, data_dir: PathBuf, streams: Created) -> PendingRecord {
+        PendingRecord {
+            disk,
+            data_dir,
+            streams,
+            recorded: Mutex::new(false),
+        }
+    }
+
+    /// Records the configured partitions unless that was done (blocking IO: call it on the
+    /// blocking pool). `Err` while the catalog still cannot be read or written.
+    pub fn ensure(&self) -> Result<(), CatalogError> {
+        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        if !*recorded {
+            prepare(&*self.disk, &self.data_dir, &self.streams).result?;
+            tracing::info!("partition catalog recorded");
+            *recorded = true;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -86,12 +86,14 @@ struct ClusterParts {
     stop: watch::Sender<bool>,
 }
 
-/// The partitions of `config`, each told whether the catalog recorded it before (`created`).
+/// The partitions of `config`, each told whether the catalog recorded it before (`created`)
+/// and, when the catalog does not durably record it, handed the record still to be made.
 fn partition_args(
     config: &NodeConfig,
     env: &Env,
     registry: &Arc<Registry>,
-    created: &Created,
+    prepared: &catalog::Prepared,
+    pending: Option<&Arc<catalog::PendingRecord>>,
 ) -> Result<Vec<PartitionArgs>, StartError> {
     let core = CoreConfig {
         dedup_window_max: config.ingest.dedup_window_max,
@@ -120,7 +122,13 @@ fn partition_args(
             StreamName::new(stream.name.clone()).map_err(|e| StartError::Config(e.to_string()))?;
         for partition in 0..stream.partitions {
             let mut paths = partition_paths(&config.node.data_dir, &name, partition);
-            paths.created = created.get(&stream.name).is_some_and(|n| partition < *n);
+            paths.created = prepared
+                .known
+                .get(&stream.name)
+                .is_some_and(|n| partition < *n);
+            let catalog = pending
+                .filter(|_| !prepared.records(&stream.name, partition))
+                .cloned();
             out.push(PartitionArgs {
                 stream: name.clone(),
                 partition: PartitionId(partition),
@@ -132,6 +140,7 @@ fn partition_args(
                 registry: registry.clone(),
                 log_guard: Arc::new(Mutex::new(())),
                 durable_mark: Arc::new(std::sync::Mutex::new(None)),
+                catalog,
             });
         }
     }
@@ -176,24 +185,34 @@ impl Node {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let registry = Arc::new(Registry::default());
         let metrics = Arc::new(Metrics::default());
-        // Every partition is recorded in the catalog (synced) before its directory is first
-        // used; the ones recorded before must be found.
+        // Every partition is recorded in the catalog (synced) before it takes a write; the
+        // ones recorded before must be found.
         let configured: Created = config
             .streams
             .iter()
             .map(|s| (s.name.clone(), s.partitions))
             .collect();
         let (disk, data_dir) = (env.disk.clone(), config.node.data_dir.clone());
-        let (created, recorded) = run_blocking(env.blocking, move || {
-            catalog::prepare(&*disk, &data_dir, &configured)
+        let streams = configured.clone();
+        let prepared = run_blocking(env.blocking, move || {
+            catalog::prepare(&*disk, &data_dir, &streams)
         })
         .await;
-        if let Err(error) = recorded {
-            // A full or failing disk degrades partitions, never the node.
-            tracing::error!(%error, "partition catalog not recorded: partitions it does not record yet start without its protection");
-        }
+        let pending = match &prepared.result {
+            Ok(()) => None,
+            Err(error) => {
+                // A full or failing disk degrades partitions, never the node: the ones it does
+                // not record refuse writes (reads go on) until a retry records them.
+                tracing::error!(%error, "partition catalog not recorded: the partitions it does not record refuse writes until it is, retrying");
+                Some(Arc::new(catalog::PendingRecord::new(
+                    env.disk.clone(),
+                    config.node.data_dir.clone(),
+                    configured,
+                )))
+            }
+        };
         let args = SupervisorArgs {
-            partitions: partition_args(config, &env, &registry, &created)?,
+            partitions: partition_args(config, &env, &registry, &prepared, pending.as_ref())?,
             supervision: config.supervision.clone(),
             clock: env.clock.clone(),
         };
@@ -720,6 +739,95 @@ mod tests {
         disk.set_available_bytes(None);
         let outcome = produce_until_stored(&node, "u", record(0)).await;
         assert!(appended_at(&outcome, 0), "{outcome:?}");
+        stop(node, &disk).await;
+    }
+
+    /// The reason of a `Storage` refusal, or a panic naming what `outcome` was.
+    fn storage_reason(outcome: RecordOutcome) -> String {
+        match outcome {
+            RecordOutcome::Rejected(RecordRejection::Storage { reason }) => reason,
+            other => panic!("not a Storage refusal: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn partitions_the_catalog_cannot_record_refuse_writes_until_it_can() {
+        // Checks a catalog write that fails at start (ENOSPC, as the full-disk tests inject
+        // it: a data dir whose catalog is gone, on a full disk where creating one needs room):
+        // the node starts and serves every acknowledged record, but the partitions the catalog
+        // does not durably record refuse writes with a Storage error naming the catalog (a
+        // partition taking writes unrecorded would start empty, undetected, if its directory
+        // were deleted later); once space returns, a retry records the catalog and the same
+        // partitions take writes at the next offset, without a restart.
+        let (env, disk) = crash_env();
+        let node = Node::start(&config(), env).await.unwrap();
+        for seq in 0..2 {
+            assert!(appended_at(&produce(&node, seq).await, seq));
+        }
+        stop(node, &disk).await;
+        let catalog_path = catalog::catalog_path(Path::new(DATA_DIR));
+        disk.delete_file(&catalog_path).unwrap();
+        disk.set_full(true);
+        let node = Node::start(&config(), env_on(&disk)).await.unwrap();
+        assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1)]);
+        for _ in 0..3 {
+            for stream in ["s", "t"] {
+                let reason = storage_reason(produce_to(&node, stream, 2).await);
+                assert!(reason.contains("catalog"), "{reason}");
+            }
+            assert_eq!(fetch_all(&node, "s").await, vec![(0, 0), (1, 1)]);
+        }
+        assert!(disk
+            .bytes(&catalog_path)
+            .is_none_or(|b| b.iter().all(|x| *x == 0)));
+        disk.set_full(false);
+        let outcome = produce_until_stored(&node, "s", record(2)).await;
+        assert!(appended_at(&outcome, 2), "{outcome:?}");
+        let outcome = produce_until_stored(&node, "t", record(0)).await;
+        assert!(appended_at(&outcome, 0), "{outcome:?}");
+        let found = catalog::read(&disk.mount(), Path::new(DATA_DIR)).unwrap();
+        let both = Created::from([("s".to_owned(), 1), ("t".to_owned(), 1)]);
+        assert_eq!(found, catalog::Found::Recorded(both));
+        stop(node, &disk).await;
+    }
+
+    #[tokio::test]
+    async fn a_new_partition_the_catalog_cannot_record_waits_while_recorded_ones_go_on() {
+        // Checks that only the partitions the catalog does not record are held back: with the
+        // catalog unwritable (EPERM, an immutable file) a node restarted with a new stream u
+        // takes writes on s and t, which the catalog recorded before, refuses u's with a
+        // Storage error naming the catalog (without creating u's directory), and takes them
+        // once the catalog can be written, with u recorded.
+        let (env, disk) = crash_env();
+        let node = Node::start(&config(), env).await.unwrap();
+        assert!(appended_at(&produce(&node, 0).await, 0));
+        stop(node, &disk).await;
+        let catalog_path = catalog::catalog_path(Path::new(DATA_DIR));
+        disk.set_immutable(&catalog_path, true);
+        let config = config_with(&Extra {
+            streams: "[[streams]]\nname = \"u\"\npartitions = 1\n",
+            ..Extra::default()
+        });
+        let node = Node::start(&config, env_on(&disk)).await.unwrap();
+        assert!(appended_at(&produce(&node, 1).await, 1));
+        assert!(appended_at(&produce_to(&node, "t", 0).await, 0));
+        for _ in 0..3 {
+            let reason = storage_reason(produce_to(&node, "u", 0).await);
+            assert!(reason.contains("catalog"), "{reason}");
+        }
+        let u_dir = partition_paths(Path::new(DATA_DIR), &StreamName::new("u").unwrap(), 0).dir;
+        assert!(
+            disk.files().keys().all(|p| !p.starts_with(&u_dir)),
+            "u used before it was recorded"
+        );
+        disk.set_immutable(&catalog_path, false);
+        let outcome = produce_until_stored(&node, "u", record(0)).await;
+        assert!(appended_at(&outcome, 0), "{outcome:?}");
+        let found = catalog::read(&disk.mount(), Path::new(DATA_DIR)).unwrap();
+        let catalog::Found::Recorded(recorded) = found else {
+            panic!("catalog not recorded: {found:?}");
+        };
+        assert_eq!(recorded.get("u"), Some(&1));
         stop(node, &disk).await;
     }
 

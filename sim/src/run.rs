@@ -390,24 +390,30 @@ impl Controller {
             self.wait_until(step).await?;
         }
         let snapshot = self.check("final").await?;
-        if self.reported.is_empty() {
-            convergence::check_edges(&self.world.edges(), self.world.now(), EDGE_DRAINED_HOLD)?;
-            self.summary.edge_totals = edge_no_silent_gaps::check(
-                &self.world.edges(),
-                &snapshot,
-                self.world.clock.wall(),
-                true,
-            )?;
-            convergence::check(&self.world.history(), &snapshot)?;
-        } else {
-            // A partition that reported corruption is read-only: what is sent to it stays
-            // unanswered and edges writing to it cannot drain. Records of other partitions
-            // must still converge.
-            let reported: BTreeSet<PartitionKey> = self.reported.keys().cloned().collect();
-            let mut history = self.world.history().clone();
-            history.forget_partitions(&self.world.streams, &reported);
-            convergence::check(&history, &snapshot)?;
-        }
+        // A partition that reported corruption is read-only: what its sensors send stays
+        // unanswered and their edges cannot drain. Only those are exempt, and only from what
+        // follows the damage; every other record and sensor must converge.
+        let reported: BTreeSet<PartitionKey> = self.reported.keys().cloned().collect();
+        let exempt = self.exempt_sensors();
+        convergence::check_edges(
+            &self.world.edges(),
+            self.world.now(),
+            EDGE_DRAINED_HOLD,
+            &exempt,
+        )?;
+        self.summary.edge_totals = edge_no_silent_gaps::check_except(
+            &self.world.edges(),
+            &snapshot,
+            self.world.clock.wall(),
+            true,
+            &exempt,
+        )?;
+        convergence::check(
+            &self.world.history(),
+            &snapshot,
+            &self.world.streams,
+            &reported,
+        )?;
         self.summary.n_events = snapshot.n_events();
         for ((stream, partition), log) in &snapshot.partitions {
             let mut bytes = Vec::new();
@@ -590,6 +596,23 @@ impl Controller {
         Ok(())
     }
 
+    /// The edges' sensors whose partition reported corruption.
+    fn exempt_sensors(&self) -> edge_no_silent_gaps::Exempt {
+        let mut out = edge_no_silent_gaps::Exempt::new();
+        if self.reported.is_empty() {
+            return out;
+        }
+        for edge in &self.world.edges().edges {
+            for (sensor, stream) in &edge.sensors {
+                let partition = crate::history::partition_of(&self.world.streams, stream, sensor);
+                if self.reported.contains_key(&(stream.clone(), partition)) {
+                    out.insert((edge.idx, sensor.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// True when every record has an answer and every edge drained.
     fn converged(&self) -> bool {
         self.world.history().n_unresolved() == 0
@@ -768,14 +791,14 @@ impl Controller {
             self.check_damaged(ack_clock, &snapshot, &slot.service)
                 .await?;
         }
-        if self.reported.is_empty() {
-            edge_no_silent_gaps::check(
-                &self.world.edges(),
-                &snapshot,
-                self.world.clock.wall(),
-                false,
-            )?;
-        }
+        // The readable prefix of a corrupt partition tiles like any log: checked for every
+        // sensor.
+        edge_no_silent_gaps::check(
+            &self.world.edges(),
+            &snapshot,
+            self.world.clock.wall(),
+            false,
+        )?;
         for ((stream, partition), log) in &snapshot.partitions {
             // The probes' reads are checked against the snapshot just remembered.
             probe(

@@ -1,5 +1,6 @@
 //! The spool's configuration: the `[spool]` section of `edge.toml`. Defaults live here.
 
+use super::manifest::SEGMENTS_LISTED_MAX;
 use serde::Deserialize;
 
 /// What the spool does when a new reading would exceed its disk budget.
@@ -104,6 +105,15 @@ impl SpoolConfig {
                 self.spool_bytes_max, self.segment_bytes_max
             ));
         }
+        if self.n_segments_max() > SEGMENTS_LISTED_MAX {
+            problems.push(format!(
+                "spool.spool_bytes_max ({}) holds {} segments of {} bytes; the spool's manifest \
+                 lists at most {SEGMENTS_LISTED_MAX}: raise segment_bytes_max",
+                self.spool_bytes_max,
+                self.n_segments_max(),
+                self.segment_bytes_max
+            ));
+        }
         if u64::from(self.record_bytes_max) * 4 > self.segment_bytes_max {
             problems.push(format!(
                 "spool.record_bytes_max ({}) must be at most a quarter of segment_bytes_max ({})",
@@ -155,5 +165,19 @@ mod tests {
         };
         let problems = bad.validate().unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
+        // The manifest lists every segment the budget allows, never more.
+        let most = SpoolConfig {
+            spool_bytes_max: SEGMENTS_LISTED_MAX * 4096,
+            segment_bytes_max: 4096,
+            record_bytes_max: 1024,
+            ..SpoolConfig::default()
+        };
+        assert_eq!(most.validate(), Ok(()));
+        let over = SpoolConfig {
+            spool_bytes_max: most.spool_bytes_max + 4096,
+            ..most
+        };
+        let problems = over.validate().unwrap_err();
+        assert!(problems[0].contains("manifest"), "{problems:?}");
     }
 }

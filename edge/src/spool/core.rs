@@ -622,8 +622,9 @@ impl SpoolCore {
         acked.len() as u64
     }
 
-    /// Hands out durable items to deliver, oldest first across streams and in seq order within
-    /// each; a sensor's newer epoch waits until its older epochs are fully acknowledged. Stops at
+    /// Hands out durable items to deliver, oldest first across streams (each stream taking at
+    /// most an even share of `records_max` while others have items, then oldest first again)
+    /// and in seq order within each; a sensor's newer epoch waits until its older epochs are fully acknowledged. Stops at
     /// `records_max` and at `bytes_max` (but returns at least one item). When an item lies beyond
     /// its stream's durable send mark, the mark is advanced `send_ahead_bytes_max` and synced
     /// first: the shell must execute the outputs before handing anything out.
@@ -646,9 +647,30 @@ impl SpoolCore {
         let mut out = Vec::new();
         let mut marked = Vec::new();
         let mut bytes = 0u64;
-        while let Some(Reverse((_, idx))) = heap.pop() {
+        // Each stream takes at most its share of a batch while others have items: a sensor the
+        // node keeps refusing (its partition read-only or degraded) holds the oldest items, and
+        // oldest-first alone would fill every resend with them and starve the other sensors
+        // (found by the disk-corruption simulator, seed 86). What the shares leave is filled
+        // oldest first.
+        let share = (records_max as usize / keys.len().max(1)).max(1);
+        let mut taken = vec![0usize; keys.len()];
+        let mut deferred: Vec<Reverse<(u64, usize)>> = Vec::new();
+        let mut capped = true;
+        loop {
+            let Some(Reverse((order, idx))) = heap.pop() else {
+                if !capped || deferred.is_empty() {
+                    break;
+                }
+                capped = false;
+                heap.extend(deferred.drain(..));
+                continue;
+            };
             if out.len() >= records_max as usize {
                 break;
+            }
+            if capped && taken[idx] >= share {
+                deferred.push(Reverse((order, idx)));
+                continue;
             }
             let durable_log_idx = self.durable_log_idx;
             let ahead = self.config.send_ahead_bytes_max;
@@ -681,6 +703,7 @@ impl SpoolCore {
                 loc: item.loc,
             });
             cursors[idx] += 1;
+            taken[idx] += 1;
             if let Some(next) = stream.items.get(cursors[idx]) {
                 heap.push(Reverse((next.order, idx)));
             }

@@ -55,11 +55,19 @@
 //!   than its recorded durable end, and a bad entry below that end are damage, reported and
 //!   declared `Corrupted` like any other (the seqs a lost end of the last segment could hold
 //!   are declared beyond the surviving reservations). Unrecorded segments below the last are
-//!   the remains of a removal cut short and are read as usual. A manifest none of whose slots
-//!   checks is reported (unless its first slot is still all zeros: a creation cut short) and
-//!   recovery goes on without it. A spool without a manifest (format 2 before it, format 1,
-//!   or one whose manifest was deleted or emptied) is recovered by the rules above without it
-//!   and adopted: the open records one.
+//!   the remains of a removal cut short and are read as usual. The manifest is created before
+//!   the first entry of a format-2 spool is written, so a spool without a manifest record
+//!   (deleted, emptied, zeroed, or none of its slots checks) whose format-2 segments hold
+//!   entries is damage, reported (naming the manifest) and logged like any other: every entry
+//!   that checks is kept, and since segments after the last one found may have gone with the
+//!   manifest, as many seqs as the budget's remaining bytes could hold are declared
+//!   `Corrupted` beyond the latest epoch's reservations (an upper bound), in a new segment.
+//!   Only an empty directory, a lone last segment without entries (a manifest creation cut
+//!   short) and a spool of format-1 segments (an earlier release's) open without one silently;
+//!   the open records one. The manifest lists the held segments as runs of consecutive ids;
+//!   the configuration keeps `spool_bytes_max / segment_bytes_max` within
+//!   [`SEGMENTS_LISTED_MAX`], so even one run per segment fits a slot, and a set that still
+//!   does not fit fences the spool (`SpoolError::ManifestFull`) instead of recording less.
 //! - Timers and record ages run on the monotonic clock (a spool clock persisted at every sync;
 //!   across a restart it counts the wall clock's downtime only within `[0, downtime_ms_max]`),
 //!   so a wall clock stepped by NTP neither expires readings nor holds syncs back. See
@@ -89,10 +97,11 @@ pub use self::config::{FullPolicy, SpoolConfig, SEGMENT_BYTES_MIN};
 pub use self::core::{
     Appended, Declared, Loc, Now, Outgoing, Output, Rejected, SpoolCore, SpoolStats, StreamKey,
 };
+pub use self::manifest::SEGMENTS_LISTED_MAX;
 
 use self::core::Replay;
 use self::format::{Entry, BODY_BYTES_MAX, SEGMENT_HEADER_LEN, SEGMENT_KIND};
-use self::manifest::{Manifest, ManifestState};
+use self::manifest::{Manifest, ManifestError, ManifestState};
 use sluice_proto::env::{Disk, DiskError, DiskFile};
 use sluice_proto::segment::{self, CorruptionKind, SalvageExpect, SegmentError, SegmentHeader};
 use sluice_proto::{BootEpoch, DropReason, Payload, Record, SensorId, UnixMillis};
@@ -131,6 +140,15 @@ pub enum SpoolError {
     Config {
         /// Every problem found.
         problems: Vec<String>,
+    },
+    /// The segments held do not fit the manifest (more than the configuration allows: see
+    /// [`SEGMENTS_LISTED_MAX`]); the spool is fenced rather than record fewer.
+    #[error("spool {dir}: {reason}")]
+    ManifestFull {
+        /// The spool directory.
+        dir: String,
+        /// How many segments and runs, and what fits.
+        reason: String,
     },
     /// An earlier disk operation failed: the in-memory state can no longer be trusted.
     #[error("spool fenced after a failed disk operation; reopen it to recover")]
@@ -619,7 +637,13 @@ impl Spool {
                 self.manifest = Some(m);
             }),
         };
-        result.map_err(|e| segment_error(&Manifest::path(&self.dir), e))
+        result.map_err(|e| match e {
+            ManifestError::Segment(e) => segment_error(&Manifest::path(&self.dir), e),
+            ManifestError::TooMany(e) => SpoolError::ManifestFull {
+                dir: self.dir.display().to_string(),
+                reason: e.to_string(),
+            },
+        })
     }
 
     fn wrote(&mut self, segment: u64, end: u64) {
@@ -771,6 +795,8 @@ fn recover(
             replay.tail_lost(bound.saturating_sub(SEGMENT_HEADER_LEN));
         }
     }
+    // Format-2 segments kept, with the entries found in each.
+    let mut v2_kept: Vec<(u64, u64)> = Vec::new();
     for id in ids.iter() {
         let is_last = Some(*id) == last_id;
         let path = dir.join(format::segment_name(*id));
@@ -796,7 +822,9 @@ fn recover(
             durable_end,
             lost_bound: durable_end.max(config.segment_bytes_max),
         };
-        let scanned = if is_v1_segment(&*file, *id, limit)? {
+        let is_v1 = is_v1_segment(&*file, *id, limit)?;
+        let frames_before = report.n_frames;
+        let scanned = if is_v1 {
             replay.v1_segment(*id);
             v1::scan_segment(&*file, &path, *id, is_last, limit, &mut replay, &mut report)?
         } else {
@@ -834,6 +862,12 @@ fn recover(
         }
         report.data_ends.insert(*id, data_end);
         files.insert(*id, file);
+        if !is_v1 {
+            v2_kept.push((*id, report.n_frames - frames_before));
+        }
+    }
+    if recorded.is_none() {
+        unrecorded_segments(dir, config, &v2_kept, &mut replay, &mut report);
     }
     let damaged = !report.damage.is_empty();
     // What damage took is declared Corrupted (the reservation bounds it, as for a power cut).
@@ -855,6 +889,49 @@ fn recover(
     report.downtime_wall_ms = recovered.downtime_wall_ms;
     report.power_loss = recovered.power_loss;
     Ok((core, files, report, manifest))
+}
+
+/// Without a manifest record (none, emptied, or none of its slots checks), format-2 segments
+/// are damage unless they are a lone last segment without entries: the manifest is created
+/// before the first entry of a format-2 spool is written (a spool of format 1 only is one of an
+/// earlier release, adopted). Segments after the last one found may have gone with the
+/// manifest, and nothing bounds what they held but the budget: the seqs the bytes the budget
+/// leaves could hold are declared `Corrupted` beyond the latest epoch's reservations (an upper
+/// bound, as for a lost last segment).
+fn unrecorded_segments(
+    dir: &Path,
+    config: SpoolConfig,
+    v2_kept: &[(u64, u64)],
+    replay: &mut Replay,
+    report: &mut SpoolReport,
+) {
+    let last_kept = report.data_ends.last_key_value().map(|(id, _)| *id);
+    let fresh = |(id, n_entries): &(u64, u64)| *n_entries == 0 && Some(*id) == last_kept;
+    if v2_kept.iter().all(fresh) {
+        return;
+    }
+    let (first, last) = (v2_kept[0].0, v2_kept[v2_kept.len() - 1].0);
+    report.damage.push(Damage {
+        path: Manifest::path(dir).display().to_string(),
+        pos: 0,
+        len: 0,
+        reason: format!(
+            "the manifest holds no record, but {} format-2 segments ({first}..={last}) hold \
+             entries: any segment after {last} may have been lost with it, so the seqs it could \
+             have held are declared corrupted",
+            v2_kept.len()
+        ),
+    });
+    let unaccounted = config
+        .spool_bytes_max
+        .saturating_sub(report.disk_bytes)
+        .max(config.segment_bytes_max);
+    replay.tail_lost(unaccounted);
+    if let Some(id) = last_kept {
+        // A new segment opens with a checkpoint stating the raised reservations (as after a
+        // lost last segment), so the declarations beyond the old ones replay consistently.
+        replay.no_resume(id);
+    }
 }
 
 /// Reads the spool's manifest. One none of whose slots checks is reported as damage and

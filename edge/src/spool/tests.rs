@@ -1137,12 +1137,28 @@ fn spooled(n: u64) -> CrashDisk {
     disk
 }
 
+/// True when `records` hold a `Corrupted` declaration of sensor `name`.
+fn declares_corrupted(records: &[Record], name: &str) -> bool {
+    records.iter().any(|r| {
+        r.sensor == sensor(name)
+            && matches!(
+                r.payload,
+                Payload::Dropped {
+                    reason: DropReason::Corrupted,
+                    ..
+                }
+            )
+    })
+}
+
 #[test]
-fn damage_to_the_manifest_loses_nothing_and_is_reported_when_no_slot_checks() {
+fn damage_to_the_manifest_loses_nothing_and_is_reported_when_no_record_is_left() {
     // Checks every region of the manifest (either slot's magic, sequence number, body and CRC;
     // both slots; zeroed, cut inside either slot, emptied, deleted): the open never fails and
-    // delivers every reading (the segments are intact), damage is reported (by check and open
-    // alike) exactly when no slot checks while the first holds bytes, and the open records a
+    // delivers every reading (the segments are intact); damage is reported (by check and open
+    // alike, naming the manifest) exactly when no slot checks, whatever is left of the file
+    // (deleted and emptied too: the segments hold entries, so a manifest existed), and then
+    // what segments lost with it could have held is declared Corrupted; the open records a
     // manifest that checks again, so a second open reports nothing.
     let n = 150u64;
     let path = manifest_path();
@@ -1169,7 +1185,7 @@ fn damage_to_the_manifest_loses_nothing_and_is_reported_when_no_slot_checks() {
             vec![Harm::Flip(40), Harm::Flip(4096 + 40)],
             true,
         ),
-        ("all zeroed".to_string(), vec![Harm::Zero(0, 8192)], false),
+        ("all zeroed".to_string(), vec![Harm::Zero(0, 8192)], true),
         (
             "cut in the second slot".to_string(),
             vec![Harm::Truncate(5000)],
@@ -1180,8 +1196,8 @@ fn damage_to_the_manifest_loses_nothing_and_is_reported_when_no_slot_checks() {
             vec![Harm::Truncate(100)],
             true,
         ),
-        ("emptied".to_string(), vec![Harm::Truncate(0)], false),
-        ("deleted".to_string(), vec![Harm::Delete], false),
+        ("emptied".to_string(), vec![Harm::Truncate(0)], true),
+        ("deleted".to_string(), vec![Harm::Delete], true),
     ]);
     for (what, harms, reported) in cases {
         let disk = spooled(n);
@@ -1202,6 +1218,7 @@ fn damage_to_the_manifest_loses_nothing_and_is_reported_when_no_slot_checks() {
         for name in ["a", "b"] {
             let (readings, _) = tiling_of(&got, name, n, &what);
             assert_eq!(readings, n, "{what}: {name}");
+            assert_eq!(declares_corrupted(&got, name), reported, "{what}: {name}");
         }
         drop(spool);
         let (_, again) = open(&disk, config(), 3);
@@ -1214,43 +1231,59 @@ fn damage_to_the_manifest_loses_nothing_and_is_reported_when_no_slot_checks() {
 }
 
 #[test]
-fn a_spool_without_a_manifest_is_adopted_and_then_guarded_by_one() {
-    // Checks the upgrade from format-2 spools written before the manifest: without one nothing
-    // is reported and every reading is kept; the open records one, and from then on a last
-    // segment cut inside its header (which without a manifest looks like a creation cut short)
-    // is reported and what it held is declared Corrupted.
+fn a_deleted_manifest_and_last_segment_are_reported_and_declared() {
+    // Checks the case a missing manifest used to hide: with the manifest and the last segment
+    // both deleted, check and open report the manifest (the open does not fail), every reading
+    // of the remaining segments is delivered, the seqs the lost segment held are declared
+    // Corrupted (delivered and declared still tile every seq issued), and the open records a
+    // manifest again, so a second open reports and declares nothing.
     let n = 150u64;
     let disk = spooled(n);
+    let segments = segment_paths(&disk);
+    assert!(segments.len() >= 3, "{segments:?}");
     harm(&disk, &manifest_path(), Harm::Delete);
-    let (spool, report) = open(&disk, config(), 2);
+    harm(&disk, &segments[segments.len() - 1], Harm::Delete);
+    let check = Spool::check(&disk.mount(), &dir(), config(), t(2)).unwrap();
+    let (mut spool, report) = open(&disk, config(), 2);
+    assert_eq!(check.damage, report.damage);
+    assert_eq!(report.damage.len(), 1, "{report}");
+    assert_eq!(report.damage[0].path, manifest_path().display().to_string());
+    assert!(report.to_string().contains("CORRUPT"), "{report}");
+    let got = drain(&mut spool);
+    for name in ["a", "b"] {
+        let (readings, declared) = tiling_of(&got, name, n, "deleted");
+        assert!(readings > 0 && readings < n, "{name}: {readings} readings");
+        assert!(readings + declared >= n, "{name}");
+        assert!(declares_corrupted(&got, name), "{name}");
+    }
+    drop(spool);
+    let (_, again) = open(&disk, config(), 3);
+    assert_eq!((again.damage.len(), again.power_loss.len()), (0, 0));
+}
+
+#[test]
+fn a_new_spool_whose_manifest_creation_was_cut_short_starts_silently() {
+    // Checks the two states without a manifest that are not damage: an empty directory, and a
+    // first segment whose header was synced but whose manifest was never completed (so nothing
+    // was written to it): both open without a report, and the open records a manifest.
+    let disk = CrashDisk::new();
+    let check = Spool::check(&disk.mount(), &dir(), config(), t(0)).unwrap();
+    assert_eq!(check.damage, vec![]);
+    let (spool, report) = open(&disk, config(), 0);
+    assert_eq!(report.damage, vec![], "{report}");
+    drop(spool);
+    let segments = segment_paths(&disk);
+    assert_eq!(segments.len(), 1);
+    let len = disk.bytes(&segments[0]).unwrap().len();
+    let header = SEGMENT_HEADER_LEN as usize;
+    harm(&disk, &segments[0], Harm::Zero(header, len - header));
+    harm(&disk, &manifest_path(), Harm::Delete);
+    let (_, report) = open(&disk, config(), 1);
     assert_eq!(report.damage, vec![], "{report}");
     assert!(
         disk.bytes(&manifest_path()).is_some(),
         "no manifest recorded"
     );
-    drop(spool);
-    let last = segment_paths(&disk).pop().unwrap();
-    harm(&disk, &last, Harm::Truncate(10));
-    let (mut spool, report) = open(&disk, config(), 3);
-    assert!(
-        report
-            .damage
-            .iter()
-            .any(|d| d.path == last.display().to_string()),
-        "{report}"
-    );
-    let got = drain(&mut spool);
-    for name in ["a", "b"] {
-        let (readings, declared) = tiling_of(&got, name, n, "adopted");
-        assert!(readings + declared >= n, "{name}");
-    }
-    assert!(got.iter().any(|r| matches!(
-        r.payload,
-        Payload::Dropped {
-            reason: DropReason::Corrupted,
-            ..
-        }
-    )));
 }
 
 /// `(epoch, seq, what)` of each record of sensor "a": the reading's value, or the declaration.
@@ -1582,5 +1615,35 @@ fn a_checkpoint_larger_than_a_segment_is_read_back() {
     for name in &names {
         let (values, _) = values_and_declared(&got, name);
         assert_eq!(values, vec![0], "{name}");
+    }
+}
+
+#[test]
+fn a_sensor_with_many_old_readings_does_not_fill_every_batch() {
+    // Checks the batch shares: with one sensor holding many older readings (one the node keeps
+    // refusing, so they are rewound and resent every round) and another sensor's reading
+    // behind them, every batch, the first after a rewind too, carries the second sensor's
+    // reading instead of only the first sensor's oldest ones.
+    let disk = CrashDisk::new();
+    let (mut spool, _) = open(&disk, config(), 0);
+    for seq in 0..40 {
+        append(&mut spool, "a", seq);
+    }
+    append(&mut spool, "b", 0);
+    spool.sync(t(1)).unwrap();
+    for round in 0..3 {
+        let batch = spool.next_batch(8, 1 << 20).unwrap();
+        assert_eq!(batch.len(), 8, "round {round}");
+        assert!(
+            batch.iter().any(|r| r.sensor == sensor("b")),
+            "round {round}: {:?}",
+            batch.iter().map(|r| (&r.sensor, r.seq)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            batch[0].sensor,
+            sensor("a"),
+            "oldest first within the shares"
+        );
+        spool.rewind();
     }
 }

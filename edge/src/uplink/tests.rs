@@ -548,3 +548,41 @@ fn an_epoch_the_node_does_not_know_moves_to_a_new_one_unless_it_was_overtaken() 
     core.handle_response(t0, 1, 2, response(vec![appended()]));
     assert_eq!(outputs(&mut core), [ack("a", 0), Output::Rewind]);
 }
+
+#[test]
+fn a_partly_stored_batch_does_not_grow_the_backoff() {
+    // Checks that a batch the node partly stores (a sensor it keeps refusing beside one it
+    // stores) waits only the first backoff step each round instead of doubling, so the other
+    // sensor is not slowed to the longest wait, while batches of refusals alone grow it.
+    let t0 = origin();
+    let mut core = connected(t0);
+    let storage = rejected(RecordRejection::Storage {
+        reason: "read-only".into(),
+    });
+    let mut now = t0;
+    let mut batch_id = 0;
+    for seq in 0..3 {
+        batch_id += 1;
+        core.handle_sent(now, stream(), &[record("a", 0), record("b", seq)]);
+        let report = core.handle_response(
+            now,
+            1,
+            batch_id,
+            response(vec![storage.clone(), appended()]),
+        );
+        assert_eq!(report.n_delivered, 1);
+        assert_eq!(core.failures(), 1, "round {seq}");
+        now = core.poll_timeout().unwrap_or(now);
+        core.handle_tick(now);
+        outputs(&mut core);
+    }
+    for n in 2..4 {
+        batch_id += 1;
+        core.handle_sent(now, stream(), &[record("a", 0)]);
+        core.handle_response(now, 1, batch_id, response(vec![storage.clone()]));
+        assert_eq!(core.failures(), n);
+        now = core.poll_timeout().unwrap_or(now);
+        core.handle_tick(now);
+        outputs(&mut core);
+    }
+}

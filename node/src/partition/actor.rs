@@ -12,11 +12,12 @@
 //! handed out again (an operator must act; `sluice storage check` reports it).
 
 use super::core::{CoreConfig, Input, Output, PartitionCore, ProduceItem};
+use crate::catalog::PendingRecord;
 use crate::env::run_blocking;
-use crate::log::{self, LogConfig, LogError, LogPaths, LogReader, LogWriter, Opened, PendingEntry};
+use crate::log::{self, LogConfig, LogError, LogPaths, LogReader, LogWriter, PendingEntry};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sluice_proto::backoff::Backoff;
-use sluice_proto::env::Env;
+use sluice_proto::env::{DiskError, Env};
 use sluice_proto::msg::{RecordOutcome, RecordRejection};
 use sluice_proto::{Identity, Offset, PartitionId, StreamName};
 use std::collections::{BTreeMap, HashMap};
@@ -129,6 +130,10 @@ pub struct PartitionArgs {
     /// One past the last offset this process saw made durable, kept across restarts of the
     /// actor: a reopen after a failed fsync cuts the log back to it (see `log::open`).
     pub durable_mark: Arc<std::sync::Mutex<Option<Offset>>>,
+    /// The node's partition catalog record this partition still waits for (`None` when the
+    /// catalog records it): until it succeeds the partition serves reads and refuses writes,
+    /// trying it again at each retry.
+    pub catalog: Option<Arc<PendingRecord>>,
 }
 
 /// Why a partition refuses writes.
@@ -164,13 +169,35 @@ pub struct PartitionActor;
 /// A recovered partition: a fresh core replayed from the log.
 struct Reopened {
     core: PartitionCore,
-    opened: Opened,
+    /// Reads what was recovered.
+    reader: LogReader,
+    /// The log's writer, or why it cannot be written; `None` when it was not opened (a
+    /// partition without files that the catalog does not record yet).
+    writer: Option<Result<LogWriter, LogError>>,
+    /// Why the node's catalog does not record the partition yet: it must not take writes.
+    unrecorded: Option<String>,
 }
 
 /// Opens and recovers the log of a partition, replaying it into a fresh core. `Err` when the
 /// disk cannot even be read.
 fn open_partition(args: &PartitionArgs) -> Result<Reopened, LogError> {
     let mut core = PartitionCore::new(args.partition, args.core, Offset(0));
+    let unrecorded = args
+        .catalog
+        .as_ref()
+        .and_then(|pending| pending.ensure().err())
+        .map(|error| error.to_string());
+    if unrecorded.is_some() && !crate::catalog::paths_have_files(&*args.env.disk, &args.paths)? {
+        // A partition that never held anything: nothing to read, and its directory is not
+        // created before the catalog records it.
+        core.finish_recovery(Offset(0));
+        return Ok(Reopened {
+            core,
+            reader: LogReader::empty(args.log.entry_bytes_max),
+            writer: None,
+            unrecorded,
+        });
+    }
     let durable_end = *args.durable_mark.lock().unwrap_or_else(|p| p.into_inner());
     let now = args.env.clock.now();
     let opened = log::open(
@@ -197,7 +224,12 @@ fn open_partition(args: &PartitionArgs) -> Result<Reopened, LogError> {
     if opened.writer.is_ok() {
         *args.durable_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(recovery.next_offset);
     }
-    Ok(Reopened { core, opened })
+    Ok(Reopened {
+        core,
+        reader: opened.reader,
+        writer: Some(opened.writer),
+        unrecorded,
+    })
 }
 
 /// The fault a failed open leaves, logged.
@@ -235,11 +267,39 @@ impl PartitionState {
 
     /// Takes in a reopened log: writable, degraded or corrupt.
     fn adopt(&mut self, myself: &ActorRef<PartitionMsg>, reopened: Reopened) {
-        let Reopened { core, opened } = reopened;
+        let Reopened {
+            core,
+            reader,
+            writer,
+            unrecorded,
+        } = reopened;
         self.core = core;
         self.durable_tx.send_replace(self.core.durable());
-        self.publish(myself, opened.reader);
-        match opened.writer {
+        self.publish(myself, reader);
+        let (stream, partition_id) = (&self.args.stream, self.args.partition.0);
+        let writer = match (writer, unrecorded) {
+            // Corruption is for good; a catalog not recorded yet only waits for a retry.
+            (Some(Err(error)), _) if error.corruption().is_some() => Err(error),
+            (_, Some(reason)) => {
+                warn!(%stream, partition_id, %reason, "partition not recorded in the node's catalog: refusing writes, serving what is durable, retrying");
+                self.writer = None;
+                self.fail(
+                    myself,
+                    Fault::Degraded(format!(
+                        "partition {stream}/{partition_id} cannot write: the node's partition catalog does not record it yet: {reason}"
+                    )),
+                );
+                return;
+            }
+            (Some(writer), None) => writer,
+            (None, None) => Err(LogError::Disk(DiskError::Io {
+                op: "open",
+                path: self.args.paths.dir.display().to_string(),
+                kind: std::io::ErrorKind::Other,
+                message: "the log was not opened".into(),
+            })),
+        };
+        match writer {
             Ok(writer) => {
                 if self.fault.is_some() {
                     info!(stream = %self.args.stream, partition_id = self.args.partition.0, "partition writable again");

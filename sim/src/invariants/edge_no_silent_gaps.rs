@@ -38,7 +38,7 @@ use sluice_edge::spool::FullPolicy;
 use sluice_proto::{
     BootEpoch, DropReason, PartitionId, Payload, SensorId, StoredEvent, StreamName, UnixMillis,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Seqs declared dropped in the log, by reason, and edge events seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,16 +77,33 @@ impl Tiles {
 /// Ranges of older epochs closed by `ProducerExpired` declarations, by epoch, inclusive.
 type Closed = BTreeMap<BootEpoch, Vec<(u64, u64)>>;
 
+/// One `(edge, sensor)` tiled: its epochs, the ranges they close, and whether its partition's
+/// log lost its beginning.
+type Tiled = (Vec<Tiles>, Closed, bool);
+
 /// One `(edge, sensor)` as stored: its stream, partition and events in offset order.
 struct Group<'a> {
     stream: &'a StreamName,
     partition: PartitionId,
     events: Vec<&'a StoredEvent>,
+    /// The partition's log starts after offset 0: damage took its beginning (nothing else
+    /// removes records), so the sensor's first stored event may be anywhere in an epoch.
+    late_start: bool,
 }
 
 fn fail(details: String) -> Violation {
     Violation::new("edge_no_silent_gaps", details)
 }
+
+/// `(edge, sensor)` pairs whose partition reported corruption (`--disk-corruption`): the node
+/// serves that partition's readable prefix and refuses writes to it, so what the sensor
+/// delivered past the damage is gone and what it sent since is never stored. Only that is
+/// exempt: the prefix is checked like any log, and at the end every seq the agent accepted in
+/// an epoch older than the sensor's last epoch in the prefix must be delivered or declared, as
+/// must every seq of that last epoch below the prefix's end (a sensor's records are stored in
+/// seq order, epoch after epoch, so what was lost at or after the damage is exactly what
+/// follows its last record in the prefix).
+pub type Exempt = BTreeSet<(u32, SensorId)>;
 
 /// Checks the snapshot against the ledger. `wall_now` is the wall clock of the check; with
 /// `at_end`, every edge has drained and accepted counts of running boots are final.
@@ -96,9 +113,21 @@ pub fn check(
     wall_now: UnixMillis,
     at_end: bool,
 ) -> Result<EdgeTotals, Violation> {
+    check_except(ledger, snapshot, wall_now, at_end, &Exempt::new())
+}
+
+/// [`check`], with the sensors of `exempt` held only to what their corrupt partition still
+/// holds (see [`Exempt`]).
+pub fn check_except(
+    ledger: &EdgeLedger,
+    snapshot: &LogSnapshot,
+    wall_now: UnixMillis,
+    at_end: bool,
+    exempt: &Exempt,
+) -> Result<EdgeTotals, Violation> {
     let mut totals = EdgeTotals::default();
     let groups = collect(ledger, snapshot, &mut totals)?;
-    let mut tiled: BTreeMap<(u32, &SensorId), (Vec<Tiles>, Closed)> = BTreeMap::new();
+    let mut tiled: BTreeMap<(u32, &SensorId), Tiled> = BTreeMap::new();
     for ((idx, sensor), group) in &groups {
         let Some(edge) = ledger.edges.iter().find(|e| e.idx == *idx) else {
             continue;
@@ -108,11 +137,11 @@ pub fn check(
         for t in &tiles {
             check_epoch(edge, sensor, group.stream, t, wall_now, at_end, &mut totals)?;
         }
-        tiled.insert((*idx, sensor), (tiles, closed));
+        tiled.insert((*idx, sensor), (tiles, closed, group.late_start));
     }
     if at_end {
         for edge in &ledger.edges {
-            check_coverage(edge, &tiled)?;
+            check_coverage(edge, &tiled, exempt)?;
         }
     }
     Ok(totals)
@@ -148,6 +177,7 @@ fn collect<'a>(
                     stream,
                     partition: *partition,
                     events: Vec::new(),
+                    late_start: log.log_start.0 > 0,
                 });
             if group.partition != *partition {
                 return Err(fail(format!(
@@ -202,12 +232,13 @@ fn tile(edge: &EdgeRecord, sensor: &SensorId, group: &Group) -> Result<Vec<Tiles
                 return Err(fail(format!("{}: after epoch {}", at(), t.epoch)));
             }
             _ => {
-                if e.seq != 0 {
+                let cut_off = group.late_start && out.is_empty();
+                if e.seq != 0 && !cut_off {
                     return Err(fail(format!("{}: the epoch starts there, not at 0", at())));
                 }
                 out.push(Tiles {
                     epoch: e.boot_epoch,
-                    end: 0,
+                    end: e.seq,
                     items: Vec::new(),
                 });
             }
@@ -450,25 +481,48 @@ fn check_issued(
 /// range a `ProducerExpired` declaration closed.
 fn check_coverage(
     edge: &EdgeRecord,
-    tiled: &BTreeMap<(u32, &SensorId), (Vec<Tiles>, Closed)>,
+    tiled: &BTreeMap<(u32, &SensorId), Tiled>,
+    exempt: &Exempt,
 ) -> Result<(), Violation> {
     for (boot_idx, boot) in edge.boots.iter().enumerate() {
         for (sensor, by_epoch) in &boot.accepted {
             let found = tiled.get(&(edge.idx, sensor));
+            // A sensor of a corrupt partition: only up to its last record in the prefix.
+            // (Its last epoch there is covered up to the prefix's end by the tiling itself.)
+            let held_to = exempt.contains(&(edge.idx, sensor.clone())).then(|| {
+                found
+                    .and_then(|(tiles, _, _)| tiles.last())
+                    .map(|t| t.epoch)
+            });
+            // And when damage took the log's beginning, the epochs before its first there.
+            let held_from = found
+                .filter(|(_, _, late)| *late && exempt.contains(&(edge.idx, sensor.clone())))
+                .and_then(|(tiles, _, _)| tiles.first())
+                .map(|t| t.epoch);
             for (epoch, told) in by_epoch {
                 let end = found
-                    .and_then(|(tiles, _)| tiles.iter().find(|t| t.epoch == *epoch))
+                    .and_then(|(tiles, _, _)| tiles.iter().find(|t| t.epoch == *epoch))
                     .map_or(0, |t| t.end);
                 let closed = found
-                    .and_then(|(_, closed)| closed.get(epoch))
+                    .and_then(|(_, closed, _)| closed.get(epoch))
                     .map_or(&[][..], Vec::as_slice);
-                let Some(lost) = first_uncovered(told, end, closed) else {
+                let lost = match held_to {
+                    _ if held_from.is_some_and(|first| *epoch < first) => None,
+                    None => first_uncovered(told, end, closed),
+                    Some(Some(last)) if *epoch < last => first_uncovered(told, end, closed),
+                    Some(_) => None,
+                };
+                let Some(lost) = lost else {
                     continue;
+                };
+                let why = match held_to {
+                    Some(_) => "; its partition reported corruption, but this precedes the damage",
+                    None => "",
                 };
                 return Err(fail(format!(
                     "edge e{} sensor {sensor} epoch {epoch} (boot {boot_idx}, ended {:?}): the \
                      agent accepted seqs {:?}, but the log delivers or declares only 0..{end} \
-                     (and closes {closed:?}): seq {lost} is silently lost",
+                     (and closes {closed:?}): seq {lost} is silently lost{why}",
                     edge.idx,
                     boot.end,
                     told.ranges()
@@ -745,6 +799,55 @@ mod tests {
             .unwrap_err()
             .details;
         assert!(details.contains("at most 1 more"), "{details}");
+    }
+
+    #[test]
+    fn a_sensor_of_a_corrupt_partition_is_exempt_only_past_the_damage() {
+        // Checks the disk-corruption exemption: the log of a sensor whose partition reported
+        // corruption ends at the damage, so the seqs after its last record there (the rest of
+        // that epoch, and later epochs) are not expected; but an older epoch it left behind
+        // short is a silent loss still, and so is the same log for a sensor not exempt.
+        let boots = [(1, CLEAN, 10), (2, BootEnd::Running, 5)];
+        let ledger = ledger(DROP, &boots, 0);
+        let exempt: Exempt = [(0, sensor())].into();
+        let run = |events: &[Stored], exempt: &Exempt| {
+            check_except(&ledger, &snapshot(events), UnixMillis(NOW), true, exempt)
+                .err()
+                .map(|v| v.details)
+        };
+        let cut_in_one: Vec<Stored> = (0..6).map(|seq| (1, seq, None)).collect();
+        assert_fails(run(&cut_in_one, &Exempt::new()), "silently lost");
+        assert_eq!(run(&cut_in_one, &exempt), None);
+        let mut cut_in_two: Vec<Stored> = (0..10).map(|seq| (1, seq, None)).collect();
+        cut_in_two.extend([(2, 0, None), (2, 1, None)]);
+        assert_fails(run(&cut_in_two, &Exempt::new()), "silently lost");
+        assert_eq!(run(&cut_in_two, &exempt), None);
+        let mut short_before: Vec<Stored> = (0..6).map(|seq| (1, seq, None)).collect();
+        short_before.extend([(2, 0, None), (2, 1, None)]);
+        assert_fails(run(&short_before, &exempt), "epoch 1");
+        let other: Exempt = [(0, SensorId::new("e0-d0-1/temperature").unwrap())].into();
+        assert_fails(run(&cut_in_one, &other), "silently lost");
+        // Damage that took the log's beginning (its first segment): the sensor's first stored
+        // event may be anywhere in an epoch, and earlier epochs went with it; what follows
+        // still tiles.
+        let mut late = snapshot(&[(2, 3, None), (2, 4, None)]);
+        let start = |snapshot: &mut LogSnapshot, at: u64| {
+            for log in snapshot.partitions.values_mut() {
+                log.log_start = Offset(at);
+            }
+        };
+        let late_run = |snapshot: &LogSnapshot, exempt: &Exempt| {
+            check_except(&ledger, snapshot, UnixMillis(NOW), true, exempt)
+                .err()
+                .map(|v| v.details)
+        };
+        assert_fails(late_run(&late, &exempt), "the epoch starts there, not at 0");
+        start(&mut late, 10);
+        assert_eq!(late_run(&late, &exempt), None);
+        assert_fails(late_run(&late, &Exempt::new()), "silently lost");
+        let mut holed = snapshot(&[(2, 3, None), (2, 5, None)]);
+        start(&mut holed, 10);
+        assert_fails(late_run(&holed, &exempt), "a hole");
     }
 
     /// One boot whose spool opened in epochs 1 then 2 (a reopen after a disk failure, or a
