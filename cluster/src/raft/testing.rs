@@ -5,12 +5,40 @@
 //! from or to a cut node fails as unreachable, like a lost connection.
 
 use sluice_proto::env::{
-    check_envelope, BoxFuture, PeerError, PeerErrorKind, PeerHandler, PeerRequest, PeerTransport,
+    check_envelope, BoxFuture, Clock, PeerError, PeerErrorKind, PeerHandler, PeerRequest,
+    PeerTransport,
 };
-use sluice_proto::NodeId;
+use sluice_proto::{NodeId, UnixMillis};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The clock of a test on paused tokio time (as the simulator's): monotonic time is tokio's,
+/// the wall clock a fixed instant.
+pub struct PausedClock;
+
+impl Clock for PausedClock {
+    #[allow(clippy::disallowed_methods)] // tokio's paused clock, as the simulator's
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+    fn wall(&self) -> UnixMillis {
+        UnixMillis(1_700_000_000_000)
+    }
+}
+
+/// Runs `test` on a current-thread tokio runtime with paused time and the runtime seed `seed`,
+/// so one seed is one run.
+pub fn run_paused<F: Future<Output = ()>>(seed: u64, test: F) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
+        .build()
+        .unwrap_or_else(|e| panic!("test runtime: {e}"));
+    runtime.block_on(test);
+}
 
 #[derive(Default)]
 struct NetState {

@@ -214,8 +214,7 @@ impl Driver {
             let poll = tokio::time::sleep(self.config.leadership_poll);
             tokio::select! {
                 biased;
-                result = async { self.in_flight.as_mut().expect("guarded").await },
-                    if self.in_flight.is_some() =>
+                result = proposed(&mut self.in_flight), if self.in_flight.is_some() =>
                 {
                     self.in_flight = None;
                     self.flushed(result);
@@ -364,6 +363,14 @@ impl Driver {
     }
 }
 
+/// The outcome of the proposal in flight; never resolves without one.
+async fn proposed(in_flight: &mut Option<Proposal>) -> Result<(), ProposeError> {
+    match in_flight {
+        Some(proposal) => proposal.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The entries of one group commit (contiguous, in order) as one batch.
 fn one_batch(entries: Vec<PendingEntry>) -> (Offset, u32, Vec<u8>) {
     let base = entries.first().map_or(Offset(0), |e| e.base);
@@ -380,7 +387,7 @@ mod tests {
     use super::*;
     use sluice_cluster::raft::network::GroupAddress;
     use sluice_cluster::raft::partition_group::partition_rng_salt;
-    use sluice_cluster::raft::testing::TestNet;
+    use sluice_cluster::raft::testing::{run_paused, PausedClock, TestNet};
     use sluice_proto::env::{BlockingMode, PeerGroup};
     use sluice_proto::msg::Durability;
     use sluice_proto::testing::CrashDisk;
@@ -388,32 +395,9 @@ mod tests {
         BootEpoch, NodeId, Payload, Reading, Role, SensorId, StreamName, UnixMillis,
     };
     use std::path::Path;
-    use std::time::Instant;
 
     /// Virtual time any wait may take: many election timeouts.
     const WAIT: Duration = Duration::from_secs(120);
-
-    struct PausedClock;
-
-    impl Clock for PausedClock {
-        #[allow(clippy::disallowed_methods)] // tokio's paused clock, as the simulator's
-        fn now(&self) -> Instant {
-            tokio::time::Instant::now().into_std()
-        }
-        fn wall(&self) -> UnixMillis {
-            UnixMillis(1_700_000_000_000)
-        }
-    }
-
-    fn run<F: Future<Output = ()>>(seed: u64, test: F) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
-            .build()
-            .unwrap();
-        runtime.block_on(test);
-    }
 
     fn config() -> ReplicatedConfig {
         ReplicatedConfig {
@@ -581,7 +565,7 @@ mod tests {
         // retry sent to the new leader is answered with the original offsets too (the producer
         // table is part of the replicated state), new records continue the offsets, and after
         // the heal every replica reads the same batches.
-        run(11, async {
+        run_paused(11, async {
             let cluster = Cluster::start(11).await;
             let all: Vec<NodeId> = (1..=3).map(NodeId).collect();
             let first = items("t1", 0..6);

@@ -5,39 +5,16 @@
 
 use super::*;
 use crate::metadata::Retention;
-use crate::raft::testing::TestNet;
+use crate::raft::testing::{run_paused, PausedClock, TestNet};
 use crate::replicas::NodeState;
 use openraft::ServerState;
-use sluice_proto::env::{BlockingMode, Clock, PeerEnvelope, PeerHandler, PeerRefusal, PeerRequest};
+use sluice_proto::env::{BlockingMode, PeerEnvelope, PeerHandler, PeerRefusal, PeerRequest};
 use sluice_proto::testing::CrashDisk;
-use sluice_proto::{StreamName, UnixMillis};
-use std::time::Instant;
+use sluice_proto::StreamName;
 
 const CLUSTER: &str = "test";
 /// Virtual time any wait may take: many election timeouts.
 const WAIT: Duration = Duration::from_secs(120);
-
-struct PausedClock;
-
-impl Clock for PausedClock {
-    #[allow(clippy::disallowed_methods)] // tokio's paused clock, as the simulator's
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-    fn wall(&self) -> UnixMillis {
-        UnixMillis(1_700_000_000_000)
-    }
-}
-
-fn run<F: Future<Output = ()>>(seed: u64, test: F) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
-        .build()
-        .unwrap();
-    runtime.block_on(test);
-}
 
 fn address(id: u64) -> String {
     format!("n{id}:7000")
@@ -224,7 +201,7 @@ fn three_replicas_commit_and_every_replica_reads_linearizably() {
     // (leader and followers) sees all of them, that a follower refuses a proposal with a
     // not-leader error naming the leader and its address, and that a bad command is a typed
     // rejection that changed nothing on any replica.
-    run(1, async {
+    run_paused(1, async {
         let cluster = TestCluster::start(3, 1).await;
         let leader = cluster.initialize().await;
         let state = populate(&cluster, leader).await;
@@ -287,7 +264,7 @@ fn a_follower_forwards_a_proposal_to_the_leader() {
     // Checks `propose_anywhere` on a follower: the command is committed through the leader and
     // answered with what the state machine did (a typed rejection too, changing nothing), every
     // replica reads it; a follower cut off from everyone cannot forward and says unavailable.
-    run(5, async {
+    run_paused(5, async {
         let cluster = TestCluster::start(3, 5).await;
         let leader = cluster.initialize().await;
         populate(&cluster, leader).await;
@@ -329,7 +306,7 @@ fn a_cut_off_leader_is_replaced_and_cannot_commit() {
     // while a proposal to the old leader is never committed (it times out as unavailable, and
     // after the heal the old leader follows the new one and holds the new leader's state,
     // without the proposal it was given).
-    run(2, async {
+    run_paused(2, async {
         let cluster = TestCluster::start(3, 2).await;
         let old = cluster.initialize().await;
         populate(&cluster, old).await;
@@ -369,7 +346,7 @@ fn a_restarted_replica_rebuilds_its_state_from_its_own_log() {
     // Checks that a replica stopped and started again from its directory replays its committed
     // log into the same state before `start` returns (while it is still cut off, so nothing
     // can have come from its peers), and then catches up with what it missed.
-    run(3, async {
+    run_paused(3, async {
         let mut cluster = TestCluster::start(3, 3).await;
         let leader = cluster.initialize().await;
         let state = populate(&cluster, leader).await;
@@ -403,7 +380,7 @@ fn a_restarted_replica_rebuilds_its_state_from_its_own_log() {
 fn a_whole_cluster_restarted_keeps_its_state_and_elects_again() {
     // Checks that after every replica stopped, the three started again from their logs agree
     // on the state, elect a leader and commit again.
-    run(4, async {
+    run_paused(4, async {
         let mut cluster = TestCluster::start(3, 4).await;
         let leader = cluster.initialize().await;
         let state = populate(&cluster, leader).await;
@@ -429,7 +406,7 @@ fn a_whole_cluster_restarted_keeps_its_state_and_elects_again() {
 fn a_learner_joins_and_becomes_a_voter() {
     // Checks add_learner and change_membership: a fourth replica added as a learner receives
     // the log, and after the change it is a voter that reads the same state.
-    run(5, async {
+    run_paused(5, async {
         let mut cluster = TestCluster::start(3, 5).await;
         let leader = cluster.initialize().await;
         let state = populate(&cluster, leader).await;
@@ -456,7 +433,7 @@ fn the_peer_handler_refuses_other_groups_and_incarnations() {
     // Checks that a replica's handler refuses a request for another group or another
     // incarnation of the metadata group, and a body that does not decode, before openraft
     // sees any of them.
-    run(6, async {
+    run_paused(6, async {
         let cluster = TestCluster::start(1, 6).await;
         let handler = cluster.group(NodeId(1)).handler();
         let request = |group: PeerGroup, incarnation: u64, body: Vec<u8>| PeerRequest {
@@ -506,7 +483,7 @@ fn one_seed_gives_one_run() {
     // same term and ends with the same log and state, twice.
     fn trace(seed: u64) -> (NodeId, u64, u64, MetadataState) {
         let mut out = None;
-        run(seed, async {
+        run_paused(seed, async {
             let cluster = TestCluster::start(3, seed).await;
             let leader = cluster.initialize().await;
             let state = populate(&cluster, leader).await;

@@ -5,41 +5,18 @@
 
 use super::*;
 use crate::raft::network::GroupAddress;
-use crate::raft::testing::TestNet;
+use crate::raft::testing::{run_paused, PausedClock, TestNet};
 use openraft::ServerState;
-use sluice_proto::env::{BlockingMode, Clock, PeerGroup};
+use sluice_proto::env::{BlockingMode, PeerGroup};
 use sluice_proto::testing::CrashDisk;
-use sluice_proto::{NodeId, PartitionId, StreamName, UnixMillis};
+use sluice_proto::{NodeId, PartitionId, StreamName};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CLUSTER: &str = "test";
 /// Virtual time any wait may take: many election timeouts.
 const WAIT: Duration = Duration::from_secs(120);
-
-struct PausedClock;
-
-impl Clock for PausedClock {
-    #[allow(clippy::disallowed_methods)] // tokio's paused clock, as the simulator's
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-    fn wall(&self) -> UnixMillis {
-        UnixMillis(1_700_000_000_000)
-    }
-}
-
-fn run<F: Future<Output = ()>>(seed: u64, test: F) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
-        .build()
-        .unwrap();
-    runtime.block_on(test);
-}
 
 /// Records every committed range it is given, as the node's producer table would learn them.
 #[derive(Default)]
@@ -233,7 +210,7 @@ fn three_replicas_commit_batches_with_dense_offsets_and_every_replica_reads_them
     // replica reads the same batches at the same offsets and fed its applier the same ranges;
     // and that a read from an offset inside a batch starts with that batch and a bounded read
     // stops after the bytes it was given.
-    run(1, async {
+    run_paused(1, async {
         let cluster = TestCluster::start(3, 1).await;
         let leader = cluster.initialize().await;
         assert_eq!(
@@ -276,7 +253,7 @@ fn a_batch_from_a_stale_state_is_void_on_every_replica() {
     // Checks that a batch whose base is not the partition's next offset is committed void: the
     // proposer gets NotNext with the real next offset, no replica reads it or applies it, and
     // the partition goes on from where it was.
-    run(2, async {
+    run_paused(2, async {
         let cluster = TestCluster::start(3, 2).await;
         let leader = cluster.initialize().await;
         let end = propose_some(&cluster, leader, 2, b'a').await;
@@ -329,7 +306,7 @@ fn a_cut_off_leader_commits_nothing_and_its_successor_continues_the_offsets() {
     // and its own replica never reads the uncommitted batch), that the others elect a leader
     // which continues from the committed end, and that after the heal the old leader holds
     // exactly the new leader's partition, without the batch it was given.
-    run(3, async {
+    run_paused(3, async {
         let cluster = TestCluster::start(3, 3).await;
         let old = cluster.initialize().await;
         let end = propose_some(&cluster, old, 3, b'a').await;
@@ -376,7 +353,7 @@ fn a_restarted_replica_rebuilds_its_offsets_and_applier_from_its_own_log() {
     // Checks that a replica stopped and started again from its disk (cut off, so nothing can
     // come from its peers) has re-applied its committed log before `start` returns: the same
     // committed end, reads and applier ranges as before; and that it then catches up.
-    run(4, async {
+    run_paused(4, async {
         let mut cluster = TestCluster::start(3, 4).await;
         let leader = cluster.initialize().await;
         let end = propose_some(&cluster, leader, 4, b'a').await;
